@@ -1,0 +1,266 @@
+"""The ``mnistlab`` command line: parse, dispatch to the library, print.
+
+Heavy modules (torch, matplotlib, sklearn) are imported inside each command's handler, so ``mnistlab
+--help`` and bad flags answer instantly. A :class:`MnistlabError` becomes one ``mnistlab: error: …`` line and
+exit code 2; tracebacks are left for real bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from mnistlab import __version__
+from mnistlab.config import DEVICE_NAMES, MODEL_NAMES, OPTIMIZER_NAMES
+from mnistlab.errors import MnistlabError, TrainingInterrupted
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``mnistlab train: error: … (see mnistlab train --help)``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+# ------------------------------------------------------------------------------------------------- data
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from mnistlab.data import dataset_info, load_dataset
+
+    info = dataset_info(load_dataset(args.dataset, data_dir=args.data_dir))
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    from rich.table import Table
+
+    console = _console()
+    console.print(f"[bold]{info['title']}[/bold] ({info['dataset']}) - checksums: {info['checksums']}")
+    table = Table("split", "images", "labels", "pixel range", "mean pixel")
+    for name, split in info["splits"].items():
+        table.add_row(name, f"{tuple(split['images_shape'])} {split['images_dtype']}",
+                      f"{tuple(split['labels_shape'])} {split['labels_dtype']}",
+                      f"{split['min']}..{split['max']}", f"{split['mean']:.2f}")
+    console.print(table)
+    classes = info["class_names"]
+    counts = Table("class", *info["splits"].keys(), title="label counts")
+    for label, class_name in enumerate(classes):
+        counts.add_row(f"{label} {class_name}" if class_name != str(label) else class_name,
+                       *(f"{split['label_counts'][str(label)]:,}" for split in info["splits"].values()))
+    console.print(counts)
+    for role, path in info["files"].items():
+        console.print(f"  {role:<13} {path}")
+    return 0
+
+
+def cmd_data_show(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from mnistlab.data import load_dataset
+    from mnistlab.report import plot_digit_grid
+
+    if args.count < 1 or args.count > 400:
+        raise MnistlabError(f"--count must be in 1..400, got {args.count}")
+    dataset = load_dataset(args.dataset, data_dir=args.data_dir, splits=(args.split,))
+    split = dataset.split(args.split)
+    if not 0 <= args.start < len(split):
+        raise MnistlabError(f"--start must be in 0..{len(split) - 1} for the {args.split} split, got {args.start}")
+    indices = np.arange(args.start, min(args.start + args.count, len(split)))
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise MnistlabError(f"--out {out}: folder {out.parent} does not exist")
+    plot_digit_grid(split.images[indices], split.labels[indices], out, class_names=dataset.class_names,
+                    indices=indices.tolist(), title=f"{dataset.name} {args.split} #{indices[0]}-#{indices[-1]}")
+    print(f"wrote {out} ({len(indices)} images from {dataset.name} {args.split}, starting at #{args.start})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- models
+def cmd_summary(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from mnistlab.config import model_info
+    from mnistlab.models import build_model, summarize
+
+    info = model_info(args.model)
+    summary = summarize(build_model(args.model), name=args.model)
+    console = _console()
+    console.print(f"[bold]Model: {summary.model}[/bold] - {info.description}")
+
+    def shape(dims: tuple[int | None, ...]) -> str:
+        return "(" + ", ".join("None" if d is None else str(d) for d in dims) + ")"
+
+    table = Table("Layer (type)", "Output Shape", "Param #")
+    for row in summary.layers:
+        table.add_row(f"{row.name} ({row.kind})", shape(row.output_shape), f"{row.params:,}")
+    console.print(table)
+    console.print(f"Total params: {summary.total_params:,}")
+    console.print(f"Trainable params: {summary.trainable_params:,}")
+    console.print(f"Non-trainable params: {summary.non_trainable_params:,}")
+    console.print(f"Input shape: {shape(summary.input_shape)}   Output shape: {shape(summary.output_shape)}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- training
+def cmd_train(args: argparse.Namespace) -> int:
+    from mnistlab.config import TrainConfig
+
+    config = TrainConfig.for_model(
+        args.model, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+        seed=args.seed, val_split=args.val_split, device=args.device, threads=args.threads,
+        dataset=args.dataset, data_dir=args.data_dir,
+    )
+    from mnistlab.progress import ConsoleObserver
+    from mnistlab.runs import default_run_dir
+    from mnistlab.train import fit
+
+    run_dir = Path(args.out) if args.out else default_run_dir(config.model)
+    console = _console()
+    observer = ConsoleObserver(console)
+    try:
+        result = fit(config, run_dir=run_dir, observer=observer)
+    finally:
+        observer.close()
+    console.print(f"test loss {result.test.loss:.4f}  test accuracy {result.test.accuracy:.4f}  "
+                  f"({result.test.count:,} images; trained {result.train_seconds:.1f} s)")
+    console.print(f"run directory: {result.run_dir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mnistlab.evaluate import evaluate_run
+
+    result, recorded = evaluate_run(args.run_dir, split=args.split, device=args.device)
+    if args.json:
+        print(json.dumps({"split": args.split, "loss": result.loss, "accuracy": result.accuracy,
+                          "count": result.count, "recorded_test_accuracy": recorded.get("test_accuracy")}))
+        return 0
+    print(f"{args.split}: loss {result.loss:.4f}  accuracy {result.accuracy:.4f}  ({result.count:,} images)")
+    if args.split == "test" and recorded.get("test_accuracy") is not None:
+        same = abs(float(recorded["test_accuracy"]) - result.accuracy) < 1e-9
+        print(f"recorded at training: accuracy {recorded['test_accuracy']:.4f}"
+              + ("  (matches)" if same else "  (differs: weights or data changed since training)"))
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from mnistlab.progress import ConsoleObserver
+    from mnistlab.reproduce import ExperimentResult, reproduce
+    from mnistlab.runs import default_run_dir
+
+    console = _console()
+    out = Path(args.out) if args.out else default_run_dir("reproduce-quick" if args.quick else "reproduce")
+    observers: list[ConsoleObserver] = []
+
+    def observer_for(name: str) -> ConsoleObserver:
+        observers.append(ConsoleObserver(console, label=name))
+        return observers[-1]
+
+    def on_result(row: ExperimentResult) -> None:
+        console.print(f"[bold]{row.name}[/bold]: test accuracy {row.test_accuracy:.4f} (seed {row.seed_accuracy:.4f}, "
+                      f"{row.difference_points:+.2f} pt) in {row.train_seconds:.1f} s")
+
+    try:
+        result = reproduce(out_dir=out, quick=args.quick, seed=args.seed, device=args.device,
+                           observer_for=observer_for, on_result=on_result)
+    finally:
+        for observer in observers:
+            observer.close()
+    from rich.table import Table
+
+    table = Table("experiment", "params", "epochs", "batch", "test acc", "seed", "diff", "train s",
+                  title="The seed's table" + (" (--quick)" if args.quick else ""))
+    for row in result.rows:
+        table.add_row(row.name, f"{row.params:,}", str(row.epochs), str(row.batch_size or "-"),
+                      f"{row.test_accuracy:.4f}", f"{row.seed_accuracy:.4f}", f"{row.difference_points:+.2f}",
+                      f"{row.train_seconds:.1f}")
+    console.print(table)
+    console.print(f"report: {result.report}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parser
+def _add_dataset_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="mnist", help="mnist (bundled, default) or fashion-mnist")
+    parser.add_argument("--data-dir", help="a folder holding the four IDX files (raw or .gz) to use instead")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (exposed for tests and docs)."""
+    parser = _Parser(prog="mnistlab", description="MNIST done properly: data, models, training, evaluation.")
+    parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    data = commands.add_parser("data", help="look at a dataset")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION", parser_class=_Parser)
+    info = data_commands.add_parser("info", help="shapes, dtypes, value range, label counts, checksum status")
+    _add_dataset_flags(info)
+    info.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    info.set_defaults(handler=cmd_data_info)
+    show = data_commands.add_parser("show", help="save a labelled grid of digits as a PNG")
+    _add_dataset_flags(show)
+    show.add_argument("--split", default="train", choices=("train", "test"))
+    show.add_argument("--start", type=int, default=0, help="index of the first image (default 0)")
+    show.add_argument("--count", type=int, default=25, help="how many images (default 25)")
+    show.add_argument("--out", required=True, help="PNG file to write")
+    show.set_defaults(handler=cmd_data_show)
+
+    summary = commands.add_parser("summary", help="a Keras-style table of a model's layers and parameters")
+    summary.add_argument("model", metavar="MODEL", help=f"one of {', '.join(MODEL_NAMES)}")
+    summary.set_defaults(handler=cmd_summary)
+
+    train = commands.add_parser("train", help="train a model and write a run directory")
+    train.add_argument("model", metavar="MODEL", help=f"one of {', '.join(MODEL_NAMES)}")
+    train.add_argument("--epochs", type=int, help="default: the model's recipe (the seed's 30)")
+    train.add_argument("--batch-size", type=int, help="default: the recipe's (softmax 128, mlp/cnn 200)")
+    train.add_argument("--optimizer", help=f"one of {', '.join(OPTIMIZER_NAMES)} (default rmsprop)")
+    train.add_argument("--lr", type=float, help="learning rate (default: Keras' for the optimizer)")
+    train.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling and splits (default 0)")
+    train.add_argument("--val-split", type=float, default=0.0, help="fraction of train held out, in [0, 1)")
+    train.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_NAMES)} (default auto)")
+    train.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    train.add_argument("--out", help="run directory to create (default runs/MODEL-TIMESTAMP)")
+    _add_dataset_flags(train)
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="reload a run's weights and score them")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument("--split", default="test", choices=("test", "train"))
+    evaluate.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_NAMES)}")
+    evaluate.add_argument("--json", action="store_true", help="print JSON")
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    repro = commands.add_parser("reproduce", help="rerun the seed tutorial's four experiments and write a report")
+    repro.add_argument("--quick", action="store_true", help="a short version for a first look (under a minute)")
+    repro.add_argument("--out", help="folder to create (default runs/reproduce-TIMESTAMP)")
+    repro.add_argument("--seed", type=int, default=0)
+    repro.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_NAMES)}")
+    repro.set_defaults(handler=cmd_reproduce)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mnistlab`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except MnistlabError as exc:
+        print(f"mnistlab: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except TrainingInterrupted as exc:
+        print(f"mnistlab: {exc}; `mnistlab evaluate {exc.run_dir}` scores it", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("mnistlab: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,99 @@
+"""Evaluation: run a trained model over a split and compute loss and accuracy.
+
+Batches are converted from uint8 on the fly, exactly as in training; nothing here writes files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnistlab.models import prepare_batch
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Mean cross-entropy and accuracy over ``count`` samples."""
+
+    loss: float
+    accuracy: float
+    count: int
+
+
+def as_uint8_tensor(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A uint8 (N, 28, 28) tensor on ``device``, copying only when needed."""
+    if isinstance(images, torch.Tensor):
+        return images.to(device)
+    # torch.tensor copies, which also lifts numpy's read-only flag without a warning.
+    return torch.tensor(images, device=device)
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    images: np.ndarray | torch.Tensor,
+    *,
+    batch_size: int = 2000,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Logits (N, 10) float32 for uint8 images (N, 28, 28), computed in batches in eval mode."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    images = as_uint8_tensor(images, device)
+    was_training = model.training
+    model.eval()
+    try:
+        chunks = [model(prepare_batch(images[i:i + batch_size])).float()
+                  for i in range(0, images.shape[0], batch_size)]
+    finally:
+        model.train(was_training)
+    if not chunks:
+        return torch.empty((0, 10), device=device)
+    return torch.cat(chunks)
+
+
+def evaluate_model(
+    model: nn.Module,
+    images: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor,
+    *,
+    batch_size: int = 2000,
+    device: torch.device | str | None = None,
+) -> EvalResult:
+    """Mean cross-entropy and accuracy of ``model`` on uint8 ``images`` with integer ``labels``."""
+    logits = predict_logits(model, images, batch_size=batch_size, device=device)
+    targets = (labels if isinstance(labels, torch.Tensor) else torch.tensor(labels)).to(logits.device).long()
+    count = int(targets.shape[0])
+    if count == 0:
+        return EvalResult(loss=float("nan"), accuracy=float("nan"), count=0)
+    loss = F.cross_entropy(logits, targets, reduction="sum").item() / count
+    accuracy = (logits.argmax(dim=1) == targets).sum().item() / count
+    return EvalResult(loss=loss, accuracy=accuracy, count=count)
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    split: str = "test",
+    device: str = "auto",
+    batch_size: int = 2000,
+) -> tuple[EvalResult, dict[str, object]]:
+    """Reload a run's saved weights (safetensors) and evaluate them on its dataset's ``split``.
+
+    Returns the result and the run's recorded ``metrics.json`` (empty if the run never finished).
+    """
+    from mnistlab.data import load_dataset
+    from mnistlab.models import load_trained_model
+    from mnistlab.train import resolve_device
+
+    torch_device = resolve_device(device)
+    model, run = load_trained_model(run_dir, device=torch_device)
+    dataset = load_dataset(run.config.get("dataset", "mnist"), data_dir=run.config.get("data_dir"),
+                           splits=(split,))  # type: ignore[arg-type]
+    data = dataset.split(split)
+    result = evaluate_model(model, data.images, data.labels, batch_size=batch_size, device=torch_device)
+    return result, dict(run.metrics or {})

@@ -1,0 +1,226 @@
+"""The model zoo: the seed tutorial's three Keras networks, rebuilt in PyTorch with Keras' initialisation.
+
+Every model takes a float batch ``(B, 1, 28, 28)`` scaled to [0, 1] and returns logits ``(B, 10)``. Softmax is
+left out of the modules on purpose: cross-entropy on logits is the numerically stable form of Keras'
+``softmax`` + ``categorical_crossentropy``, and probabilities are computed where they are shown.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mnistlab.config import model_info
+from mnistlab.errors import MnistlabError
+
+INPUT_SHAPE = (1, 28, 28)
+NUM_CLASSES = 10
+
+
+def prepare_batch(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (B, 28, 28) -> float32 (B, 1, 28, 28) in [0, 1]: the one scaling used everywhere.
+
+    Data stays uint8 until here, so a batch is the only float copy that ever exists.
+    """
+    return images.unsqueeze(1).to(torch.float32).div_(255.0)
+
+
+def keras_init_(model: nn.Module) -> nn.Module:
+    """Initialise like Keras: glorot-uniform kernels, zero biases (PyTorch's defaults differ).
+
+    Glorot's fans for a conv kernel are ``in_channels * kh * kw`` and ``out_channels * kh * kw``, which is
+    what ``xavier_uniform_`` computes for a PyTorch weight of shape (out, in, kh, kw).
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Linear | nn.Conv2d):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return model
+
+
+def build_softmax(num_classes: int = NUM_CLASSES) -> nn.Sequential:
+    """One dense layer on the flattened pixels: 784*10 + 10 = 7,850 parameters."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, num_classes))
+
+
+def build_mlp(num_classes: int = NUM_CLASSES, hidden: int = 100) -> nn.Sequential:
+    """784 -> 100 -> 100 -> 10 with ReLU: 89,610 parameters."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(28 * 28, hidden), nn.ReLU(),
+        nn.Linear(hidden, hidden), nn.ReLU(),
+        nn.Linear(hidden, num_classes),
+    )
+
+
+def build_cnn(num_classes: int = NUM_CLASSES) -> nn.Sequential:
+    """The seed's convnet: 3x3 convs of 32, 64, 64 channels, 2x2 max-pools after the first two: 61,514 params.
+
+    Max-pooling comes *before* each pooled ReLU. The two orders compute the same function (ReLU is monotonic,
+    so max(relu(a), relu(b)) = relu(max(a, b))) but this one applies ReLU to a quarter of the values.
+    """
+    return nn.Sequential(
+        nn.Conv2d(1, 32, kernel_size=3), nn.MaxPool2d(2), nn.ReLU(),    # (B, 32, 13, 13)
+        nn.Conv2d(32, 64, kernel_size=3), nn.MaxPool2d(2), nn.ReLU(),   # (B, 64, 5, 5)
+        nn.Conv2d(64, 64, kernel_size=3), nn.ReLU(),                    # (B, 64, 3, 3)
+        nn.Flatten(),                                                   # (B, 576)
+        nn.Linear(64 * 3 * 3, num_classes),
+    )
+
+
+BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "softmax": build_softmax,
+    "mlp": build_mlp,
+    "cnn": build_cnn,
+}
+
+
+def build_model(name: str, *, num_classes: int = NUM_CLASSES) -> nn.Module:
+    """Build model ``name`` with Keras initialisation (seed torch's RNG first for reproducible weights)."""
+    model_info(name)  # raises a clear error for unknown names
+    return keras_init_(BUILDERS[name](num_classes=num_classes))
+
+
+def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
+    """Number of parameters (optionally only those with ``requires_grad``)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One line of a model summary."""
+
+    name: str
+    kind: str
+    output_shape: tuple[int | None, ...]
+    params: int
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """A Keras-style summary: layers with output shapes and parameter counts, totals, input/output shapes."""
+
+    model: str
+    layers: tuple[LayerRow, ...]
+    total_params: int
+    trainable_params: int
+    input_shape: tuple[int | None, ...]
+    output_shape: tuple[int | None, ...]
+
+    @property
+    def non_trainable_params(self) -> int:
+        return self.total_params - self.trainable_params
+
+
+def summarize(model: nn.Module, *, name: str, input_shape: tuple[int, ...] = INPUT_SHAPE) -> ModelSummary:
+    """Trace one dummy sample through ``model`` and record each leaf layer's output shape and parameters.
+
+    Shapes are reported with ``None`` for the batch dimension, as Keras does (PyTorch's channels-first order).
+    """
+    rows: list[LayerRow] = []
+    hooks = []
+    counters: dict[str, int] = {}
+
+    def record(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        kind = type(module).__name__
+        counters[kind] = counters.get(kind, 0) + 1
+        rows.append(LayerRow(
+            name=f"{kind.lower()}_{counters[kind]}",
+            kind=kind,
+            output_shape=(None, *output.shape[1:]),
+            params=sum(p.numel() for p in module.parameters(recurse=False)),
+        ))
+
+    for module in model.modules():
+        if not list(module.children()):
+            hooks.append(module.register_forward_hook(record))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            out = model(torch.zeros((1, *input_shape), device=device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return ModelSummary(
+        model=name,
+        layers=tuple(rows),
+        total_params=count_parameters(model),
+        trainable_params=count_parameters(model, trainable_only=True),
+        input_shape=(None, *input_shape),
+        output_shape=(None, *out.shape[1:]),
+    )
+
+
+# ----------------------------------------------------------------------------------------------- weights
+def model_record(name: str, model: nn.Module, *, class_names: tuple[str, ...], dataset: str) -> dict[str, Any]:
+    """The ``model.json`` content for a built model."""
+    return {
+        "format": "mnistlab-model/1",
+        "name": name,
+        "num_classes": len(class_names),
+        "class_names": list(class_names),
+        "dataset": dataset,
+        "input_shape": list(INPUT_SHAPE),
+        "params": count_parameters(model),
+    }
+
+
+def weights_bytes(model: nn.Module) -> bytes:
+    """The model's state as safetensors bytes (contiguous CPU copies; safetensors refuses views)."""
+    from safetensors.torch import save
+
+    tensors = {key: value.detach().to("cpu").contiguous().clone() for key, value in model.state_dict().items()}
+    return save(tensors, metadata={"format": "pt"})
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str], *, model_name: str) -> nn.Module:
+    """Load safetensors weights into ``model``, checking names and shapes first (never pickle)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise MnistlabError(f"{path}: not a readable safetensors file ({exc}); restore it or retrain") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = [f"{key} {tuple(tensors[key].shape)} != {tuple(value.shape)}"
+             for key, value in expected.items() if key in tensors and tensors[key].shape != value.shape]
+    if missing or unexpected or wrong:
+        details = "; ".join(part for part in (
+            f"missing {', '.join(missing)}" if missing else "",
+            f"unexpected {', '.join(unexpected)}" if unexpected else "",
+            f"shape {', '.join(wrong)}" if wrong else "",
+        ) if part)
+        raise MnistlabError(f"{path}: weights do not match model {model_name!r} ({details}); "
+                            "the run directory is inconsistent, retrain it")
+    model.load_state_dict(tensors)
+    return model
+
+
+def load_trained_model(run_dir: str | os.PathLike[str], *, device: torch.device | str = "cpu"
+                       ) -> tuple[nn.Module, Any]:
+    """Rebuild a run's model from ``model.json`` and load ``model.safetensors``; returns (model, RunFiles)."""
+    from mnistlab.runs import WEIGHTS_FILE, read_run
+
+    run = read_run(run_dir)
+    name = run.model["name"]
+    try:
+        model = BUILDERS[name](num_classes=int(run.model.get("num_classes", NUM_CLASSES)))
+    except KeyError:
+        raise MnistlabError(f"{run.path}: model {name!r} is not one this mnistlab knows "
+                            f"({', '.join(BUILDERS)})") from None
+    load_weights(model, run.path / WEIGHTS_FILE, model_name=name)
+    return model.to(device).eval(), run

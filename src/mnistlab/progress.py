@@ -1,0 +1,85 @@
+"""Training progress for the terminal: a live bar with ETA inside each epoch, one line per epoch.
+
+When stdout is not a terminal (CI logs, pipes) only the per-epoch lines are printed, as plain text.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from mnistlab.config import TrainConfig
+from mnistlab.train import EpochRecord, TrainObserver
+
+
+def format_epoch(record: EpochRecord, epochs: int) -> str:
+    """``epoch 3/30  loss 0.1234  acc 0.9650  [val_loss … val_acc …]  1.23 s``."""
+    width = len(str(epochs))
+    text = f"epoch {record.epoch:>{width}}/{epochs}  loss {record.loss:.4f}  acc {record.accuracy:.4f}"
+    if record.val_loss is not None and record.val_accuracy is not None:
+        text += f"  val_loss {record.val_loss:.4f}  val_acc {record.val_accuracy:.4f}"
+    return text + f"  {record.seconds:.2f} s"
+
+
+class ConsoleObserver(TrainObserver):
+    """Draws a rich progress bar on a terminal and prints one line per epoch everywhere."""
+
+    REFRESH_SECONDS = 0.2  # how often the running loss is read (a device sync on GPUs)
+
+    def __init__(self, console: Console | None = None, *, label: str = "") -> None:
+        self.console = console or Console()
+        self.label = label
+        self.live = self.console.is_terminal
+        self.epochs = 0
+        self._progress: Progress | None = None
+        self._task: Any = None
+        self._last_refresh = 0.0
+
+    def on_train_start(self, *, config: TrainConfig, run_dir: Path, steps_per_epoch: int, samples: int) -> None:
+        self.epochs = config.epochs
+        prefix = f"[{self.label}] " if self.label else ""
+        self.console.print(
+            f"{prefix}training {config.model} on {config.dataset}: {samples:,} samples, batch {config.batch_size}, "
+            f"{steps_per_epoch} steps/epoch, {config.optimizer} lr {config.lr:g}, seed {config.seed} -> {run_dir}",
+            highlight=False,
+        )
+
+    def on_epoch_start(self, *, epoch: int, epochs: int, steps: int) -> None:
+        if not self.live:
+            return
+        self._progress = Progress(
+            TextColumn(f"epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"), TimeRemainingColumn(),
+            console=self.console, transient=True,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("train", total=steps, stats="")
+        self._last_refresh = 0.0
+
+    def on_step(self, *, step: int, steps: int, running: Callable[[], tuple[float, float]]) -> None:
+        if self._progress is None:
+            return
+        now = time.monotonic()
+        if now - self._last_refresh >= self.REFRESH_SECONDS or step == steps:
+            loss, acc = running()
+            self._progress.update(self._task, completed=step, stats=f"loss {loss:.4f} acc {acc:.4f}")
+            self._last_refresh = now
+        else:
+            self._progress.update(self._task, completed=step)
+
+    def on_epoch_end(self, record: EpochRecord) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        self.console.print(format_epoch(record, self.epochs), highlight=False)
+
+    def close(self) -> None:
+        """Stop a live bar left running (e.g. after Ctrl-C mid-epoch)."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

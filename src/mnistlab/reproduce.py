@@ -1,0 +1,153 @@
+"""Reproduce the seed tutorial's table in one call: three networks and the SGD baseline, then a report.
+
+The seed (a Keras tutorial) trained a softmax layer (batch 128), an MLP and a CNN (batch 200), each for 30
+epochs with RMSprop, and scikit-learn's ``SGDClassifier(max_iter=200)`` on a 75/25 split of the training set.
+Its published test accuracies are kept here to compare against.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from mnistlab import runs
+from mnistlab.config import MODELS, TrainConfig
+
+ExperimentKind = Literal["network", "sgd"]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One line of the seed's table and how to rerun it (full and ``--quick``)."""
+
+    name: str
+    kind: ExperimentKind
+    seed_accuracy: float
+    epochs: int          # networks: epochs; sgd: max_iter
+    batch_size: int | None
+    quick_epochs: int
+
+
+SEED_EXPERIMENTS: tuple[Experiment, ...] = (
+    *(Experiment(name, "network", float(MODELS[name].seed_test_accuracy or 0.0), MODELS[name].recipe.epochs,
+                 MODELS[name].recipe.batch_size, quick_epochs=1)
+      for name in ("softmax", "mlp", "cnn")),
+    Experiment("sgd", "sgd", 0.9111, epochs=200, batch_size=None, quick_epochs=5),
+)
+
+
+@dataclass(frozen=True)
+class ExperimentResult:
+    """One reproduced row: our figure beside the seed's, with what it cost."""
+
+    name: str
+    params: int
+    epochs: int
+    batch_size: int | None
+    test_accuracy: float
+    seed_accuracy: float
+    train_seconds: float
+    run_dir: str
+    note: str = ""
+
+    @property
+    def difference_points(self) -> float:
+        """Our accuracy minus the seed's, in percentage points."""
+        return 100.0 * (self.test_accuracy - self.seed_accuracy)
+
+
+@dataclass(frozen=True)
+class ReproduceResult:
+    """All rows plus where the report was written."""
+
+    out_dir: Path
+    report: Path
+    rows: tuple[ExperimentResult, ...]
+    quick: bool
+
+
+def _run_network(exp: Experiment, *, out_dir: Path, quick: bool, seed: int, device: str, dataset: object,
+                 observer: object) -> ExperimentResult:
+    from mnistlab.train import fit
+
+    config = TrainConfig.for_model(exp.name, epochs=exp.quick_epochs if quick else exp.epochs,
+                                   batch_size=exp.batch_size, seed=seed, device=device)
+    result = fit(config, run_dir=out_dir / exp.name, dataset=dataset, observer=observer)  # type: ignore[arg-type]
+    return ExperimentResult(
+        name=exp.name, params=int(result.metrics["params"]), epochs=config.epochs, batch_size=config.batch_size,
+        test_accuracy=result.test.accuracy, seed_accuracy=exp.seed_accuracy,
+        train_seconds=result.train_seconds, run_dir=str(result.run_dir),
+    )
+
+
+def _run_sgd(exp: Experiment, *, out_dir: Path, quick: bool, seed: int, dataset: object) -> ExperimentResult:
+    from safetensors.numpy import save
+
+    from mnistlab.baselines import sgd_baseline
+
+    max_iter = exp.quick_epochs if quick else exp.epochs
+    result = sgd_baseline(dataset, seed=seed, max_iter=max_iter)  # type: ignore[arg-type]
+    run_dir = runs.prepare_run_dir(out_dir / exp.name)
+    runs.write_bytes_atomic(run_dir / "sgd.safetensors", save({"coef": result.coef, "intercept": result.intercept}))
+    metrics = {
+        "model": "sgd", "max_iter": max_iter, "n_iter": result.n_iter,
+        "split_accuracy": result.split_accuracy, "split_samples": result.split_samples,
+        "train_samples": result.train_samples, "test_accuracy": result.test_accuracy,
+        "train_seconds": round(result.train_seconds, 3), "params": int(result.coef.size + result.intercept.size),
+    }
+    runs.write_json_atomic(run_dir / runs.METRICS_FILE, metrics)
+    # The seed's figure is the held-out quarter of the training set, so that is the like-for-like number.
+    return ExperimentResult(
+        name="sgd", params=metrics["params"], epochs=result.n_iter, batch_size=None,
+        test_accuracy=result.split_accuracy, seed_accuracy=exp.seed_accuracy,
+        train_seconds=result.train_seconds, run_dir=str(run_dir),
+        note=f"75/25 split of train ({result.split_samples:,} held out); official test set: "
+             f"{result.test_accuracy:.4f}; {result.n_iter} of max {max_iter} epochs",
+    )
+
+
+def reproduce(
+    *,
+    out_dir: str | Path,
+    quick: bool = False,
+    seed: int = 0,
+    device: str = "auto",
+    observer_for: Callable[[str], object] | None = None,
+    on_result: Callable[[ExperimentResult], None] | None = None,
+    only: tuple[str, ...] | None = None,
+) -> ReproduceResult:
+    """Run the seed's experiments into ``out_dir`` (one run directory each) and write ``report.md``.
+
+    ``observer_for(name)`` supplies a training observer per network (progress display); ``on_result`` is
+    called as each row completes; ``only`` restricts to some experiments (by name).
+    """
+    from mnistlab.data import load_dataset
+    from mnistlab.report import write_reproduce_report
+
+    out_dir = runs.prepare_run_dir(out_dir)
+    dataset = load_dataset("mnist")
+    started = time.perf_counter()
+    rows: list[ExperimentResult] = []
+    for exp in SEED_EXPERIMENTS:
+        if only is not None and exp.name not in only:
+            continue
+        if exp.kind == "network":
+            observer = observer_for(exp.name) if observer_for else None
+            row = _run_network(exp, out_dir=out_dir, quick=quick, seed=seed, device=device, dataset=dataset,
+                               observer=observer)
+        else:
+            row = _run_sgd(exp, out_dir=out_dir, quick=quick, seed=seed, dataset=dataset)
+        rows.append(row)
+        if on_result:
+            on_result(row)
+    total = time.perf_counter() - started
+    runs.write_json_atomic(out_dir / "results.json", {
+        "quick": quick, "seed": seed, "total_seconds": round(total, 3),
+        "rows": [{**asdict(row), "difference_points": row.difference_points} for row in rows],
+        "environment": runs.environment(),
+    })
+    report = write_reproduce_report(out_dir=out_dir, rows=rows, quick=quick, total_seconds=total)
+    return ReproduceResult(out_dir=out_dir, report=report, rows=tuple(rows), quick=quick)

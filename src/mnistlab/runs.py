@@ -1,0 +1,198 @@
+"""Run directories: atomic file writes, the files a training run leaves, and loading them back.
+
+A run directory holds::
+
+    config.json         the TrainConfig (every hyper-parameter) + environment
+    model.json          model name, class names, parameter count, input shape
+    model.safetensors   weights of the last completed epoch (never pickle)
+    history.json/.csv   one row per completed epoch
+    curves.png          loss and accuracy per epoch, train and validation
+    metrics.json        final test loss/accuracy, timing, machine, versions, status
+
+Every file is written to a temporary name and renamed into place, so a crash or Ctrl-C never leaves half a
+file: the directory always describes the last completed epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mnistlab.errors import MnistlabError
+
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.json"
+WEIGHTS_FILE = "model.safetensors"
+HISTORY_JSON = "history.json"
+HISTORY_CSV = "history.csv"
+CURVES_PNG = "curves.png"
+METRICS_FILE = "metrics.json"
+
+
+# ------------------------------------------------------------------------------------------ atomic writes
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise MnistlabError(f"{path.parent}: cannot write here ({exc.strerror}); choose another folder") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write UTF-8 ``text`` atomically."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write ``obj`` as indented JSON atomically."""
+    return write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read a JSON file, turning a missing or malformed file into a :class:`MnistlabError`."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MnistlabError(f"{path}: missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MnistlabError(f"{path}: not readable JSON ({exc})") from None
+
+
+def history_csv_text(rows: list[dict[str, Any]]) -> str:
+    """Render history rows (dicts with the same keys) as CSV text."""
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return buffer.getvalue()
+
+
+# ------------------------------------------------------------------------------------------ run directory
+def default_run_dir(model: str, *, root: str | os.PathLike[str] = "runs") -> Path:
+    """``runs/<model>-<UTC timestamp>``, with a numeric suffix if that name is taken."""
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{model}-{stamp}"
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def prepare_run_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` for a new run; refuse a folder that already holds files (never overwrite a run)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MnistlabError(f"--out {path}: exists and is not a folder; choose a new folder name")
+    if path.is_dir() and any(path.iterdir()):
+        what = "a run" if (path / CONFIG_FILE).exists() else "files"
+        raise MnistlabError(f"--out {path}: already holds {what}; choose a new folder (runs are never overwritten)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MnistlabError(f"--out {path}: cannot create it ({exc.strerror}); choose a writable folder") from None
+    if not os.access(path, os.W_OK):
+        raise MnistlabError(f"--out {path}: not writable; choose a writable folder")
+    return path
+
+
+def check_run_dir(path: str | os.PathLike[str]) -> Path:
+    """Return ``path`` if it is a run directory written by ``mnistlab train``, else raise MnistlabError."""
+    path = Path(path)
+    if not path.is_dir():
+        raise MnistlabError(f"{path}: no such run directory; pass a folder written by `mnistlab train`")
+    missing = [name for name in (CONFIG_FILE, MODEL_FILE, WEIGHTS_FILE) if not (path / name).is_file()]
+    if missing:
+        raise MnistlabError(f"{path}: not a run directory (no {', '.join(missing)}); "
+                            "pass a folder written by `mnistlab train`")
+    return path
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The JSON parts of a run directory, read and checked."""
+
+    path: Path
+    config: dict[str, Any]
+    model: dict[str, Any]
+    metrics: dict[str, Any] | None
+    history: list[dict[str, Any]]
+
+
+def read_run(path: str | os.PathLike[str]) -> RunFiles:
+    """Read a run directory's JSON files (weights stay on disk until a model is built)."""
+    path = check_run_dir(path)
+    config = read_json(path / CONFIG_FILE)
+    model = read_json(path / MODEL_FILE)
+    if not isinstance(config, dict) or not isinstance(model, dict) or "name" not in model:
+        raise MnistlabError(f"{path}: config.json/model.json are not mnistlab run files")
+    metrics = read_json(path / METRICS_FILE) if (path / METRICS_FILE).is_file() else None
+    history = read_json(path / HISTORY_JSON) if (path / HISTORY_JSON).is_file() else []
+    return RunFiles(path=path, config=config, model=model, metrics=metrics, history=history)
+
+
+# -------------------------------------------------------------------------------------------- environment
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit(cwd: str | os.PathLike[str] | None = None) -> str | None:
+    """The current git commit of ``cwd`` (or of the mnistlab source tree), if it is a git checkout."""
+    where = Path(cwd) if cwd else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
+                             timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment() -> dict[str, Any]:
+    """Machine and library versions, recorded with every run so a figure can be traced to where it ran."""
+    import numpy
+    import torch
+
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda_available": torch.cuda.is_available(),
+        "mnistlab_commit": git_commit(),
+    }
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name(0)
+        info["cuda_version"] = torch.version.cuda
+    return info

@@ -1,0 +1,248 @@
+"""Training: one plain loop for every model, writing a complete run directory after each epoch.
+
+Data flow: uint8 arrays -> one uint8 tensor on the device -> per step, a gathered uint8 batch converted to
+float (``prepare_batch``) -> model -> cross-entropy on logits. No DataLoader: for in-memory arrays its
+workers and per-sample collation only add copies.
+
+Per-epoch loss/accuracy are running means over the epoch's samples, as Keras reports them; validation and
+test figures are full passes in eval mode.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnistlab import runs
+from mnistlab.config import TrainConfig
+from mnistlab.data import Dataset, load_dataset, train_val_indices
+from mnistlab.errors import MnistlabError, TrainingInterrupted
+from mnistlab.evaluate import EvalResult, evaluate_model
+from mnistlab.models import build_model, model_record, prepare_batch, weights_bytes
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One row of history: training running means, optional validation, and wall seconds of the epoch."""
+
+    epoch: int
+    loss: float
+    accuracy: float
+    val_loss: float | None
+    val_accuracy: float | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`fit` returns: where the run lives, its history and its final test figures."""
+
+    run_dir: Path
+    config: TrainConfig
+    history: tuple[EpochRecord, ...]
+    test: EvalResult
+    train_seconds: float
+    metrics: dict[str, Any]
+
+
+class TrainObserver:
+    """Receives progress from :func:`fit`; the default does nothing. The CLI subclasses it to draw bars.
+
+    ``running`` callbacks compute the epoch's running loss/accuracy on demand, so an observer that does not
+    look at them never forces a device sync.
+    """
+
+    def on_train_start(self, *, config: TrainConfig, run_dir: Path, steps_per_epoch: int, samples: int) -> None:
+        """Called once, after data and model are ready."""
+
+    def on_epoch_start(self, *, epoch: int, epochs: int, steps: int) -> None:
+        """Called before the first step of each epoch."""
+
+    def on_step(self, *, step: int, steps: int, running: Callable[[], tuple[float, float]]) -> None:
+        """Called after every optimisation step (1-based ``step``)."""
+
+    def on_epoch_end(self, record: EpochRecord) -> None:
+        """Called after each epoch's validation and checkpoint."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise MnistlabError(f"--device cuda: no CUDA GPU is available (torch {torch.__version__} is {build}); "
+                            "use --device cpu, or install a CUDA build of torch (README: GPU install)")
+    if name not in ("cpu", "cuda"):
+        raise MnistlabError(f"--device {name!r} is not one of auto, cpu, cuda")
+    return torch.device(name)
+
+
+def build_optimizer(name: str, params: Any, *, lr: float) -> torch.optim.Optimizer:
+    """Keras-equivalent optimizers.
+
+    - ``rmsprop``: Keras RMSprop (rho 0.9, epsilon 1e-7); torch's defaults (alpha 0.99, eps 1e-8) differ.
+    - ``adam``: betas (0.9, 0.999), epsilon 1e-7 as in Keras.
+    - ``sgd``: momentum 0.9 (plain Keras SGD has none; momentum is what people mean by a usable SGD).
+    """
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=1e-7, momentum=0.0, centered=False)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-7)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    raise MnistlabError(f"--optimizer {name!r} is not one of rmsprop, adam, sgd")
+
+
+def _save_epoch(run_dir: Path, model: nn.Module, history: list[EpochRecord]) -> None:
+    """Checkpoint weights and history; each file is replaced atomically, weights first."""
+    runs.write_bytes_atomic(run_dir / runs.WEIGHTS_FILE, weights_bytes(model))
+    rows = [asdict(record) for record in history]
+    runs.write_json_atomic(run_dir / runs.HISTORY_JSON, rows)
+    runs.write_text_atomic(run_dir / runs.HISTORY_CSV, runs.history_csv_text(rows))
+
+
+def _write_curves(run_dir: Path, history: list[EpochRecord], title: str) -> None:
+    from mnistlab.report import plot_curves
+
+    plot_curves([asdict(record) for record in history], run_dir / runs.CURVES_PNG, title=title)
+
+
+def fit(
+    config: TrainConfig,
+    *,
+    run_dir: str | Path,
+    dataset: Dataset | None = None,
+    observer: TrainObserver | None = None,
+) -> TrainResult:
+    """Train ``config.model`` and write a complete run directory at ``run_dir`` (created; must be new/empty).
+
+    After every epoch the directory holds that epoch's weights and history, so Ctrl-C (raised here as
+    :class:`TrainingInterrupted`) leaves a valid run of the last completed epoch. Same config and seed on
+    the CPU give the same numbers.
+    """
+    observer = observer or TrainObserver()
+    started = time.perf_counter()
+    run_dir = runs.prepare_run_dir(run_dir)
+    device = resolve_device(config.device)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    if dataset is None:
+        dataset = load_dataset(config.dataset, data_dir=config.data_dir)
+
+    train_idx, val_idx = train_val_indices(len(dataset.train), val_fraction=config.val_split, seed=config.seed)
+    # The whole (train) split goes to the device once, as uint8: 47 MB for MNIST.
+    x_all = torch.tensor(dataset.train.images, device=device)                    # (N, 28, 28) uint8
+    y_all = torch.tensor(dataset.train.labels, device=device).long()             # (N,)
+    if len(val_idx):
+        x_val, y_val = x_all[torch.from_numpy(val_idx).to(device)], y_all[torch.from_numpy(val_idx).to(device)]
+        x_train, y_train = x_all[torch.from_numpy(train_idx).to(device)], y_all[torch.from_numpy(train_idx).to(device)]
+    else:
+        x_val = y_val = None
+        x_train, y_train = x_all, y_all
+    n_train = int(x_train.shape[0])
+    steps = math.ceil(n_train / config.batch_size)
+
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, num_classes=len(dataset.class_names)).to(device)
+    optimizer = build_optimizer(config.optimizer, model.parameters(), lr=config.lr)
+    shuffle = torch.Generator(device=device).manual_seed(config.seed)
+
+    env = runs.environment()
+    runs.write_json_atomic(run_dir / runs.CONFIG_FILE, {**config.to_dict(), "environment": env})
+    record = model_record(config.model, model, class_names=dataset.class_names, dataset=dataset.name)
+    runs.write_json_atomic(run_dir / runs.MODEL_FILE, record)
+    observer.on_train_start(config=config, run_dir=run_dir, steps_per_epoch=steps, samples=n_train)
+
+    history: list[EpochRecord] = []
+    train_seconds = 0.0
+    try:
+        for epoch in range(1, config.epochs + 1):
+            observer.on_epoch_start(epoch=epoch, epochs=config.epochs, steps=steps)
+            epoch_start = time.perf_counter()
+            model.train()
+            order = torch.randperm(n_train, generator=shuffle, device=device)
+            # Sums stay on the device; reading them (a sync) happens only when someone asks.
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            seen = 0
+
+            def running() -> tuple[float, float]:
+                return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
+
+            for step in range(steps):
+                index = order[step * config.batch_size:(step + 1) * config.batch_size]
+                inputs = prepare_batch(x_train[index])                          # (B, 1, 28, 28) float32
+                targets = y_train[index]                                         # (B,)
+                logits = model(inputs)                                           # (B, 10)
+                loss = F.cross_entropy(logits, targets)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                batch = int(targets.shape[0])
+                seen += batch
+                loss_sum += loss.detach() * batch
+                correct += (logits.detach().argmax(dim=1) == targets).sum()
+                observer.on_step(step=step + 1, steps=steps, running=running)
+
+            train_loss, train_acc = running()
+            epoch_seconds = time.perf_counter() - epoch_start
+            train_seconds += epoch_seconds
+            val = None
+            if x_val is not None:
+                val = evaluate_model(model, x_val, y_val, batch_size=config.eval_batch_size, device=device)
+            history.append(EpochRecord(
+                epoch=epoch, loss=train_loss, accuracy=train_acc,
+                val_loss=val.loss if val else None, val_accuracy=val.accuracy if val else None,
+                seconds=round(epoch_seconds, 4),
+            ))
+            _save_epoch(run_dir, model, history)
+            observer.on_epoch_end(history[-1])
+    except KeyboardInterrupt:
+        metrics = {"status": "interrupted", "epochs_completed": len(history), "epochs": config.epochs,
+                   "train_seconds": round(train_seconds, 3), "environment": env}
+        runs.write_json_atomic(run_dir / runs.METRICS_FILE, metrics)
+        if history:
+            _write_curves(run_dir, history, title=f"{config.model} (interrupted)")
+        raise TrainingInterrupted(run_dir=run_dir, epochs_completed=len(history)) from None
+
+    eval_start = time.perf_counter()
+    test_images = torch.tensor(dataset.test.images, device=device)
+    test = evaluate_model(model, test_images, dataset.test.labels, batch_size=config.eval_batch_size,
+                          device=device)
+    eval_seconds = time.perf_counter() - eval_start
+    final = history[-1]
+    metrics = {
+        "status": "completed",
+        "model": config.model,
+        "dataset": dataset.name,
+        "epochs_completed": len(history),
+        "epochs": config.epochs,
+        "params": record["params"],
+        "test_loss": test.loss,
+        "test_accuracy": test.accuracy,
+        "test_count": test.count,
+        "train_loss": final.loss,
+        "train_accuracy": final.accuracy,
+        "val_loss": final.val_loss,
+        "val_accuracy": final.val_accuracy,
+        "train_seconds": round(train_seconds, 3),
+        "seconds_per_epoch": round(train_seconds / len(history), 4),
+        "eval_seconds": round(eval_seconds, 3),
+        "total_seconds": round(time.perf_counter() - started, 3),
+        "device": str(device),
+        "checksums": dataset.checksums,
+        "environment": env,
+    }
+    _write_curves(run_dir, history, title=f"{config.model} on {dataset.name}")
+    runs.write_json_atomic(run_dir / runs.METRICS_FILE, metrics)
+    return TrainResult(run_dir=run_dir, config=config, history=tuple(history), test=test,
+                       train_seconds=train_seconds, metrics=metrics)
