@@ -156,9 +156,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from mnistlab.progress import ConsoleObserver
-    from mnistlab.reproduce import ExperimentResult, reproduce
+    from mnistlab.reproduce import SEED_EXPERIMENTS, ExperimentResult, reproduce
     from mnistlab.runs import default_run_dir
 
+    only = None
+    if args.only:
+        only = tuple(name.strip() for name in args.only.split(",") if name.strip())
+        known = [exp.name for exp in SEED_EXPERIMENTS]
+        unknown = [name for name in only if name not in known]
+        if unknown or not only:
+            raise MnistlabError(f"--only {args.only!r}: choose from {', '.join(known)}")
     console = _console()
     out = Path(args.out) if args.out else default_run_dir("reproduce-quick" if args.quick else "reproduce")
     observers: list[ConsoleObserver] = []
@@ -173,7 +180,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     try:
         result = reproduce(out_dir=out, quick=args.quick, seed=args.seed, device=args.device,
-                           observer_for=observer_for, on_result=on_result)
+                           observer_for=observer_for, on_result=on_result, only=only)
     finally:
         for observer in observers:
             observer.close()
@@ -246,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--out", help="folder to create (default runs/reproduce-TIMESTAMP)")
     repro.add_argument("--seed", type=int, default=0)
     repro.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_NAMES)}")
+    repro.add_argument("--only", help="comma-separated subset of softmax,mlp,cnn,sgd (default: all four)")
     repro.set_defaults(handler=cmd_reproduce)
     return parser
 

@@ -10,6 +10,7 @@ test figures are full passes in eval mode.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -71,6 +72,31 @@ class TrainObserver:
 
     def on_epoch_end(self, record: EpochRecord) -> None:
         """Called after each epoch's validation and checkpoint."""
+
+
+class RunningMeans:
+    """An epoch's sample-weighted loss and accuracy sums, kept on the device.
+
+    Reading them forces a device sync, so it happens only when someone asks (the progress bar, a few times a
+    second; the epoch's end).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.seen = 0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """Accumulate one batch's mean ``loss`` (weighted by its size) and its correct predictions."""
+        batch = int(targets.shape[0])
+        self.seen += batch
+        self.loss_sum += loss.detach() * batch
+        self.correct += (logits.detach().argmax(dim=1) == targets).sum()
+
+    def read(self) -> tuple[float, float]:
+        """(mean loss, accuracy) so far this epoch."""
+        seen = max(self.seen, 1)
+        return self.loss_sum.item() / seen, self.correct.item() / seen
 
 
 def resolve_device(name: str) -> torch.device:
@@ -137,6 +163,9 @@ def fit(
         torch.set_num_threads(config.threads)
     if dataset is None:
         dataset = load_dataset(config.dataset, data_dir=config.data_dir)
+    else:
+        # Record where the data really came from, so evaluate/predict reload the same files.
+        config = dataclasses.replace(config, dataset=dataset.name, data_dir=dataset.data_dir)
 
     train_idx, val_idx = train_val_indices(len(dataset.train), val_fraction=config.val_split, seed=config.seed)
     # The whole (train) split goes to the device once, as uint8: 47 MB for MNIST.
@@ -170,14 +199,7 @@ def fit(
             epoch_start = time.perf_counter()
             model.train()
             order = torch.randperm(n_train, generator=shuffle, device=device)
-            # Sums stay on the device; reading them (a sync) happens only when someone asks.
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            seen = 0
-
-            def running() -> tuple[float, float]:
-                return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
-
+            meter = RunningMeans(device)
             for step in range(steps):
                 index = order[step * config.batch_size:(step + 1) * config.batch_size]
                 inputs = prepare_batch(x_train[index])                          # (B, 1, 28, 28) float32
@@ -187,13 +209,10 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                batch = int(targets.shape[0])
-                seen += batch
-                loss_sum += loss.detach() * batch
-                correct += (logits.detach().argmax(dim=1) == targets).sum()
-                observer.on_step(step=step + 1, steps=steps, running=running)
+                meter.add(loss, logits, targets)
+                observer.on_step(step=step + 1, steps=steps, running=meter.read)
 
-            train_loss, train_acc = running()
+            train_loss, train_acc = meter.read()
             epoch_seconds = time.perf_counter() - epoch_start
             train_seconds += epoch_seconds
             val = None
