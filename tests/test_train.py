@@ -48,8 +48,9 @@ def test_fit_writes_a_complete_consistent_run(tmp_path: Path, tiny_data_dir: Pat
     # The synthetic classes are separable: three epochs of an MLP learn them.
     assert metrics["test_accuracy"] >= 0.9
     # Reloading the weights gives exactly the recorded test figure.
-    model, _ = load_trained_model(run)
-    again = evaluate_model(model, dataset.test.images, dataset.test.labels)
+    model, files = load_trained_model(run)
+    assert files.model["precision"] == metrics["precision"] in ("fp32", "bf16")
+    again = evaluate_model(model, dataset.test.images, dataset.test.labels, precision=metrics["precision"])
     assert again.accuracy == metrics["test_accuracy"]
     assert again.loss == pytest.approx(metrics["test_loss"], rel=1e-6)
 

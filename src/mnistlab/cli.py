@@ -119,7 +119,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig.for_model(
         args.model, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         seed=args.seed, val_split=args.val_split, device=args.device, threads=args.threads,
-        dataset=args.dataset, data_dir=args.data_dir,
+        dataset=args.dataset, data_dir=args.data_dir, precision=args.precision, schedule=args.schedule,
+        label_smoothing=args.label_smoothing,
     )
     from mnistlab.progress import ConsoleObserver
     from mnistlab.runs import default_run_dir
@@ -237,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-split", type=float, default=0.0, help="fraction of train held out, in [0, 1)")
     train.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_NAMES)} (default auto)")
     train.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    train.add_argument("--precision", help="auto (default: bf16 where the hardware has it), fp32 or bf16")
+    train.add_argument("--schedule", help="learning-rate schedule: constant or onecycle (default: the recipe's)")
+    train.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing in [0, 1)")
     train.add_argument("--out", help="run directory to create (default runs/MODEL-TIMESTAMP)")
     _add_dataset_flags(train)
     train.set_defaults(handler=cmd_train)
