@@ -26,6 +26,7 @@
   let sent = 0;                  // request counter; a response older than the last shown one is dropped
   let shown = 0;
   let results = 0;
+  let pending = 0;               // requests being prepared or on their way (tests wait for 0)
 
   // ----------------------------------------------------------------------------------------- drawing
   function clearPad() {
@@ -127,7 +128,15 @@
   function predictNow() {
     if (timer !== null) { clearTimeout(timer); timer = null; }
     if (strokes.length === 0 && !uploaded) { showEmpty(); return; }
-    pad.toBlob((blob) => { if (blob) send(blob, "drawing.png"); }, "image/png");
+    track(+1);
+    pad.toBlob((blob) => {
+      if (blob) send(blob, "drawing.png").finally(() => track(-1)); else track(-1);
+    }, "image/png");
+  }
+
+  function track(delta) {
+    pending += delta;
+    body.dataset.pending = String(pending);
   }
 
   async function send(blob, name) {
@@ -224,19 +233,24 @@
                 `${(maxBytes / 1048576).toFixed(0)} MB limit; resize it first`);
       return;
     }
-    strokes = [];
-    current = null;
-    let bitmap = null;
-    try { bitmap = await createImageBitmap(file, { imageOrientation: "from-image" }); } catch (_) { bitmap = null; }
-    uploaded = { bitmap, name: file.name };
-    redraw();
-    if (!bitmap) {
-      ctx.fillStyle = "#5d6675";
-      ctx.font = "16px system-ui, sans-serif";
-      ctx.fillText(`uploaded: ${file.name}`.slice(0, 32), 12, 140);
+    track(+1);
+    try {
+      strokes = [];
+      current = null;
+      let bitmap = null;
+      try { bitmap = await createImageBitmap(file, { imageOrientation: "from-image" }); } catch (_) { bitmap = null; }
+      uploaded = { bitmap, name: file.name };
+      redraw();
+      if (!bitmap) {             // a format the browser cannot show (TIFF, say): the server may still read it
+        ctx.fillStyle = "#5d6675";
+        ctx.font = "16px system-ui, sans-serif";
+        ctx.fillText(`uploaded: ${file.name}`.slice(0, 32), 12, 140);
+      }
+      statusEl.textContent = `reading ${file.name}…`;
+      await send(file, file.name);
+    } finally {
+      track(-1);
     }
-    statusEl.textContent = `reading ${file.name}…`;
-    send(file, file.name);
   });
 
   // --------------------------------------------------------------------------------------------- start
