@@ -28,6 +28,10 @@
   let results = 0;
   let pending = 0;               // requests being prepared or on their way (tests wait for 0)
 
+  function percent(p) {
+    return p > 0 && p < 0.0005 ? "<0.1%" : `${(100 * p).toFixed(1)}%`;
+  }
+
   // ----------------------------------------------------------------------------------------- drawing
   function clearPad() {
     ctx.fillStyle = "#fff";
@@ -179,9 +183,9 @@
   function showResult(data) {
     predictionEl.textContent = data.label;
     const top = data.probabilities[data.prediction];
-    confidenceEl.textContent = `${(100 * top).toFixed(1)}% sure`;
+    confidenceEl.textContent = `${percent(top)} sure`;
     const second = data.top[1];
-    statusEl.textContent = second ? `next best: ${second.label} (${(100 * second.probability).toFixed(1)}%)` : "";
+    statusEl.textContent = second ? `next best: ${second.label} (${percent(second.probability)})` : "";
     renderBars(data.probabilities, data.prediction);
     drawInput(data.input);
     body.dataset.prediction = String(data.prediction);
@@ -207,7 +211,7 @@
       li.dataset.probability = String(p);
       li.classList.toggle("top", probabilities !== null && i === best);
       li.querySelector(".fill").style.width = `${(100 * p).toFixed(1)}%`;
-      li.querySelector(".value").textContent = probabilities ? `${(100 * p).toFixed(1)}%` : "";
+      li.querySelector(".value").textContent = probabilities ? percent(p) : "";
     });
   }
 
