@@ -296,3 +296,20 @@ def test_concurrent_load_has_no_errors(live_server: int, three_png: bytes, mnist
     connection = http.client.HTTPConnection("127.0.0.1", live_server, timeout=10)
     connection.request("GET", "/healthz")
     assert connection.getresponse().status == 200
+
+
+# ------------------------------------------------------------------------------------------ the command
+def test_serve_command_refuses_a_busy_port_and_a_bad_run(trained_cnn_run: Path, tmp_path: Path,
+                                                          capsys) -> None:
+    from mnistlab.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", str(trained_cnn_run), "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path), "--port", str(free_port())]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert main(["serve", str(trained_cnn_run), "--port", "70000"]) == 2
+    assert "--port must be in 1..65535" in capsys.readouterr().err
