@@ -149,12 +149,17 @@ def test_draw_a_three_with_the_mouse_and_see_three(browser, server_url: str, mni
     before = results(page)
     for stroke in digit_strokes(3):
         points = stroke_points(page, stroke)
+        half = len(points) // 2
         page.mouse.move(*points[0])
         page.mouse.down()
-        for x, y in points[1:]:
+        for x, y in points[1:half]:
+            page.mouse.move(x, y, steps=3)
+        # Live: the bars update while the button is still down (throttled requests, not only on release).
+        page.wait_for_function(f"Number(document.body.dataset.results) > {before}", timeout=30_000)
+        for x, y in points[half:]:
             page.mouse.move(x, y, steps=3)
         page.mouse.up()
-    settle(page, results_before=before)
+    settle(page, results_before=results(page))
     prediction, top, probabilities = shown_answer(page)
     assert prediction == "3" and top == "3"
     assert probabilities[3] == max(probabilities) and abs(sum(probabilities) - 1) < 1e-3

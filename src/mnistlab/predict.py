@@ -156,7 +156,7 @@ def decode_image(data: bytes, *, name: str = "image", max_bytes: int = MAX_IMAGE
             img.draft(img.mode if img.mode in ("L", "RGB") else "RGB", (WORK_SIDE, WORK_SIDE))
         img.seek(0)
         img.load()
-        img = ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)  # no copy of a large image when there is nothing to do
     except Image.DecompressionBombError:
         raise ImageTooLarge(f"{name}: the image's dimensions are far over the {max_pixels:,}-pixel limit; "
                             "resize the image first") from None
