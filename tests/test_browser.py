@@ -165,6 +165,7 @@ def test_draw_a_three_with_the_mouse_and_see_three(browser, server_url: str, mni
     assert prediction == "3" and top == "3"
     assert probabilities[3] == max(probabilities) and abs(sum(probabilities) - 1) < 1e-3
     assert input_ink(page) > 0
+    page.wait_for_timeout(300)  # let the bars finish their 120 ms transition
     page.screenshot(path=str(ARTIFACTS / "browser-desktop-3.png"), full_page=True)
 
     # Undo removes the only stroke: back to an empty pad, no request, no stale answer.
@@ -179,6 +180,7 @@ def test_draw_a_three_with_the_mouse_and_see_three(browser, server_url: str, mni
     page.set_input_files("#upload", str(photo))
     settle(page, results_before=before)
     assert shown_answer(page)[0] == str(int(mnist.test.labels[1]))
+    page.wait_for_timeout(300)  # let the bars finish their 120 ms transition
     page.screenshot(path=str(ARTIFACTS / "browser-desktop-upload.png"), full_page=True)
 
     # A file that is not an image: a clear message on the page, no crash.
@@ -212,6 +214,7 @@ def test_draw_a_seven_with_touch_on_a_phone(browser, server_url: str) -> None:
     prediction, top, probabilities = shown_answer(page)
     assert prediction == "7" and top == "7" and probabilities[7] == max(probabilities)
     assert page.evaluate("window.scrollY") == 0  # drawing did not scroll the page
+    page.wait_for_timeout(300)  # let the bars finish their 120 ms transition
     page.screenshot(path=str(ARTIFACTS / "browser-phone-7.png"), full_page=True)
     page.click("#clear")
     page.wait_for_function("document.body.dataset.state === 'empty'")
