@@ -198,6 +198,68 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------- prediction
+INVERT_CHOICES = ("auto", "yes", "no")  # = mnistlab.predict.INVERT_CHOICES (kept here so --help stays light)
+
+
+def show_input_paths(out: Path, count: int) -> list[Path]:
+    """Where ``--show-input`` writes: ``out`` itself for one image, else ``out-1.png``, ``out-2.png``, ..."""
+    if count == 1:
+        return [out]
+    width = len(str(count))
+    return [out.with_name(f"{out.stem}-{i:0{width}d}{out.suffix or '.png'}") for i in range(1, count + 1)]
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from mnistlab.predict import Predictor, encode_png, expand_image_paths, format_percent, prepare_image
+    from mnistlab.runs import check_run_dir, write_bytes_atomic
+
+    check_run_dir(args.run_dir)
+    if args.top < 1:
+        raise MnistlabError(f"--top must be >= 1, got {args.top}")
+    outs: list[Path] = []
+    paths = expand_image_paths(args.images)
+    if args.show_input:
+        out = Path(args.show_input)
+        if not out.parent.is_dir():
+            raise MnistlabError(f"--show-input {out}: folder {out.parent} does not exist")
+        outs = show_input_paths(out, len(paths))
+    # Every image is prepared before the model loads: a bad file fails fast, naming itself.
+    prepared = [prepare_image(path, invert=args.invert) for path in paths]
+    predictor = Predictor(args.run_dir, device=args.device)
+    if args.top > predictor.num_classes:
+        raise MnistlabError(f"--top must be at most {predictor.num_classes} (the model's classes), "
+                            f"got {args.top}")
+    import numpy as np
+
+    predictions = predictor.predict(np.stack([item.pixels for item in prepared]))
+    for item, out in zip(prepared, outs, strict=False):
+        write_bytes_atomic(out, encode_png(item.pixels))
+    if args.json:
+        info = predictor.info()
+        results = []
+        for i, (path, item, prediction) in enumerate(zip(paths, prepared, predictions, strict=True)):
+            results.append({"image": str(path), **prediction.to_dict(top=args.top), "inverted": item.inverted,
+                            "input_png": str(outs[i]) if outs else None})
+        print(json.dumps({"run": str(args.run_dir), "model": info["model"], "dataset": info["dataset"],
+                          "test_accuracy": info["test_accuracy"], "results": results}, indent=2))
+        return 0
+    width = max(len(str(path)) for path in paths)
+    for i, (path, prediction) in enumerate(zip(paths, predictions, strict=True)):
+        ranked = "  ".join(f"{name} {format_percent(p)}" for _, name, p in prediction.top(args.top))
+        shown = f"  -> {outs[i]}" if outs else ""
+        print(f"{path!s:<{width}}  {prediction.name}   ({ranked}){shown}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mnistlab.serve import serve
+
+    serve(run_dir=args.run_dir, host=args.host, port=args.port, device=args.device,
+          access_log=not args.quiet)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- parser
 def _add_dataset_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="mnist", help="mnist (bundled, default) or fashion-mnist")
@@ -251,6 +313,27 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_NAMES)}")
     evaluate.add_argument("--json", action="store_true", help="print JSON")
     evaluate.set_defaults(handler=cmd_evaluate)
+
+    predict = commands.add_parser("predict", help="read the digit in image files with a trained run")
+    predict.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by `mnistlab train`")
+    predict.add_argument("images", metavar="IMAGE", nargs="+", help="image files; a folder means its images")
+    predict.add_argument("--top", type=int, default=3, help="how many classes to list per image (default 3)")
+    predict.add_argument("--json", action="store_true", help="print JSON (all probabilities) for scripts")
+    predict.add_argument("--show-input", metavar="OUT.png",
+                         help="save the 28x28 the model saw (several images: OUT-1.png, OUT-2.png, ...)")
+    predict.add_argument("--invert", default="auto", choices=INVERT_CHOICES,
+                         help="auto (default): detect dark ink on light paper; yes: force it; "
+                              "no: the image is already light ink on dark")
+    predict.add_argument("--device", default="cpu", help=f"one of {', '.join(DEVICE_NAMES)} (default cpu)")
+    predict.set_defaults(handler=cmd_predict)
+
+    serve = commands.add_parser("serve", help="serve the draw-a-digit page and a JSON API for a trained run")
+    serve.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by `mnistlab train`")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--device", default="cpu", help=f"one of {', '.join(DEVICE_NAMES)} (default cpu)")
+    serve.add_argument("--quiet", action="store_true", help="no access log (one line per request)")
+    serve.set_defaults(handler=cmd_serve)
 
     repro = commands.add_parser("reproduce", help="rerun the seed tutorial's four experiments and write a report")
     repro.add_argument("--quick", action="store_true", help="a short version for a first look (under a minute)")

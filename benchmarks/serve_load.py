@@ -1,0 +1,236 @@
+"""Load benchmark of `mnistlab serve`: a bounded number of concurrent requests against a local server.
+
+Starts the real server (``python -m mnistlab serve RUN --quiet``) on a free 127.0.0.1 port, warms it up, then
+sends ``--requests`` single-image predictions from ``--concurrency`` keep-alive connections (one thread each)
+and prints p50/p90/p99 latency, requests per second and the error count; the figures also go to a JSON file.
+Every answer is checked (status 200 and the expected digit), so "0 errors" means every prediction was right.
+
+Payloads (``--payload``, default both, one after the other):
+  json   {"pixels": 28x28} of an MNIST test digit, used as-is (the model's own format)
+  png    a 280x280 canvas PNG of a drawn "3", uploaded as multipart (what the page sends)
+
+The client runs on the same machine as the server, so both share its cores: figures are lower bounds of what
+the server alone could do. Traffic goes to 127.0.0.1 only; the loop is bounded by count and by --timeout.
+
+    python benchmarks/serve_load.py --run RUN_DIR [--requests 2000] [--concurrency 2] [--out results.json]
+
+Without --run, a CNN is trained for one epoch into a temporary folder first (about half a minute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import math
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def canvas_three_png() -> bytes:
+    """A 280x280 white canvas with a black "3" drawn 20 px wide, as the page's canvas would send it."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGBA", (280, 280), (255, 255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    top = [(140 + 51 * math.cos(math.radians(a)), 90 + 51 * math.sin(math.radians(a)))
+           for a in range(200, 451, 10)]
+    bottom = [(140 + 51 * math.cos(math.radians(a)), 190 + 51 * math.sin(math.radians(a)))
+              for a in range(270, 521, 10)]
+    draw.line(top + bottom, fill=(17, 17, 17, 255), width=20, joint="curve")
+    buffer = io.BytesIO()
+    img.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def multipart(field: str, filename: str, data: bytes, content_type: str) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
+            f"Content-Type: {content_type}\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def payloads() -> dict[str, tuple[bytes, str, int]]:
+    """name -> (body, content type, expected digit)."""
+    from mnistlab.data import load_dataset
+
+    test = load_dataset("mnist", splits=("test",)).test
+    pixels = json.dumps({"pixels": test.images[0].tolist()}).encode()
+    png_body, png_type = multipart("image", "drawing.png", canvas_three_png(), "image/png")
+    return {"json": (pixels, "application/json", int(test.labels[0])), "png": (png_body, png_type, 3)}
+
+
+def run_load(port: int, body: bytes, content_type: str, digit: int, *, requests: int, concurrency: int,
+             timeout: float) -> dict[str, Any]:
+    """Send ``requests`` POSTs from ``concurrency`` threads; return latency percentiles and throughput."""
+    latencies: list[float] = []
+    server_ms: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    counter = iter(range(requests))
+    attempted = [0]
+    deadline = time.monotonic() + timeout
+
+    def worker() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        mine: list[float] = []
+        mine_server: list[float] = []
+        try:
+            while time.monotonic() < deadline:
+                with lock:
+                    if next(counter, None) is None:
+                        break
+                    attempted[0] += 1
+                started = time.perf_counter()
+                try:
+                    connection.request("POST", "/api/predict?top=1", body=body,
+                                       headers={"Content-Type": content_type})
+                    response = connection.getresponse()
+                    answer = json.loads(response.read())
+                except (OSError, http.client.HTTPException, ValueError) as exc:
+                    with lock:
+                        errors.append(f"{type(exc).__name__}: {exc}")
+                    connection.close()
+                    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                    continue
+                mine.append(time.perf_counter() - started)
+                if response.status != 200 or answer.get("prediction") != digit:
+                    with lock:
+                        errors.append(f"{response.status}: {str(answer)[:200]}")
+                else:
+                    mine_server.append(float(answer["milliseconds"]))
+        finally:
+            connection.close()
+            with lock:
+                latencies.extend(mine)
+                server_ms.extend(mine_server)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    done = len(latencies)
+    ms = np.array(latencies) * 1000.0
+    return {
+        "requests": requests,
+        "completed": done,
+        # failed or wrong answers, plus requests never sent before --timeout
+        "errors": len(errors) + (requests - attempted[0]),
+        "error_samples": errors[:5],
+        "concurrency": concurrency,
+        "wall_seconds": round(wall, 3),
+        "requests_per_second": round(done / wall, 1) if wall > 0 else None,
+        "latency_ms": {key: round(float(np.percentile(ms, q)), 3) for key, q in
+                       (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))} if done else {},
+        "server_ms_p50": round(statistics.median(server_ms), 3) if server_ms else None,
+    }
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "server_torch_threads": 1, "loadavg_before": os.getloadavg()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", help="run directory to serve (default: a 1-epoch CNN trained first)")
+    parser.add_argument("--requests", type=int, default=2000, help="timed requests per run")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[2],
+                        help="connections sending at once; several values run one after another (default 2)")
+    parser.add_argument("--payload", nargs="+", choices=("json", "png"), default=["json", "png"])
+    parser.add_argument("--warmup", type=int, default=100, help="untimed requests first (default 100)")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds before a load run stops")
+    parser.add_argument("--out", default="benchmarks/serve_load.json", help="JSON file for the figures")
+    args = parser.parse_args(argv)
+    if not 1 <= args.requests <= 100_000 or not all(1 <= c <= 64 for c in args.concurrency):
+        parser.error("--requests must be in 1..100000 and --concurrency in 1..64")
+
+    with tempfile.TemporaryDirectory(prefix="serve-load-") as scratch:
+        run_dir = Path(args.run) if args.run else Path(scratch) / "cnn"
+        if not args.run:
+            print("training a 1-epoch CNN to serve ...", flush=True)
+            subprocess.run([sys.executable, "-m", "mnistlab", "train", "cnn", "--epochs", "1",
+                            "--device", "cpu", "--out", str(run_dir)], check=True, stdout=subprocess.DEVNULL)
+        port = free_port()
+        log = Path(scratch) / "serve.log"
+        with log.open("w") as out:
+            server = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", str(run_dir),
+                                       "--port", str(port), "--quiet"], stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                        break
+                except OSError:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        print(log.read_text(), file=sys.stderr)
+                        return 1
+                    time.sleep(0.2)
+            report: dict[str, Any] = {"command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+                                      "machine": machine(), "results": []}
+            for name, (body, content_type, digit) in payloads().items():
+                if name not in args.payload:
+                    continue
+                run_load(port, body, content_type, digit, requests=args.warmup, concurrency=2,
+                         timeout=args.timeout)
+                for concurrency in args.concurrency:
+                    timed = run_load(port, body, content_type, digit, requests=args.requests,
+                                     concurrency=concurrency, timeout=args.timeout)
+                    result = {"payload": name, **timed}
+                    report["results"].append(result)
+                    lat = result["latency_ms"]
+                    print(f"{name:<4} concurrency {concurrency:>2}: "
+                          f"{result['completed']}/{args.requests} done, "
+                          f"{result['errors']} errors, {result['requests_per_second']} req/s, "
+                          f"p50 {lat.get('p50')} ms, p90 {lat.get('p90')} ms, p99 {lat.get('p99')} ms "
+                          f"(server work p50 {result['server_ms_p50']} ms)", flush=True)
+            report["machine"]["loadavg_after"] = os.getloadavg()
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0 if all(r["errors"] == 0 for r in report["results"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

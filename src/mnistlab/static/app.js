@@ -1,0 +1,279 @@
+// mnistlab draw-a-digit page: pointer-event drawing, throttled live predictions, upload. No libraries.
+"use strict";
+
+(() => {
+  const PEN_WIDTH = 20;          // in canvas pixels (the pad is 280x280 inside, whatever its size on screen)
+  const THROTTLE_MS = 120;       // at most one request per this while drawing; one more when the stroke ends
+  const INK = "#111";
+
+  const body = document.body;
+  const pad = document.getElementById("pad");
+  const ctx = pad.getContext("2d");
+  const input28 = document.getElementById("input28").getContext("2d");
+  const predictionEl = document.getElementById("prediction");
+  const confidenceEl = document.getElementById("confidence");
+  const barsEl = document.getElementById("bars");
+  const statusEl = document.getElementById("status");
+  const modelInfoEl = document.getElementById("model-info");
+  const uploadEl = document.getElementById("upload");
+
+  let classNames = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+  let maxBytes = Infinity;
+  let strokes = [];              // each stroke: array of [x, y] in canvas pixels
+  let current = null;            // the stroke being drawn
+  let uploaded = null;           // {bitmap, name} while an uploaded picture is shown
+  let timer = null;
+  let sent = 0;                  // request counter; a response older than the last shown one is dropped
+  let shown = 0;
+  let results = 0;
+  let pending = 0;               // requests being prepared or on their way (tests wait for 0)
+
+  function percent(p) {
+    return p > 0 && p < 0.0005 ? "<0.1%" : `${(100 * p).toFixed(1)}%`;
+  }
+
+  // ----------------------------------------------------------------------------------------- drawing
+  function clearPad() {
+    ctx.fillStyle = "#fff";
+    ctx.fillRect(0, 0, pad.width, pad.height);
+  }
+
+  function drawStroke(points) {
+    ctx.strokeStyle = INK;
+    ctx.fillStyle = INK;
+    ctx.lineWidth = PEN_WIDTH;
+    ctx.lineCap = "round";
+    ctx.lineJoin = "round";
+    if (points.length === 1) {
+      ctx.beginPath();
+      ctx.arc(points[0][0], points[0][1], PEN_WIDTH / 2, 0, 2 * Math.PI);
+      ctx.fill();
+      return;
+    }
+    ctx.beginPath();
+    ctx.moveTo(points[0][0], points[0][1]);
+    for (let i = 1; i < points.length; i++) ctx.lineTo(points[i][0], points[i][1]);
+    ctx.stroke();
+  }
+
+  function redraw() {
+    clearPad();
+    if (uploaded && uploaded.bitmap) {
+      const { bitmap } = uploaded;
+      const scale = Math.min(pad.width / bitmap.width, pad.height / bitmap.height);
+      const w = bitmap.width * scale, h = bitmap.height * scale;
+      ctx.drawImage(bitmap, (pad.width - w) / 2, (pad.height - h) / 2, w, h);
+    }
+    strokes.forEach(drawStroke);
+  }
+
+  function pointFrom(event) {
+    const rect = pad.getBoundingClientRect();
+    return [(event.clientX - rect.left) * pad.width / rect.width,
+            (event.clientY - rect.top) * pad.height / rect.height];
+  }
+
+  pad.addEventListener("pointerdown", (event) => {
+    if (event.button !== 0 && event.pointerType === "mouse") return;
+    event.preventDefault();
+    if (uploaded) { uploaded = null; redraw(); }
+    pad.setPointerCapture(event.pointerId);
+    current = [pointFrom(event)];
+    strokes.push(current);
+    drawStroke(current);
+    schedule();
+  });
+
+  pad.addEventListener("pointermove", (event) => {
+    if (!current) return;
+    event.preventDefault();
+    const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [];
+    const start = current.length - 1;   // draw only the new segment, from the last point drawn
+    for (const e of (events.length ? events : [event])) current.push(pointFrom(e));
+    drawStroke(current.slice(start));
+    schedule();
+  });
+
+  function endStroke() {
+    if (!current) return;
+    current = null;
+    predictNow();
+  }
+  pad.addEventListener("pointerup", endStroke);
+  pad.addEventListener("pointercancel", endStroke);
+
+  function undo() {
+    if (uploaded) { clearAll(); return; }
+    strokes.pop();
+    redraw();
+    predictNow();
+  }
+
+  function clearAll() {
+    strokes = [];
+    current = null;
+    uploaded = null;
+    redraw();
+    predictNow();
+  }
+
+  document.getElementById("undo").addEventListener("click", undo);
+  document.getElementById("clear").addEventListener("click", clearAll);
+  document.addEventListener("keydown", (event) => {
+    if ((event.ctrlKey || event.metaKey) && event.key.toLowerCase() === "z") { event.preventDefault(); undo(); }
+    if (event.key === "Escape") clearAll();
+  });
+
+  // -------------------------------------------------------------------------------------- predicting
+  function schedule() {
+    if (timer === null) timer = setTimeout(predictNow, THROTTLE_MS);
+  }
+
+  function predictNow() {
+    if (timer !== null) { clearTimeout(timer); timer = null; }
+    if (strokes.length === 0 && !uploaded) { showEmpty(); return; }
+    track(+1);
+    pad.toBlob((blob) => {
+      if (blob) send(blob, "drawing.png").finally(() => track(-1)); else track(-1);
+    }, "image/png");
+  }
+
+  function track(delta) {
+    pending += delta;
+    body.dataset.pending = String(pending);
+  }
+
+  async function send(blob, name) {
+    const id = ++sent;
+    const form = new FormData();
+    form.append("image", blob, name);
+    body.dataset.state = "busy";
+    let response, data;
+    try {
+      response = await fetch("/api/predict?top=3", { method: "POST", body: form });
+      data = await response.json().catch(() => ({ detail: `${response.status} ${response.statusText}` }));
+    } catch (error) {
+      if (id >= shown) { shown = id; showError(`cannot reach the server (${error.message})`); }
+      return;
+    }
+    if (id < shown) return;  // an older answer arriving after a newer one (or after Clear)
+    shown = id;
+    if (!response.ok) { showError(data.detail || `error ${response.status}`); return; }
+    showResult(data);
+  }
+
+  function showEmpty() {
+    shown = ++sent;  // drop answers still on their way
+    predictionEl.textContent = "?";
+    confidenceEl.textContent = "";
+    statusEl.textContent = "Draw a digit in the box.";
+    input28.clearRect(0, 0, 28, 28);
+    renderBars(null);
+    body.dataset.state = "empty";
+  }
+
+  function showError(message) {
+    predictionEl.textContent = "?";
+    confidenceEl.textContent = "";
+    statusEl.textContent = message;
+    renderBars(null);
+    body.dataset.state = "error";
+  }
+
+  function showResult(data) {
+    predictionEl.textContent = data.label;
+    const top = data.probabilities[data.prediction];
+    confidenceEl.textContent = `${percent(top)} sure`;
+    const second = data.top[1];
+    statusEl.textContent = second ? `next best: ${second.label} (${percent(second.probability)})` : "";
+    renderBars(data.probabilities, data.prediction);
+    drawInput(data.input);
+    body.dataset.prediction = String(data.prediction);
+    body.dataset.results = String(++results);
+    body.dataset.state = "ready";
+  }
+
+  function renderBars(probabilities, best) {
+    if (barsEl.children.length !== classNames.length) {
+      barsEl.textContent = "";
+      classNames.forEach((name, i) => {
+        const li = document.createElement("li");
+        li.dataset.class = String(i);
+        li.innerHTML = '<span class="name"></span><span class="track"><span class="fill"></span></span>' +
+                       '<span class="value"></span>';
+        li.querySelector(".name").textContent = name;
+        li.title = name;
+        barsEl.appendChild(li);
+      });
+    }
+    Array.from(barsEl.children).forEach((li, i) => {
+      const p = probabilities ? probabilities[i] : 0;
+      li.dataset.probability = String(p);
+      li.classList.toggle("top", probabilities !== null && i === best);
+      li.querySelector(".fill").style.width = `${(100 * p).toFixed(1)}%`;
+      li.querySelector(".value").textContent = probabilities ? percent(p) : "";
+    });
+  }
+
+  function drawInput(rows) {
+    const image = input28.createImageData(28, 28);
+    for (let r = 0; r < 28; r++) {
+      for (let c = 0; c < 28; c++) {
+        const v = rows[r][c], o = 4 * (28 * r + c);
+        image.data[o] = image.data[o + 1] = image.data[o + 2] = v;
+        image.data[o + 3] = 255;
+      }
+    }
+    input28.putImageData(image, 0, 0);
+  }
+
+  // ------------------------------------------------------------------------------------------ upload
+  uploadEl.addEventListener("change", async () => {
+    const file = uploadEl.files && uploadEl.files[0];
+    uploadEl.value = "";         // choosing the same file again fires change again
+    if (!file) return;
+    if (file.size > maxBytes) {
+      showError(`${file.name} is ${(file.size / 1048576).toFixed(1)} MB, over the server's ` +
+                `${(maxBytes / 1048576).toFixed(0)} MB limit; resize it first`);
+      return;
+    }
+    track(+1);
+    try {
+      strokes = [];
+      current = null;
+      let bitmap = null;
+      try { bitmap = await createImageBitmap(file, { imageOrientation: "from-image" }); } catch (_) { bitmap = null; }
+      uploaded = { bitmap, name: file.name };
+      redraw();
+      if (!bitmap) {             // a format the browser cannot show (TIFF, say): the server may still read it
+        ctx.fillStyle = "#5d6675";
+        ctx.font = "16px system-ui, sans-serif";
+        ctx.fillText(`uploaded: ${file.name}`.slice(0, 32), 12, 140);
+      }
+      statusEl.textContent = `reading ${file.name}…`;
+      await send(file, file.name);
+    } finally {
+      track(-1);
+    }
+  });
+
+  // --------------------------------------------------------------------------------------------- start
+  async function loadModel() {
+    try {
+      const response = await fetch("/api/model");
+      const info = await response.json();
+      classNames = info.class_names.map(String);
+      maxBytes = info.limits.max_bytes;
+      const accuracy = info.test_accuracy === null ? "test accuracy not recorded"
+        : `test accuracy ${(100 * info.test_accuracy).toFixed(2)}%`;
+      modelInfoEl.textContent = `${info.model} trained on ${info.dataset} · ${accuracy} · run ${info.run}`;
+    } catch (error) {
+      modelInfoEl.textContent = `cannot reach the server (${error.message})`;
+    }
+    renderBars(null);
+    showEmpty();
+  }
+
+  clearPad();
+  loadModel();
+})();

@@ -1,0 +1,221 @@
+"""End to end in a real browser: `mnistlab serve` in a subprocess, Debian's chromium driven by Playwright.
+
+A "3" is drawn with mouse events and a "7" with touch events on a phone-sized screen; the page must show the
+digit with the highest probability bar. An upload and a bad upload go through the page's file input. Every
+request the page makes must stay on the local server (the page works offline). Screenshots are saved under
+``test-artifacts/``.
+
+Chromium missing is a failure, not a skip: CI installs it (.ci/run) and this test is how we know the page
+works. ``playwright install`` cannot download browsers here, so the system chromium is always used.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from imagekit import digit_strokes, mnist_on_paper
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+PAD_BOX = (40 / 280, 40 / 280, 200 / 280)  # where digits are drawn on the pad: left, top, side (fractions)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server_url(trained_cnn_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real command, `mnistlab serve RUN --port P`, in a subprocess; terminated afterwards."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", str(trained_cnn_run),
+                                    "--host", "127.0.0.1", "--port", str(port)],
+                                   stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"mnistlab serve exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"mnistlab serve did not answer within 90 s:\n{log.read_text()}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: install Debian's chromium (see .ci/run)"
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+def open_page(browser, url: str, **context_options):
+    """A fresh page on the app that records console errors and any request leaving the local server."""
+    context = browser.new_context(**context_options)
+    page = context.new_page()
+    page.problems = []  # type: ignore[attr-defined]
+
+    def guard(route) -> None:
+        if route.request.url.startswith(url):
+            route.continue_()
+        else:  # nothing outside the local server: the page must work offline
+            page.problems.append(f"external request {route.request.url}")
+            route.abort()
+
+    page.route("**/*", guard)
+    page.on("pageerror", lambda error: page.problems.append(f"page error {error}"))
+    # Chromium logs every 4xx as a console error; a 4xx is the expected answer to bad input, a 5xx never is.
+    page.on("console", lambda msg: msg.type == "error" and not msg.text.startswith("Failed to load resource")
+            and page.problems.append(f"console {msg.text}"))
+    page.on("response", lambda r: r.status >= 500 and page.problems.append(f"{r.status} from {r.url}"))
+    page.goto(url + "/")
+    page.wait_for_function("document.body.dataset.state === 'empty'", timeout=30_000)  # model info loaded
+    return page
+
+
+def stroke_points(page, stroke: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    box = page.locator("#pad").bounding_box()
+    left, top, side = PAD_BOX
+    return [(box["x"] + (left + x * side) * box["width"], box["y"] + (top + y * side) * box["height"])
+            for x, y in stroke]
+
+
+def settle(page, *, results_before: int) -> None:
+    """Wait until every request the page started has been answered and a new answer is shown."""
+    page.wait_for_function(
+        f"document.body.dataset.pending === '0' && Number(document.body.dataset.results) > {results_before}"
+        " && document.body.dataset.state === 'ready'", timeout=30_000)
+
+
+def results(page) -> int:
+    return int(page.evaluate("Number(document.body.dataset.results)"))
+
+
+def shown_answer(page) -> tuple[str, str, list[float]]:
+    """(prediction text, class of the highlighted bar, every bar's probability)."""
+    bars = page.locator("#bars li")
+    probabilities = [float(bars.nth(i).get_attribute("data-probability")) for i in range(bars.count())]
+    top = page.locator("#bars li.top").get_attribute("data-class")
+    return page.locator("#prediction").inner_text().strip(), top, probabilities
+
+
+def input_ink(page) -> int:
+    """Sum of the 28x28 preview's red channel: > 0 when the model's input is shown."""
+    return int(page.evaluate("""() => {
+        const data = document.getElementById('input28').getContext('2d').getImageData(0, 0, 28, 28).data;
+        let sum = 0; for (let i = 0; i < data.length; i += 4) sum += data[i]; return sum; }"""))
+
+
+def test_draw_a_three_with_the_mouse_and_see_three(browser, server_url: str, mnist, tmp_path: Path) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = open_page(browser, server_url, viewport={"width": 1100, "height": 760})
+    assert "cnn trained on mnist" in page.locator("#model-info").inner_text()
+    before = results(page)
+    for stroke in digit_strokes(3):
+        points = stroke_points(page, stroke)
+        half = len(points) // 2
+        page.mouse.move(*points[0])
+        page.mouse.down()
+        for x, y in points[1:half]:
+            page.mouse.move(x, y, steps=3)
+        # Live: the bars update while the button is still down (throttled requests, not only on release).
+        page.wait_for_function(f"Number(document.body.dataset.results) > {before}", timeout=30_000)
+        for x, y in points[half:]:
+            page.mouse.move(x, y, steps=3)
+        before = results(page)
+        page.mouse.up()  # sends the final request; `pending` counts it until its answer is shown
+    settle(page, results_before=before)
+    prediction, top, probabilities = shown_answer(page)
+    assert prediction == "3" and top == "3"
+    assert probabilities[3] == max(probabilities) and abs(sum(probabilities) - 1) < 1e-3
+    assert input_ink(page) > 0
+    page.wait_for_timeout(300)  # let the bars finish their 120 ms transition
+    page.screenshot(path=str(ARTIFACTS / "browser-desktop-3.png"), full_page=True)
+
+    # Undo removes the only stroke: back to an empty pad, no request, no stale answer.
+    page.click("#undo")
+    page.wait_for_function("document.body.dataset.state === 'empty'")
+    assert page.locator("#prediction").inner_text().strip() == "?"
+
+    # Upload a handwritten digit (an MNIST test digit on white paper, as a JPEG).
+    photo = tmp_path / "digit.jpg"
+    mnist_on_paper(mnist.test.images[1]).convert("RGB").save(photo, quality=90)
+    before = results(page)
+    page.set_input_files("#upload", str(photo))
+    settle(page, results_before=before)
+    assert shown_answer(page)[0] == str(int(mnist.test.labels[1]))
+    page.wait_for_timeout(300)  # let the bars finish their 120 ms transition
+    page.screenshot(path=str(ARTIFACTS / "browser-desktop-upload.png"), full_page=True)
+
+    # A file that is not an image: a clear message on the page, no crash.
+    junk = tmp_path / "notes.png"
+    junk.write_bytes(b"this is not a png")
+    page.set_input_files("#upload", str(junk))
+    page.wait_for_function("document.body.dataset.state === 'error' && document.body.dataset.pending === '0'")
+    assert "not an image" in page.locator("#status").inner_text()
+    assert page.problems == []  # type: ignore[attr-defined]
+
+
+def test_draw_a_seven_with_touch_on_a_phone(browser, server_url: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = open_page(browser, server_url, viewport={"width": 390, "height": 844}, device_scale_factor=2,
+                     is_mobile=True, has_touch=True)
+    # Phone layout: nothing wider than the screen, the pad fills most of the width.
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    assert page.locator("#pad").bounding_box()["width"] >= 300
+    cdp = page.context.new_cdp_session(page)
+    before = results(page)
+    for stroke in digit_strokes(7):
+        points = stroke_points(page, stroke)
+        dense = []  # a finger moves in small steps
+        for (x0, y0), (x1, y1) in itertools.pairwise(points):
+            dense += [(x0 + (x1 - x0) * t / 8, y0 + (y1 - y0) * t / 8) for t in range(8)]
+        dense.append(points[-1])
+        for kind, (x, y) in [("touchStart", dense[0]), *(("touchMove", point) for point in dense[1:])]:
+            cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": [{"x": x, "y": y}]})
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    settle(page, results_before=before)
+    prediction, top, probabilities = shown_answer(page)
+    assert prediction == "7" and top == "7" and probabilities[7] == max(probabilities)
+    assert page.evaluate("window.scrollY") == 0  # drawing did not scroll the page
+    page.wait_for_timeout(300)  # let the bars finish their 120 ms transition
+    page.screenshot(path=str(ARTIFACTS / "browser-phone-7.png"), full_page=True)
+    page.click("#clear")
+    page.wait_for_function("document.body.dataset.state === 'empty'")
+    assert page.problems == []  # type: ignore[attr-defined]
