@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from imagekit import digit_strokes, mnist_on_paper
+from tests.imagekit import digit_strokes, mnist_on_paper
 
 pytestmark = pytest.mark.browser
 

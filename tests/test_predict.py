@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from imagekit import bomb_png, digit_strokes, encode, ink_box, mnist_on_paper, photo_of, render_strokes
+from tests.imagekit import bomb_png, digit_strokes, encode, ink_box, mnist_on_paper, photo_of, render_strokes
 from mnistlab.cli import INVERT_CHOICES as CLI_INVERT_CHOICES
 from mnistlab.cli import main
 from mnistlab.errors import MnistlabError

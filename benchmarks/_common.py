@@ -1,0 +1,102 @@
+"""Shared helpers for the benchmark scripts: machine description, timing statistics, JSON output.
+
+Benchmarks compare mnistlab with a peer measured in the same process on the same machine and report
+ratios, because absolute seconds on a shared 2-core VM drift between runs.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+MNIST_DIR = ROOT / "src" / "mnistlab" / "datasets" / "mnist"
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, library versions and threads: printed with every result."""
+    import torch
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    try:
+        info["loadavg_at_start"] = Path("/proc/loadavg").read_text().split()[:3]
+    except OSError:
+        pass
+    return info
+
+
+def load_mnist_numpy() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The four MNIST arrays read directly with gzip + numpy, as a peer script would (no mnistlab code)."""
+
+    def read(name: str, offset: int) -> np.ndarray:
+        with gzip.open(MNIST_DIR / f"{name}.gz", "rb") as handle:
+            return np.frombuffer(handle.read(), dtype=np.uint8, offset=offset)
+
+    return (read("train-images-idx3-ubyte", 16).reshape(-1, 28, 28), read("train-labels-idx1-ubyte", 8),
+            read("t10k-images-idx3-ubyte", 16).reshape(-1, 28, 28), read("t10k-labels-idx1-ubyte", 8))
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    """Mean, min, median, max and standard deviation of a list of numbers."""
+    return {
+        "mean": statistics.fmean(values),
+        "min": min(values),
+        "median": statistics.median(values),
+        "max": max(values),
+        "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
+
+
+def write_json(name: str, payload: dict[str, Any]) -> Path:
+    """Write ``benchmarks/results/<name>.json`` and return its path."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def run_timed(argv: list[str], *, env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    """Wall seconds of one subprocess run (the whole command, interpreter start included)."""
+    start = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    return time.perf_counter() - start, done
+
+
+def print_table(headers: list[str], rows: list[list[Any]]) -> None:
+    """A plain fixed-width table on stdout."""
+    cells = [[str(c) for c in row] for row in [headers, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        print("  ".join(cell.rjust(width) if i else cell.ljust(width) for i, (cell, width) in
+                        enumerate(zip(row, widths, strict=True))))
+        if n == 0:
+            print("  ".join("-" * w for w in widths))

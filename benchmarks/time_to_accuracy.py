@@ -1,0 +1,94 @@
+"""Time to 99%: mnistlab's ``fast`` recipe over several seeds, beside the best-known public one-epoch recipe.
+
+    python benchmarks/time_to_accuracy.py [--seeds 5] [--peer-seeds 3] [--precision auto]
+
+Training seconds are measured in-process with the data already loaded (the training loop only). The whole
+``mnistlab train fast`` command (interpreter start, imports, data verification, training, test pass, run
+files) is timed separately as a subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from _common import load_mnist_numpy, machine, print_table, run_timed, summary, write_json
+from peers import public_one_epoch_model, to_float, train_peer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--peer-seeds", type=int, default=3, help="0 skips the peers")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--commands", type=int, default=3, help="whole-command runs to time (0 skips)")
+    args = parser.parse_args()
+
+    from mnistlab.config import TrainConfig
+    from mnistlab.data import load_dataset
+    from mnistlab.train import fit
+
+    dataset = load_dataset("mnist")
+    results: dict = {"machine": machine(), "fast": {}, "peers": {}}
+    times, accs = [], []
+    for seed in range(args.seeds):
+        with tempfile.TemporaryDirectory() as tmp:
+            run = fit(TrainConfig.for_model("fast", seed=seed, device="cpu", precision=args.precision),
+                      run_dir=Path(tmp) / "r", dataset=dataset)
+        times.append(run.train_seconds)
+        accs.append(run.test.accuracy)
+        print(f"fast seed {seed}: {run.test.accuracy:.4f} in {run.train_seconds:.2f} s", flush=True)
+    results["fast"] = {"train_seconds": summary(times), "test_accuracy": summary(accs), "per_seed": accs,
+                       "precision": run.metrics["precision"]}
+    rows = [["mnistlab fast", f"{summary(accs)['mean']:.4f}", f"{min(accs):.4f}",
+             f"{summary(times)['median']:.2f}", "1.00x"]]
+
+    if args.peer_seeds:
+        x, y, xt, yt = load_mnist_numpy()
+        data = (to_float(x), torch.from_numpy(y.astype("int64")), to_float(xt), torch.from_numpy(yt.astype("int64")))
+        for label, fast_path in (("public recipe, eager fp32", False), ("public recipe, bf16 + channels_last", True)):
+            peer_times, peer_accs = [], []
+            for seed in range(args.peer_seeds):
+                torch.manual_seed(seed)
+                model = public_one_epoch_model()
+                optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+                def onecycle(opt, total):
+                    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-2, total_steps=total)
+
+                peer = train_peer(model, optimizer, *data, epochs=1, batch_size=256, seed=seed,
+                                  scheduler_factory=onecycle, bf16=fast_path, channels_last=fast_path)
+                peer_times.append(peer.epoch_seconds[0])
+                peer_accs.append(peer.test_accuracy)
+                print(f"{label} seed {seed}: {peer.test_accuracy:.4f} in {peer.epoch_seconds[0]:.2f} s", flush=True)
+            results["peers"][label] = {"train_seconds": summary(peer_times), "test_accuracy": summary(peer_accs)}
+            ratio = summary(peer_times)["median"] / summary(times)["median"]
+            rows.append([label, f"{summary(peer_accs)['mean']:.4f}", f"{min(peer_accs):.4f}",
+                         f"{summary(peer_times)['median']:.2f}", f"{ratio:.2f}x slower"])
+
+    if args.commands:
+        command_times = []
+        for n in range(args.commands):
+            with tempfile.TemporaryDirectory() as tmp:
+                wall, done = run_timed([sys.executable, "-m", "mnistlab", "train", "fast", "--seed", str(n),
+                                        "--out", os.path.join(tmp, "r")])
+            if done.returncode != 0:
+                raise SystemExit(done.stderr)
+            command_times.append(wall)
+        results["whole_command_seconds"] = summary(command_times)
+        print(f"whole `mnistlab train fast` command: median {summary(command_times)['median']:.2f} s "
+              f"(min {min(command_times):.2f} s) over {len(command_times)} runs")
+
+    print(f"\ntime to accuracy, machine: {results['machine']['cpu']} x{results['machine']['cores']}, "
+          f"torch {results['machine']['torch']}, mnistlab precision {results['fast']['precision']}")
+    print_table(["recipe", "mean acc", "min acc", "median train s", "vs fast"], rows)
+    print(f"\nwrote {write_json('time_to_accuracy', results)}")
+
+
+if __name__ == "__main__":
+    main()
