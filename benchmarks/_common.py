@@ -6,6 +6,7 @@ ratios, because absolute seconds on a shared 2-core VM drift between runs.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -46,10 +47,8 @@ def machine() -> dict[str, Any]:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    try:
+    with contextlib.suppress(OSError):
         info["loadavg_at_start"] = Path("/proc/loadavg").read_text().split()[:3]
-    except OSError:
-        pass
     return info
 
 

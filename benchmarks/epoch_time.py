@@ -34,7 +34,8 @@ def main() -> None:
 
     dataset = load_dataset("mnist")
     x, y, xt, yt = load_mnist_numpy()
-    x_f, y_t, xt_f, yt_t = to_float(x), torch.from_numpy(y.astype("int64")), to_float(xt), torch.from_numpy(yt.astype("int64"))
+    x_f, xt_f = to_float(x), to_float(xt)
+    y_t, yt_t = torch.from_numpy(y.astype("int64")), torch.from_numpy(yt.astype("int64"))
     rows, results = [], {"machine": machine(), "epochs": args.epochs, "models": {}}
     for name in args.models.split(","):
         with tempfile.TemporaryDirectory() as tmp:

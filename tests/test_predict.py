@@ -17,7 +17,6 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from tests.imagekit import bomb_png, digit_strokes, encode, ink_box, mnist_on_paper, photo_of, render_strokes
 from mnistlab.cli import INVERT_CHOICES as CLI_INVERT_CHOICES
 from mnistlab.cli import main
 from mnistlab.errors import MnistlabError
@@ -31,6 +30,7 @@ from mnistlab.predict import (
     expand_image_paths,
     prepare_image,
 )
+from tests.imagekit import bomb_png, digit_strokes, encode, ink_box, mnist_on_paper, photo_of, render_strokes
 
 
 def assert_mnist_layout(pixels: np.ndarray, *, tolerance: float = 1.0) -> None:

@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.imagekit import bomb_png, digit_strokes, encode, mnist_on_paper, render_strokes
 from mnistlab.predict import Predictor, prepare_image
 from mnistlab.serve import ServeLimits, create_app, static_dir
+from tests.imagekit import bomb_png, digit_strokes, encode, mnist_on_paper, render_strokes
 
 with warnings.catch_warnings():  # newer Starlette nudges towards httpx2; httpx is what the test extras pin
     warnings.simplefilter("ignore")
