@@ -45,3 +45,9 @@ def test_invalid_values_are_one_clear_error(overrides: dict, message: str) -> No
 def test_unknown_model() -> None:
     with pytest.raises(MnistlabError, match="unknown model 'vgg'; choose one of softmax, mlp, cnn"):
         TrainConfig.for_model("vgg")
+
+
+def test_dense_models_default_to_one_thread() -> None:
+    assert TrainConfig.for_model("softmax").threads == TrainConfig.for_model("mlp").threads == 1
+    assert TrainConfig.for_model("cnn").threads is None and TrainConfig.for_model("fast").threads is None
+    assert TrainConfig.for_model("mlp", threads=2).threads == 2

@@ -179,3 +179,13 @@ def test_weights_are_safetensors_not_pickle(tmp_path: Path, tiny_data_dir: Path)
     assert header["0.weight"]["shape"] == [32, 1, 3, 3] and header["0.weight"]["dtype"] == "F32"
     assert not raw.startswith(b"\x80")  # not a pickle stream
     assert np.prod(header["9.weight"]["shape"]) == 5760
+
+
+def test_each_run_sets_its_own_thread_count(tmp_path: Path, tiny_data_dir: Path) -> None:
+    from mnistlab.train import DEFAULT_THREADS
+
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    fit(tiny_config("mlp", epochs=1), run_dir=tmp_path / "a", dataset=dataset)
+    assert torch.get_num_threads() == 1
+    fit(tiny_config("cnn", epochs=1), run_dir=tmp_path / "b", dataset=dataset)
+    assert torch.get_num_threads() == DEFAULT_THREADS

@@ -77,6 +77,10 @@ class TrainObserver:
         """A note for the user (e.g. a requested option that this machine cannot honour)."""
 
 
+# torch's own choice (one per physical core), read before any run changes it.
+DEFAULT_THREADS = torch.get_num_threads()
+
+
 class RunningMeans:
     """An epoch's sample-weighted loss and accuracy sums, kept on the device.
 
@@ -221,8 +225,9 @@ def fit(
     started = time.perf_counter()
     run_dir = runs.prepare_run_dir(run_dir)
     device = resolve_device(config.device)
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+    # Set every time (not only when given): the thread count is process-wide, and a previous run in this
+    # process (e.g. reproduce's single-threaded MLP) must not leave the CNN on one thread.
+    torch.set_num_threads(config.threads or DEFAULT_THREADS)
     if dataset is None:
         dataset = load_dataset(config.dataset, data_dir=config.data_dir)
     else:
