@@ -244,10 +244,12 @@ def evaluate_scores(scored: RunScores, *, gallery: int = GALLERY_SIZE, pairs: in
 def confusion_text(confusion: np.ndarray, class_names: tuple[str, ...] | list[str]) -> str:
     """The confusion matrix as an aligned text table (rows true, columns predicted)."""
     names = [str(name) for name in class_names]
-    width = max(6, *(len(name) for name in names), len(str(int(np.max(confusion, initial=0)))) + 1)
-    lines = ["true \\ predicted".ljust(width) + "".join(name[:width].rjust(width + 1) for name in names)]
+    corner = "true \\ predicted"
+    first = max(len(corner), *(len(name) for name in names))
+    width = max(5, *(len(name) for name in names), len(str(int(np.max(confusion, initial=0)))))
+    lines = [corner.ljust(first) + "".join(name.rjust(width + 1) for name in names)]
     for name, row in zip(names, confusion, strict=True):
-        lines.append(name.ljust(width) + "".join(str(int(v)).rjust(width + 1) for v in row))
+        lines.append(name.ljust(first) + "".join(str(int(v)).rjust(width + 1) for v in row))
     return "\n".join(lines) + "\n"
 
 

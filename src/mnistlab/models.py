@@ -84,7 +84,10 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
 
 def build_model(name: str, *, num_classes: int = NUM_CLASSES) -> nn.Module:
     """Build model ``name`` with Keras initialisation (seed torch's RNG first for reproducible weights)."""
-    model_info(name)  # raises a clear error for unknown names
+    info = model_info(name)  # raises a clear error for unknown names
+    if info.family != "network":
+        raise MnistlabError(f"{name} is a classical baseline ({info.description}), not a network: "
+                            "it has no layers to build or summarise")
     return keras_init_(BUILDERS[name](num_classes=num_classes))
 
 
