@@ -192,8 +192,8 @@ def test_sklearn_holdout_is_train_test_split_order_included() -> None:
 
 def test_seed_sgd_through_the_run_path_matches_the_original_baseline(tmp_path: Path, mnist) -> None:
     """The seed's experiment (75/25 train_test_split, SGDClassifier) gives the same figures either way."""
-    original = sgd_baseline(mnist, seed=0, max_iter=3)
-    config = TrainConfig.for_model("sgd", options={"max_iter": 3}, val_split=0.25, val_method="sklearn")
+    original = sgd_baseline(mnist, seed=0, max_iter=1)
+    config = TrainConfig.for_model("sgd", options={"max_iter": 1}, val_split=0.25, val_method="sklearn")
     result = fit(config, run_dir=tmp_path / "sgd", dataset=mnist)
     assert result.history[0].val_accuracy == original.split_accuracy
     assert result.test.accuracy == original.test_accuracy

@@ -159,10 +159,8 @@ def knn_votes(queries: np.ndarray, reference: np.ndarray, reference_labels: np.n
         partial = r_sq[None, :] - 2.0 * (block @ r.T)                             # (B, M) exact integers
         shift = np.einsum("ij,ij->i", block, block)[:, None]                      # |q|^2 makes it >= 0
         keys = (partial + shift).astype(np.int64) * m + np.arange(m)[None, :]     # unique per row
-        if k < m:
-            nearest = np.argpartition(keys, k - 1, axis=1)[:, :k]                 # (B, k) reference indices
-        else:
-            nearest = np.broadcast_to(np.arange(m), keys.shape)
+        # (B, k) reference indices of the k smallest keys (all of them when k == M).
+        nearest = np.argpartition(keys, k - 1, axis=1)[:, :k] if k < m else np.broadcast_to(np.arange(m), keys.shape)
         neighbour_labels = labels[nearest]                                        # (B, k)
         counts = (neighbour_labels[:, :, None] == np.arange(num_classes)).sum(axis=1)
         votes[start:start + rows] = counts / k
@@ -315,7 +313,7 @@ def _fit_svm(x: np.ndarray, y: np.ndarray, options: dict[str, Any], seed: int, n
     model.fit(x, y)
     arrays = {"support_indices": model.support_.astype(np.int64), "dual_coef": model.dual_coef_,
               "intercept": model.intercept_, "n_support": model.n_support_.astype(np.int64)}
-    return arrays, {"gamma": float(options["gamma"]), "support_vectors": int(len(model.support_))}
+    return arrays, {"gamma": float(options["gamma"]), "support_vectors": len(model.support_)}
 
 
 def forest_arrays(forest: Any) -> dict[str, np.ndarray]:
@@ -358,7 +356,7 @@ def _fit_forest(x: np.ndarray, y: np.ndarray, options: dict[str, Any], seed: int
     model = RandomForestClassifier(n_estimators=int(options["n_estimators"]), random_state=seed, n_jobs=n_jobs)
     model.fit(x, y)
     arrays = forest_arrays(model)
-    return arrays, {"trees": int(options["n_estimators"]), "nodes": int(len(arrays["threshold"])),
+    return arrays, {"trees": int(options["n_estimators"]), "nodes": len(arrays["threshold"]),
                     "leaves": int(np.sum(arrays["children_left"] < 0))}
 
 
@@ -558,9 +556,9 @@ def fit_classical(config: Any, *, run_dir: str | os.PathLike[str], dataset: Data
         "epochs_completed": 1, "epochs": 1, "params": model_json["params"],
         "test_loss": test_loss, "test_accuracy": test_accuracy, "test_count": len(dataset.test),
         "train_loss": train_loss, "train_accuracy": train_accuracy,
-        "train_metrics_samples": int(len(sample)),
+        "train_metrics_samples": len(sample),
         "val_loss": val_loss, "val_accuracy": val_accuracy,
-        "train_samples": int(len(fit_idx)), "val_samples": int(len(val_idx)), "options": dict(config.options),
+        "train_samples": len(fit_idx), "val_samples": len(val_idx), "options": dict(config.options),
         **model.meta,
         "train_seconds": round(fit_seconds, 3), "seconds_per_epoch": round(fit_seconds, 4),
         "eval_seconds": round(eval_seconds, 3), "total_seconds": round(time.perf_counter() - started, 3),

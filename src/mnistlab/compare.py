@@ -43,7 +43,8 @@ class Comparison:
     html: Path
 
 
-def evaluation_on_test(record: RunRecord, *, device: str = "auto") -> tuple[dict[str, Any] | None, dict[str, bytes], str]:
+def evaluation_on_test(record: RunRecord, *, device: str = "auto"
+                       ) -> tuple[dict[str, Any] | None, dict[str, bytes], str]:
     """(evaluation dict, PNG bytes, note) of a run on its test split; computes and saves it if not cached."""
     from mnistlab.analysis import cached_evaluation, evaluate_report, evaluation_dir
 

@@ -104,7 +104,8 @@ def plot_reproduce_comparison(rows: Sequence[Any], path: str | os.PathLike[str])
     ax_curve.set_xlabel("epoch")
     ax_curve.set_ylabel("training loss (running mean, log scale)")
     ax_curve.grid(alpha=0.3)
-    ax_curve.legend()
+    if ax_curve.lines:
+        ax_curve.legend()
     names = [row.name for row in rows]
     positions = np.arange(len(rows))
     ax_bar.bar(positions - 0.2, [100 * row.test_accuracy for row in rows], width=0.4, label="mnistlab")
@@ -282,8 +283,8 @@ def plot_reliability(calibration: Any, path: str | os.PathLike[str], *, title: s
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
     ax.legend(loc="upper left", fontsize=8)
-    ax.set_title((title + "\n" if title else "") + f"ECE {100 * calibration.ece:.2f}%  MCE {100 * calibration.mce:.2f}%",
-                 fontsize=10)
+    scores = f"ECE {100 * calibration.ece:.2f}%  MCE {100 * calibration.mce:.2f}%"
+    ax.set_title((title + "\n" if title else "") + scores, fontsize=10)
     ax_count.bar(centres, np.asarray(calibration.count), width=width, color="#8c8c8c", edgecolor="black")
     ax_count.set_yscale("log")
     ax_count.set_xlabel("confidence (top-1 probability)")
