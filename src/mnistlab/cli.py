@@ -224,6 +224,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from mnistlab.reproduce import ExperimentResult, reproduce
     from mnistlab.runs import default_run_dir
 
+    _check_registry(args)
     console = _console()
     out = Path(args.out) if args.out else default_run_dir("reproduce-quick" if args.quick else "reproduce")
     observers: list[ConsoleObserver] = []

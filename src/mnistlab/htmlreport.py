@@ -203,9 +203,18 @@ def compare_html(*, columns: Sequence[Mapping[str, Any]], table_rows: Sequence[S
     if curves_png:
         parts += ["<h2>Training curves</h2>", data_uri_img(curves_png, "training curves, overlaid")]
     if per_class:
+        # Shade each run's weakest class: where it errs most.
+        lowest = []
+        for column in range(1, len(per_class[0])):
+            values = [float(row[column]) for row in per_class if row[column]]
+            lowest.append(min(values) if values else None)
+        body = "".join("<tr>" + f"<td>{esc(row[0])}</td>" + "".join(
+            f'<td class="{"bad" if cell and float(cell) == lowest[i] else ""}">{esc(cell)}</td>'
+            for i, cell in enumerate(row[1:])) + "</tr>" for row in per_class)
+        head = "".join(f"<th>{esc(h)}</th>" for h in ["class", *labels])
         parts += ["<h2>F1 per class on the test set</h2>",
-                  '<p class="note">Where each run fails: the lowest F1 of each column is where it errs most.</p>',
-                  table(["class", *labels], per_class)]
+                  '<p class="note">Where each run fails: the shaded cell is each run\'s weakest class.</p>',
+                  f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"]
     parts.append("<h2>Where each run fails</h2>")
     for heading, data, images, note in sections:
         parts.append(f"<h3>{esc(heading)}</h3>")
@@ -214,11 +223,11 @@ def compare_html(*, columns: Sequence[Mapping[str, Any]], table_rows: Sequence[S
             continue
         parts.append('<div class="cols"><div>')
         parts.append(table(["figure", "value"], summary_rows(data)))
-        parts.append(table(["true", "predicted as", "images", "share"], pairs_rows(data)[:8]))
         parts.append("</div><div>")
+        parts.append(table(["true", "predicted as", "images", "share of the true class"], pairs_rows(data)))
+        parts.append("</div></div>")
         if "confusion_png" in images:
             parts.append(data_uri_img(images["confusion_png"], f"{heading}: confusion matrix"))
         if "mistakes_png" in images:
             parts.append(data_uri_img(images["mistakes_png"], f"{heading}: most confident mistakes"))
-        parts.append("</div></div>")
     return page("mnistlab: run comparison", "\n".join(parts))

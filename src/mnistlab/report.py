@@ -312,9 +312,12 @@ def plot_runs_curves(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], path:
                 ax.plot(epochs, train, "-", marker="o", ms=3, color=colour, label=f"{label} train")
             if not np.all(np.isnan(val)):
                 ax.plot(epochs, val, "--", marker="s", ms=3, color=colour, label=f"{label} val")
+    from matplotlib.ticker import MaxNLocator
+
     for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7)
