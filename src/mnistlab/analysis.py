@@ -79,11 +79,16 @@ def validation_indices(run: RunFiles, n_train: int) -> np.ndarray:
     if run.model.get("family") == "classical":
         from mnistlab.baselines import holdout_indices
 
-        return holdout_indices(n_train, val_fraction=fraction, seed=seed,
+        held = holdout_indices(n_train, val_fraction=fraction, seed=seed,
                                method=str(config.get("val_method", "mnistlab")))[1]
-    from mnistlab.data import train_val_indices
+    else:
+        from mnistlab.data import train_val_indices
 
-    return train_val_indices(n_train, val_fraction=fraction, seed=seed)[1]
+        held = train_val_indices(n_train, val_fraction=fraction, seed=seed)[1]
+    if len(held) == 0:
+        raise MnistlabError(f"{run.path}: its val split is empty (val_split {fraction} of {n_train:,} images); "
+                            "use --split test or train")
+    return held
 
 
 def _load_split(run: RunFiles, split: str, dataset: Any = None) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, str]:

@@ -497,7 +497,8 @@ def fit_classical(config: Any, *, run_dir: str | os.PathLike[str], dataset: Data
 
     from mnistlab import runs
     from mnistlab.evaluate import EvalResult
-    from mnistlab.train import EpochRecord, TrainObserver, TrainResult, _write_curves
+    from mnistlab.report import plot_curves
+    from mnistlab.train import EpochRecord, TrainObserver, TrainResult
 
     observer = observer or TrainObserver()
     started = time.perf_counter()
@@ -565,7 +566,7 @@ def fit_classical(config: Any, *, run_dir: str | os.PathLike[str], dataset: Data
         "device": "cpu", "checksums": dataset.checksums, "environment": env,
     }
     metrics.pop("fingerprint", None)
-    _write_curves(run_dir, [record], title=f"{config.model} on {dataset.name}")
+    plot_curves([dataclasses.asdict(record)], run_dir / runs.CURVES_PNG, title=f"{config.model} on {dataset.name}")
     runs.write_json_atomic(run_dir / runs.METRICS_FILE, metrics)
     test = EvalResult(loss=float("nan") if test_loss is None else test_loss, accuracy=test_accuracy,
                       count=len(dataset.test))
