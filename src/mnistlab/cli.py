@@ -140,7 +140,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig.for_model(
         args.model, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         seed=args.seed, val_split=args.val_split, device=args.device, threads=args.threads,
-        dataset=args.dataset, data_dir=args.data_dir, **({"options": options} if options else {}),
+        dataset=args.dataset, data_dir=args.data_dir, precision=args.precision, schedule=args.schedule,
+        label_smoothing=args.label_smoothing, **({"options": options} if options else {}),
     )
     _check_registry(args)
     from mnistlab.progress import ConsoleObserver
@@ -221,9 +222,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from mnistlab.progress import ConsoleObserver
-    from mnistlab.reproduce import ExperimentResult, reproduce
+    from mnistlab.reproduce import SEED_EXPERIMENTS, ExperimentResult, reproduce
     from mnistlab.runs import default_run_dir
 
+    only = None
+    if args.only:
+        only = tuple(name.strip() for name in args.only.split(",") if name.strip())
+        known = [exp.name for exp in SEED_EXPERIMENTS]
+        unknown = [name for name in only if name not in known]
+        if unknown or not only:
+            raise MnistlabError(f"--only {args.only!r}: choose from {', '.join(known)}")
     _check_registry(args)
     console = _console()
     out = Path(args.out) if args.out else default_run_dir("reproduce-quick" if args.quick else "reproduce")
@@ -239,7 +247,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     try:
         result = reproduce(out_dir=out, quick=args.quick, seed=args.seed, device=args.device,
-                           observer_for=observer_for, on_result=on_result)
+                           observer_for=observer_for, on_result=on_result, only=only)
     finally:
         for observer in observers:
             observer.close()
@@ -427,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-split", type=float, default=0.0, help="fraction of train held out, in [0, 1)")
     train.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_NAMES)} (default auto)")
     train.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    train.add_argument("--precision", help="auto (default: bf16 where the hardware has it), fp32 or bf16")
+    train.add_argument("--schedule", help="learning-rate schedule: constant or onecycle (default: the recipe's)")
+    train.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing in [0, 1)")
     train.add_argument("--out", help="run directory to create (default runs/MODEL-TIMESTAMP)")
     _add_dataset_flags(train)
     _add_registry_flag(train)
@@ -449,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--out", help="folder to create (default runs/reproduce-TIMESTAMP)")
     repro.add_argument("--seed", type=int, default=0)
     repro.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_NAMES)}")
+    repro.add_argument("--only", help="comma-separated subset of softmax,mlp,cnn,sgd (default: all four)")
     _add_registry_flag(repro)
     repro.set_defaults(handler=cmd_reproduce)
 

@@ -278,6 +278,7 @@ class Dataset:
     files: Mapping[str, Path]
     checksums: ChecksumStatus
     splits: Mapping[str, Split] = field(default_factory=dict)
+    data_dir: str | None = None  # the --data-dir it came from; None for the registry's own location
 
     @property
     def train(self) -> Split:
@@ -338,15 +339,16 @@ def load_dataset(
     return Dataset(
         name=spec.name, title=spec.title, class_names=spec.class_names, files=files,
         checksums="verified" if spec.sha256 else "no checksums", splits=loaded,
+        data_dir=str(Path(data_dir).expanduser().resolve()) if data_dir is not None else None,
     )
 
 
 def train_val_indices(n: int, *, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split ``range(n)`` into seeded random train and validation index arrays (validation last in size)."""
+    """Split ``range(n)`` into seeded random train and validation index arrays (validation of round(n * fraction))."""
     if not 0.0 <= val_fraction < 1.0:
         raise MnistlabError(f"--val-split must be in [0, 1), got {val_fraction}")
     order = np.random.default_rng(seed).permutation(n)
-    n_val = int(round(n * val_fraction))
+    n_val = round(n * val_fraction)
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 

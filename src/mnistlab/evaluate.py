@@ -40,15 +40,23 @@ def predict_logits(
     *,
     batch_size: int = 2000,
     device: torch.device | str | None = None,
+    precision: str = "fp32",
 ) -> torch.Tensor:
-    """Logits (N, 10) float32 for uint8 images (N, 28, 28), computed in batches in eval mode."""
+    """Logits (N, 10) float32 for uint8 images (N, 28, 28), computed in batches in eval mode.
+
+    ``precision="bf16"`` runs under bf16 autocast, as a bf16-trained model was trained and scored.
+    """
+    from mnistlab.models import is_convolutional
+
     device = torch.device(device) if device is not None else next(model.parameters()).device
     images = as_uint8_tensor(images, device)
+    channels_last = is_convolutional(model)
     was_training = model.training
     model.eval()
     try:
-        chunks = [model(prepare_batch(images[i:i + batch_size])).float()
-                  for i in range(0, images.shape[0], batch_size)]
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            chunks = [model(prepare_batch(images[i:i + batch_size], channels_last=channels_last)).float()
+                      for i in range(0, images.shape[0], batch_size)]
     finally:
         model.train(was_training)
     if not chunks:
@@ -63,9 +71,10 @@ def evaluate_model(
     *,
     batch_size: int = 2000,
     device: torch.device | str | None = None,
+    precision: str = "fp32",
 ) -> EvalResult:
     """Mean cross-entropy and accuracy of ``model`` on uint8 ``images`` with integer ``labels``."""
-    logits = predict_logits(model, images, batch_size=batch_size, device=device)
+    logits = predict_logits(model, images, batch_size=batch_size, device=device, precision=precision)
     targets = (labels if isinstance(labels, torch.Tensor) else torch.tensor(labels)).to(logits.device).long()
     count = int(targets.shape[0])
     if count == 0:
@@ -105,12 +114,14 @@ def evaluate_run(
         return EvalResult(loss=loss, accuracy=accuracy, count=len(scored.labels)), dict(run.metrics or {})
     from mnistlab.data import load_dataset
     from mnistlab.models import load_trained_model
-    from mnistlab.train import resolve_device
+    from mnistlab.train import resolve_device, resolve_precision
 
     torch_device = resolve_device(device)
     model, run = load_trained_model(run_dir, device=torch_device)
+    precision, _ = resolve_precision(str(run.model.get("precision", "fp32")), torch_device)
     dataset = load_dataset(run.config.get("dataset", "mnist"), data_dir=run.config.get("data_dir"),
                            splits=(split,))  # type: ignore[arg-type]
     data = dataset.split(split)
-    result = evaluate_model(model, data.images, data.labels, batch_size=batch_size, device=torch_device)
+    result = evaluate_model(model, data.images, data.labels, batch_size=batch_size, device=torch_device,
+                            precision=precision)
     return result, dict(run.metrics or {})

@@ -86,6 +86,9 @@ class ConsoleObserver(TrainObserver):
             self._progress = None
         self.console.print(format_epoch(record, self.epochs), highlight=False)
 
+    def on_message(self, text: str) -> None:
+        self.console.print(f"[yellow]note:[/yellow] {text}", highlight=False)
+
     def close(self) -> None:
         """Stop a live bar left running (e.g. after Ctrl-C mid-epoch)."""
         if self._progress is not None:

@@ -1,0 +1,190 @@
+"""The command line end to end, in temporary folders: outputs, files, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mnistlab import runs
+from mnistlab.cli import main
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:  # argparse exits on its own errors and --help
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_help_does_not_import_torch() -> None:
+    code = ("import sys; from mnistlab.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n"
+            "assert 'numpy' not in sys.modules, 'numpy imported'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "reproduce" in done.stdout and "train" in done.stdout
+
+
+def test_data_info_json(capsys) -> None:
+    code, out, _ = run_cli(capsys, "data", "info", "--json")
+    assert code == 0
+    info = json.loads(out)
+    assert info["checksums"] == "verified"
+    assert info["splits"]["train"]["images_shape"] == [60000, 28, 28]
+    assert info["splits"]["test"]["label_counts"]["1"] == 1135
+
+
+def test_data_info_table(capsys) -> None:
+    code, out, _ = run_cli(capsys, "data", "info")
+    assert code == 0 and "verified" in out and "6,742" in out
+
+
+def test_data_show_writes_a_grid(capsys, tmp_path: Path) -> None:
+    out_png = tmp_path / "grid.png"
+    code, out, _ = run_cli(capsys, "data", "show", "--split", "test", "--start", "10", "--count", "9",
+                           "--out", str(out_png))
+    assert code == 0 and "9 images" in out
+    with Image.open(out_png) as image:
+        assert image.format == "PNG" and image.width > 200 and image.height > 200
+
+
+@pytest.mark.parametrize(("argv", "fragments"), [
+    (["data", "show", "--count", "0", "--out", "x.png"], ["--count"]),
+    (["data", "show", "--start", "70000", "--out", "x.png"], ["--start"]),
+    (["data", "show", "--out", "/nonexistent-dir/x.png"], ["does not exist"]),
+    (["data", "info", "--dataset", "cifar"], ["unknown dataset 'cifar'"]),
+    (["data", "info", "--data-dir", "/nonexistent"], ["not a folder"]),
+])
+def test_data_errors(capsys, argv, fragments) -> None:
+    code, _, err = run_cli(capsys, *argv)
+    assert_one_line_error(code, err, *fragments)
+
+
+def test_summary_cnn(capsys) -> None:
+    code, out, _ = run_cli(capsys, "summary", "cnn")
+    assert code == 0
+    assert "Total params: 61,514" in out and "(None, 64, 3, 3)" in out and "36,928" in out
+
+
+def test_train_evaluate_end_to_end(capsys, tmp_path: Path, tiny_data_dir: Path) -> None:
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli(capsys, "train", "mlp", "--epochs", "2", "--batch-size", "64", "--val-split", "0.2",
+                             "--seed", "7", "--device", "cpu", "--threads", "1", "--data-dir", str(tiny_data_dir),
+                             "--out", str(run_dir))
+    assert code == 0, err
+    assert "epoch 1/2" in out and "epoch 2/2" in out and "val_acc" in out
+    metrics = json.loads((run_dir / runs.METRICS_FILE).read_text())
+    config = json.loads((run_dir / runs.CONFIG_FILE).read_text())
+    assert (config["epochs"], config["batch_size"], config["seed"], config["val_split"]) == (2, 64, 7, 0.2)
+    assert config["data_dir"] == str(tiny_data_dir.resolve())
+    assert f"test accuracy {metrics['test_accuracy']:.4f}" in out
+    code, out, err = run_cli(capsys, "evaluate", str(run_dir), "--json")
+    assert code == 0, err
+    evaluated = json.loads(out)
+    assert evaluated["accuracy"] == metrics["test_accuracy"]
+    assert evaluated["loss"] == pytest.approx(metrics["test_loss"], rel=1e-6)
+    code, out, _ = run_cli(capsys, "evaluate", str(run_dir))
+    assert code == 0 and "(matches)" in out
+
+
+@pytest.mark.parametrize(("argv", "fragments"), [
+    (["train", "resnet"], ["unknown model 'resnet'"]),
+    (["train", "mlp", "--epochs", "0"], ["--epochs must be a whole number >= 1"]),
+    (["train", "mlp", "--batch-size", "-5"], ["--batch-size"]),
+    (["train", "mlp", "--val-split", "1"], ["--val-split must be in [0, 1)"]),
+    (["train", "mlp", "--optimizer", "lion"], ["--optimizer 'lion'"]),
+    (["train", "mlp", "--epochs", "two"], ["--epochs", "invalid int value"]),
+    (["train", "mlp", "--bogus"], ["unrecognized arguments"]),
+    (["train", "mlp", "--dataset", "cifar"], ["unknown dataset"]),
+])
+def test_train_flag_errors(capsys, argv, fragments) -> None:
+    code, _, err = run_cli(capsys, *argv)
+    assert_one_line_error(code, err, *fragments)
+
+
+def test_train_out_unwritable(capsys, tmp_path: Path, tiny_data_dir: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run_cli(capsys, "train", "softmax", "--epochs", "1", "--data-dir", str(tiny_data_dir),
+                           "--out", str(blocker / "run"))
+    assert_one_line_error(code, err, "--out", "cannot create")
+    if os.geteuid() != 0:  # root ignores permission bits
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        code, _, err = run_cli(capsys, "train", "softmax", "--epochs", "1", "--data-dir", str(tiny_data_dir),
+                               "--out", str(locked / "run"))
+        assert_one_line_error(code, err, "--out")
+
+
+def test_evaluate_errors(capsys, tmp_path: Path) -> None:
+    code, _, err = run_cli(capsys, "evaluate", str(tmp_path / "nope"))
+    assert_one_line_error(code, err, "no such run directory")
+    code, _, err = run_cli(capsys, "evaluate", str(tmp_path))
+    assert_one_line_error(code, err, "not a run directory")
+
+
+def test_corrupt_data_file_is_one_line(capsys, tiny_data_dir: Path, tmp_path: Path) -> None:
+    target = tiny_data_dir / "train-images-idx3-ubyte.gz"
+    target.write_bytes(target.read_bytes()[:200])
+    code, _, err = run_cli(capsys, "train", "mlp", "--data-dir", str(tiny_data_dir), "--out", str(tmp_path / "r"))
+    assert_one_line_error(code, err, "train-images-idx3-ubyte.gz", "truncated")
+
+
+def test_reproduce_quick_subset(capsys, tmp_path: Path) -> None:
+    out_dir = tmp_path / "repro"
+    code, _, err = run_cli(capsys, "reproduce", "--quick", "--only", "softmax,sgd", "--out", str(out_dir))
+    assert code == 0, err
+    report = (out_dir / "report.md").read_text()
+    results = json.loads((out_dir / "results.json").read_text())
+    rows = {row["name"]: row for row in results["rows"]}
+    assert set(rows) == {"softmax", "sgd"}
+    assert rows["softmax"]["seed_accuracy"] == 0.9275 and rows["sgd"]["seed_accuracy"] == 0.9111
+    assert rows["softmax"]["test_accuracy"] > 0.88  # one epoch of softmax regression
+    assert rows["sgd"]["test_accuracy"] > 0.85
+    for row in rows.values():
+        assert f"{row['test_accuracy']:.4f}" in report
+        assert f"{row['difference_points']:+.2f} pt" in report
+    assert (out_dir / "comparison.png").is_file() and (out_dir / "softmax" / "curves.png").is_file()
+
+
+def test_ctrl_c_in_a_real_process(tmp_path: Path, tiny_data_dir: Path) -> None:
+    """SIGINT during training: exit 130, one line, and a run directory holding the completed epochs."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "train", "cnn", "--epochs", "500",
+                             "--batch-size", "16", "--device", "cpu", "--data-dir", str(tiny_data_dir),
+                             "--out", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run_dir / runs.HISTORY_JSON).exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    metrics = json.loads((run_dir / runs.METRICS_FILE).read_text())
+    history = json.loads((run_dir / runs.HISTORY_JSON).read_text())
+    assert metrics["status"] == "interrupted" and metrics["epochs_completed"] == len(history) >= 1
+    done = subprocess.run([sys.executable, "-m", "mnistlab", "evaluate", str(run_dir), "--json"],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["count"] == 64

@@ -1,0 +1,47 @@
+"""TrainConfig validation and the models' recipes."""
+
+from __future__ import annotations
+
+import pytest
+
+from mnistlab.config import DEFAULT_LR, TrainConfig
+from mnistlab.errors import MnistlabError
+
+
+def test_recipes_are_the_seeds() -> None:
+    assert (TrainConfig.for_model("softmax").epochs, TrainConfig.for_model("softmax").batch_size) == (30, 128)
+    for name in ("mlp", "cnn"):
+        config = TrainConfig.for_model(name)
+        assert (config.epochs, config.batch_size, config.optimizer, config.lr) == (30, 200, "rmsprop", 1e-3)
+
+
+def test_overrides_and_optimizer_default_lr() -> None:
+    config = TrainConfig.for_model("cnn", epochs=2, optimizer="sgd", seed=None)
+    assert config.epochs == 2 and config.batch_size == 200
+    assert config.lr == DEFAULT_LR["sgd"] and config.seed == 0
+    assert TrainConfig.for_model("cnn", optimizer="adam", lr=0.01).lr == 0.01
+
+
+def test_round_trip_through_dict() -> None:
+    config = TrainConfig.for_model("mlp", val_split=0.2, threads=1)
+    assert TrainConfig.from_dict({**config.to_dict(), "unknown_future_key": 1}) == config
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"epochs": 0}, "--epochs must be a whole number >= 1"),
+    ({"batch_size": 0}, "--batch-size must be"),
+    ({"val_split": 1.0}, r"--val-split must be in \[0, 1\)"),
+    ({"val_split": -0.5}, "--val-split"),
+    ({"lr": -1.0}, "--lr must be > 0"),
+    ({"optimizer": "lion"}, "--optimizer 'lion'"),
+    ({"device": "tpu"}, "--device 'tpu'"),
+    ({"threads": 0}, "--threads"),
+])
+def test_invalid_values_are_one_clear_error(overrides: dict, message: str) -> None:
+    with pytest.raises(MnistlabError, match=message):
+        TrainConfig.for_model("softmax", **overrides)
+
+
+def test_unknown_model() -> None:
+    with pytest.raises(MnistlabError, match="unknown model 'vgg'; choose one of softmax, mlp, cnn"):
+        TrainConfig.for_model("vgg")

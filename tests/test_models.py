@@ -1,0 +1,141 @@
+"""The seed's models: parameter counts, Keras initialisation, shapes, summaries, the optimizers' updates."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mnistlab.errors import MnistlabError
+from mnistlab.models import build_model, count_parameters, prepare_batch, summarize
+from mnistlab.train import build_optimizer
+
+SEED_PARAMS = {"softmax": 7_850, "mlp": 89_610, "cnn": 61_514}
+
+
+@pytest.mark.parametrize(("name", "params"), SEED_PARAMS.items())
+def test_parameter_counts_match_the_seed(name: str, params: int) -> None:
+    assert count_parameters(build_model(name)) == params
+
+
+@pytest.mark.parametrize("name", SEED_PARAMS)
+def test_logits_shape(name: str) -> None:
+    model = build_model(name)
+    assert model(torch.zeros(5, 1, 28, 28)).shape == (5, 10)
+
+
+def test_unknown_model() -> None:
+    with pytest.raises(MnistlabError, match="unknown model 'resnet'"):
+        build_model("resnet")
+
+
+@pytest.mark.parametrize("name", SEED_PARAMS)
+def test_keras_glorot_uniform_init(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name)
+    for module in model.modules():
+        if isinstance(module, nn.Linear | nn.Conv2d):
+            weight = module.weight.detach()
+            receptive = weight[0, 0].numel() if weight.dim() == 4 else 1
+            fan_in, fan_out = weight.shape[1] * receptive, weight.shape[0] * receptive
+            limit = math.sqrt(6.0 / (fan_in + fan_out))
+            assert weight.abs().max() <= limit
+            # Uniform(-l, l) has standard deviation l/sqrt(3); PyTorch's default (kaiming) would not.
+            assert weight.std().item() == pytest.approx(limit / math.sqrt(3), rel=0.15)
+            assert torch.count_nonzero(module.bias) == 0
+
+
+def test_pool_before_relu_is_the_same_function_as_relu_before_pool() -> None:
+    torch.manual_seed(1)
+    x = torch.randn(8, 32, 26, 26)
+    ours = torch.relu(nn.functional.max_pool2d(x, 2))
+    keras_order = nn.functional.max_pool2d(torch.relu(x), 2)
+    torch.testing.assert_close(ours, keras_order, rtol=0, atol=0)
+
+
+def test_prepare_batch_scales_uint8_to_unit_interval() -> None:
+    images = torch.tensor(np.array([[[0, 255], [51, 128]]], dtype=np.uint8))
+    out = prepare_batch(images)
+    assert out.shape == (1, 1, 2, 2) and out.dtype == torch.float32
+    np.testing.assert_allclose(out.numpy().ravel(), np.array([0, 255, 51, 128], dtype=np.float32) / 255)
+
+
+def test_summary_shapes_and_totals_cnn() -> None:
+    summary = summarize(build_model("cnn"), name="cnn")
+    shapes = [(row.kind, row.output_shape, row.params) for row in summary.layers if row.params or row.kind != "ReLU"]
+    assert shapes == [
+        ("Conv2d", (None, 32, 26, 26), 320),
+        ("MaxPool2d", (None, 32, 13, 13), 0),
+        ("Conv2d", (None, 64, 11, 11), 18_496),
+        ("MaxPool2d", (None, 64, 5, 5), 0),
+        ("Conv2d", (None, 64, 3, 3), 36_928),
+        ("Flatten", (None, 576), 0),
+        ("Linear", (None, 10), 5_770),
+    ]
+    assert summary.total_params == summary.trainable_params == 61_514
+    assert summary.non_trainable_params == 0
+    assert summary.input_shape == (None, 1, 28, 28) and summary.output_shape == (None, 10)
+
+
+def test_summary_mlp_rows() -> None:
+    summary = summarize(build_model("mlp"), name="mlp")
+    dense = [(row.output_shape, row.params) for row in summary.layers if row.kind == "Linear"]
+    assert dense == [((None, 100), 78_500), ((None, 100), 10_100), ((None, 10), 1_010)]
+
+
+# ----------------------------------------------------------------------------------------- optimizers
+def _quadratic_grads(steps: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(6) for _ in range(steps)]
+
+
+def test_rmsprop_matches_the_keras_formula() -> None:
+    """v = rho v + (1 - rho) g^2 ; w -= lr g / (sqrt(v) + eps), with Keras' rho 0.9, eps 1e-7, lr 1e-3."""
+    lr, rho, eps = 1e-3, 0.9, 1e-7
+    w0 = np.linspace(-1, 1, 6)
+    param = nn.Parameter(torch.tensor(w0, dtype=torch.float64))
+    optimizer = build_optimizer("rmsprop", [param], lr=lr)
+    w, v = w0.copy(), np.zeros(6)
+    for g in _quadratic_grads(5):
+        param.grad = torch.tensor(g)
+        optimizer.step()
+        v = rho * v + (1 - rho) * g * g
+        w = w - lr * g / (np.sqrt(v) + eps)
+        np.testing.assert_allclose(param.detach().numpy(), w, rtol=1e-12, atol=1e-14)
+
+
+def test_adam_matches_the_formula_with_keras_epsilon() -> None:
+    lr, b1, b2, eps = 1e-3, 0.9, 0.999, 1e-7
+    w0 = np.linspace(-1, 1, 6)
+    param = nn.Parameter(torch.tensor(w0, dtype=torch.float64))
+    optimizer = build_optimizer("adam", [param], lr=lr)
+    w, m, v = w0.copy(), np.zeros(6), np.zeros(6)
+    for t, g in enumerate(_quadratic_grads(4, seed=1), start=1):
+        param.grad = torch.tensor(g)
+        optimizer.step()
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        w = w - lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+        np.testing.assert_allclose(param.detach().numpy(), w, rtol=1e-10, atol=1e-13)
+
+
+def test_sgd_momentum_matches_the_formula() -> None:
+    lr, momentum = 0.01, 0.9
+    w0 = np.linspace(-1, 1, 6)
+    param = nn.Parameter(torch.tensor(w0, dtype=torch.float64))
+    optimizer = build_optimizer("sgd", [param], lr=lr)
+    w, buf = w0.copy(), None
+    for g in _quadratic_grads(4, seed=2):
+        param.grad = torch.tensor(g)
+        optimizer.step()
+        buf = g if buf is None else momentum * buf + g
+        w = w - lr * buf
+        np.testing.assert_allclose(param.detach().numpy(), w, rtol=1e-12)
+
+
+def test_unknown_optimizer() -> None:
+    with pytest.raises(MnistlabError, match="--optimizer 'lion'"):
+        build_optimizer("lion", [nn.Parameter(torch.zeros(1))], lr=0.1)

@@ -1,0 +1,181 @@
+"""The training loop on tiny synthetic data: run files, reproducibility, interruption, loading back."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mnistlab import runs
+from mnistlab.config import TrainConfig
+from mnistlab.data import load_dataset
+from mnistlab.errors import MnistlabError, TrainingInterrupted
+from mnistlab.evaluate import evaluate_model, evaluate_run
+from mnistlab.models import build_model, load_trained_model, weights_bytes
+from mnistlab.train import TrainObserver, fit
+
+
+def tiny_config(model: str = "mlp", **overrides) -> TrainConfig:
+    return TrainConfig.for_model(model, **{"epochs": 3, "batch_size": 32, "device": "cpu", **overrides})
+
+
+def test_fit_writes_a_complete_consistent_run(tmp_path: Path, tiny_data_dir: Path) -> None:
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    result = fit(tiny_config(val_split=0.25), run_dir=tmp_path / "run", dataset=dataset)
+    run = result.run_dir
+    for name in (runs.CONFIG_FILE, runs.MODEL_FILE, runs.WEIGHTS_FILE, runs.HISTORY_JSON, runs.HISTORY_CSV,
+                 runs.CURVES_PNG, runs.METRICS_FILE):
+        assert (run / name).is_file(), name
+    assert not list(run.glob(".*.tmp"))  # no temporary files left behind
+    config = json.loads((run / runs.CONFIG_FILE).read_text())
+    assert TrainConfig.from_dict(config) == result.config
+    assert config["environment"]["torch"] == torch.__version__
+    history = json.loads((run / runs.HISTORY_JSON).read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    with (run / runs.HISTORY_CSV).open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [float(r["loss"]) for r in rows] == pytest.approx([h["loss"] for h in history])
+    # 25% of 256 held out: the validation figures exist and are probabilities.
+    assert all(0.0 <= row["val_accuracy"] <= 1.0 for row in history)
+    metrics = json.loads((run / runs.METRICS_FILE).read_text())
+    assert metrics["status"] == "completed" and metrics["epochs_completed"] == 3
+    assert metrics["test_count"] == 64
+    assert metrics["train_seconds"] == pytest.approx(sum(h["seconds"] for h in history), abs=0.01)
+    # The synthetic classes are separable: three epochs of an MLP learn them.
+    assert metrics["test_accuracy"] >= 0.9
+    # Reloading the weights gives exactly the recorded test figure.
+    model, files = load_trained_model(run)
+    assert files.model["precision"] == metrics["precision"] in ("fp32", "bf16")
+    again = evaluate_model(model, dataset.test.images, dataset.test.labels, precision=metrics["precision"])
+    assert again.accuracy == metrics["test_accuracy"]
+    assert again.loss == pytest.approx(metrics["test_loss"], rel=1e-6)
+
+
+def test_running_epoch_metrics_are_sample_weighted_means(tmp_path: Path, tiny_data_dir: Path) -> None:
+    """The epoch's loss is the mean over samples of the per-batch losses, as Keras reports it."""
+    seen: list[tuple[int, float]] = []
+
+    class Spy(TrainObserver):
+        def on_step(self, *, step, steps, running):
+            seen.append((step, running()[0]))
+
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    # 256 samples at batch 100: steps of 100, 100, 56.
+    result = fit(tiny_config(epochs=1, batch_size=100), run_dir=tmp_path / "r", dataset=dataset, observer=Spy())
+    assert [s for s, _ in seen] == [1, 2, 3]
+    assert result.history[0].loss == pytest.approx(seen[-1][1])
+
+
+@pytest.mark.parametrize("model", ["softmax", "mlp", "cnn"])
+def test_same_seed_same_numbers(tmp_path: Path, tiny_data_dir: Path, model: str) -> None:
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    a = fit(tiny_config(model, epochs=2), run_dir=tmp_path / "a", dataset=dataset)
+    b = fit(tiny_config(model, epochs=2), run_dir=tmp_path / "b", dataset=dataset)
+    assert [(h.loss, h.accuracy) for h in a.history] == [(h.loss, h.accuracy) for h in b.history]
+    assert (a.run_dir / runs.WEIGHTS_FILE).read_bytes() == (b.run_dir / runs.WEIGHTS_FILE).read_bytes()
+    c = fit(tiny_config(model, epochs=2, seed=1), run_dir=tmp_path / "c", dataset=dataset)
+    assert [h.loss for h in c.history] != [h.loss for h in a.history]
+
+
+class InterruptAt(TrainObserver):
+    """Simulates Ctrl-C in the middle of an epoch."""
+
+    def __init__(self, epoch: int, step: int) -> None:
+        self.target, self.epoch = (epoch, step), 0
+
+    def on_epoch_start(self, *, epoch, epochs, steps):
+        self.epoch = epoch
+
+    def on_step(self, *, step, steps, running):
+        if (self.epoch, step) == self.target:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_keeps_the_last_completed_epoch(tmp_path: Path, tiny_data_dir: Path) -> None:
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    complete = fit(tiny_config(epochs=2), run_dir=tmp_path / "complete", dataset=dataset)
+    with pytest.raises(TrainingInterrupted) as caught:
+        fit(tiny_config(epochs=5), run_dir=tmp_path / "cut", dataset=dataset, observer=InterruptAt(3, 2))
+    assert caught.value.epochs_completed == 2
+    cut = tmp_path / "cut"
+    metrics = json.loads((cut / runs.METRICS_FILE).read_text())
+    assert metrics["status"] == "interrupted" and metrics["epochs_completed"] == 2
+    assert len(json.loads((cut / runs.HISTORY_JSON).read_text())) == 2
+    assert (cut / runs.CURVES_PNG).is_file()
+    # The saved weights are exactly epoch 2's: the same as a run that stopped there on purpose.
+    assert (cut / runs.WEIGHTS_FILE).read_bytes() == (complete.run_dir / runs.WEIGHTS_FILE).read_bytes()
+    result, recorded = evaluate_run(cut, device="cpu")
+    assert result.count == 64 and recorded["status"] == "interrupted"
+
+
+def test_interrupt_in_first_epoch_leaves_valid_but_empty_history(tmp_path: Path, tiny_data_dir: Path) -> None:
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    with pytest.raises(TrainingInterrupted) as caught:
+        fit(tiny_config(), run_dir=tmp_path / "r", dataset=dataset, observer=InterruptAt(1, 1))
+    assert caught.value.epochs_completed == 0
+    assert json.loads((tmp_path / "r" / runs.METRICS_FILE).read_text())["epochs_completed"] == 0
+
+
+def test_refuses_to_overwrite_a_run(tmp_path: Path, tiny_data_dir: Path) -> None:
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    fit(tiny_config(epochs=1), run_dir=tmp_path / "r", dataset=dataset)
+    before = (tmp_path / "r" / runs.WEIGHTS_FILE).read_bytes()
+    with pytest.raises(MnistlabError, match="already holds a run"):
+        fit(tiny_config(epochs=1, seed=3), run_dir=tmp_path / "r", dataset=dataset)
+    assert (tmp_path / "r" / runs.WEIGHTS_FILE).read_bytes() == before
+
+
+def test_cuda_request_without_gpu_is_a_clear_error(tmp_path: Path, tiny_data_dir: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU; the error path is for CPU-only machines")
+    with pytest.raises(MnistlabError, match="--device cuda: no CUDA GPU"):
+        fit(tiny_config(device="cuda"), run_dir=tmp_path / "r", dataset=load_dataset(data_dir=tiny_data_dir))
+
+
+# ------------------------------------------------------------------------------------ loading run dirs
+def test_not_a_run_directory(tmp_path: Path) -> None:
+    with pytest.raises(MnistlabError, match="no such run directory"):
+        load_trained_model(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MnistlabError, match="not a run directory"):
+        load_trained_model(tmp_path / "empty")
+
+
+def _small_run(tmp_path: Path, tiny_data_dir: Path, model: str = "softmax") -> Path:
+    return fit(tiny_config(model, epochs=1), run_dir=tmp_path / model,
+               dataset=load_dataset(data_dir=tiny_data_dir)).run_dir
+
+
+def test_weights_of_another_model_are_rejected(tmp_path: Path, tiny_data_dir: Path) -> None:
+    run = _small_run(tmp_path, tiny_data_dir)
+    runs.write_bytes_atomic(run / runs.WEIGHTS_FILE, weights_bytes(build_model("mlp")))
+    with pytest.raises(MnistlabError, match="weights do not match model 'softmax'"):
+        load_trained_model(run)
+
+
+def test_corrupt_weights_are_rejected(tmp_path: Path, tiny_data_dir: Path) -> None:
+    run = _small_run(tmp_path, tiny_data_dir)
+    (run / runs.WEIGHTS_FILE).write_bytes(b"\x00" * 40)
+    with pytest.raises(MnistlabError, match="not a readable safetensors file"):
+        load_trained_model(run)
+
+
+def test_malformed_config_is_rejected(tmp_path: Path, tiny_data_dir: Path) -> None:
+    run = _small_run(tmp_path, tiny_data_dir)
+    (run / runs.MODEL_FILE).write_text("{not json")
+    with pytest.raises(MnistlabError, match="not readable JSON"):
+        load_trained_model(run)
+
+
+def test_weights_are_safetensors_not_pickle(tmp_path: Path, tiny_data_dir: Path) -> None:
+    run = _small_run(tmp_path, tiny_data_dir, "cnn")
+    raw = (run / runs.WEIGHTS_FILE).read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + header_len])
+    assert header["0.weight"]["shape"] == [32, 1, 3, 3] and header["0.weight"]["dtype"] == "F32"
+    assert not raw.startswith(b"\x80")  # not a pickle stream
+    assert np.prod(header["9.weight"]["shape"]) == 5760
