@@ -127,11 +127,14 @@ def run_scores(run_dir: str | os.PathLike[str], *, split: str = "test", device: 
     else:
         from mnistlab.evaluate import predict_logits
         from mnistlab.models import load_trained_model
-        from mnistlab.train import resolve_device
+        from mnistlab.train import resolve_device, resolve_precision
 
         torch_device = resolve_device(device)
         network, _ = load_trained_model(run.path, device=torch_device)
-        scores = predict_logits(network, images, batch_size=batch_size, device=torch_device).cpu().numpy()
+        # Score in the precision the run was trained and scored in (bf16 autocast where it ran bf16).
+        precision, _ = resolve_precision(str(run.model.get("precision", "fp32")), torch_device)
+        scores = predict_logits(network, images, batch_size=batch_size, device=torch_device,
+                                precision=precision).cpu().numpy()
         kind = "logits"
     return RunScores(run=run, split=split, dataset=dataset.name, class_names=class_names, images=images,
                      labels=labels, indices=indices, source_split=source, scores=np.asarray(scores, np.float64),
