@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from mnistlab import __version__
-from mnistlab.config import DEVICE_NAMES, MODEL_NAMES, OPTIMIZER_NAMES
+from mnistlab.config import CLASSICAL_NAMES, DEVICE_NAMES, MODEL_NAMES, OPTIMIZER_NAMES
 from mnistlab.errors import MnistlabError, TrainingInterrupted
 
 EXIT_USAGE = 2
@@ -113,15 +113,37 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 # -------------------------------------------------------------------------------------------- training
-def cmd_train(args: argparse.Namespace) -> int:
-    from mnistlab.config import TrainConfig
+def _check_registry(args: argparse.Namespace) -> None:
+    """Open (creating if needed) the registry before any long work, so a bad one fails in milliseconds."""
+    from mnistlab.registry import Registry
 
+    Registry.open(args.registry).close()
+
+
+def _record_runs(args: argparse.Namespace, run_dirs: Sequence[Path | str], *, source: str) -> list[Any]:
+    """Record finished runs in the registry; if that fails, say the runs themselves are safe on disk."""
+    from mnistlab.registry import Registry
+
+    try:
+        with Registry.open(args.registry) as registry:
+            return [registry.record_run(run_dir, source=source) for run_dir in run_dirs]  # type: ignore[arg-type]
+    except MnistlabError as exc:
+        where = ", ".join(str(run_dir) for run_dir in run_dirs)
+        raise MnistlabError(f"{where} saved, but not recorded in the registry: {exc} "
+                            f"(`mnistlab evaluate RUN` records a run later)") from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mnistlab.config import TrainConfig, parse_option
+
+    options = dict(parse_option(args.model, text) for text in args.option or [])
     config = TrainConfig.for_model(
         args.model, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         seed=args.seed, val_split=args.val_split, device=args.device, threads=args.threads,
         dataset=args.dataset, data_dir=args.data_dir, precision=args.precision, schedule=args.schedule,
-        label_smoothing=args.label_smoothing,
+        label_smoothing=args.label_smoothing, **({"options": options} if options else {}),
     )
+    _check_registry(args)
     from mnistlab.progress import ConsoleObserver
     from mnistlab.runs import default_run_dir
     from mnistlab.train import fit
@@ -133,25 +155,68 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = fit(config, run_dir=run_dir, observer=observer)
     finally:
         observer.close()
-    console.print(f"test loss {result.test.loss:.4f}  test accuracy {result.test.accuracy:.4f}  "
+    loss = "n/a" if result.test.loss != result.test.loss else f"{result.test.loss:.4f}"  # NaN: no probabilities
+    console.print(f"test loss {loss}  test accuracy {result.test.accuracy:.4f}  "
                   f"({result.test.count:,} images; trained {result.train_seconds:.1f} s)")
     console.print(f"run directory: {result.run_dir}")
+    record = _record_runs(args, [result.run_dir], source="train")[0]
+    console.print(f"registry: run {record.id}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from mnistlab.evaluate import evaluate_run
+    from mnistlab.analysis import check_html_path, evaluate_report
 
-    result, recorded = evaluate_run(args.run_dir, split=args.split, device=args.device)
+    if args.html:
+        check_html_path(args.html)
+    _check_registry(args)
+    out = evaluate_report(args.run_dir, split=args.split, device=args.device, html=args.html)
+    evaluation = out.evaluation
+    data = evaluation.to_dict()
+    from mnistlab.registry import Registry
+
+    with Registry.open(args.registry) as registry:
+        record, recorded = registry.record_evaluation(args.run_dir, data, report=out.html)
     if args.json:
-        print(json.dumps({"split": args.split, "loss": result.loss, "accuracy": result.accuracy,
-                          "count": result.count, "recorded_test_accuracy": recorded.get("test_accuracy")}))
+        print(json.dumps({**data, "files": {key: str(path) for key, path in out.files.items()},
+                          "html": str(out.html), "registry": {"run": record.id, "evaluation": recorded.id}}))
         return 0
-    print(f"{args.split}: loss {result.loss:.4f}  accuracy {result.accuracy:.4f}  ({result.count:,} images)")
-    if args.split == "test" and recorded.get("test_accuracy") is not None:
-        same = abs(float(recorded["test_accuracy"]) - result.accuracy) < 1e-9
-        print(f"recorded at training: accuracy {recorded['test_accuracy']:.4f}"
-              + ("  (matches)" if same else "  (differs: weights or data changed since training)"))
+    from rich.table import Table
+
+    console = _console()
+    loss = "n/a (no probabilities)" if evaluation.loss is None else f"{evaluation.loss:.4f}"
+    console.print(f"[bold]{evaluation.model}[/bold] on {evaluation.dataset} {args.split}: "
+                  f"accuracy {evaluation.accuracy:.4f}  error {100 * (1 - evaluation.accuracy):.2f}%  loss {loss}  "
+                  f"({evaluation.count:,} images)")
+    recorded_accuracy = data["recorded_test_accuracy"]
+    if args.split == "test" and recorded_accuracy is not None:
+        same = abs(float(recorded_accuracy) - evaluation.accuracy) < 1e-9
+        console.print(f"recorded at training: accuracy {recorded_accuracy:.4f}"
+                      + ("  (matches)" if same else "  (differs: weights or data changed since training)"))
+    console.print("top-k accuracy: " + "  ".join(f"top-{k} {v:.4f}" for k, v in evaluation.top_k.items()))
+    if evaluation.calibration is not None:
+        console.print(f"calibration: ECE {100 * evaluation.calibration.ece:.2f}%  "
+                      f"MCE {100 * evaluation.calibration.mce:.2f}% ({len(evaluation.calibration.count)} bins)")
+    if data["published"] and args.split == "test":
+        console.print(f"published ({data['published']['method']}): {100 * data['published']['test_error']:.2f}% "
+                      f"error; this run: {100 * (1 - evaluation.accuracy):.2f}%")
+    console.print()
+    console.print(evaluation.report.as_text(digits=4), end="")
+    console.print()
+    from mnistlab.analysis import confusion_text
+
+    console.print("confusion matrix (rows: true, columns: predicted)")
+    console.print(confusion_text(evaluation.confusion, evaluation.class_names), end="")
+    if evaluation.pairs:
+        names = evaluation.class_names
+        table = Table("true", "predicted as", "images", "share of true class", title="most confused pairs")
+        for pair in evaluation.pairs:
+            table.add_row(names[pair.true], names[pair.predicted], str(pair.count),
+                          f"{100 * pair.fraction_of_true:.2f}%")
+        console.print(table)
+    console.print(f"files: {out.out_dir}/ ({', '.join(sorted(p.name for p in out.files.values()))})")
+    console.print(f"report: {out.html}")
+    console.print(f"registry: run {record.id}, evaluation {recorded.id}")
     return 0
 
 
@@ -167,6 +232,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         unknown = [name for name in only if name not in known]
         if unknown or not only:
             raise MnistlabError(f"--only {args.only!r}: choose from {', '.join(known)}")
+    _check_registry(args)
     console = _console()
     out = Path(args.out) if args.out else default_run_dir("reproduce-quick" if args.quick else "reproduce")
     observers: list[ConsoleObserver] = []
@@ -195,6 +261,128 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                       f"{row.train_seconds:.1f}")
     console.print(table)
     console.print(f"report: {result.report}")
+    records = _record_runs(args, [row.run_dir for row in result.rows], source="reproduce")
+    console.print("registry: runs " + ", ".join(str(record.id) for record in records))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- registry
+def _registry(args: argparse.Namespace) -> Any:
+    from mnistlab.registry import Registry
+
+    return Registry.open(args.registry, create=False)
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    return "" if value is None else format(value, spec)
+
+
+def cmd_runs_list(args: argparse.Namespace) -> int:
+    with _registry(args) as registry:
+        records = registry.list_runs(model=args.model, dataset=args.dataset, sort=args.sort, reverse=args.reverse,
+                                     limit=args.limit)
+        path = registry.path
+    if args.json:
+        print(json.dumps([{"id": r.id, "created": r.created, "source": r.source, "model": r.model,
+                           "family": r.family, "dataset": r.dataset, "state": r.state, "path": r.path,
+                           "metrics": r.metrics, "figures": r.figures()} for r in records], indent=2))
+        return 0
+    from rich.table import Table
+
+    console = _console()
+    if not records:
+        console.print(f"no runs match (registry {path})")
+        return 0
+    sort_column = args.sort if args.sort and args.sort not in ("test_accuracy", "params", "train_seconds") else None
+    headers = ["id", "recorded (UTC)", "model", "dataset", "test acc", "params", "train s"]
+    table = Table(*headers, *([sort_column] if sort_column else []), "state", title=f"runs in {path}")
+    table.add_column("path", overflow="fold")
+    for r in records:
+        figures = r.figures()
+        cells = [str(r.id), r.created[:16].replace("T", " "), r.model, r.dataset,
+                 _fmt(r.metrics.get("test_accuracy")), _fmt(r.metrics.get("params"), ","),
+                 _fmt(r.metrics.get("train_seconds"), ".1f")]
+        if sort_column:
+            cells.append(_fmt(figures.get(sort_column), ".4g"))
+        state = r.state if r.state == "ok" else f"[red]{r.state}[/red]"
+        table.add_row(*cells, state, r.path)
+    console.print(table)
+    return 0
+
+
+def cmd_runs_show(args: argparse.Namespace) -> int:
+    with _registry(args) as registry:
+        record = registry.resolve(args.run)
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps({**asdict(record), "state": record.state}, indent=2))
+        return 0
+    from rich.table import Table
+
+    console = _console()
+    console.print(f"[bold]run {record.id}[/bold]: {record.model} ({record.family}) on {record.dataset} - "
+                  f"{record.state}")
+    console.print(f"  path       {record.path}" + ("  [red](missing)[/red]" if not record.exists else ""))
+    console.print(f"  recorded   {record.created} via {record.source}; updated {record.updated}")
+    console.print(f"  status     {record.status}   git commit {record.git_commit or 'unknown'}")
+    console.print("  versions   " + ", ".join(f"{k} {v}" for k, v in record.versions.items()))
+    config = {k: v for k, v in record.config.items() if v is not None}
+    console.print("  config     " + ", ".join(f"{k}={v}" for k, v in config.items()))
+    figures = {k: v for k, v in record.metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    console.print("  metrics    " + ", ".join(f"{k}={v:.6g}" for k, v in figures.items()))
+    if record.history:
+        history = Table("epoch", "loss", "accuracy", "val loss", "val accuracy", "seconds", title="history")
+        for row in record.history:
+            history.add_row(str(row["epoch"]), _fmt(row.get("loss")), _fmt(row.get("accuracy")),
+                            _fmt(row.get("val_loss")), _fmt(row.get("val_accuracy")), _fmt(row.get("seconds"), ".2f"))
+        console.print(history)
+    if record.evaluations:
+        evaluations = Table("id", "recorded", "split", "images", "accuracy", "loss", "ECE", "report",
+                            title="evaluations")
+        for e in record.evaluations:
+            evaluations.add_row(str(e.id), e.created, e.split, f"{e.count:,}", _fmt(e.accuracy), _fmt(e.loss),
+                                _fmt(e.ece), e.report or "")
+        console.print(evaluations)
+    return 0
+
+
+def cmd_runs_compare(args: argparse.Namespace) -> int:
+    from mnistlab.compare import compare_runs
+    from mnistlab.runs import default_run_dir
+
+    if len(args.runs) < 2:
+        raise MnistlabError("runs compare needs at least two run ids (`mnistlab runs list` shows them)")
+    with _registry(args) as registry:
+        records = [registry.resolve(ref) for ref in args.runs]
+    out = Path(args.out) if args.out else default_run_dir("compare")
+    comparison = compare_runs(records, out_dir=out, html=args.html, device=args.device)
+    if args.json:
+        print(json.dumps({"table": [list(row) for row in comparison.rows],
+                          "f1_per_class": [list(row) for row in comparison.per_class],
+                          "files": {key: str(path) for key, path in comparison.files.items()},
+                          "html": str(comparison.html)}, indent=2))
+        return 0
+    from rich.table import Table
+
+    console = _console()
+    table = Table("", *(column.label for column in comparison.columns), title="runs side by side")
+    for row in comparison.rows:
+        table.add_row(*row)
+    console.print(table)
+    for column in comparison.columns:
+        if column.note:
+            console.print(f"[yellow]{column.label}[/yellow]: {column.note}")
+    console.print(f"curves: {comparison.files.get('curves_png', '(no history)')}")
+    console.print(f"report: {comparison.html}")
+    return 0
+
+
+def cmd_runs_rm(args: argparse.Namespace) -> int:
+    with _registry(args) as registry:
+        removed = registry.remove(args.runs)
+    for record in removed:
+        print(f"forgot run {record.id} ({record.model}, {record.path}); its files were left on disk")
     return 0
 
 
@@ -266,6 +454,12 @@ def _add_dataset_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="a folder holding the four IDX files (raw or .gz) to use instead")
 
 
+def _add_registry_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--registry", metavar="PATH",
+                        help="the run registry (SQLite) file; default $MNISTLAB_HOME/registry.sqlite, else "
+                             "$XDG_DATA_HOME/mnistlab/registry.sqlite (~/.local/share/mnistlab/...)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (exposed for tests and docs)."""
     parser = _Parser(prog="mnistlab", description="MNIST done properly: data, models, training, evaluation.")
@@ -291,7 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
     summary.set_defaults(handler=cmd_summary)
 
     train = commands.add_parser("train", help="train a model and write a run directory")
-    train.add_argument("model", metavar="MODEL", help=f"one of {', '.join(MODEL_NAMES)}")
+    train.add_argument("model", metavar="MODEL", help=f"a network ({', '.join(MODEL_NAMES)}) or a classical "
+                                                      f"baseline ({', '.join(CLASSICAL_NAMES)})")
+    train.add_argument("--option", action="append", metavar="KEY=VALUE",
+                       help="a classical model's hyper-parameter, e.g. k=5 for knn (repeatable)")
     train.add_argument("--epochs", type=int, help="default: the model's recipe (the seed's 30)")
     train.add_argument("--batch-size", type=int, help="default: the recipe's (softmax 128, mlp/cnn 200)")
     train.add_argument("--optimizer", help=f"one of {', '.join(OPTIMIZER_NAMES)} (default rmsprop)")
@@ -305,13 +502,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing in [0, 1)")
     train.add_argument("--out", help="run directory to create (default runs/MODEL-TIMESTAMP)")
     _add_dataset_flags(train)
+    _add_registry_flag(train)
     train.set_defaults(handler=cmd_train)
 
-    evaluate = commands.add_parser("evaluate", help="reload a run's weights and score them")
+    evaluate = commands.add_parser("evaluate", help="score a run: per-class metrics, confusions, mistakes, "
+                                                    "calibration, and a self-contained HTML report")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
-    evaluate.add_argument("--split", default="test", choices=("test", "train"))
+    evaluate.add_argument("--split", default="test", choices=("test", "val", "train"),
+                          help="test (default), val (rebuilt from the run's --val-split and seed) or train")
+    evaluate.add_argument("--html", metavar="PATH", help="also write the HTML report here "
+                                                         "(it is always written to RUN_DIR/eval/SPLIT/report.html)")
     evaluate.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_NAMES)}")
     evaluate.add_argument("--json", action="store_true", help="print JSON")
+    _add_registry_flag(evaluate)
     evaluate.set_defaults(handler=cmd_evaluate)
 
     predict = commands.add_parser("predict", help="read the digit in image files with a trained run")
@@ -341,7 +544,41 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--seed", type=int, default=0)
     repro.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_NAMES)}")
     repro.add_argument("--only", help="comma-separated subset of softmax,mlp,cnn,sgd (default: all four)")
+    _add_registry_flag(repro)
     repro.set_defaults(handler=cmd_reproduce)
+
+    registry = commands.add_parser("runs", help="the run registry: list, show, compare and forget runs")
+    runs_commands = registry.add_subparsers(dest="runs_command", required=True, metavar="ACTION",
+                                            parser_class=_Parser)
+    listing = runs_commands.add_parser("list", help="registered runs, filtered and sorted")
+    listing.add_argument("--model", help="only runs of this model")
+    listing.add_argument("--dataset", help="only runs on this dataset")
+    listing.add_argument("--sort", metavar="FIGURE", help="sort best first by a figure, e.g. test_accuracy, "
+                                                          "test_loss, test_error, train_seconds, params, test_ece")
+    listing.add_argument("--reverse", action="store_true", help="reverse the order")
+    listing.add_argument("--limit", type=int, help="show at most this many")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    _add_registry_flag(listing)
+    listing.set_defaults(handler=cmd_runs_list)
+    show = runs_commands.add_parser("show", help="everything recorded about one run")
+    show.add_argument("run", metavar="ID", help="a run id (or its directory)")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    _add_registry_flag(show)
+    show.set_defaults(handler=cmd_runs_show)
+    compare = runs_commands.add_parser("compare", help="runs side by side: table, overlaid curves, HTML report "
+                                                      "of where each fails")
+    compare.add_argument("runs", metavar="ID", nargs="+", help="two or more run ids (or directories)")
+    compare.add_argument("--out", help="folder to create for the comparison (default runs/compare-TIMESTAMP)")
+    compare.add_argument("--html", metavar="PATH", help="also write the HTML report here")
+    compare.add_argument("--device", default="auto", help=f"for evaluations still to compute: "
+                                                          f"{', '.join(DEVICE_NAMES)}")
+    compare.add_argument("--json", action="store_true", help="print JSON")
+    _add_registry_flag(compare)
+    compare.set_defaults(handler=cmd_runs_compare)
+    remove = runs_commands.add_parser("rm", help="forget runs (their directories stay on disk)")
+    remove.add_argument("runs", metavar="ID", nargs="+", help="run ids (or directories)")
+    _add_registry_flag(remove)
+    remove.set_defaults(handler=cmd_runs_rm)
     return parser
 
 

@@ -7,7 +7,8 @@ A :class:`TrainConfig` is frozen and saved as ``config.json`` in every run direc
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from mnistlab.errors import MnistlabError
@@ -19,7 +20,16 @@ DeviceName = Literal["auto", "cpu", "cuda"]
 PrecisionName = Literal["auto", "fp32", "bf16"]
 ScheduleName = Literal["constant", "onecycle"]
 
+ClassicalName = Literal["sgd", "logreg", "knn", "svm", "forest"]
+ModelFamily = Literal["network", "classical"]
+# How a run's training split is cut into fit and validation parts: mnistlab's seeded permutation
+# (data.train_val_indices) or scikit-learn's train_test_split (the seed's SGD baseline).
+ValMethod = Literal["mnistlab", "sklearn"]
+
 MODEL_NAMES: tuple[str, ...] = get_args(ModelName)
+CLASSICAL_NAMES: tuple[str, ...] = get_args(ClassicalName)
+ALL_MODEL_NAMES: tuple[str, ...] = MODEL_NAMES + CLASSICAL_NAMES
+VAL_METHODS: tuple[str, ...] = get_args(ValMethod)
 OPTIMIZER_NAMES: tuple[str, ...] = get_args(OptimizerName)
 DEVICE_NAMES: tuple[str, ...] = get_args(DeviceName)
 PRECISION_NAMES: tuple[str, ...] = get_args(PrecisionName)
@@ -50,6 +60,9 @@ class ModelInfo:
     description: str
     recipe: Recipe
     seed_test_accuracy: float | None = None
+    family: ModelFamily = "network"
+    # Classical models: their hyper-parameters and defaults (``--option KEY=VALUE``); networks have none.
+    options: Mapping[str, int | float] = field(default_factory=dict)
 
 
 MODELS: dict[str, ModelInfo] = {
@@ -73,16 +86,116 @@ MODELS: dict[str, ModelInfo] = {
     ),
 }
 
+# Classical baselines (scikit-learn fits, numpy predictions; see mnistlab.baselines). One fit is one "epoch"
+# and batch size does not apply, so their recipe is epochs=1, batch_size=1. ``max_train`` > 0 fits on a
+# seeded random subset of that many training images (0: all).
+_ONE_FIT = Recipe(epochs=1, batch_size=1)
+CLASSICAL_MODELS: dict[str, ModelInfo] = {
+    "sgd": ModelInfo(
+        "sgd", "linear SVM fitted by SGD (hinge loss, one-vs-rest): the seed's SGDClassifier(max_iter=200)",
+        _ONE_FIT, family="classical", options={"max_iter": 200, "max_train": 0},
+    ),
+    "logreg": ModelInfo(
+        "logreg", "multinomial logistic regression (L2, lbfgs)",
+        _ONE_FIT, family="classical", options={"C": 1.0, "max_iter": 100, "max_train": 0},
+    ),
+    "knn": ModelInfo(
+        "knn", "k nearest neighbours by Euclidean (L2) distance on the raw pixels, majority vote",
+        _ONE_FIT, family="classical", options={"k": 3, "max_train": 0},
+    ),
+    "svm": ModelInfo(
+        "svm", "support vector machine with an RBF kernel (one-vs-one), on a 20,000-image subsample",
+        _ONE_FIT, family="classical", options={"C": 5.0, "gamma": 0.05, "max_train": 20_000},
+    ),
+    "forest": ModelInfo(
+        "forest", "random forest of fully grown decision trees",
+        _ONE_FIT, family="classical", options={"n_estimators": 100, "max_train": 0},
+    ),
+}
+
+
+@dataclass(frozen=True)
+class PublishedFigure:
+    """A classic published MNIST test error, to set our figures beside."""
+
+    method: str
+    test_error: float  # fraction, e.g. 0.012 for 1.2 %
+    source: str = "LeCun et al. 1998; yann.lecun.com/exdb/mnist"
+
+
+PUBLISHED: dict[str, PublishedFigure] = {
+    "linear": PublishedFigure("linear classifier (1-layer NN)", 0.120),
+    "knn": PublishedFigure("k-NN, Euclidean (L2)", 0.050),
+    "svm": PublishedFigure("SVM, Gaussian kernel", 0.014),
+    "lenet5": PublishedFigure("LeNet-5", 0.0095),
+}
+# Which published figure each of our models is the counterpart of (the MLP and the forest have none here).
+PUBLISHED_FOR_MODEL: dict[str, str] = {
+    "softmax": "linear", "sgd": "linear", "logreg": "linear", "knn": "knn", "svm": "svm", "cnn": "lenet5",
+}
+
+
+def published_figure(model: str, dataset: str = "mnist") -> PublishedFigure | None:
+    """The classic figure for ``model``'s method on MNIST, if there is one."""
+    if dataset != "mnist" or model not in PUBLISHED_FOR_MODEL:
+        return None
+    return PUBLISHED[PUBLISHED_FOR_MODEL[model]]
+
+
 # Keras' default learning rates, which the seed relied on by passing optimizer names as strings.
 DEFAULT_LR: dict[str, float] = {"rmsprop": 1e-3, "adam": 1e-3, "sgd": 1e-2}
 
 
 def model_info(name: str) -> ModelInfo:
     """The :class:`ModelInfo` for ``name``, or a :class:`MnistlabError` listing the known models."""
-    try:
+    if name in MODELS:
         return MODELS[name]
-    except KeyError:
-        raise MnistlabError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}") from None
+    if name in CLASSICAL_MODELS:
+        return CLASSICAL_MODELS[name]
+    raise MnistlabError(f"unknown model {name!r}; choose one of {', '.join(MODELS)} "
+                        f"or a classical baseline: {', '.join(CLASSICAL_MODELS)}")
+
+
+def parse_option(model: str, text: str) -> tuple[str, int | float]:
+    """``"k=5"`` -> ``("k", 5)`` for a classical model, typed like the option's default."""
+    info = model_info(model)
+    if info.family != "classical":
+        raise MnistlabError(f"--option applies to classical models ({', '.join(CLASSICAL_MODELS)}), not {model}")
+    key, sep, raw = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or key not in info.options:
+        raise MnistlabError(f"--option {text!r}: use KEY=VALUE with KEY one of {', '.join(info.options)} for {model}")
+    kind = type(info.options[key])
+    try:
+        return key, kind(raw.strip())
+    except ValueError:
+        raise MnistlabError(f"--option {text!r}: {key} must be {'a whole number' if kind is int else 'a number'}"
+                            ) from None
+
+
+def _check_options(model: str, options: Mapping[str, Any]) -> dict[str, int | float]:
+    """Merge ``options`` over the model's defaults, checking names, types and ranges."""
+    info = model_info(model)
+    unknown = sorted(set(options) - set(info.options))
+    if unknown:
+        known = ", ".join(info.options) or "none"
+        raise MnistlabError(f"option(s) {', '.join(unknown)} do not apply to {model} (its options: {known})")
+    merged: dict[str, int | float] = {}
+    for key, default in info.options.items():
+        value = options.get(key, default)
+        if isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int)):
+            raise MnistlabError(f"--option {key}={value!r}: must be a whole number")
+        if isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise MnistlabError(f"--option {key}={value!r}: must be a number")
+            value = float(value)
+        minimum = 0 if key == "max_train" else 1
+        if isinstance(default, int) and value < minimum:
+            raise MnistlabError(f"--option {key}={value}: must be >= {minimum}")
+        if isinstance(default, float) and not value > 0:
+            raise MnistlabError(f"--option {key}={value}: must be > 0")
+        merged[key] = value
+    return merged
 
 
 def _choice(value: str, choices: tuple[str, ...], flag: str) -> None:
@@ -109,9 +222,20 @@ class TrainConfig:
     precision: PrecisionName = "auto"
     schedule: ScheduleName = "constant"
     label_smoothing: float = 0.0
+    # Classical models: hyper-parameters (defaults filled in); empty for networks.
+    options: dict[str, Any] = field(default_factory=dict)
+    val_method: ValMethod = "mnistlab"
 
     def __post_init__(self) -> None:
-        model_info(self.model)
+        info = model_info(self.model)
+        if info.family == "classical":
+            object.__setattr__(self, "options", _check_options(self.model, self.options))
+        elif self.options:
+            raise MnistlabError(f"{self.model} is a network and takes no --option; "
+                                f"options are for {', '.join(CLASSICAL_MODELS)}")
+        _choice(self.val_method, VAL_METHODS, "val_method")
+        if self.val_method != "mnistlab" and info.family != "classical":
+            raise MnistlabError(f"val_method {self.val_method!r} is only for classical models")
         _choice(self.optimizer, OPTIMIZER_NAMES, "--optimizer")
         _choice(self.device, DEVICE_NAMES, "--device")
         _choice(self.precision, PRECISION_NAMES, "--precision")
@@ -134,8 +258,18 @@ class TrainConfig:
     @classmethod
     def for_model(cls, model: str, **overrides: Any) -> TrainConfig:
         """The model's recipe with ``overrides`` applied; ``None`` overrides mean "use the recipe's value"."""
-        recipe = model_info(model).recipe
+        info = model_info(model)
+        recipe = info.recipe
         given = {key: value for key, value in overrides.items() if value is not None}
+        if info.family == "classical":
+            network_only = (("epochs", "--epochs"), ("batch_size", "--batch-size"), ("optimizer", "--optimizer"),
+                            ("lr", "--lr"), ("schedule", "--schedule"), ("label_smoothing", "--label-smoothing"),
+                            ("precision", "--precision"))
+            flags = [flag for key, flag in network_only if key in given]
+            if flags:
+                verb = "does" if len(flags) == 1 else "do"
+                raise MnistlabError(f"{', '.join(flags)} {verb} not apply to {model}, a classical model fitted in "
+                                    f"one go; set its options with --option KEY=VALUE ({', '.join(info.options)})")
         optimizer = given.pop("optimizer", recipe.optimizer)
         _choice(optimizer, OPTIMIZER_NAMES, "--optimizer")
         lr = given.pop("lr", None)
@@ -154,9 +288,14 @@ class TrainConfig:
             **given,
         )
 
+    @property
+    def family(self) -> ModelFamily:
+        """``network`` (trained by mnistlab.train's loop) or ``classical`` (mnistlab.baselines)."""
+        return model_info(self.model).family
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of every field."""
-        return dataclasses.asdict(self)
+        """A JSON-ready dict of every field, plus the model's family."""
+        return {**dataclasses.asdict(self), "family": self.family}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

@@ -94,7 +94,24 @@ def evaluate_run(
     """Reload a run's saved weights (safetensors) and evaluate them on its dataset's ``split``.
 
     Returns the result and the run's recorded ``metrics.json`` (empty if the run never finished).
+    Classical runs and the ``val`` split (rebuilt from the run's config) go through
+    :func:`mnistlab.analysis.run_scores`; the loss of a model without probabilities (sgd, svm) is NaN.
     """
+    from mnistlab.runs import read_run
+
+    run = read_run(run_dir)
+    if run.model.get("family") == "classical" or split == "val":
+        from mnistlab import metrics
+        from mnistlab.analysis import run_scores
+
+        scored = run_scores(run_dir, split=split, device=device, batch_size=batch_size)
+        probabilities = scored.probabilities
+        if scored.score_kind == "logits":
+            loss = metrics.cross_entropy_from_logits(scored.scores, scored.labels)
+        else:
+            loss = metrics.log_loss(probabilities, scored.labels) if probabilities is not None else float("nan")
+        accuracy = metrics.accuracy(scored.labels, metrics.predictions(scored.scores))
+        return EvalResult(loss=loss, accuracy=accuracy, count=len(scored.labels)), dict(run.metrics or {})
     from mnistlab.data import load_dataset
     from mnistlab.models import load_trained_model
     from mnistlab.train import resolve_device, resolve_precision

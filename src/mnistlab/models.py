@@ -110,7 +110,10 @@ def is_convolutional(model: nn.Module) -> bool:
 
 def build_model(name: str, *, num_classes: int = NUM_CLASSES) -> nn.Module:
     """Build model ``name`` with Keras initialisation (seed torch's RNG first for reproducible weights)."""
-    model_info(name)  # raises a clear error for unknown names
+    info = model_info(name)  # raises a clear error for unknown names
+    if info.family != "network":
+        raise MnistlabError(f"{name} is a classical baseline ({info.description}), not a network: "
+                            "it has no layers to build or summarise")
     return keras_init_(BUILDERS[name](num_classes=num_classes))
 
 

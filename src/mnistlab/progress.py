@@ -5,6 +5,7 @@ When stdout is not a terminal (CI logs, pipes) only the per-epoch lines are prin
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,9 @@ from mnistlab.train import EpochRecord, TrainObserver
 def format_epoch(record: EpochRecord, epochs: int) -> str:
     """``epoch 3/30  loss 0.1234  acc 0.9650  [val_loss … val_acc …]  1.23 s``."""
     width = len(str(epochs))
-    text = f"epoch {record.epoch:>{width}}/{epochs}  loss {record.loss:.4f}  acc {record.accuracy:.4f}"
+    # A classical model scored by decision values (sgd, svm) has no loss: NaN, shown as "n/a".
+    loss = "n/a" if math.isnan(record.loss) else f"{record.loss:.4f}"
+    text = f"epoch {record.epoch:>{width}}/{epochs}  loss {loss}  acc {record.accuracy:.4f}"
     if record.val_loss is not None and record.val_accuracy is not None:
         text += f"  val_loss {record.val_loss:.4f}  val_acc {record.val_accuracy:.4f}"
     return text + f"  {record.seconds:.2f} s"
@@ -43,6 +46,11 @@ class ConsoleObserver(TrainObserver):
     def on_train_start(self, *, config: TrainConfig, run_dir: Path, steps_per_epoch: int, samples: int) -> None:
         self.epochs = config.epochs
         prefix = f"[{self.label}] " if self.label else ""
+        if config.family == "classical":
+            options = ", ".join(f"{key}={value}" for key, value in config.options.items())
+            self.console.print(f"{prefix}fitting {config.model} on {config.dataset}: {samples:,} samples, {options}, "
+                               f"seed {config.seed} -> {run_dir}", highlight=False)
+            return
         self.console.print(
             f"{prefix}training {config.model} on {config.dataset}: {samples:,} samples, batch {config.batch_size}, "
             f"{steps_per_epoch} steps/epoch, {config.optimizer} lr {config.lr:g}, seed {config.seed} -> {run_dir}",

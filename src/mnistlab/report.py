@@ -96,13 +96,16 @@ def plot_reproduce_comparison(rows: Sequence[Any], path: str | os.PathLike[str])
         history_file = Path(row.run_dir) / HISTORY_JSON
         if history_file.is_file():
             history = read_json(history_file)
+            if any(h.get("loss") is None for h in history):
+                continue  # a model without a loss (the SGD baseline's hinge SVM) has no curve to draw
             ax_curve.plot([h["epoch"] for h in history], [h["loss"] for h in history], marker="o", ms=2,
                           label=row.name)
     ax_curve.set_yscale("log")
     ax_curve.set_xlabel("epoch")
     ax_curve.set_ylabel("training loss (running mean, log scale)")
     ax_curve.grid(alpha=0.3)
-    ax_curve.legend()
+    if ax_curve.lines:
+        ax_curve.legend()
     names = [row.name for row in rows]
     positions = np.arange(len(rows))
     ax_bar.bar(positions - 0.2, [100 * row.test_accuracy for row in rows], width=0.4, label="mnistlab")
@@ -116,9 +119,14 @@ def plot_reproduce_comparison(rows: Sequence[Any], path: str | os.PathLike[str])
     return save_figure(fig, path)
 
 
-def write_reproduce_report(*, out_dir: Path, rows: Sequence[Any], quick: bool, total_seconds: float) -> Path:
-    """Write ``report.md`` (the seed's table, reproduced) and ``comparison.png`` into ``out_dir``."""
-    from mnistlab.runs import write_text_atomic
+def write_reproduce_report(*, out_dir: Path, rows: Sequence[Any], quick: bool, total_seconds: float,
+                           evaluations: Sequence[Any] | None = None) -> Path:
+    """Write ``report.md`` (the seed's table, reproduced) and ``comparison.png`` into ``out_dir``.
+
+    With ``evaluations`` (one :class:`mnistlab.analysis.Evaluation` per row, on the test set) the report also
+    shows the experiments' confusion matrices side by side (``confusions.png``) and their most confused pairs.
+    """
+    from mnistlab.runs import read_json, write_text_atomic
 
     plot_reproduce_comparison(rows, out_dir / "comparison.png")
     lines = [
@@ -138,8 +146,183 @@ def write_reproduce_report(*, out_dir: Path, rows: Sequence[Any], quick: bool, t
     notes = [f"- **{row.name}**: {row.note}" for row in rows if row.note]
     if notes:
         lines += ["Notes:", *notes, ""]
+    if evaluations:
+        class_names = evaluations[0].class_names
+        plot_confusion_grid([(f"{row.name}: {100 * (1 - e.accuracy):.2f}% error", e.confusion)
+                             for row, e in zip(rows, evaluations, strict=True)], class_names,
+                            out_dir / "confusions.png", title="test-set confusion matrices")
+        lines += ["## Where each experiment fails (test set)", "", "![confusion matrices](confusions.png)", "",
+                  "| experiment | test error | most confused pairs (true → predicted: images) | full report |",
+                  "|---|---:|---|---|"]
+        for row, e in zip(rows, evaluations, strict=True):
+            pairs = ", ".join(f"{class_names[p.true]} → {class_names[p.predicted]}: {p.count}" for p in e.pairs[:3])
+            lines.append(f"| {row.name} | {100 * (1 - e.accuracy):.2f}% | {pairs or 'none'} | "
+                         f"[{Path(row.run_dir).name}/eval/test/report.html]"
+                         f"({Path(row.run_dir).name}/eval/test/report.html) |")
+        lines.append("")
+    # One fit has no curve worth a picture: show the networks' curves only.
     curves = [f"![{row.name}]({Path(row.run_dir).name}/curves.png)" for row in rows
-              if (Path(row.run_dir) / "curves.png").is_file()]
+              if (Path(row.run_dir) / "curves.png").is_file()
+              and read_json(Path(row.run_dir) / "model.json").get("family", "network") == "network"]
     if curves:
         lines += ["## Training curves", "", *curves, ""]
     return write_text_atomic(out_dir / "report.md", "\n".join(lines))
+
+
+# ------------------------------------------------------------------------------ evaluation and comparison
+def _tick_names(class_names: Sequence[str]) -> list[str]:
+    return [name if len(name) <= 8 else name[:7] + "…" for name in class_names]
+
+
+def _draw_matrix(ax: Any, values: np.ndarray, labels: np.ndarray | None, class_names: Sequence[str], *,
+                 title: str, vmax: float | None = None, fmt: str = "{:d}") -> Any:
+    """One heat map with the cell values written in (white text on dark cells)."""
+    image = ax.imshow(values, cmap="Blues", vmin=0, vmax=vmax if vmax is not None else max(float(values.max()), 1e-9))
+    ticks = np.arange(len(class_names))
+    ax.set_xticks(ticks, _tick_names(class_names), rotation=45 if max(map(len, class_names)) > 2 else 0,
+                  ha="right" if max(map(len, class_names)) > 2 else "center", fontsize=8)
+    ax.set_yticks(ticks, _tick_names(class_names), fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    if labels is not None:
+        threshold = 0.6 * (vmax if vmax is not None else float(values.max()))
+        for (i, j), value in np.ndenumerate(labels):
+            text = fmt.format(value)
+            if text:
+                ax.text(j, i, text, ha="center", va="center", fontsize=6.5,
+                        color="white" if values[i, j] > threshold else "black")
+    return image
+
+
+def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], path: str | os.PathLike[str], *,
+                   title: str = "") -> Path:
+    """Counts (left) and row-normalised rates in percent (right) of a confusion matrix, as one PNG.
+
+    The colour of the counts panel ignores the diagonal, so the off-diagonal mistakes stand out.
+    """
+    from mnistlab.metrics import row_normalized
+
+    plt = _pyplot()
+    counts = np.asarray(confusion)
+    rates = row_normalized(counts)
+    fig, (ax_counts, ax_rates) = plt.subplots(1, 2, figsize=(12.5, 5.6))
+    off_diagonal = counts * (1 - np.eye(len(counts), dtype=counts.dtype))
+    _draw_matrix(ax_counts, off_diagonal, counts, class_names, title="counts (colour: mistakes only)",
+                 vmax=max(float(off_diagonal.max()), 1.0))
+    percent = np.round(100 * rates, 1)
+    labels = np.vectorize(lambda v: "" if v == 0 else (f"{v:.0f}" if v >= 10 else f"{v:.1f}"))(percent)
+    _draw_matrix(ax_rates, rates, labels, class_names, title="row-normalised (% of each true class)", vmax=1.0,
+                 fmt="{}")
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def plot_confusion_grid(panels: Sequence[tuple[str, np.ndarray]], class_names: Sequence[str],
+                        path: str | os.PathLike[str], *, title: str = "") -> Path:
+    """Row-normalised confusion matrices of several runs side by side (counts written in the cells)."""
+    from mnistlab.metrics import row_normalized
+
+    plt = _pyplot()
+    cols = min(len(panels), 4) or 1
+    rows = max(1, math.ceil(len(panels) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.6 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (name, confusion) in zip(axes.flat, panels, strict=False):
+        counts = np.asarray(confusion)
+        off = np.where(np.eye(len(counts), dtype=bool), 0.0, row_normalized(counts))
+        labels = np.where(np.eye(len(counts), dtype=bool), 0, counts)
+        _draw_matrix(ax, off, labels, class_names, title=name, vmax=max(float(off.max()), 1e-9),
+                     fmt="{}")
+        for text in ax.texts:  # blank zero cells keep the mistakes readable
+            if text.get_text() == "0":
+                text.set_text("")
+    if title:
+        fig.suptitle(title + " (colour: share of the true class; numbers: mistakes)")
+    return save_figure(fig, path)
+
+
+def plot_mistakes(images: np.ndarray, captions: Sequence[str], path: str | os.PathLike[str], *,
+                  title: str = "") -> Path:
+    """A grid of misclassified digits, each captioned with index, true→predicted and confidence."""
+    plt = _pyplot()
+    count = len(images)
+    cols = max(1, min(9, count))
+    rows = max(1, math.ceil(count / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.35 * cols + 0.4, 1.65 * rows + 0.5), squeeze=False)
+    for slot, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if slot < count:
+            ax.imshow(images[slot], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            ax.set_title(captions[slot], fontsize=7, color="#b00020")
+    if count == 0:
+        axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+def plot_reliability(calibration: Any, path: str | os.PathLike[str], *, title: str = "") -> Path:
+    """Reliability diagram: accuracy against confidence per bin (with the gap to the diagonal), and counts."""
+    plt = _pyplot()
+    edges = np.asarray(calibration.edges)
+    centres = (edges[:-1] + edges[1:]) / 2
+    width = np.diff(edges)
+    filled = np.asarray(calibration.count) > 0
+    fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(5.5, 6.2), sharex=True,
+                                       gridspec_kw={"height_ratios": [3, 1]})
+    ax.bar(centres[filled], np.asarray(calibration.accuracy)[filled], width=width[filled], edgecolor="black",
+           color="#4c72b0", label="accuracy")
+    gap_bottom = np.minimum(calibration.accuracy, calibration.confidence)[filled]
+    gap = np.abs(np.asarray(calibration.accuracy) - np.asarray(calibration.confidence))[filled]
+    ax.bar(centres[filled], gap, bottom=gap_bottom, width=width[filled], facecolor="none", hatch="///",
+           edgecolor="#c44e52", linewidth=0.8, label="gap to mean confidence")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left", fontsize=8)
+    scores = f"ECE {100 * calibration.ece:.2f}%  MCE {100 * calibration.mce:.2f}%"
+    ax.set_title((title + "\n" if title else "") + scores, fontsize=10)
+    ax_count.bar(centres, np.asarray(calibration.count), width=width, color="#8c8c8c", edgecolor="black")
+    ax_count.set_yscale("log")
+    ax_count.set_xlabel("confidence (top-1 probability)")
+    ax_count.set_ylabel("images")
+    ax_count.set_xlim(0, 1)
+    return save_figure(fig, path)
+
+
+def plot_runs_curves(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: str | os.PathLike[str], *,
+                     title: str = "") -> Path:
+    """Loss and accuracy per epoch of several runs overlaid: train solid, validation dashed.
+
+    A classical model (one fit, one history row) appears as a single marker at epoch 1.
+    """
+    plt = _pyplot()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11.5, 4.2))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for number, (label, history) in enumerate(runs):
+        colour = colours[number % len(colours)]
+        epochs = [row["epoch"] for row in history]
+        for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+            train = [np.nan if row.get(key) is None else row[key] for row in history]
+            val = [np.nan if row.get(f"val_{key}") is None else row[f"val_{key}"] for row in history]
+            if not np.all(np.isnan(train)):
+                ax.plot(epochs, train, "-", marker="o", ms=3, color=colour, label=f"{label} train")
+            if not np.all(np.isnan(val)):
+                ax.plot(epochs, val, "--", marker="s", ms=3, color=colour, label=f"{label} val")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    ax_loss.set_yscale("log")
+    ax_loss.set_ylabel("loss (log scale)")
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)

@@ -84,28 +84,23 @@ def _run_network(exp: Experiment, *, out_dir: Path, quick: bool, seed: int, devi
 
 
 def _run_sgd(exp: Experiment, *, out_dir: Path, quick: bool, seed: int, dataset: object) -> ExperimentResult:
-    from safetensors.numpy import save
-
-    from mnistlab.baselines import sgd_baseline
+    """The seed's SGD baseline as a classical run: a 75/25 ``train_test_split`` held out as validation."""
+    from mnistlab.train import fit
 
     max_iter = exp.quick_epochs if quick else exp.epochs
-    result = sgd_baseline(dataset, seed=seed, max_iter=max_iter)  # type: ignore[arg-type]
-    run_dir = runs.prepare_run_dir(out_dir / exp.name)
-    runs.write_bytes_atomic(run_dir / "sgd.safetensors", save({"coef": result.coef, "intercept": result.intercept}))
-    metrics = {
-        "model": "sgd", "max_iter": max_iter, "n_iter": result.n_iter,
-        "split_accuracy": result.split_accuracy, "split_samples": result.split_samples,
-        "train_samples": result.train_samples, "test_accuracy": result.test_accuracy,
-        "train_seconds": round(result.train_seconds, 3), "params": int(result.coef.size + result.intercept.size),
-    }
-    runs.write_json_atomic(run_dir / runs.METRICS_FILE, metrics)
+    config = TrainConfig.for_model("sgd", options={"max_iter": max_iter}, val_split=0.25, val_method="sklearn",
+                                   seed=seed)
+    result = fit(config, run_dir=out_dir / exp.name, dataset=dataset)  # type: ignore[arg-type]
+    metrics = result.metrics
+    split_accuracy = float(result.history[0].val_accuracy or 0.0)
+    held_out = int(metrics["val_samples"])
     # The seed's figure is the held-out quarter of the training set, so that is the like-for-like number.
     return ExperimentResult(
-        name="sgd", params=metrics["params"], epochs=result.n_iter, batch_size=None,
-        test_accuracy=result.split_accuracy, seed_accuracy=exp.seed_accuracy,
-        train_seconds=result.train_seconds, run_dir=str(run_dir),
-        note=f"75/25 split of train ({result.split_samples:,} held out); official test set: "
-             f"{result.test_accuracy:.4f}; {result.n_iter} of max {max_iter} epochs",
+        name="sgd", params=int(metrics["params"]), epochs=int(metrics["n_iter"]), batch_size=None,
+        test_accuracy=split_accuracy, seed_accuracy=exp.seed_accuracy,
+        train_seconds=result.train_seconds, run_dir=str(result.run_dir),
+        note=f"75/25 split of train ({held_out:,} held out); official test set: "
+             f"{result.test.accuracy:.4f}; {metrics['n_iter']} of max {max_iter} epochs",
     )
 
 
@@ -149,5 +144,11 @@ def reproduce(
         "rows": [{**asdict(row), "difference_points": row.difference_points} for row in rows],
         "environment": runs.environment(),
     })
-    report = write_reproduce_report(out_dir=out_dir, rows=rows, quick=quick, total_seconds=total)
+    # Where each experiment fails: a full test-set evaluation per run (RUN/eval/test/, report.html included).
+    from mnistlab.analysis import evaluate_report
+
+    evaluations = [evaluate_report(row.run_dir, split="test", device=device, dataset=dataset).evaluation
+                   for row in rows]
+    report = write_reproduce_report(out_dir=out_dir, rows=rows, quick=quick, total_seconds=total,
+                                    evaluations=evaluations)
     return ReproduceResult(out_dir=out_dir, report=report, rows=tuple(rows), quick=quick)

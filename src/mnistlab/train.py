@@ -221,6 +221,11 @@ def fit(
     :class:`TrainingInterrupted`) leaves a valid run of the last completed epoch. Same config and seed on
     the CPU give the same numbers.
     """
+    if config.family == "classical":
+        # Classical baselines are fitted in one go by scikit-learn; same run directory, different path.
+        from mnistlab.baselines import fit_classical
+
+        return fit_classical(config, run_dir=run_dir, dataset=dataset, observer=observer)  # type: ignore[no-any-return]
     observer = observer or TrainObserver()
     started = time.perf_counter()
     run_dir = runs.prepare_run_dir(run_dir)

@@ -1,0 +1,365 @@
+"""Deep evaluation of one run on one split: scores -> metrics -> files (JSON, text, PNGs, one HTML page).
+
+Data flow: run directory -> :func:`run_scores` (the model's scores for every image of the split; networks
+through torch, classical models through numpy) -> :func:`evaluate_scores` (pure numpy metrics from
+:mod:`mnistlab.metrics`) -> :func:`write_evaluation` (``RUN/eval/<split>/``). :func:`evaluate_report` does
+all three. Nothing here trains or changes a run's own files.
+
+The ``val`` split is rebuilt from the run's config: the same fraction, seed and method that training used
+to hold images out of the training split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import numpy as np
+
+from mnistlab import metrics
+from mnistlab.errors import MnistlabError
+from mnistlab.runs import WEIGHTS_FILE, RunFiles, read_json, read_run, write_json_atomic, write_text_atomic
+
+EvalSplit = Literal["test", "val", "train"]
+EVAL_SPLITS: tuple[str, ...] = get_args(EvalSplit)
+ScoreKind = Literal["logits", "probability", "decision"]
+EVAL_DIR = "eval"
+EVALUATION_JSON = "evaluation.json"
+REPORT_HTML = "report.html"
+TOP_K = (1, 2, 3, 5)
+GALLERY_SIZE = 36
+FORMAT = "mnistlab-evaluation/1"
+
+
+@dataclass(frozen=True)
+class RunScores:
+    """A run's scores for every image of a split, with the images and where they came from."""
+
+    run: RunFiles
+    split: str
+    dataset: str
+    class_names: tuple[str, ...]
+    images: np.ndarray          # uint8 (N, 28, 28)
+    labels: np.ndarray          # int64 (N,)
+    indices: np.ndarray         # (N,) position of each image in its dataset split
+    source_split: str           # the dataset split ``indices`` refer to ("train" for val)
+    scores: np.ndarray          # float64 (N, K)
+    score_kind: ScoreKind
+    seconds: float
+
+    @property
+    def probabilities(self) -> np.ndarray | None:
+        """Class probabilities (N, K), or None for a model that gives only decision values."""
+        if self.score_kind == "logits":
+            return metrics.softmax(self.scores)
+        if self.score_kind == "probability":
+            return self.scores
+        return None
+
+
+def check_split(split: str) -> str:
+    """``split`` if it is one of test, val, train; a clear error otherwise."""
+    if split not in EVAL_SPLITS:
+        raise MnistlabError(f"--split {split!r} does not exist; choose one of {', '.join(EVAL_SPLITS)}")
+    return split
+
+
+def validation_indices(run: RunFiles, n_train: int) -> np.ndarray:
+    """The training-split indices a run held out for validation, rebuilt from its config.json."""
+    config = run.config
+    fraction = float(config.get("val_split") or 0.0)
+    if fraction <= 0.0:
+        raise MnistlabError(f"{run.path}: trained without a validation split (val_split 0), so there is no val "
+                            "split to evaluate; use --split test or train, or retrain with --val-split")
+    seed = int(config.get("seed", 0))
+    if run.model.get("family") == "classical":
+        from mnistlab.baselines import holdout_indices
+
+        held = holdout_indices(n_train, val_fraction=fraction, seed=seed,
+                               method=str(config.get("val_method", "mnistlab")))[1]
+    else:
+        from mnistlab.data import train_val_indices
+
+        held = train_val_indices(n_train, val_fraction=fraction, seed=seed)[1]
+    if len(held) == 0:
+        raise MnistlabError(f"{run.path}: its val split is empty (val_split {fraction} of {n_train:,} images); "
+                            "use --split test or train")
+    return held
+
+
+def _load_split(run: RunFiles, split: str, dataset: Any = None) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, str]:
+    """(dataset, images, labels, indices, source split) of ``split`` for ``run``."""
+    from mnistlab.data import load_dataset
+
+    source = "test" if split == "test" else "train"
+    needed: tuple[str, ...] = (source,)
+    if run.model.get("family") == "classical" and run.model.get("name") in ("knn", "svm"):
+        needed = tuple(dict.fromkeys((source, "train")))  # their reference images live in the train split
+    if dataset is None or any(name not in dataset.splits for name in needed):
+        dataset = load_dataset(run.config.get("dataset", "mnist"), data_dir=run.config.get("data_dir"),
+                               splits=needed)  # type: ignore[arg-type]
+    data = dataset.split(source)
+    indices = validation_indices(run, len(data)) if split == "val" else np.arange(len(data))
+    return dataset, data.images[indices], data.labels[indices].astype(np.int64), indices, source
+
+
+def run_scores(run_dir: str | os.PathLike[str], *, split: str = "test", device: str = "auto",
+               batch_size: int = 2000, dataset: Any = None) -> RunScores:
+    """Load a run (network or classical) and score every image of ``split`` (test, val or train)."""
+    check_split(split)
+    run = read_run(run_dir)
+    dataset, images, labels, indices, source = _load_split(run, split, dataset)
+    class_names = tuple(run.model.get("class_names") or dataset.class_names)
+    if len(class_names) != len(dataset.class_names):
+        raise MnistlabError(f"{run.path}: the model has {len(class_names)} classes but {dataset.name} has "
+                            f"{len(dataset.class_names)}; is this run from a different dataset?")
+    started = time.perf_counter()
+    if run.model.get("family") == "classical":
+        from mnistlab.baselines import load_classical_model
+
+        model, _ = load_classical_model(run.path, dataset=dataset)
+        scores = model.scores(images)
+        kind: ScoreKind = model.score_kind
+    else:
+        from mnistlab.evaluate import predict_logits
+        from mnistlab.models import load_trained_model
+        from mnistlab.train import resolve_device, resolve_precision
+
+        torch_device = resolve_device(device)
+        network, _ = load_trained_model(run.path, device=torch_device)
+        # Score in the precision the run was trained and scored in (bf16 autocast where it ran bf16).
+        precision, _ = resolve_precision(str(run.model.get("precision", "fp32")), torch_device)
+        scores = predict_logits(network, images, batch_size=batch_size, device=torch_device,
+                                precision=precision).cpu().numpy()
+        kind = "logits"
+    return RunScores(run=run, split=split, dataset=dataset.name, class_names=class_names, images=images,
+                     labels=labels, indices=indices, source_split=source, scores=np.asarray(scores, np.float64),
+                     score_kind=kind, seconds=time.perf_counter() - started)
+
+
+def weights_sha256(run_dir: str | os.PathLike[str]) -> str:
+    """SHA-256 of a run's model.safetensors: an evaluation belongs to exactly these weights."""
+    digest = hashlib.sha256()
+    with open(Path(run_dir) / WEIGHTS_FILE, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -------------------------------------------------------------------------------------------- metrics
+@dataclass(frozen=True)
+class Mistake:
+    """One misclassified image: where it is, what it is, what the model said and how sure it was."""
+
+    index: int           # in the dataset's ``source_split``
+    true: int
+    predicted: int
+    confidence: float    # probability of the predicted class (or its decision value, for sgd/svm)
+    true_probability: float | None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Everything measured about one run on one split. ``to_dict`` is what evaluation.json holds."""
+
+    run_dir: str
+    model: str
+    family: str
+    dataset: str
+    split: str
+    source_split: str
+    score_kind: ScoreKind
+    class_names: tuple[str, ...]
+    count: int
+    accuracy: float
+    loss: float | None
+    top_k: dict[int, float]
+    report: metrics.ClassificationReport
+    confusion: np.ndarray
+    pairs: list[metrics.ConfusedPair]
+    calibration: metrics.Calibration | None
+    mistakes: list[Mistake]
+    weights_sha256: str
+    seconds: float
+    recorded: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every figure (the HTML report and ``runs compare`` read this)."""
+        from mnistlab.config import published_figure
+
+        figure = published_figure(self.model, self.dataset)
+        return {
+            "format": FORMAT,
+            "run_dir": self.run_dir, "model": self.model, "family": self.family, "dataset": self.dataset,
+            "split": self.split, "source_split": self.source_split, "score_kind": self.score_kind,
+            "class_names": list(self.class_names), "count": self.count,
+            "accuracy": self.accuracy, "error": 1.0 - self.accuracy, "loss": self.loss,
+            "top_k": {str(k): v for k, v in self.top_k.items()},
+            "classification_report": self.report.to_dict(),
+            "confusion": self.confusion.tolist(),
+            "confusion_row_normalized": metrics.row_normalized(self.confusion).tolist(),
+            "most_confused": [vars(pair) for pair in self.pairs],
+            "calibration": self.calibration.to_dict() if self.calibration else None,
+            "worst_mistakes": [vars(mistake) for mistake in self.mistakes],
+            "published": None if figure is None else {"method": figure.method, "test_error": figure.test_error,
+                                                      "source": figure.source},
+            "recorded_test_accuracy": self.recorded.get("test_accuracy"),
+            "weights_sha256": self.weights_sha256, "seconds": round(self.seconds, 3),
+        }
+
+
+def evaluate_scores(scored: RunScores, *, gallery: int = GALLERY_SIZE, pairs: int = 10,
+                    bins: int = metrics.DEFAULT_CALIBRATION_BINS) -> Evaluation:
+    """Compute every metric of :class:`Evaluation` from a run's scores (pure numpy)."""
+    labels, scores = scored.labels, scored.scores
+    num_classes = len(scored.class_names)
+    predicted = metrics.predictions(scores)
+    confusion = metrics.confusion_matrix(labels, predicted, num_classes=num_classes)
+    probabilities = scored.probabilities
+    if scored.score_kind == "logits":
+        loss: float | None = metrics.cross_entropy_from_logits(scores, labels)
+    elif probabilities is not None:
+        loss = metrics.log_loss(probabilities, labels)
+    else:
+        loss = None
+    calibration = None
+    confidence_scores = scores if probabilities is None else probabilities
+    if probabilities is not None and len(labels):
+        calibration = metrics.calibration(probabilities.max(axis=1), predicted == labels, bins=bins)
+    worst = metrics.worst_mistakes(confidence_scores, labels, top=gallery)
+    mistakes = [Mistake(index=int(scored.indices[i]), true=int(labels[i]), predicted=int(predicted[i]),
+                        confidence=float(confidence_scores[i, predicted[i]]),
+                        true_probability=None if probabilities is None else float(probabilities[i, labels[i]]))
+                for i in worst]
+    return Evaluation(
+        run_dir=str(scored.run.path), model=str(scored.run.model["name"]),
+        family=str(scored.run.model.get("family", "network")), dataset=scored.dataset, split=scored.split,
+        source_split=scored.source_split, score_kind=scored.score_kind, class_names=scored.class_names,
+        count=len(labels), accuracy=metrics.accuracy(labels, predicted), loss=loss,
+        top_k={k: metrics.top_k_accuracy(scores, labels, k=k) for k in TOP_K if k <= num_classes},
+        report=metrics.report_from_confusion(confusion, class_names=scored.class_names),
+        confusion=confusion, pairs=metrics.most_confused_pairs(confusion, top=pairs),
+        calibration=calibration, mistakes=mistakes, weights_sha256=weights_sha256(scored.run.path),
+        seconds=scored.seconds, recorded=dict(scored.run.metrics or {}),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- files
+def confusion_text(confusion: np.ndarray, class_names: tuple[str, ...] | list[str]) -> str:
+    """The confusion matrix as an aligned text table (rows true, columns predicted)."""
+    names = [str(name) for name in class_names]
+    corner = "true \\ predicted"
+    first = max(len(corner), *(len(name) for name in names))
+    width = max(5, *(len(name) for name in names), len(str(int(np.max(confusion, initial=0)))))
+    lines = [corner.ljust(first) + "".join(name.rjust(width + 1) for name in names)]
+    for name, row in zip(names, confusion, strict=True):
+        lines.append(name.ljust(first) + "".join(str(int(v)).rjust(width + 1) for v in row))
+    return "\n".join(lines) + "\n"
+
+
+def check_html_path(path: str | os.PathLike[str], *, flag: str = "--html") -> Path:
+    """``path`` if an HTML report can be written there; otherwise one clear error (before any work)."""
+    path = Path(path)
+    if path.is_dir():
+        raise MnistlabError(f"{flag} {path}: is a folder; give a file name such as {path / 'report.html'}")
+    if not path.parent.is_dir():
+        raise MnistlabError(f"{flag} {path}: folder {path.parent} does not exist; create it or choose another")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise MnistlabError(f"{flag} {path}: not writable; choose a writable location")
+    return path
+
+
+@dataclass(frozen=True)
+class EvaluationFiles:
+    """What :func:`evaluate_report` wrote, and the evaluation itself."""
+
+    evaluation: Evaluation
+    out_dir: Path
+    files: dict[str, Path]
+    html: Path
+
+
+def write_evaluation(evaluation: Evaluation, scored: RunScores, *, out_dir: str | os.PathLike[str],
+                     html: str | os.PathLike[str] | None = None) -> EvaluationFiles:
+    """Write evaluation.json, the text tables, the PNGs and the self-contained report.html into ``out_dir``.
+
+    ``html``: also write the HTML report there (e.g. to send it to someone).
+    """
+    from mnistlab.htmlreport import evaluation_html
+    from mnistlab.report import plot_confusion, plot_mistakes, plot_reliability
+
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MnistlabError(f"{out}: cannot create the evaluation folder ({exc.strerror})") from None
+    data = evaluation.to_dict()
+    title = f"{evaluation.model} on {evaluation.dataset} {evaluation.split}"
+    files = {
+        "json": write_json_atomic(out / EVALUATION_JSON, data),
+        "report_txt": write_text_atomic(out / "classification_report.txt", evaluation.report.as_text(digits=4)),
+        "confusion_txt": write_text_atomic(out / "confusion.txt",
+                                           confusion_text(evaluation.confusion, evaluation.class_names)),
+        "confusion_png": plot_confusion(evaluation.confusion, evaluation.class_names, out / "confusion.png",
+                                        title=title),
+    }
+    position = {int(index): i for i, index in enumerate(scored.indices)}
+    rows = [position[m.index] for m in evaluation.mistakes]
+    files["mistakes_png"] = plot_mistakes(
+        scored.images[rows] if rows else np.zeros((0, 28, 28), np.uint8),
+        [_mistake_caption(m, evaluation) for m in evaluation.mistakes], out / "mistakes.png",
+        title=f"{title}: most confident mistakes")
+    if evaluation.calibration is not None:
+        files["reliability_png"] = plot_reliability(evaluation.calibration, out / "reliability.png",
+                                                    title=f"{title}: reliability")
+    page = evaluation_html(data, images={key: path.read_bytes() for key, path in files.items()
+                                         if key.endswith("_png")})
+    files["html"] = write_text_atomic(out / REPORT_HTML, page)
+    target = files["html"]
+    if html is not None:
+        target = write_text_atomic(check_html_path(html), page)
+    return EvaluationFiles(evaluation=evaluation, out_dir=out, files=files, html=target)
+
+
+def _mistake_caption(mistake: Mistake, evaluation: Evaluation) -> str:
+    names = evaluation.class_names
+    if evaluation.score_kind == "decision":
+        sure = f"score {mistake.confidence:.2f}"
+    else:
+        sure = f"{100 * mistake.confidence:.1f}%"
+    return f"#{mistake.index} {names[mistake.true]}→{names[mistake.predicted]}\n{sure}"
+
+
+def evaluation_dir(run_dir: str | os.PathLike[str], split: str) -> Path:
+    """``RUN/eval/<split>``, where :func:`evaluate_report` writes."""
+    return Path(run_dir) / EVAL_DIR / split
+
+
+def evaluate_report(run_dir: str | os.PathLike[str], *, split: str = "test", device: str = "auto",
+                    html: str | os.PathLike[str] | None = None, dataset: Any = None,
+                    batch_size: int = 2000) -> EvaluationFiles:
+    """Score ``run_dir`` on ``split``, compute every metric, write ``RUN/eval/<split>/`` (and ``html``)."""
+    check_split(split)
+    if html is not None:
+        check_html_path(html)   # fail before minutes of work, not after
+    scored = run_scores(run_dir, split=split, device=device, batch_size=batch_size, dataset=dataset)
+    evaluation = evaluate_scores(scored)
+    return write_evaluation(evaluation, scored, out_dir=evaluation_dir(scored.run.path, split), html=html)
+
+
+def cached_evaluation(run_dir: str | os.PathLike[str], split: str = "test") -> dict[str, Any] | None:
+    """The saved evaluation.json of ``split`` if it belongs to the run's current weights, else None."""
+    path = evaluation_dir(run_dir, split) / EVALUATION_JSON
+    if not path.is_file() or not (Path(run_dir) / WEIGHTS_FILE).is_file():
+        return None
+    try:
+        data = read_json(path)
+    except MnistlabError:
+        return None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        return None
+    return data if data.get("weights_sha256") == weights_sha256(run_dir) else None

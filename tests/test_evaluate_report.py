@@ -1,0 +1,258 @@
+"""The deep evaluation of a run: every figure against an independent computation, files, the HTML page."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sklearn.metrics as skm
+import torch
+from PIL import Image
+
+from mnistlab import runs
+from mnistlab.analysis import cached_evaluation, check_html_path, evaluate_report
+from mnistlab.config import TrainConfig
+from mnistlab.data import train_val_indices
+from mnistlab.errors import MnistlabError
+from mnistlab.models import load_trained_model, prepare_batch
+from mnistlab.train import fit
+
+
+class PageParser(HTMLParser):
+    """Collects every tag with its attributes, and the text of table cells row by row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.tables: list[list[list[str]]] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][-1].append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def parse_page(text: str) -> PageParser:
+    parser = PageParser()
+    parser.feed(text)
+    parser.close()
+    return parser
+
+
+def assert_self_contained(page: PageParser) -> list[bytes]:
+    """No scripts, links, frames or remote URLs; every image is an inline PNG. Returns the PNGs."""
+    pngs = []
+    for tag, attrs in page.tags:
+        assert tag not in ("script", "link", "iframe", "object", "embed", "base"), tag
+        for name, value in attrs.items():
+            if name in ("src", "href", "action", "poster", "srcset"):
+                assert value is not None and value.startswith("data:image/png;base64,"), (tag, name, value)
+                pngs.append(base64.b64decode(value.split(",", 1)[1], validate=True))
+            assert "url(" not in (value or "") and "://" not in (value or ""), (tag, name)
+    for png in pngs:
+        with Image.open(io.BytesIO(png)) as image:
+            assert image.format == "PNG" and image.width > 100
+    return pngs
+
+
+def table_after(page: PageParser, first_header: str) -> list[list[str]]:
+    """The first table whose header row starts with ``first_header``."""
+    return next(table for table in page.tables if table and table[0] and table[0][0] == first_header)
+
+
+@pytest.fixture(scope="module")
+def mlp_test_report(trained_mlp_run: Path, mnist, tmp_path_factory: pytest.TempPathFactory):
+    """The trained MLP evaluated on the test set, with an extra HTML copy (the run dir is a copy)."""
+    run = tmp_path_factory.mktemp("eval") / "mlp"
+    shutil.copytree(trained_mlp_run, run)
+    html = run.parent / "shared.html"
+    return evaluate_report(run, split="test", device="cpu", html=html, dataset=mnist), html
+
+
+@pytest.fixture(scope="module")
+def independent_logits(trained_mlp_run: Path, mnist) -> np.ndarray:
+    """The MLP's test logits computed directly with torch (no mnistlab evaluation code).
+
+    In the precision the run was trained in (bf16 autocast on CPUs with native bf16), in the same batches of
+    2,000 as training's test pass, so the figures must agree exactly.
+    """
+    model, run = load_trained_model(trained_mlp_run, device="cpu")
+    bf16 = run.model.get("precision") == "bf16"
+    images = torch.tensor(mnist.test.images)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        return torch.cat([model(prepare_batch(images[i:i + 2000])).float() for i in range(0, len(images), 2000)]
+                         ).numpy()
+
+
+def test_figures_against_sklearn_and_torch(mlp_test_report, independent_logits: np.ndarray, mnist,
+                                           trained_mlp_run: Path) -> None:
+    out, _ = mlp_test_report
+    e = out.evaluation
+    labels = mnist.test.labels.astype(np.int64)
+    predicted = independent_logits.argmax(axis=1)
+    names = [str(d) for d in range(10)]
+    assert e.count == 10_000 and e.split == "test"
+    assert e.accuracy == skm.accuracy_score(labels, predicted)
+    recorded = json.loads((trained_mlp_run / runs.METRICS_FILE).read_text())
+    assert e.accuracy == recorded["test_accuracy"]   # what training measured with the same weights
+    assert e.loss == pytest.approx(torch.nn.functional.cross_entropy(
+        torch.from_numpy(independent_logits).double(), torch.from_numpy(labels)).item(), rel=1e-5)
+    assert e.report.to_dict() == skm.classification_report(labels, predicted, labels=list(range(10)),
+                                                           target_names=names, output_dict=True, zero_division=0.0)
+    np.testing.assert_array_equal(e.confusion, skm.confusion_matrix(labels, predicted))
+    # Top-k: bf16 logits tie now and then; sklearn ranks the higher index first in a tie, mnistlab the lower
+    # (as argmax does). So: a stable sort as the oracle, and sklearn itself where the true class has no tie.
+    order = np.argsort(-independent_logits, axis=1, kind="stable")
+    true_score = independent_logits[np.arange(len(labels)), labels][:, None]
+    untied = (independent_logits == true_score).sum(axis=1) == 1
+    for k in (2, 3, 5):
+        assert e.top_k[k] == np.mean((order[:, :k] == labels[:, None]).any(axis=1))
+        hits = (order[:, :k] == labels[:, None]).any(axis=1)
+        assert hits[untied].mean() == pytest.approx(
+            skm.top_k_accuracy_score(labels[untied], independent_logits[untied], k=k, labels=list(range(10))))
+    # ECE: a plain loop over 15 right-closed bins of the softmax's top probability.
+    probs = torch.softmax(torch.from_numpy(independent_logits).double(), dim=1).numpy()
+    confidence, correct = probs.max(axis=1), predicted == labels
+    edges = np.linspace(0, 1, 16)
+    ece = sum(np.mean(inside) * abs(correct[inside].mean() - confidence[inside].mean())
+              for b in range(15) if (inside := (confidence > edges[b]) & (confidence <= edges[b + 1])).any())
+    assert e.calibration is not None and e.calibration.ece == pytest.approx(ece, abs=1e-6)
+    # Most confident mistakes: the wrong predictions with the highest probability, in order.
+    wrong = np.flatnonzero(~correct)
+    expected = wrong[np.argsort(-confidence[wrong], kind="stable")][:len(e.mistakes)]
+    assert [m.index for m in e.mistakes] == expected.tolist()
+    assert [m.confidence for m in e.mistakes] == pytest.approx(confidence[expected].tolist(), abs=1e-6)
+    # Most confused pairs: the largest off-diagonal cells.
+    off = skm.confusion_matrix(labels, predicted) * (1 - np.eye(10, dtype=int))
+    assert [p.count for p in e.pairs] == sorted(off.ravel(), reverse=True)[:len(e.pairs)]
+
+
+def test_files_hold_the_same_figures(mlp_test_report, mnist) -> None:
+    out, _ = mlp_test_report
+    e = out.evaluation
+    folder = out.out_dir
+    assert folder == Path(e.run_dir) / "eval" / "test"
+    saved = json.loads((folder / "evaluation.json").read_text())
+    assert saved["accuracy"] == e.accuracy and saved["confusion"] == e.confusion.tolist()
+    confusion = np.asarray(saved["confusion"])
+    assert confusion.sum() == 10_000
+    np.testing.assert_array_equal(confusion.sum(axis=1), np.bincount(mnist.test.labels, minlength=10))
+    np.testing.assert_allclose(np.asarray(saved["confusion_row_normalized"]).sum(axis=1), 1.0)
+    assert (folder / "classification_report.txt").read_text() == e.report.as_text(digits=4)
+    rows = (folder / "confusion.txt").read_text().splitlines()[1:]
+    np.testing.assert_array_equal([[int(v) for v in row.split()[1:]] for row in rows], confusion)
+    for name in ("confusion.png", "mistakes.png", "reliability.png"):
+        with Image.open(folder / name) as image:
+            assert image.format == "PNG" and image.width > 300, name
+    assert cached_evaluation(folder.parent.parent, "test") == saved
+
+
+def test_html_report_is_self_contained_and_shows_the_numbers(mlp_test_report) -> None:
+    out, extra = mlp_test_report
+    text = out.files["html"].read_text()
+    assert extra.read_text() == text   # --html writes the same page
+    page = parse_page(text)
+    pngs = assert_self_contained(page)
+    assert len(pngs) == 3   # confusion, mistakes, reliability
+    e = out.evaluation
+    per_class = table_after(page, "class")
+    assert per_class[0] == ["class", "precision", "recall", "f1-score", "support"]
+    for k in range(10):
+        assert per_class[k + 1] == [str(k), f"{e.report.precision[k]:.4f}", f"{e.report.recall[k]:.4f}",
+                                    f"{e.report.f1[k]:.4f}", str(e.report.support[k])]
+    confusion = table_after(page, "true \\ predicted")
+    np.testing.assert_array_equal([[int(v) for v in row[1:]] for row in confusion[1:]], e.confusion)
+    summary = dict(row for row in table_after(page, "figure")[1:])
+    assert summary["accuracy"] == f"{100 * e.accuracy:.2f}%"
+    assert summary["top-3 accuracy"] == f"{100 * e.top_k[3]:.2f}%"
+    assert summary["expected calibration error (15 bins)"] == f"{100 * e.calibration.ece:.2f}%"
+    assert "(matches)" in summary["test accuracy recorded at training"]
+
+
+def test_validation_split_is_rebuilt_from_the_config(trained_mlp_run: Path, mnist, tmp_path: Path) -> None:
+    run = tmp_path / "mlp"
+    shutil.copytree(trained_mlp_run, run)
+    out = evaluate_report(run, split="val", device="cpu", dataset=mnist)
+    e = out.evaluation
+    _, val_idx = train_val_indices(60_000, val_fraction=0.1, seed=0)
+    assert e.count == len(val_idx) == 6_000
+    history = json.loads((run / runs.HISTORY_JSON).read_text())
+    assert e.accuracy == history[-1]["val_accuracy"]   # training's own validation pass of the final weights
+    assert e.loss == pytest.approx(history[-1]["val_loss"], rel=1e-5)
+    assert {m.index for m in e.mistakes} <= set(val_idx.tolist())
+    assert (run / "eval" / "val" / "report.html").is_file()
+
+
+def test_split_errors(tmp_path: Path, tiny_data_dir_shared: Path) -> None:
+    run = fit(TrainConfig.for_model("softmax", epochs=1, device="cpu", data_dir=str(tiny_data_dir_shared)),
+              run_dir=tmp_path / "no-val").run_dir
+    with pytest.raises(MnistlabError, match="trained without a validation split"):
+        evaluate_report(run, split="val", device="cpu")
+    with pytest.raises(MnistlabError, match="--split 'dev' does not exist"):
+        evaluate_report(run, split="dev", device="cpu")
+
+
+def test_html_path_errors_come_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(MnistlabError, match="is a folder"):
+        check_html_path(tmp_path)
+    with pytest.raises(MnistlabError, match="does not exist"):
+        check_html_path(tmp_path / "no" / "such" / "report.html")
+    # The run does not even exist: the HTML path is checked first.
+    with pytest.raises(MnistlabError, match="--html"):
+        evaluate_report(tmp_path / "missing-run", html=tmp_path / "nowhere" / "r.html")
+
+
+def test_a_run_directory_of_a_different_model(trained_mlp_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "mislabelled"
+    shutil.copytree(trained_mlp_run, run)
+    model = json.loads((run / runs.MODEL_FILE).read_text())
+    runs.write_json_atomic(run / runs.MODEL_FILE, {**model, "name": "cnn"})
+    with pytest.raises(MnistlabError, match="weights do not match model 'cnn'"):
+        evaluate_report(run, device="cpu")
+    runs.write_json_atomic(run / runs.MODEL_FILE, {**model, "name": "knn", "family": "classical"})
+    with pytest.raises(MnistlabError, match="missing for model 'knn'"):
+        evaluate_report(run, device="cpu")
+
+
+def test_cache_is_dropped_when_weights_change(trained_mlp_run: Path, mnist, tmp_path: Path) -> None:
+    run = tmp_path / "mlp"
+    shutil.copytree(trained_mlp_run, run)
+    evaluate_report(run, device="cpu", dataset=mnist)
+    assert cached_evaluation(run, "test") is not None
+    weights = (run / runs.WEIGHTS_FILE).read_bytes()
+    (run / runs.WEIGHTS_FILE).write_bytes(weights[:-4] + bytes(4))   # different weights, same shapes
+    assert cached_evaluation(run, "test") is None
+
+
+def test_decision_value_model_has_no_calibration_or_loss(tmp_path: Path, tiny_data_dir_shared: Path) -> None:
+    run = fit(TrainConfig.for_model("sgd", options={"max_iter": 20}, data_dir=str(tiny_data_dir_shared),
+                                    threads=1), run_dir=tmp_path / "sgd").run_dir
+    out = evaluate_report(run, device="cpu")
+    e = out.evaluation
+    assert e.score_kind == "decision" and e.loss is None and e.calibration is None
+    assert "reliability_png" not in out.files
+    page = parse_page(out.files["html"].read_text())
+    assert_self_contained(page)
+    summary = dict(row for row in table_after(page, "figure")[1:])
+    assert summary["loss (cross-entropy)"] == "n/a (no probabilities)"
+    assert summary["published: linear classifier (1-layer NN)"].startswith("12.00% error")
