@@ -144,6 +144,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         label_smoothing=args.label_smoothing, **({"options": options} if options else {}),
     )
     _check_registry(args)
+    from mnistlab.data import load_dataset_in_background
+
+    pending = load_dataset_in_background(config.dataset, data_dir=config.data_dir)  # overlaps the torch import
     from mnistlab.progress import ConsoleObserver
     from mnistlab.runs import default_run_dir
     from mnistlab.train import fit
@@ -152,7 +155,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     console = _console()
     observer = ConsoleObserver(console)
     try:
-        result = fit(config, run_dir=run_dir, observer=observer)
+        result = fit(config, run_dir=run_dir, dataset=pending.result(), observer=observer)
     finally:
         observer.close()
     loss = "n/a" if result.test.loss != result.test.loss else f"{result.test.loss:.4f}"  # NaN: no probabilities

@@ -16,7 +16,7 @@ import os
 import struct
 import zlib
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
@@ -341,6 +341,23 @@ def load_dataset(
         checksums="verified" if spec.sha256 else "no checksums", splits=loaded,
         data_dir=str(Path(data_dir).expanduser().resolve()) if data_dir is not None else None,
     )
+
+
+def load_dataset_in_background(
+    name: str = "mnist",
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    splits: tuple[SplitName, ...] = SPLITS,
+) -> Future[Dataset]:
+    """Start :func:`load_dataset` in a thread and return its future (``.result()`` raises its errors).
+
+    The CLI starts this before importing torch: decompression and hashing release the GIL, so reading and
+    verifying the files overlaps the 1-2 s torch import instead of following it.
+    """
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mnistlab-data")
+    future = executor.submit(load_dataset, name, data_dir=data_dir, splits=splits)
+    executor.shutdown(wait=False)
+    return future
 
 
 def train_val_indices(n: int, *, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -26,8 +26,9 @@ from mnistlab import runs
 from mnistlab.config import TrainConfig
 from mnistlab.data import Dataset, load_dataset, train_val_indices
 from mnistlab.errors import MnistlabError, TrainingInterrupted
-from mnistlab.evaluate import EvalResult, evaluate_model
+from mnistlab.evaluate import EvalResult, as_uint8_tensor, evaluate_model
 from mnistlab.models import build_model, is_convolutional, model_record, prepare_batch, weights_bytes
+from mnistlab.optim import Adam, KerasRMSprop, OneCycle, Optimizer, SGDMomentum
 
 
 @dataclass(frozen=True)
@@ -167,30 +168,29 @@ def tune_cpu_allocator() -> None:
     libc.mallopt(m_trim_threshold, 512 * 1024 * 1024)
 
 
-def build_schedule(name: str, optimizer: torch.optim.Optimizer, *, lr: float, total_steps: int
-                   ) -> torch.optim.lr_scheduler.LRScheduler | None:
+def build_schedule(name: str, optimizer: Optimizer, *, lr: float, total_steps: int) -> OneCycle | None:
     """``constant``: no schedule (the seed's). ``onecycle``: warm up for 25% of the steps to ``lr``, then
     anneal (cosine) to ~0, stepped once per batch: what makes one-epoch training reach 99%."""
     if name == "constant":
         return None
     if name == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps, pct_start=0.25)
+        return OneCycle(optimizer, max_lr=lr, total_steps=total_steps, warmup=0.25)
     raise MnistlabError(f"--schedule {name!r} is not one of constant, onecycle")
 
 
-def build_optimizer(name: str, params: Any, *, lr: float) -> torch.optim.Optimizer:
-    """Keras-equivalent optimizers.
+def build_optimizer(name: str, params: Any, *, lr: float) -> Optimizer:
+    """Keras-equivalent optimizers (see :mod:`mnistlab.optim`).
 
     - ``rmsprop``: Keras RMSprop (rho 0.9, epsilon 1e-7); torch's defaults (alpha 0.99, eps 1e-8) differ.
     - ``adam``: betas (0.9, 0.999), epsilon 1e-7 as in Keras.
     - ``sgd``: momentum 0.9 (plain Keras SGD has none; momentum is what people mean by a usable SGD).
     """
     if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=1e-7, momentum=0.0, centered=False)
+        return KerasRMSprop(params, lr=lr, rho=0.9, eps=1e-7)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-7)
+        return Adam(params, lr=lr, beta1=0.9, beta2=0.999, eps=1e-7)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+        return SGDMomentum(params, lr=lr, momentum=0.9)
     raise MnistlabError(f"--optimizer {name!r} is not one of rmsprop, adam, sgd")
 
 
@@ -241,7 +241,7 @@ def fit(
 
     train_idx, val_idx = train_val_indices(len(dataset.train), val_fraction=config.val_split, seed=config.seed)
     # The whole (train) split goes to the device once, as uint8: 47 MB for MNIST.
-    x_all = torch.tensor(dataset.train.images, device=device)                    # (N, 28, 28) uint8
+    x_all = as_uint8_tensor(dataset.train.images, device)                        # (N, 28, 28) uint8
     y_all = torch.tensor(dataset.train.labels, device=device).long()             # (N,)
     if len(val_idx):
         x_val, y_val = x_all[torch.from_numpy(val_idx).to(device)], y_all[torch.from_numpy(val_idx).to(device)]
@@ -320,7 +320,7 @@ def fit(
         raise TrainingInterrupted(run_dir=run_dir, epochs_completed=len(history)) from None
 
     eval_start = time.perf_counter()
-    test_images = torch.tensor(dataset.test.images, device=device)
+    test_images = as_uint8_tensor(dataset.test.images, device)
     test = evaluate_model(model, test_images, dataset.test.labels, batch_size=config.eval_batch_size,
                           device=device, precision=precision)
     eval_seconds = time.perf_counter() - eval_start
