@@ -7,7 +7,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: reproduce quick test lint clean-venv
+KERAS_VENV ?= .venv-keras
+# The benchmarks run the seed's own Keras code beside mnistlab when this Python exists (make keras-venv).
+KERAS_PYTHON ?= $(wildcard $(KERAS_VENV)/bin/python)
+KERAS_FLAG := $(if $(KERAS_PYTHON),--keras-python $(abspath $(KERAS_PYTHON)),)
+
+.PHONY: reproduce quick test lint bench keras-venv clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +30,19 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+
+# Every speed/memory claim of the README, measured on this machine (about 15 minutes with Keras).
+bench: $(STAMP)
+	cd benchmarks && ../$(BIN)/python startup.py
+	cd benchmarks && ../$(BIN)/python time_to_accuracy.py --seeds 5 --peer-seeds 3
+	cd benchmarks && ../$(BIN)/python epoch_time.py --epochs 3 $(KERAS_FLAG)
+	cd benchmarks && ../$(BIN)/python memory.py $(KERAS_FLAG)
+	cd benchmarks && ../$(BIN)/python reproduce_time.py $(KERAS_FLAG)
+
+# Optional: TensorFlow/Keras in a separate environment, only for the side-by-side benchmarks.
+keras-venv:
+	test -x $(KERAS_VENV)/bin/python || $(PYTHON) -m venv $(KERAS_VENV)
+	$(KERAS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check tensorflow-cpu scikit-learn
 
 clean-venv:
 	rm -rf $(VENV)

@@ -9,13 +9,15 @@ same process; the first epoch is reported separately (warm-up) and the rest as a
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import tempfile
 from pathlib import Path
 
 import torch
 
-from _common import load_mnist_numpy, machine, print_table, write_json
+from _common import ROOT, load_mnist_numpy, machine, print_table, write_json
 from peers import keras_rmsprop, seed_model, to_float, train_peer
 
 BATCH = {"softmax": 128, "mlp": 200, "cnn": 200}
@@ -26,6 +28,7 @@ def main() -> None:
     parser.add_argument("--models", default="softmax,mlp,cnn")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--no-peer", action="store_true", help="skip the plain-PyTorch peer")
+    parser.add_argument("--keras-python", help="a Python with TensorFlow/Keras: also time the seed's Keras models")
     args = parser.parse_args()
 
     from mnistlab.config import TrainConfig
@@ -37,6 +40,14 @@ def main() -> None:
     x_f, xt_f = to_float(x), to_float(xt)
     y_t, yt_t = torch.from_numpy(y.astype("int64")), torch.from_numpy(yt.astype("int64"))
     rows, results = [], {"machine": machine(), "epochs": args.epochs, "models": {}}
+    keras = None
+    if args.keras_python:
+        done = subprocess.run([args.keras_python, str(ROOT / "benchmarks" / "keras_seed.py"), "--only", args.models,
+                               "--epochs", str(args.epochs)], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"keras run failed: {done.stderr[-3000:]}")
+        keras = json.loads(done.stdout.strip().splitlines()[-1])
+        results["keras"] = keras
     for name in args.models.split(","):
         with tempfile.TemporaryDirectory() as tmp:
             ours = fit(TrainConfig.for_model(name, epochs=args.epochs, device="cpu"), run_dir=Path(tmp) / "r",
@@ -55,6 +66,11 @@ def main() -> None:
             entry["plain_pytorch"] = {"epoch_seconds": peer.epoch_seconds, "test_accuracy": peer.test_accuracy}
             entry["speedup"] = peer_median / ours_median
             row += [f"{peer_median:.2f}", f"{peer.test_accuracy:.4f}", f"{peer_median / ours_median:.2f}x"]
+        if keras:
+            keras_times = keras[name]["epoch_seconds"]
+            keras_median = statistics.median(keras_times[1:] or keras_times)
+            entry["keras_speedup"] = keras_median / ours_median
+            row += [f"{keras_median:.2f}", f"{keras[name]['test_accuracy']:.4f}", f"{keras_median / ours_median:.2f}x"]
         results["models"][name] = entry
         rows.append(row)
         print(f"{name}: done", flush=True)
@@ -63,6 +79,8 @@ def main() -> None:
     headers = ["model", "mnistlab 1st", "mnistlab median", "mnistlab acc"]
     if not args.no_peer:
         headers += ["plain PyTorch median", "plain acc", "speed-up"]
+    if keras:
+        headers += ["Keras median", "Keras acc", "vs Keras"]
     print_table(headers, rows)
     print(f"\nwrote {write_json('epoch_time', results)}")
 

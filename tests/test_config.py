@@ -51,3 +51,9 @@ def test_dense_models_default_to_one_thread() -> None:
     assert TrainConfig.for_model("softmax").threads == TrainConfig.for_model("mlp").threads == 1
     assert TrainConfig.for_model("cnn").threads is None and TrainConfig.for_model("fast").threads is None
     assert TrainConfig.for_model("mlp", threads=2).threads == 2
+
+
+def test_softmax_recipe_trains_in_fp32() -> None:
+    assert TrainConfig.for_model("softmax").precision == "fp32"
+    assert TrainConfig.for_model("cnn").precision == "auto"
+    assert TrainConfig.for_model("softmax", precision="bf16").precision == "bf16"
