@@ -36,6 +36,7 @@ bench: $(STAMP)
 	cd benchmarks && ../$(BIN)/python startup.py
 	cd benchmarks && ../$(BIN)/python time_to_accuracy.py --seeds 5 --peer-seeds 3
 	cd benchmarks && ../$(BIN)/python epoch_time.py --epochs 3 $(KERAS_FLAG)
+	cd benchmarks && ../$(BIN)/python precision.py
 	cd benchmarks && ../$(BIN)/python memory.py $(KERAS_FLAG)
 	cd benchmarks && ../$(BIN)/python reproduce_time.py $(KERAS_FLAG)
 

@@ -1,0 +1,108 @@
+"""How the ``fast`` recipe was chosen: candidates compared on a validation split, never the test set.
+
+    python benchmarks/fast_selection.py [--seeds 2] [--candidates f4-256,f16-32-64,...]
+
+Training uses ``train[:50000]`` and scoring ``train[50000:]``. Every candidate runs through mnistlab's own
+training loop (``mnistlab.train.fit``, bf16 where native, 2 threads), so the times compare like for like.
+A candidate swaps the ``fast`` network for its own while the script runs, and sets its own batch size and
+max learning rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from torch import nn
+
+from _common import machine, print_table, write_json
+
+
+def strided(widths: tuple[int, int, int]) -> Callable[..., nn.Module]:
+    """The stem, then stride-2 3x3 convolutions instead of convolution + max-pool."""
+    a, b, c = widths
+
+    def build(num_classes: int = 10) -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(1, a, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(a), nn.ReLU(),
+            nn.Conv2d(a, b, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(),
+            nn.Conv2d(b, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+            nn.Flatten(), nn.Linear(c * 16, num_classes))
+    return build
+
+
+def public(num_classes: int = 10) -> nn.Module:
+    """The best-known public one-epoch recipe's network (pool after ReLU, as published)."""
+    return nn.Sequential(nn.Conv2d(1, 24, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(24, 32, 3), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(800, 256), nn.ReLU(), nn.Linear(256, num_classes))
+
+
+def candidates() -> dict[str, tuple[Callable[..., nn.Module], dict]]:
+    from mnistlab.models import build_fast
+
+    def widths(*w: int) -> Callable[..., nn.Module]:
+        return lambda num_classes=10: build_fast(num_classes, widths=w)
+
+    smooth = {"label_smoothing": 0.1}
+    return {
+        "32-64-128 b128": (widths(32, 64, 128), {"batch_size": 128, "lr": 8e-3, **smooth}),
+        "32-64-128 b256": (widths(32, 64, 128), {"batch_size": 256, "lr": 1.2e-2, **smooth}),
+        "24-48-96": (widths(24, 48, 96), {"batch_size": 256, "lr": 1.2e-2, **smooth}),
+        "16-32-128": (widths(16, 32, 128), {"batch_size": 256, "lr": 1.2e-2, **smooth}),
+        "32-32-64": (widths(32, 32, 64), {"batch_size": 256, "lr": 1.2e-2, **smooth}),
+        "16-32-64 (chosen)": (widths(16, 32, 64), {"batch_size": 256, "lr": 1.6e-2, **smooth}),
+        "16-32-64 no smoothing": (widths(16, 32, 64), {"batch_size": 256, "lr": 1.6e-2, "label_smoothing": 0.0}),
+        "strided 32-64-128": (strided((32, 64, 128)), {"batch_size": 256, "lr": 1.2e-2, **smooth}),
+        "public recipe": (public, {"batch_size": 256, "lr": 1e-2, "label_smoothing": 0.0}),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--candidates", help="comma-separated names (default: all)")
+    args = parser.parse_args()
+
+    from mnistlab import models
+    from mnistlab.config import TrainConfig
+    from mnistlab.data import Split, load_dataset
+    from mnistlab.train import fit
+
+    dataset = load_dataset("mnist")
+    fit_part, val_part = dataset.train.subset(slice(0, 50_000)), dataset.train.subset(slice(50_000, 60_000))
+    validation = dataclasses.replace(dataset, splits={"train": Split(fit_part.images, fit_part.labels),
+                                                      "test": Split(val_part.images, val_part.labels)})
+    table = candidates()
+    chosen = args.candidates.split(",") if args.candidates else list(table)
+    original = models.BUILDERS["fast"]
+    scores: dict[str, list[tuple[float, float]]] = {name: [] for name in chosen}
+    try:
+        for seed in range(args.seeds):      # candidates interleaved, so drift hits them alike
+            for name in chosen:
+                builder, overrides = table[name]
+                models.BUILDERS["fast"] = builder
+                with tempfile.TemporaryDirectory() as tmp:
+                    run = fit(TrainConfig.for_model("fast", seed=seed, device="cpu", **overrides),
+                              run_dir=Path(tmp) / "r", dataset=validation)
+                scores[name].append((run.train_seconds, run.test.accuracy))
+                print(f"{name} seed {seed}: val {run.test.accuracy:.4f} in {run.train_seconds:.2f} s", flush=True)
+    finally:
+        models.BUILDERS["fast"] = original
+    rows, results = [], {"machine": machine(), "candidates": {}}
+    for name in chosen:
+        seconds = [s for s, _ in scores[name]]
+        accuracy = [a for _, a in scores[name]]
+        results["candidates"][name] = {"train_seconds": seconds, "val_accuracy": accuracy, **table[name][1]}
+        rows.append([name, f"{statistics.fmean(accuracy):.4f}", f"{min(accuracy):.4f}",
+                     f"{statistics.median(seconds):.2f}"])
+    print(f"\nfast-recipe candidates on validation (50k train -> 10k val), {args.seeds} seeds")
+    print_table(["candidate", "val mean", "val min", "median train s (50k)"], rows)
+    print(f"\nwrote {write_json('fast_selection', results)}")
+
+
+if __name__ == "__main__":
+    main()
