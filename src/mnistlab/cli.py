@@ -245,8 +245,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         return observers[-1]
 
     def on_result(row: ExperimentResult) -> None:
-        console.print(f"[bold]{row.name}[/bold]: test accuracy {row.test_accuracy:.4f} (seed {row.seed_accuracy:.4f}, "
-                      f"{row.difference_points:+.2f} pt) in {row.train_seconds:.1f} s")
+        console.print(f"[bold]{row.name}[/bold]: test accuracy {row.test_accuracy:.4f} "
+                      f"(tutorial {row.seed_accuracy:.4f}, {row.difference_points:+.2f} pt) "
+                      f"in {row.train_seconds:.1f} s")
 
     try:
         result = reproduce(out_dir=out, quick=args.quick, seed=args.seed, device=args.device,
@@ -256,8 +257,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             observer.close()
     from rich.table import Table
 
-    table = Table("experiment", "params", "epochs", "batch", "test acc", "seed", "diff", "train s",
-                  title="The seed's table" + (" (--quick)" if args.quick else ""))
+    table = Table("experiment", "params", "epochs", "batch", "test acc", "tutorial", "diff", "train s",
+                  title="The Keras tutorial's table" + (" (--quick)" if args.quick else ""))
     for row in result.rows:
         table.add_row(row.name, f"{row.params:,}", str(row.epochs), str(row.batch_size or "-"),
                       f"{row.test_accuracy:.4f}", f"{row.seed_accuracy:.4f}", f"{row.difference_points:+.2f}",
@@ -492,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                       f"baseline ({', '.join(CLASSICAL_NAMES)})")
     train.add_argument("--option", action="append", metavar="KEY=VALUE",
                        help="a classical model's hyper-parameter, e.g. k=5 for knn (repeatable)")
-    train.add_argument("--epochs", type=int, help="default: the model's recipe (the seed's 30)")
+    train.add_argument("--epochs", type=int, help="default: the model's recipe (the tutorial's 30)")
     train.add_argument("--batch-size", type=int, help="default: the recipe's (softmax 128, mlp/cnn 200)")
     train.add_argument("--optimizer", help=f"one of {', '.join(OPTIMIZER_NAMES)} (default rmsprop)")
     train.add_argument("--lr", type=float, help="learning rate (default: Keras' for the optimizer)")

@@ -38,6 +38,13 @@ def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 110) -> Pa
     return write_bytes_atomic(path, buffer.getvalue())
 
 
+def _integer_ticks() -> Any:
+    """Whole-number epoch ticks, even for a single epoch (MaxNLocator wants 2 integers in view by default)."""
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True, min_n_ticks=1)
+
+
 def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str], *, title: str = "") -> Path:
     """Loss and accuracy per epoch (train, and validation when present) side by side, as a PNG."""
     plt = _pyplot()
@@ -50,6 +57,7 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str],
             ax.plot(epochs, [np.nan if v is None else v for v in val], marker="s", ms=3, label=f"val {label}")
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(_integer_ticks())
         ax.grid(alpha=0.3)
         ax.legend()
     if title:
@@ -102,6 +110,7 @@ def plot_reproduce_comparison(rows: Sequence[Any], path: str | os.PathLike[str])
                           label=row.name)
     ax_curve.set_yscale("log")
     ax_curve.set_xlabel("epoch")
+    ax_curve.xaxis.set_major_locator(_integer_ticks())
     ax_curve.set_ylabel("training loss (running mean, log scale)")
     ax_curve.grid(alpha=0.3)
     if ax_curve.lines:
@@ -109,12 +118,13 @@ def plot_reproduce_comparison(rows: Sequence[Any], path: str | os.PathLike[str])
     names = [row.name for row in rows]
     positions = np.arange(len(rows))
     ax_bar.bar(positions - 0.2, [100 * row.test_accuracy for row in rows], width=0.4, label="mnistlab")
-    ax_bar.bar(positions + 0.2, [100 * row.seed_accuracy for row in rows], width=0.4, label="seed (Keras)")
+    ax_bar.bar(positions + 0.2, [100 * row.seed_accuracy for row in rows], width=0.4, label="Keras tutorial")
     ax_bar.set_xticks(positions, names)
     low = min([100 * r.test_accuracy for r in rows] + [100 * r.seed_accuracy for r in rows], default=90)
     ax_bar.set_ylim(max(0.0, low - 2), 100)
     ax_bar.set_ylabel("test accuracy (%)")
-    ax_bar.legend(loc="lower right")
+    # Above the bars: inside the axes it would hide the lowest bar.
+    ax_bar.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     ax_bar.grid(alpha=0.3, axis="y")
     return save_figure(fig, path)
 
@@ -130,9 +140,9 @@ def write_reproduce_report(*, out_dir: Path, rows: Sequence[Any], quick: bool, t
 
     plot_reproduce_comparison(rows, out_dir / "comparison.png")
     lines = [
-        "# The seed's table, reproduced" + (" (--quick: shortened, not comparable)" if quick else ""),
+        "# The Keras tutorial's table, reproduced" + (" (--quick: shortened, not comparable)" if quick else ""),
         "",
-        "| experiment | params | epochs | batch | test accuracy | seed's figure | difference | train time |",
+        "| experiment | params | epochs | batch | test accuracy | tutorial's figure | difference | train time |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
@@ -312,12 +322,10 @@ def plot_runs_curves(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], path:
                 ax.plot(epochs, train, "-", marker="o", ms=3, color=colour, label=f"{label} train")
             if not np.all(np.isnan(val)):
                 ax.plot(epochs, val, "--", marker="s", ms=3, color=colour, label=f"{label} val")
-    from matplotlib.ticker import MaxNLocator
-
     for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(_integer_ticks())
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7)
