@@ -25,7 +25,6 @@ import io
 import json
 import math
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -150,18 +149,10 @@ def run_load(port: int, body: bytes, content_type: str, digit: int, *, requests:
 
 
 def machine() -> dict[str, Any]:
-    import torch
+    """The shared machine description, plus what this benchmark pins on the server side."""
+    from _common import machine as common_machine
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "server_torch_threads": 1, "loadavg_before": os.getloadavg()}
+    return {**common_machine(), "server_torch_threads": 1, "loadavg_before": os.getloadavg()}
 
 
 def main(argv: list[str] | None = None) -> int:

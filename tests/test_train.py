@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -189,3 +191,13 @@ def test_each_run_sets_its_own_thread_count(tmp_path: Path, tiny_data_dir: Path)
     assert torch.get_num_threads() == 1
     fit(tiny_config("cnn", epochs=1), run_dir=tmp_path / "b", dataset=dataset)
     assert torch.get_num_threads() == DEFAULT_THREADS
+
+
+def test_run_files_get_ordinary_permissions(tmp_path: Path) -> None:
+    """Atomic writes go through mkstemp (mode 0600); the final file gets the mode open() would give it."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    path = runs.write_text_atomic(tmp_path / "x.json", "{}")
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~umask

@@ -32,12 +32,17 @@ class Optimizer:
             elif param.grad is not None:
                 param.grad.zero_()
 
-    def _with_grads(self) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int]]:
-        chosen = [i for i, p in enumerate(self.params) if p.grad is not None]
-        return [self.params[i].data for i in chosen], [self.params[i].grad for i in chosen], chosen  # type: ignore[misc]
-
     @torch.no_grad()
-    def step(self) -> None:  # pragma: no cover - overridden
+    def step(self) -> None:
+        """One update of every parameter that has a gradient."""
+        chosen = [i for i, p in enumerate(self.params) if p.grad is not None]
+        if not chosen:
+            return
+        self.steps += 1
+        self._update([self.params[i].data for i in chosen], [self.params[i].grad for i in chosen], chosen)  # type: ignore[misc]
+
+    def _update(self, params: list[torch.Tensor], grads: list[torch.Tensor], chosen: list[int]) -> None:
+        """Apply the rule to ``params`` (the parameters at positions ``chosen``) given their ``grads``."""
         raise NotImplementedError
 
 
@@ -53,12 +58,7 @@ class KerasRMSprop(Optimizer):
         self.rho, self.eps = rho, eps
         self.square_avg = [torch.zeros_like(p) for p in self.params]
 
-    @torch.no_grad()
-    def step(self) -> None:
-        params, grads, chosen = self._with_grads()
-        if not params:
-            return
-        self.steps += 1
+    def _update(self, params: list[torch.Tensor], grads: list[torch.Tensor], chosen: list[int]) -> None:
         squares = [self.square_avg[i] for i in chosen]
         torch._foreach_mul_(squares, self.rho)
         torch._foreach_addcmul_(squares, grads, grads, value=1.0 - self.rho)
@@ -79,12 +79,7 @@ class Adam(Optimizer):
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
 
-    @torch.no_grad()
-    def step(self) -> None:
-        params, grads, chosen = self._with_grads()
-        if not params:
-            return
-        self.steps += 1
+    def _update(self, params: list[torch.Tensor], grads: list[torch.Tensor], chosen: list[int]) -> None:
         means = [self.exp_avg[i] for i in chosen]
         squares = [self.exp_avg_sq[i] for i in chosen]
         torch._foreach_lerp_(means, grads, 1.0 - self.beta1)           # m = b1 m + (1 - b1) g
@@ -106,12 +101,7 @@ class SGDMomentum(Optimizer):
         self.momentum = momentum
         self.buffers: list[torch.Tensor | None] = [None] * len(self.params)
 
-    @torch.no_grad()
-    def step(self) -> None:
-        params, grads, chosen = self._with_grads()
-        if not params:
-            return
-        self.steps += 1
+    def _update(self, params: list[torch.Tensor], grads: list[torch.Tensor], chosen: list[int]) -> None:
         for i, grad in zip(chosen, grads, strict=True):
             buffer = self.buffers[i]
             if buffer is None:
