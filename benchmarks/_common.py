@@ -14,6 +14,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 MNIST_DIR = ROOT / "src" / "mnistlab" / "datasets" / "mnist"
+
+
+def isolate_registry() -> Path:
+    """Point MNISTLAB_HOME at a throwaway folder (unless the caller set one) before any mnistlab command runs.
+
+    The commands a benchmark times record their runs; those runs live in temporary folders, so recording
+    them in the user's real registry would leave rows that point nowhere.
+    """
+    if "MNISTLAB_HOME" not in os.environ:
+        os.environ["MNISTLAB_HOME"] = tempfile.mkdtemp(prefix="mnistlab-bench-home-")
+    return Path(os.environ["MNISTLAB_HOME"])
 
 
 def machine() -> dict[str, Any]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mnistlab.config import CLASSICAL_NAMES, TrainConfig, published_figure
 from mnistlab.data import load_dataset
+from mnistlab.runs import default_run_dir
 from mnistlab.train import fit
 
 
@@ -25,12 +26,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(CLASSICAL_NAMES))
     parser.add_argument("--threads", type=int, help="BLAS/OpenMP threads and scikit-learn jobs (default: all)")
-    parser.add_argument("--out", default="runs/classical-bench")
+    parser.add_argument("--out", help="folder for the run directories (default runs/classical-bench-TIMESTAMP)")
     args = parser.parse_args()
+    out = Path(args.out) if args.out else default_run_dir("classical-bench")
     dataset = load_dataset("mnist")
     rows = []
     for name in args.models.split(","):
-        run_dir = Path(args.out) / name
+        run_dir = out / name
         result = fit(TrainConfig.for_model(name, threads=args.threads), run_dir=run_dir, dataset=dataset)
         m = result.metrics
         size = sum(f.stat().st_size for f in run_dir.iterdir() if f.is_file()) / 1e6

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from _common import ROOT, load_mnist_numpy, machine, print_table, write_json
+from _common import ROOT, isolate_registry, load_mnist_numpy, machine, print_table, write_json
 from peers import keras_rmsprop, seed_model, to_float, train_peer
 
 BATCH = {"softmax": 128, "mlp": 200, "cnn": 200}
@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--no-peer", action="store_true", help="skip the plain-PyTorch peer")
     parser.add_argument("--keras-python", help="a Python with TensorFlow/Keras: also time the seed's Keras models")
     args = parser.parse_args()
+    isolate_registry()
 
     from mnistlab.config import TrainConfig
     from mnistlab.data import load_dataset

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from torch import nn
 
-from _common import machine, print_table, write_json
+from _common import isolate_registry, machine, print_table, write_json
 
 
 def strided(widths: tuple[int, int, int]) -> Callable[..., nn.Module]:
@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--candidates", help="comma-separated names (default: all)")
     args = parser.parse_args()
+    isolate_registry()
 
     from mnistlab import models
     from mnistlab.config import TrainConfig

@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import ROOT, machine, print_table, write_json
+from _common import ROOT, isolate_registry, machine, print_table, write_json
 
 PEER_SCRIPT = """
 import sys; sys.path.insert(0, {bench!r})
@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--keras-python", help="a Python with TensorFlow/Keras installed, to measure the seed's code")
     args = parser.parse_args()
+    isolate_registry()
     bench = str(ROOT / "benchmarks")
     results = {"machine": machine(), "epochs": args.epochs, "peak_rss_mib": {}}
     with tempfile.TemporaryDirectory() as tmp:

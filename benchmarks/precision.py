@@ -13,7 +13,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from _common import machine, print_table, summary, write_json
+from _common import isolate_registry, machine, print_table, summary, write_json
 
 
 def main() -> None:
@@ -22,6 +22,7 @@ def main() -> None:
     parser.add_argument("--cnn-seeds", type=int, default=3)
     parser.add_argument("--cnn-epochs", type=int, default=5)
     args = parser.parse_args()
+    isolate_registry()
 
     from mnistlab.config import TrainConfig
     from mnistlab.data import load_dataset

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import ROOT, machine, print_table, run_timed, write_json
+from _common import ROOT, isolate_registry, machine, print_table, run_timed, write_json
 
 
 def main() -> None:
@@ -24,6 +24,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="mnistlab reproduce --quick (and 1 Keras epoch)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    isolate_registry()
     results: dict = {"machine": machine(), "quick": args.quick}
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "repro")
@@ -46,7 +47,7 @@ def main() -> None:
     for row in ours["rows"]:
         name = row["name"]
         total_ours += row["train_seconds"]
-        line = [name, f"{row['test_accuracy']:.4f}", f"{row['seed_accuracy']:.4f}",
+        line = [name, f"{row['accuracy']:.4f}", f"{row['seed_accuracy']:.4f}",
                 f"{row['difference_points']:+.2f}", f"{row['train_seconds']:.1f}"]
         if keras and name in keras:
             total_keras += keras[name]["train_seconds"]

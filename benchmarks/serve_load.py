@@ -169,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.requests <= 100_000 or not all(1 <= c <= 64 for c in args.concurrency):
         parser.error("--requests must be in 1..100000 and --concurrency in 1..64")
 
+    from _common import isolate_registry
+
+    isolate_registry()
     with tempfile.TemporaryDirectory(prefix="serve-load-") as scratch:
         run_dir = Path(args.run) if args.run else Path(scratch) / "cnn"
         if not args.run:

@@ -9,13 +9,14 @@ import argparse
 import shutil
 import sys
 
-from _common import machine, print_table, run_timed, summary, write_json
+from _common import isolate_registry, machine, print_table, run_timed, summary, write_json
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
+    isolate_registry()
     exe = shutil.which("mnistlab") or ""
     commands = {
         "mnistlab --help": [exe, "--help"] if exe else [sys.executable, "-m", "mnistlab", "--help"],

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from _common import load_mnist_numpy, machine, print_table, run_timed, summary, write_json
+from _common import isolate_registry, load_mnist_numpy, machine, print_table, run_timed, summary, write_json
 from peers import public_one_epoch_model, to_float, train_peer
 
 
@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--commands", type=int, default=3, help="whole-command runs to time (0 skips)")
     args = parser.parse_args()
+    isolate_registry()
 
     from mnistlab.config import TrainConfig
     from mnistlab.data import load_dataset

@@ -17,7 +17,7 @@ from PIL import Image
 
 from mnistlab import runs
 from mnistlab.analysis import cached_evaluation, check_html_path, evaluate_report
-from mnistlab.config import TrainConfig
+from mnistlab.config import EVAL_BATCH_SIZE, TrainConfig
 from mnistlab.data import train_val_indices
 from mnistlab.errors import MnistlabError
 from mnistlab.models import load_trained_model, prepare_batch
@@ -93,15 +93,15 @@ def mlp_test_report(trained_mlp_run: Path, mnist, tmp_path_factory: pytest.TempP
 def independent_logits(trained_mlp_run: Path, mnist) -> np.ndarray:
     """The MLP's test logits computed directly with torch (no mnistlab evaluation code).
 
-    In the precision the run was trained in (bf16 autocast on CPUs with native bf16), in the same batches of
-    2,000 as training's test pass, so the figures must agree exactly.
+    In the precision the run was trained in (bf16 autocast on CPUs with native bf16), in the same batches as
+    training's test pass (EVAL_BATCH_SIZE), so the figures must agree exactly.
     """
     model, run = load_trained_model(trained_mlp_run, device="cpu")
     bf16 = run.model.get("precision") == "bf16"
     images = torch.tensor(mnist.test.images)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        return torch.cat([model(prepare_batch(images[i:i + 2000])).float() for i in range(0, len(images), 2000)]
-                         ).numpy()
+        return torch.cat([model(prepare_batch(images[i:i + EVAL_BATCH_SIZE])).float()
+                          for i in range(0, len(images), EVAL_BATCH_SIZE)]).numpy()
 
 
 def test_figures_against_sklearn_and_torch(mlp_test_report, independent_logits: np.ndarray, mnist,

@@ -114,12 +114,64 @@ def test_ctrl_c_keeps_the_last_completed_epoch(tmp_path: Path, tiny_data_dir: Pa
     assert result.count == 64 and recorded["status"] == "interrupted"
 
 
-def test_interrupt_in_first_epoch_leaves_valid_but_empty_history(tmp_path: Path, tiny_data_dir: Path) -> None:
+def test_interrupt_in_first_epoch_keeps_nothing(tmp_path: Path, tiny_data_dir: Path) -> None:
+    """No completed epoch means no weights worth keeping: the folder is removed, so --out can be reused."""
     dataset = load_dataset(data_dir=tiny_data_dir)
     with pytest.raises(TrainingInterrupted) as caught:
         fit(tiny_config(), run_dir=tmp_path / "r", dataset=dataset, observer=InterruptAt(1, 1))
     assert caught.value.epochs_completed == 0
-    assert json.loads((tmp_path / "r" / runs.METRICS_FILE).read_text())["epochs_completed"] == 0
+    assert not (tmp_path / "r").exists()
+    fit(tiny_config(epochs=1), run_dir=tmp_path / "r", dataset=dataset)
+    assert (tmp_path / "r" / runs.WEIGHTS_FILE).is_file()
+
+
+def test_failure_before_the_first_epoch_leaves_no_directory(tmp_path: Path, tiny_data_dir: Path) -> None:
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    with pytest.raises(MnistlabError, match="leaves none of the 256 training images"):
+        fit(tiny_config(val_split=0.999), run_dir=tmp_path / "r", dataset=dataset)
+    assert not (tmp_path / "r").exists()
+    (tmp_path / "mine").mkdir()
+
+    class Boom(TrainObserver):
+        def on_train_start(self, **_):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(tiny_config(), run_dir=tmp_path / "mine", dataset=dataset, observer=Boom())
+    # config.json and model.json were written, then removed with the (now empty) folder.
+    assert not (tmp_path / "mine").exists()
+
+
+def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_epoch(tmp_path: Path,
+                                                                          tiny_data_dir: Path) -> None:
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    with pytest.raises(MnistlabError, match=r"diverged in epoch 1 .*lower --lr .*nothing was kept"):
+        fit(tiny_config(optimizer="sgd", lr=1e6), run_dir=tmp_path / "r", dataset=dataset)
+    assert not (tmp_path / "r").exists()
+
+
+def test_ctrl_c_during_a_checkpoint_waits_for_it(tmp_path: Path, tiny_data_dir: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGINT arriving while weights and history are being replaced is delivered after both are written."""
+    import signal
+
+    from mnistlab import train
+
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    complete = fit(tiny_config(epochs=2), run_dir=tmp_path / "two", dataset=dataset)
+    original = train._save_epoch
+
+    def save_with_signal(run_dir, model, history):
+        if len(history) == 2:
+            signal.raise_signal(signal.SIGINT)   # arrives between the weights and the history files
+        original(run_dir, model, history)
+
+    monkeypatch.setattr(train, "_save_epoch", save_with_signal)
+    with pytest.raises(TrainingInterrupted) as caught:
+        fit(tiny_config(epochs=4), run_dir=tmp_path / "r", dataset=dataset)
+    assert caught.value.epochs_completed == 2
+    assert len(json.loads((tmp_path / "r" / runs.HISTORY_JSON).read_text())) == 2
+    assert (tmp_path / "r" / runs.WEIGHTS_FILE).read_bytes() == (complete.run_dir / runs.WEIGHTS_FILE).read_bytes()
 
 
 def test_refuses_to_overwrite_a_run(tmp_path: Path, tiny_data_dir: Path) -> None:

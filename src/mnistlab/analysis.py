@@ -21,6 +21,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from mnistlab import metrics
+from mnistlab.config import EVAL_BATCH_SIZE
 from mnistlab.errors import MnistlabError
 from mnistlab.runs import WEIGHTS_FILE, RunFiles, read_json, read_run, write_json_atomic, write_text_atomic
 
@@ -100,15 +101,22 @@ def _load_split(run: RunFiles, split: str, dataset: Any = None) -> tuple[Any, np
     if run.model.get("family") == "classical" and run.model.get("name") in ("knn", "svm"):
         needed = tuple(dict.fromkeys((source, "train")))  # their reference images live in the train split
     if dataset is None or any(name not in dataset.splits for name in needed):
-        dataset = load_dataset(run.config.get("dataset", "mnist"), data_dir=run.config.get("data_dir"),
-                               splits=needed)  # type: ignore[arg-type]
+        data_dir = run.config.get("data_dir")
+        try:
+            dataset = load_dataset(run.config.get("dataset", "mnist"), data_dir=data_dir,
+                                   splits=needed)  # type: ignore[arg-type]
+        except MnistlabError as exc:
+            if data_dir is None:
+                raise
+            raise MnistlabError(f"{run.path} was trained on the files in {data_dir}, which cannot be read now "
+                                f"({exc}); pass --data-dir with their new folder") from None
     data = dataset.split(source)
     indices = validation_indices(run, len(data)) if split == "val" else np.arange(len(data))
     return dataset, data.images[indices], data.labels[indices].astype(np.int64), indices, source
 
 
 def run_scores(run_dir: str | os.PathLike[str], *, split: str = "test", device: str = "auto",
-               batch_size: int = 2000, dataset: Any = None) -> RunScores:
+               batch_size: int = EVAL_BATCH_SIZE, dataset: Any = None) -> RunScores:
     """Load a run (network or classical) and score every image of ``split`` (test, val or train)."""
     check_split(split)
     run = read_run(run_dir)
@@ -136,6 +144,9 @@ def run_scores(run_dir: str | os.PathLike[str], *, split: str = "test", device: 
         scores = predict_logits(network, images, batch_size=batch_size, device=torch_device,
                                 precision=precision).cpu().numpy()
         kind = "logits"
+    if not np.isfinite(np.asarray(scores, np.float64)).all():
+        raise MnistlabError(f"{run.path}: the model outputs NaN or infinite scores (its weights diverged); "
+                            "retrain it with a lower --lr")
     return RunScores(run=run, split=split, dataset=dataset.name, class_names=class_names, images=images,
                      labels=labels, indices=indices, source_split=source, scores=np.asarray(scores, np.float64),
                      score_kind=kind, seconds=time.perf_counter() - started)
@@ -341,7 +352,7 @@ def evaluation_dir(run_dir: str | os.PathLike[str], split: str) -> Path:
 
 def evaluate_report(run_dir: str | os.PathLike[str], *, split: str = "test", device: str = "auto",
                     html: str | os.PathLike[str] | None = None, dataset: Any = None,
-                    batch_size: int = 2000) -> EvaluationFiles:
+                    batch_size: int = EVAL_BATCH_SIZE) -> EvaluationFiles:
     """Score ``run_dir`` on ``split``, compute every metric, write ``RUN/eval/<split>/`` (and ``html``)."""
     check_split(split)
     if html is not None:

@@ -8,7 +8,6 @@ exit code 2; tracebacks are left for real bugs.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +28,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+def json_text(obj: Any) -> str:
+    """Strict JSON for ``--json`` output (NaN and infinities become null)."""
+    from mnistlab.runs import json_text as strict
+
+    return strict(obj)
+
+
 def _console() -> Any:
     from rich.console import Console
 
@@ -37,11 +43,12 @@ def _console() -> Any:
 
 # ------------------------------------------------------------------------------------------------- data
 def cmd_data_info(args: argparse.Namespace) -> int:
+    """``mnistlab data info``: a dataset's shapes, dtypes, value range, label counts and checksum status."""
     from mnistlab.data import dataset_info, load_dataset
 
     info = dataset_info(load_dataset(args.dataset, data_dir=args.data_dir))
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json_text(info))
         return 0
     from rich.table import Table
 
@@ -65,6 +72,7 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 
 
 def cmd_data_show(args: argparse.Namespace) -> int:
+    """``mnistlab data show``: a labelled grid of images from one split, as a PNG."""
     import numpy as np
 
     from mnistlab.data import load_dataset
@@ -88,6 +96,7 @@ def cmd_data_show(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- models
 def cmd_summary(args: argparse.Namespace) -> int:
+    """``mnistlab summary MODEL``: the Keras-style table of a network's layers and parameters."""
     from rich.table import Table
 
     from mnistlab.config import model_info
@@ -134,6 +143,7 @@ def _record_runs(args: argparse.Namespace, run_dirs: Sequence[Path | str], *, so
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """``mnistlab train MODEL``: train (or fit) a model into a new run directory and record it."""
     from mnistlab.config import TrainConfig, parse_option
 
     options = dict(parse_option(args.model, text) for text in args.option or [])
@@ -156,6 +166,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     observer = ConsoleObserver(console)
     try:
         result = fit(config, run_dir=run_dir, dataset=pending.result(), observer=observer)
+    except TrainingInterrupted as stop:
+        if stop.epochs_completed:  # a partial run is still a run: the registry lists it as interrupted
+            _record_runs(args, [stop.run_dir], source="train")
+        raise
     finally:
         observer.close()
     loss = "n/a" if result.test.loss != result.test.loss else f"{result.test.loss:.4f}"  # NaN: no probabilities
@@ -168,12 +182,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``mnistlab evaluate RUN``: the full evaluation of a run on one split, saved and recorded."""
     from mnistlab.analysis import check_html_path, evaluate_report
 
     if args.html:
         check_html_path(args.html)
     _check_registry(args)
-    out = evaluate_report(args.run_dir, split=args.split, device=args.device, html=args.html)
+    dataset = None
+    if args.data_dir is not None:  # the run's data moved: read the same files from their new folder
+        from mnistlab.data import load_dataset
+        from mnistlab.runs import read_run
+
+        dataset = load_dataset(read_run(args.run_dir).config.get("dataset", "mnist"), data_dir=args.data_dir)
+    out = evaluate_report(args.run_dir, split=args.split, device=args.device, html=args.html, dataset=dataset)
     evaluation = out.evaluation
     data = evaluation.to_dict()
     from mnistlab.registry import Registry
@@ -181,8 +202,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     with Registry.open(args.registry) as registry:
         record, recorded = registry.record_evaluation(args.run_dir, data, report=out.html)
     if args.json:
-        print(json.dumps({**data, "files": {key: str(path) for key, path in out.files.items()},
-                          "html": str(out.html), "registry": {"run": record.id, "evaluation": recorded.id}}))
+        print(json_text({**data, "files": {key: str(path) for key, path in out.files.items()},
+                         "html": str(out.html), "registry": {"run": record.id, "evaluation": recorded.id}}))
         return 0
     from rich.table import Table
 
@@ -195,7 +216,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.split == "test" and recorded_accuracy is not None:
         same = abs(float(recorded_accuracy) - evaluation.accuracy) < 1e-9
         console.print(f"recorded at training: accuracy {recorded_accuracy:.4f}"
-                      + ("  (matches)" if same else "  (differs: weights or data changed since training)"))
+                      + ("  (matches)" if same else "  (differs: the weights, the data or the arithmetic "
+                                                    "precision changed since training)"))
     console.print("top-k accuracy: " + "  ".join(f"top-{k} {v:.4f}" for k, v in evaluation.top_k.items()))
     if evaluation.calibration is not None:
         console.print(f"calibration: ECE {100 * evaluation.calibration.ece:.2f}%  "
@@ -224,12 +246,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    """``mnistlab reproduce``: the Keras tutorial's four experiments and their report."""
     from mnistlab.progress import ConsoleObserver
     from mnistlab.reproduce import SEED_EXPERIMENTS, ExperimentResult, reproduce
     from mnistlab.runs import default_run_dir
 
     only = None
-    if args.only:
+    if args.only is not None:  # "" is an error, not "all four"
         only = tuple(name.strip() for name in args.only.split(",") if name.strip())
         known = [exp.name for exp in SEED_EXPERIMENTS]
         unknown = [name for name in only if name not in known]
@@ -245,7 +268,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         return observers[-1]
 
     def on_result(row: ExperimentResult) -> None:
-        console.print(f"[bold]{row.name}[/bold]: test accuracy {row.test_accuracy:.4f} "
+        console.print(f"[bold]{row.name}[/bold]: accuracy {row.accuracy:.4f} on the {row.evaluated_on} "
                       f"(tutorial {row.seed_accuracy:.4f}, {row.difference_points:+.2f} pt) "
                       f"in {row.train_seconds:.1f} s")
 
@@ -257,11 +280,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             observer.close()
     from rich.table import Table
 
-    table = Table("experiment", "params", "epochs", "batch", "test acc", "tutorial", "diff", "train s",
-                  title="The Keras tutorial's table" + (" (--quick)" if args.quick else ""))
+    table = Table("experiment", "params", "epochs", "batch", "accuracy", "tutorial", "diff", "train s",
+                  title="The Keras tutorial's table" + (" (--quick)" if args.quick else ""),
+                  caption="accuracy on the test set; sgd*: on the held-out 25% of train, as the tutorial measured it")
     for row in result.rows:
-        table.add_row(row.name, f"{row.params:,}", str(row.epochs), str(row.batch_size or "-"),
-                      f"{row.test_accuracy:.4f}", f"{row.seed_accuracy:.4f}", f"{row.difference_points:+.2f}",
+        marker = "" if row.evaluated_on == "test set" else "*"
+        table.add_row(row.name + marker, f"{row.params:,}", str(row.epochs), str(row.batch_size or "-"),
+                      f"{row.accuracy:.4f}", f"{row.seed_accuracy:.4f}", f"{row.difference_points:+.2f}",
                       f"{row.train_seconds:.1f}")
     console.print(table)
     console.print(f"report: {result.report}")
@@ -282,14 +307,27 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
 
 
 def cmd_runs_list(args: argparse.Namespace) -> int:
+    """``mnistlab runs list``: the registry's runs, filtered and sorted."""
+    if args.limit is not None and args.limit < 1:
+        raise MnistlabError(f"--limit must be >= 1, got {args.limit}")
+    if args.json:
+        from mnistlab.registry import default_registry_path
+
+        path = default_registry_path(args.registry)
+        if not path.is_file() or path.stat().st_size == 0:
+            print("[]")  # for scripts, "no runs yet" is an empty list, not an error
+            return 0
     with _registry(args) as registry:
+        if args.json and registry.count() == 0:
+            print("[]")
+            return 0
         records = registry.list_runs(model=args.model, dataset=args.dataset, sort=args.sort, reverse=args.reverse,
                                      limit=args.limit)
         path = registry.path
     if args.json:
-        print(json.dumps([{"id": r.id, "created": r.created, "source": r.source, "model": r.model,
-                           "family": r.family, "dataset": r.dataset, "state": r.state, "path": r.path,
-                           "metrics": r.metrics, "figures": r.figures()} for r in records], indent=2))
+        print(json_text([{"id": r.id, "created": r.created, "source": r.source, "model": r.model,
+                          "family": r.family, "dataset": r.dataset, "state": r.state, "path": r.path,
+                          "metrics": r.metrics, "figures": r.figures()} for r in records]))
         return 0
     from rich.table import Table
 
@@ -315,12 +353,13 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_show(args: argparse.Namespace) -> int:
+    """``mnistlab runs show ID``: one run's config, versions, history and evaluations."""
     with _registry(args) as registry:
         record = registry.resolve(args.run)
     if args.json:
         from dataclasses import asdict
 
-        print(json.dumps({**asdict(record), "state": record.state}, indent=2))
+        print(json_text({**asdict(record), "state": record.state}))
         return 0
     from rich.table import Table
 
@@ -342,16 +381,17 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
                             _fmt(row.get("val_loss")), _fmt(row.get("val_accuracy")), _fmt(row.get("seconds"), ".2f"))
         console.print(history)
     if record.evaluations:
-        evaluations = Table("id", "recorded", "split", "images", "accuracy", "loss", "ECE", "report",
+        evaluations = Table("id", "recorded", "split", "images", "accuracy", "loss", "ECE %", "report",
                             title="evaluations")
         for e in record.evaluations:
             evaluations.add_row(str(e.id), e.created, e.split, f"{e.count:,}", _fmt(e.accuracy), _fmt(e.loss),
-                                _fmt(e.ece), e.report or "")
+                                _fmt(None if e.ece is None else 100 * e.ece, ".2f"), e.report or "")
         console.print(evaluations)
     return 0
 
 
 def cmd_runs_compare(args: argparse.Namespace) -> int:
+    """``mnistlab runs compare ID ID...``: runs side by side, with curves and one HTML page."""
     from mnistlab.compare import compare_runs
     from mnistlab.runs import default_run_dir
 
@@ -362,10 +402,10 @@ def cmd_runs_compare(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_run_dir("compare")
     comparison = compare_runs(records, out_dir=out, html=args.html, device=args.device)
     if args.json:
-        print(json.dumps({"table": [list(row) for row in comparison.rows],
-                          "f1_per_class": [list(row) for row in comparison.per_class],
-                          "files": {key: str(path) for key, path in comparison.files.items()},
-                          "html": str(comparison.html)}, indent=2))
+        print(json_text({"table": [list(row) for row in comparison.rows],
+                         "f1_per_class": [list(row) for row in comparison.per_class],
+                         "files": {key: str(path) for key, path in comparison.files.items()},
+                         "html": str(comparison.html)}))
         return 0
     from rich.table import Table
 
@@ -383,6 +423,7 @@ def cmd_runs_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_rm(args: argparse.Namespace) -> int:
+    """``mnistlab runs rm ID...``: forget runs (their directories stay on disk)."""
     with _registry(args) as registry:
         removed = registry.remove(args.runs)
     for record in removed:
@@ -403,6 +444,7 @@ def show_input_paths(out: Path, count: int) -> list[Path]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """``mnistlab predict RUN IMAGE...``: the digit in each image, with its top-k probabilities."""
     from mnistlab.predict import Predictor, encode_png, expand_image_paths, format_percent, prepare_image
     from mnistlab.runs import check_run_dir, write_bytes_atomic
 
@@ -413,9 +455,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     paths = expand_image_paths(args.images)
     if args.show_input:
         out = Path(args.show_input)
+        if out.suffix.lower() != ".png":
+            raise MnistlabError(f"--show-input {out}: name a .png file (e.g. seen.png)")
         if not out.parent.is_dir():
             raise MnistlabError(f"--show-input {out}: folder {out.parent} does not exist")
         outs = show_input_paths(out, len(paths))
+        inputs = {path.resolve() for path in paths}
+        clash = [str(target) for target in outs if target.resolve() in inputs]
+        if clash:
+            raise MnistlabError(f"--show-input would overwrite the input image {clash[0]}; choose another name")
     # Every image is prepared before the model loads: a bad file fails fast, naming itself.
     prepared = [prepare_image(path, invert=args.invert) for path in paths]
     predictor = Predictor(args.run_dir, device=args.device)
@@ -433,8 +481,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         for i, (path, item, prediction) in enumerate(zip(paths, prepared, predictions, strict=True)):
             results.append({"image": str(path), **prediction.to_dict(top=args.top), "inverted": item.inverted,
                             "input_png": str(outs[i]) if outs else None})
-        print(json.dumps({"run": str(args.run_dir), "model": info["model"], "dataset": info["dataset"],
-                          "test_accuracy": info["test_accuracy"], "results": results}, indent=2))
+        print(json_text({"run": str(args.run_dir), "model": info["model"], "dataset": info["dataset"],
+                         "test_accuracy": info["test_accuracy"], "results": results}))
         return 0
     width = max(len(str(path)) for path in paths)
     for i, (path, prediction) in enumerate(zip(paths, predictions, strict=True)):
@@ -445,6 +493,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """``mnistlab serve RUN``: the draw-a-digit page and the JSON API, until Ctrl-C."""
     from mnistlab.serve import serve
 
     serve(run_dir=args.run_dir, host=args.host, port=args.port, device=args.device,
@@ -518,6 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "(it is always written to RUN_DIR/eval/SPLIT/report.html)")
     evaluate.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_NAMES)}")
     evaluate.add_argument("--json", action="store_true", help="print JSON")
+    evaluate.add_argument("--data-dir", help="read the run's dataset from this folder (when its files moved)")
     _add_registry_flag(evaluate)
     evaluate.set_defaults(handler=cmd_evaluate)
 
@@ -595,7 +645,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mnistlab: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except TrainingInterrupted as exc:
-        print(f"mnistlab: {exc}; `mnistlab evaluate {exc.run_dir}` scores it", file=sys.stderr)
+        if exc.epochs_completed:
+            print(f"mnistlab: {exc}; `mnistlab evaluate {exc.run_dir}` scores it", file=sys.stderr)
+        else:
+            print(f"mnistlab: interrupted before the first epoch completed; {exc.run_dir} was not kept",
+                  file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("mnistlab: interrupted", file=sys.stderr)

@@ -51,7 +51,7 @@ FILE_STEMS: dict[str, str] = {
 IMAGE_SHAPE = (28, 28)
 NUM_CLASSES = 10
 
-ChecksumStatus = Literal["verified", "no checksums"]
+ChecksumStatus = Literal["verified", "partly verified", "no checksums"]
 
 
 # --------------------------------------------------------------------------------------------- IDX format
@@ -108,10 +108,19 @@ def parse_idx(raw: bytes, *, source: str = "<bytes>") -> np.ndarray:
     return array
 
 
-def read_idx(path: str | os.PathLike[str], *, sha256: str | None = None) -> np.ndarray:
+def _check_digest(data: bytes, expected: str, *, path: Path, what: str) -> None:
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != expected.lower():
+        raise MnistlabError(f"{path}: SHA-256 of {what} is {digest[:16]}…, expected {expected[:16]}…; "
+                            "the file is corrupt or not the published one, replace it")
+
+
+def read_idx(path: str | os.PathLike[str], *, sha256: str | None = None,
+             file_sha256: str | None = None) -> np.ndarray:
     """Read a raw or gzipped IDX file of any IDX type and shape.
 
-    When ``sha256`` is given it is checked against the *uncompressed* bytes before parsing.
+    ``sha256`` is checked against the *uncompressed* bytes, ``file_sha256`` against the file as stored (what
+    ``sha256sum *.gz`` lists), both before parsing.
     """
     path = Path(path)
     try:
@@ -120,14 +129,11 @@ def read_idx(path: str | os.PathLike[str], *, sha256: str | None = None) -> np.n
         raise MnistlabError(f"{path}: no such file") from None
     except OSError as exc:
         raise MnistlabError(f"{path}: cannot read ({exc.strerror})") from None
+    if file_sha256 is not None:
+        _check_digest(raw, file_sha256, path=path, what="the file")
     raw = decompress_if_gzip(raw, source=str(path))
     if sha256 is not None:
-        digest = hashlib.sha256(raw).hexdigest()
-        if digest != sha256.lower():
-            raise MnistlabError(
-                f"{path}: SHA-256 of the uncompressed data is {digest[:16]}…, expected {sha256[:16]}…; "
-                "the file is corrupt or not the published one, replace it"
-            )
+        _check_digest(raw, sha256, path=path, what="the uncompressed data")
     return parse_idx(raw, source=str(path))
 
 
@@ -233,7 +239,12 @@ def dataset_spec(name: str = "mnist", *, data_dir: str | os.PathLike[str] | None
     if not directory.is_dir():
         raise MnistlabError(f"--data-dir {directory}: not a folder; pass a folder holding the four IDX files")
     sums_file = directory / "SHA256SUMS"
-    sums = parse_sha256sums(sums_file.read_text()) if sums_file.is_file() else None
+    sums = None
+    if sums_file.is_file():
+        try:
+            sums = parse_sha256sums(sums_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise MnistlabError(f"{sums_file}: not a readable sha256sum list ({exc}); fix or remove it") from None
     return DatasetSpec(
         name=spec.name, title=f"{spec.title} from {directory}", directory=directory,
         class_names=spec.class_names,
@@ -282,10 +293,12 @@ class Dataset:
 
     @property
     def train(self) -> Split:
+        """The training split."""
         return self.split("train")
 
     @property
     def test(self) -> Split:
+        """The test split."""
         return self.split("test")
 
     def split(self, name: str) -> Split:
@@ -301,6 +314,8 @@ def _check_split(images: np.ndarray, labels: np.ndarray, *, where: str, num_clas
                             f"{images.shape}")
     if labels.dtype != np.uint8 or labels.ndim != 1:
         raise MnistlabError(f"{where}: labels must be a uint8 vector, got {labels.dtype} {labels.shape}")
+    if images.shape[0] == 0:
+        raise MnistlabError(f"{where}: the files hold no images; use complete IDX files")
     if images.shape[0] != labels.shape[0]:
         raise MnistlabError(f"{where}: {images.shape[0]:,} images but {labels.shape[0]:,} labels")
     if labels.size and int(labels.max()) >= num_classes:
@@ -325,9 +340,14 @@ def load_dataset(
     roles = [f"{split}_{kind}" for split in splits for kind in ("images", "labels")]
     files = {role: locate_file(spec, role) for role in roles}
 
+    sums = spec.sha256 or {}
+    # A SHA256SUMS may list the uncompressed stems (as the canonical one does) or the files as stored.
+    content_sums = {role: sums.get(FILE_STEMS[role]) for role in roles}
+    file_sums = {role: sums.get(files[role].name) for role in roles}
+    verified = [role for role in roles if content_sums[role] or file_sums[role]]
+
     def read(role: str) -> np.ndarray:
-        expected = spec.sha256.get(FILE_STEMS[role]) if spec.sha256 else None
-        return read_idx(files[role], sha256=expected)
+        return read_idx(files[role], sha256=content_sums[role], file_sha256=file_sums[role])
 
     with ThreadPoolExecutor(max_workers=len(roles)) as pool:
         arrays = dict(zip(roles, pool.map(read, roles), strict=True))
@@ -338,7 +358,8 @@ def load_dataset(
         loaded[split] = Split(images=images, labels=labels)
     return Dataset(
         name=spec.name, title=spec.title, class_names=spec.class_names, files=files,
-        checksums="verified" if spec.sha256 else "no checksums", splits=loaded,
+        checksums="verified" if len(verified) == len(roles) else ("partly verified" if verified else "no checksums"),
+        splits=loaded,
         data_dir=str(Path(data_dir).expanduser().resolve()) if data_dir is not None else None,
     )
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mnistlab.config import EVAL_BATCH_SIZE
 from mnistlab.models import prepare_batch
 
 
@@ -46,7 +47,7 @@ def predict_logits(
     model: nn.Module,
     images: np.ndarray | torch.Tensor,
     *,
-    batch_size: int = 2000,
+    batch_size: int = EVAL_BATCH_SIZE,
     device: torch.device | str | None = None,
     precision: str = "fp32",
 ) -> torch.Tensor:
@@ -77,7 +78,7 @@ def evaluate_model(
     images: np.ndarray | torch.Tensor,
     labels: np.ndarray | torch.Tensor,
     *,
-    batch_size: int = 2000,
+    batch_size: int = EVAL_BATCH_SIZE,
     device: torch.device | str | None = None,
     precision: str = "fp32",
 ) -> EvalResult:
@@ -97,7 +98,7 @@ def evaluate_run(
     *,
     split: str = "test",
     device: str = "auto",
-    batch_size: int = 2000,
+    batch_size: int = EVAL_BATCH_SIZE,
 ) -> tuple[EvalResult, dict[str, object]]:
     """Reload a run's saved weights (safetensors) and evaluate them on its dataset's ``split``.
 

@@ -46,6 +46,7 @@ def pct(value: float | None, digits: int = 2) -> str:
 
 
 def num(value: float | None, digits: int = 4) -> str:
+    """A number formatted for the report, or an empty cell for None."""
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
@@ -119,12 +120,14 @@ def confusion_table(data: Mapping[str, Any]) -> str:
 
 
 def pairs_rows(data: Mapping[str, Any]) -> list[list[str]]:
+    """Table rows for the most confused class pairs."""
     names = data["class_names"]
     return [[str(names[p["true"]]), str(names[p["predicted"]]), str(p["count"]), pct(p["fraction_of_true"])]
             for p in data["most_confused"]]
 
 
 def mistakes_rows(data: Mapping[str, Any]) -> list[list[str]]:
+    """Table rows for the most confident mistakes."""
     names = data["class_names"]
     decision = data["score_kind"] == "decision"
     return [[f"#{m['index']}", str(names[m["true"]]), str(names[m["predicted"]]),
@@ -134,6 +137,7 @@ def mistakes_rows(data: Mapping[str, Any]) -> list[list[str]]:
 
 
 def calibration_rows(cal: Mapping[str, Any]) -> list[list[str]]:
+    """Table rows for the reliability bins."""
     rows = []
     for b in range(cal["bins"]):
         acc, conf = cal["accuracy"][b], cal["confidence"][b]

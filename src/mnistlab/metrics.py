@@ -121,6 +121,7 @@ class ClassificationReport:
 
     @property
     def total(self) -> int:
+        """Number of samples in the report."""
         return int(self.support.sum())
 
     def to_dict(self) -> dict[str, Any]:
@@ -171,6 +172,7 @@ def report_from_confusion(confusion: np.ndarray, *, class_names: Sequence[str]) 
     total = int(support.sum())
 
     def averages(weights: np.ndarray | None) -> tuple[float, float, float]:
+        """Macro and weighted averages of precision, recall and F1."""
         if weights is None:
             return float(np.mean(precision)), float(np.mean(recall)), float(np.mean(f1))
         return tuple(float(np.average(v, weights=weights)) for v in (precision, recall, f1))  # type: ignore[return-value]
@@ -255,6 +257,7 @@ class Calibration:
     mce: float              # maximum calibration error over non-empty bins
 
     def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (NaN bins become None)."""
         def clean(values: np.ndarray) -> list[float | None]:
             return [None if np.isnan(v) else float(v) for v in values]
 

@@ -148,6 +148,7 @@ class ModelSummary:
 
     @property
     def non_trainable_params(self) -> int:
+        """Parameters without gradients (always 0 for mnistlab's models)."""
         return self.total_params - self.trainable_params
 
 
@@ -251,6 +252,9 @@ def load_trained_model(run_dir: str | os.PathLike[str], *, device: torch.device 
 
     run = read_run(run_dir)
     name = run.model["name"]
+    if run.model.get("family") == "classical":
+        raise MnistlabError(f"{run.path} holds a classical {name} model, not a network; predict and serve need a "
+                            f"network run ({', '.join(BUILDERS)}); `mnistlab evaluate` scores classical runs")
     try:
         model = BUILDERS[name](num_classes=int(run.model.get("num_classes", NUM_CLASSES)))
     except KeyError:

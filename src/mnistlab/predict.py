@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 
+from mnistlab.config import EVAL_BATCH_SIZE
 from mnistlab.errors import MnistlabError
 
 if TYPE_CHECKING:  # Pillow and torch are imported where they are used, so importing this module is cheap.
@@ -170,6 +171,8 @@ def decode_image(data: bytes, *, name: str = "image", max_bytes: int = MAX_IMAGE
 def _high_bit_depth_to_gray(img: Image.Image) -> np.ndarray:
     """16-bit/32-bit/float grayscale -> float32 in 0..255 (Pillow's convert("L") would clip, not scale)."""
     values = np.asarray(img, dtype=np.float32)
+    if not np.isfinite(values).all():
+        raise UnreadableImage("the image holds NaN or infinite pixel values; export it as an 8-bit PNG or JPEG")
     if img.mode == "F":
         top = 1.0 if float(values.max(initial=0.0)) <= 1.0 else 255.0
     else:  # "I", "I;16*": 16-bit content unless it already fits 8 bits
@@ -406,7 +409,10 @@ def pixels_from_array(array: Any, *, name: str = "pixels") -> np.ndarray:
             raise BadPixels(f"{name} must be a 28x28 array: 28 rows of 28 numbers 0..255")
         if not all(type(v) in (int, float) for row in array for v in row):
             raise BadPixels(f"{name} must hold only numbers 0..255 (no strings, booleans or nulls)")
-        values = np.array(array, dtype=np.float64)
+        try:
+            values = np.array(array, dtype=np.float64)
+        except (OverflowError, ValueError, TypeError):
+            raise BadPixels(f"{name} values must be in 0..255 (found a number too large to read)") from None
     if values.shape != (SIZE, SIZE):
         raise BadPixels(f"{name} must be a 28x28 array, got shape {tuple(values.shape)}")
     if values.dtype == np.uint8:
@@ -461,7 +467,11 @@ def prepare_image(
         label = name or str(source)
         img = decode_image(read_image_file(source, max_bytes=max_bytes), name=label, max_bytes=max_bytes,
                            max_pixels=max_pixels)
-    gray = to_grayscale(img)
+    try:
+        gray = to_grayscale(img)
+    except (ValueError, OSError) as exc:  # Pillow cannot convert some modes (LAB, some CMYK/TIFF variants)
+        raise UnreadableImage(f"{label}: cannot convert its {img.mode} colour mode to grayscale ({exc}); "
+                              "export it as an RGB or grayscale PNG or JPEG") from None
     values, inverted = ink_map(gray, invert=invert, name=label)
     pixels = mnist_layout(drop_specks(values), name=label)
     return PreparedImage(pixels=pixels, inverted=inverted, source_size=img.size)
@@ -525,7 +535,7 @@ class Predictor:
     """
 
     def __init__(self, run_dir: str | os.PathLike[str], *, device: str = "cpu",
-                 batch_size: int = 2000) -> None:
+                 batch_size: int = EVAL_BATCH_SIZE) -> None:
         from mnistlab.models import load_trained_model
         from mnistlab.train import resolve_device
 
@@ -537,6 +547,7 @@ class Predictor:
 
     @property
     def num_classes(self) -> int:
+        """How many classes the loaded model predicts."""
         return len(self.class_names)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:

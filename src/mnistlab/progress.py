@@ -44,6 +44,7 @@ class ConsoleObserver(TrainObserver):
         self._last_refresh = 0.0
 
     def on_train_start(self, *, config: TrainConfig, run_dir: Path, steps_per_epoch: int, samples: int) -> None:
+        """Print what is about to be trained, and where it goes."""
         self.epochs = config.epochs
         prefix = f"[{self.label}] " if self.label else ""
         if config.family == "classical":
@@ -58,6 +59,7 @@ class ConsoleObserver(TrainObserver):
         )
 
     def on_epoch_start(self, *, epoch: int, epochs: int, steps: int) -> None:
+        """Start a transient progress bar for the epoch (terminals only)."""
         if not self.live:
             return
         self._progress = Progress(
@@ -70,6 +72,7 @@ class ConsoleObserver(TrainObserver):
         self._last_refresh = 0.0
 
     def on_step(self, *, step: int, steps: int, running: Callable[[], tuple[float, float]]) -> None:
+        """Advance the bar; read the running loss only a few times a second."""
         if self._progress is None:
             return
         now = time.monotonic()
@@ -81,12 +84,14 @@ class ConsoleObserver(TrainObserver):
             self._progress.update(self._task, completed=step)
 
     def on_epoch_end(self, record: EpochRecord) -> None:
+        """Close the bar and print the epoch's line."""
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
         self.console.print(format_epoch(record, self.epochs), highlight=False)
 
     def on_message(self, text: str) -> None:
+        """Print a note (e.g. a precision fallback)."""
         self.console.print(f"[yellow]note:[/yellow] {text}", highlight=False)
 
     def close(self) -> None:

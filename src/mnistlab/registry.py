@@ -138,6 +138,7 @@ class RunRecord:
         return "ok" if self.status in (None, "completed") else str(self.status)
 
     def latest_evaluation(self, split: str = "test") -> EvaluationRecord | None:
+        """The run's most recent evaluation on ``split``, if any."""
         found = [e for e in self.evaluations if e.split == split]
         return found[-1] if found else None
 
@@ -155,7 +156,14 @@ class RunRecord:
 
 
 def _loads(text: str | None, default: Any) -> Any:
-    return default if text is None else json.loads(text)
+    """A JSON column; a damaged one is a one-line error (the registry file itself is left untouched)."""
+    if text is None:
+        return default
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise MnistlabError(f"the registry holds a damaged record ({exc}); `mnistlab runs rm ID` forgets it, "
+                            "or move the registry file aside") from None
 
 
 def _run_from_row(row: sqlite3.Row, evaluations: tuple[EvaluationRecord, ...]) -> RunRecord:
@@ -226,10 +234,11 @@ class Registry:
         path = default_registry_path(path)
         if path.exists() and not path.is_file():
             raise MnistlabError(f"registry {path}: is not a file; pass --registry with a file path")
+        if not create and (not path.exists() or path.stat().st_size == 0):
+            # Reading commands never create (or initialise an empty) registry file.
+            raise MnistlabError(f"registry {path} holds no runs yet; "
+                                "`mnistlab train MODEL` records one, or pass --registry PATH")
         if not path.exists():
-            if not create:
-                raise MnistlabError(f"registry {path} holds no runs yet (the file does not exist); "
-                                    "`mnistlab train MODEL` records one, or pass --registry PATH")
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -308,7 +317,10 @@ class Registry:
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         if meta.get("application") != APPLICATION:
             raise sqlite3.DatabaseError("its meta table is not mnistlab's")
-        version = int(meta.get("schema_version", "0"))
+        try:
+            version = int(meta.get("schema_version", "0"))
+        except (TypeError, ValueError):
+            raise sqlite3.DatabaseError(f"its schema version {meta.get('schema_version')!r} is not a number") from None
         if version > SCHEMA_VERSION:
             raise MnistlabError(f"registry {self.path}: written by a newer mnistlab (schema {version} > "
                                 f"{SCHEMA_VERSION}); upgrade mnistlab or pass --registry PATH")
@@ -338,6 +350,7 @@ class Registry:
         self._db.execute("COMMIT")
 
     def close(self) -> None:
+        """Close the database connection."""
         self._db.close()
 
     def __enter__(self) -> Registry:
@@ -396,7 +409,7 @@ class Registry:
 
         Run directories are left on disk.
         """
-        records = [self.resolve(ref) for ref in refs]   # raises before anything is deleted
+        records = list({record.id: record for record in (self.resolve(ref) for ref in refs)}.values())  # raises first
         with self._transaction():
             for record in records:
                 self._db.execute("DELETE FROM runs WHERE id = ?", (record.id,))
@@ -414,6 +427,7 @@ class Registry:
         return {run_id: tuple(items) for run_id, items in found.items()}
 
     def count(self) -> int:
+        """How many runs the registry holds."""
         return int(self._db.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
 
     def all_runs(self) -> list[RunRecord]:
@@ -423,6 +437,7 @@ class Registry:
         return [_run_from_row(row, evaluations[row["id"]]) for row in rows]
 
     def get(self, run_id: int) -> RunRecord:
+        """The run with id ``run_id``, or a one-line error naming the registry."""
         row = self._db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
             raise MnistlabError(f"no run with id {run_id} in registry {self.path}; `mnistlab runs list` shows the ids")

@@ -41,22 +41,28 @@ SEED_EXPERIMENTS: tuple[Experiment, ...] = (
 
 @dataclass(frozen=True)
 class ExperimentResult:
-    """One reproduced row: our figure beside the seed's, with what it cost."""
+    """One reproduced row: our figure beside the tutorial's, measured the way the tutorial measured it.
+
+    ``accuracy`` is on ``evaluated_on``: the test set for the networks, the held-out quarter of the training
+    set for the SGD baseline (the tutorial's own split); ``test_accuracy`` is always the official test set.
+    """
 
     name: str
     params: int
     epochs: int
     batch_size: int | None
-    test_accuracy: float
+    accuracy: float
     seed_accuracy: float
     train_seconds: float
     run_dir: str
+    test_accuracy: float
+    evaluated_on: str = "test set"
     note: str = ""
 
     @property
     def difference_points(self) -> float:
-        """Our accuracy minus the seed's, in percentage points."""
-        return 100.0 * (self.test_accuracy - self.seed_accuracy)
+        """Our accuracy minus the tutorial's, in percentage points."""
+        return 100.0 * (self.accuracy - self.seed_accuracy)
 
 
 @dataclass(frozen=True)
@@ -78,8 +84,8 @@ def _run_network(exp: Experiment, *, out_dir: Path, quick: bool, seed: int, devi
     result = fit(config, run_dir=out_dir / exp.name, dataset=dataset, observer=observer)  # type: ignore[arg-type]
     return ExperimentResult(
         name=exp.name, params=int(result.metrics["params"]), epochs=config.epochs, batch_size=config.batch_size,
-        test_accuracy=result.test.accuracy, seed_accuracy=exp.seed_accuracy,
-        train_seconds=result.train_seconds, run_dir=str(result.run_dir),
+        accuracy=result.test.accuracy, seed_accuracy=exp.seed_accuracy,
+        train_seconds=result.train_seconds, run_dir=str(result.run_dir), test_accuracy=result.test.accuracy,
     )
 
 
@@ -97,9 +103,9 @@ def _run_sgd(exp: Experiment, *, out_dir: Path, quick: bool, seed: int, dataset:
     # The seed's figure is the held-out quarter of the training set, so that is the like-for-like number.
     return ExperimentResult(
         name="sgd", params=int(metrics["params"]), epochs=int(metrics["n_iter"]), batch_size=None,
-        test_accuracy=split_accuracy, seed_accuracy=exp.seed_accuracy,
-        train_seconds=result.train_seconds, run_dir=str(result.run_dir),
-        note=f"75/25 split of train ({held_out:,} held out); official test set: "
+        accuracy=split_accuracy, seed_accuracy=exp.seed_accuracy,
+        train_seconds=result.train_seconds, run_dir=str(result.run_dir), test_accuracy=result.test.accuracy,
+        evaluated_on="held-out 25% of train", note=f"75/25 split of train ({held_out:,} held out); official test set: "
              f"{result.test.accuracy:.4f}; {metrics['n_iter']} of max {max_iter} epochs",
     )
 

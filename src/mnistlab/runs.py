@@ -15,11 +15,13 @@ file: the directory always describes the last completed epoch.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import functools
 import io
 import json
+import math
 import os
 import platform
 import subprocess
@@ -52,6 +54,8 @@ def _new_file_mode() -> int:
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
     path = Path(path)
+    if path.is_dir() or not path.name:
+        raise MnistlabError(f"{path}: is a folder, not a file name; name the file to write")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
@@ -64,6 +68,9 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
         # mkstemp creates 0600 files; give the result the mode a plain open() would have.
         os.chmod(tmp, _new_file_mode())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise MnistlabError(f"{path}: cannot write it ({exc.strerror}); choose another file name") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -75,9 +82,25 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NaN and infinities replaced by None: bare ``NaN`` is not JSON, and strict parsers reject it."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: json_safe(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(value) for value in obj]
+    return obj
+
+
+def json_text(obj: Any) -> str:
+    """Strict, indented JSON text (non-finite numbers become null)."""
+    return json.dumps(json_safe(obj), indent=2, allow_nan=False)
+
+
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Write ``obj`` as indented JSON atomically."""
-    return write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+    """Write ``obj`` as indented, strict JSON atomically."""
+    return write_text_atomic(path, json_text(obj) + "\n")
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
@@ -103,14 +126,24 @@ def history_csv_text(rows: list[dict[str, Any]]) -> str:
 
 # ------------------------------------------------------------------------------------------ run directory
 def default_run_dir(model: str, *, root: str | os.PathLike[str] = "runs") -> Path:
-    """``runs/<model>-<UTC timestamp>``, with a numeric suffix if that name is taken."""
+    """Create and return ``runs/<model>-<UTC timestamp>`` (``-2``, ``-3``… if taken).
+
+    The folder is created here with an exclusive mkdir, so two runs started in the same second by two
+    processes never share one.
+    """
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
     base = Path(root) / f"{model}-{stamp}"
     candidate, n = base, 1
-    while candidate.exists():
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    return candidate
+    while True:
+        try:
+            candidate.mkdir(parents=True, exist_ok=False)
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = base.with_name(f"{base.name}-{n}")
+        except OSError as exc:
+            raise MnistlabError(f"{candidate.parent}: cannot create a run folder here ({exc.strerror}); "
+                                "pass --out") from None
 
 
 def prepare_run_dir(path: str | os.PathLike[str]) -> Path:
@@ -128,6 +161,21 @@ def prepare_run_dir(path: str | os.PathLike[str]) -> Path:
     if not os.access(path, os.W_OK):
         raise MnistlabError(f"--out {path}: not writable; choose a writable folder")
     return path
+
+
+RUN_FILES = (CONFIG_FILE, MODEL_FILE, WEIGHTS_FILE, HISTORY_JSON, HISTORY_CSV, CURVES_PNG, METRICS_FILE)
+
+
+def discard_run_dir(path: str | os.PathLike[str]) -> None:
+    """Remove a run that never completed an epoch: its run files, then the folder if that left it empty.
+
+    Only mnistlab's own file names are deleted, so anything else that appeared there survives.
+    """
+    path = Path(path)
+    for name in RUN_FILES:
+        (path / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty (someone else's files) or already gone
+        path.rmdir()
 
 
 def check_run_dir(path: str | os.PathLike[str]) -> Path:
@@ -158,10 +206,21 @@ def read_run(path: str | os.PathLike[str]) -> RunFiles:
     path = check_run_dir(path)
     config = read_json(path / CONFIG_FILE)
     model = read_json(path / MODEL_FILE)
-    if not isinstance(config, dict) or not isinstance(model, dict) or "name" not in model:
-        raise MnistlabError(f"{path}: config.json/model.json are not mnistlab run files")
     metrics = read_json(path / METRICS_FILE) if (path / METRICS_FILE).is_file() else None
     history = read_json(path / HISTORY_JSON) if (path / HISTORY_JSON).is_file() else []
+    problems = []
+    if not isinstance(config, dict) or not isinstance(config.get("val_split", 0.0), int | float):
+        problems.append("config.json")
+    if (not isinstance(model, dict) or not isinstance(model.get("name"), str)
+            or not isinstance(model.get("num_classes", 10), int) or isinstance(model.get("num_classes"), bool)):
+        problems.append("model.json")
+    if metrics is not None and not isinstance(metrics, dict):
+        problems.append("metrics.json")
+    if not isinstance(history, list) or not all(isinstance(row, dict) and "epoch" in row for row in history):
+        problems.append("history.json")
+    if problems:
+        raise MnistlabError(f"{path}: {', '.join(problems)} {'is' if len(problems) == 1 else 'are'} not what "
+                            "mnistlab writes (edited or damaged); restore the file(s) or retrain")
     return RunFiles(path=path, config=config, model=model, metrics=metrics, history=history)
 
 

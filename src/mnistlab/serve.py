@@ -156,10 +156,12 @@ def create_app(
 
     @app.get("/healthz", tags=["service"], summary="Liveness check")
     def healthz() -> dict[str, str]:
+        """Liveness: answers while the server runs."""
         return {"status": "ok"}
 
     @app.get("/api/model", tags=["service"], summary="What is loaded, and its recorded test accuracy")
     def api_model() -> dict[str, Any]:
+        """What is loaded, its recorded test accuracy, and the upload limits."""
         return {**model_info, "limits": {"max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels}}
 
     def work(payload: bytes | list[Any], *, invert: Invert, top: int, name: str) -> dict[str, Any]:
@@ -192,6 +194,7 @@ def create_app(
         top: Annotated[int, Query(ge=1, le=predictor.num_classes, description="classes to list")] = 3,
         invert: Annotated[Invert, Query(description="auto: detect dark-on-light; yes/no: force it")] = "auto",
     ) -> JSONResponse:
+        """Predict the digit in an uploaded image or a 28x28 pixel array."""
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         payload: bytes | list[Any]
         if content_type == "multipart/form-data":
@@ -226,6 +229,7 @@ def create_app(
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
+        """The draw-a-digit page."""
         return FileResponse(static / "index.html", media_type="text/html")
 
     return app

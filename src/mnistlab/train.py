@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -194,6 +197,37 @@ def build_optimizer(name: str, params: Any, *, lr: float) -> Optimizer:
     raise MnistlabError(f"--optimizer {name!r} is not one of rmsprop, adam, sgd")
 
 
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then deliver it: files that belong together are written
+    together. Outside the main thread (where signals cannot be handled) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            if callable(previous):
+                previous(signal.SIGINT, None)
+            elif previous == signal.SIG_DFL:
+                raise KeyboardInterrupt
+
+
+def _stop_early(run_dir: Path, config: TrainConfig, history: list[EpochRecord], env: dict[str, Any],
+                train_seconds: float, *, status: str) -> None:
+    """Record why a run stopped before its last epoch; its files still describe the last completed epoch."""
+    if not history:
+        return  # fit() discards a run directory without a single completed epoch
+    metrics = {"status": status, "epochs_completed": len(history), "epochs": config.epochs,
+               "train_seconds": round(train_seconds, 3), "environment": env}
+    runs.write_json_atomic(run_dir / runs.METRICS_FILE, metrics)
+    _write_curves(run_dir, history, title=f"{config.model} ({status})")
+
+
 def _save_epoch(run_dir: Path, model: nn.Module, history: list[EpochRecord]) -> None:
     """Checkpoint weights and history; each file is replaced atomically, weights first."""
     runs.write_bytes_atomic(run_dir / runs.WEIGHTS_FILE, weights_bytes(model))
@@ -228,7 +262,7 @@ def fit(
         return fit_classical(config, run_dir=run_dir, dataset=dataset, observer=observer)  # type: ignore[no-any-return]
     observer = observer or TrainObserver()
     started = time.perf_counter()
-    run_dir = runs.prepare_run_dir(run_dir)
+    # Everything that can be refused is checked before the run directory exists.
     device = resolve_device(config.device)
     # Set every time (not only when given): the thread count is process-wide, and a previous run in this
     # process (e.g. reproduce's single-threaded MLP) must not leave the CNN on one thread.
@@ -240,6 +274,24 @@ def fit(
         config = dataclasses.replace(config, dataset=dataset.name, data_dir=dataset.data_dir)
 
     train_idx, val_idx = train_val_indices(len(dataset.train), val_fraction=config.val_split, seed=config.seed)
+    if len(train_idx) == 0:
+        raise MnistlabError(f"--val-split {config.val_split} leaves none of the {len(dataset.train):,} training "
+                            "images to train on; use a smaller --val-split")
+    run_dir = runs.prepare_run_dir(run_dir)
+    try:
+        return _fit_into(config, run_dir=run_dir, dataset=dataset, observer=observer, device=device,
+                         train_idx=train_idx, val_idx=val_idx, started=started)
+    except BaseException:
+        # Stopped (error, Ctrl-C, divergence) before the first epoch completed: nothing is worth keeping,
+        # and the leftovers would block reusing --out.
+        if not (run_dir / runs.HISTORY_JSON).exists():
+            runs.discard_run_dir(run_dir)
+        raise
+
+
+def _fit_into(config: TrainConfig, *, run_dir: Path, dataset: Dataset, observer: TrainObserver,
+              device: torch.device, train_idx: Any, val_idx: Any, started: float) -> TrainResult:
+    """The body of :func:`fit` once the run directory exists."""
     # The whole (train) split goes to the device once, as uint8: 47 MB for MNIST.
     x_all = as_uint8_tensor(dataset.train.images, device)                        # (N, 28, 28) uint8
     y_all = torch.tensor(dataset.train.labels, device=device).long()             # (N,)
@@ -300,23 +352,27 @@ def fit(
             train_loss, train_acc = meter.read()
             epoch_seconds = time.perf_counter() - epoch_start
             train_seconds += epoch_seconds
+            if not math.isfinite(train_loss):
+                _stop_early(run_dir, config, history, env, train_seconds, status="diverged")
+                kept = f"{run_dir} keeps epoch {len(history)}" if history else "nothing was kept"
+                raise MnistlabError(f"training diverged in epoch {epoch} (the loss became {train_loss}); "
+                                    f"lower --lr (it was {config.lr:g}); {kept}")
             val = None
             if x_val is not None:
                 val = evaluate_model(model, x_val, y_val, batch_size=config.eval_batch_size, device=device,
                                      precision=precision)
-            history.append(EpochRecord(
+            record_epoch = EpochRecord(
                 epoch=epoch, loss=train_loss, accuracy=train_acc,
                 val_loss=val.loss if val else None, val_accuracy=val.accuracy if val else None,
                 seconds=round(epoch_seconds, 4),
-            ))
-            _save_epoch(run_dir, model, history)
-            observer.on_epoch_end(history[-1])
+            )
+            # Weights and history change together: Ctrl-C waits until both files are replaced.
+            with interrupts_deferred():
+                history.append(record_epoch)
+                _save_epoch(run_dir, model, history)
+            observer.on_epoch_end(record_epoch)
     except KeyboardInterrupt:
-        metrics = {"status": "interrupted", "epochs_completed": len(history), "epochs": config.epochs,
-                   "train_seconds": round(train_seconds, 3), "environment": env}
-        runs.write_json_atomic(run_dir / runs.METRICS_FILE, metrics)
-        if history:
-            _write_curves(run_dir, history, title=f"{config.model} (interrupted)")
+        _stop_early(run_dir, config, history, env, train_seconds, status="interrupted")
         raise TrainingInterrupted(run_dir=run_dir, epochs_completed=len(history)) from None
 
     eval_start = time.perf_counter()
