@@ -94,22 +94,14 @@ def validation_indices(run: RunFiles, n_train: int) -> np.ndarray:
 
 def _load_split(run: RunFiles, split: str, dataset: Any = None) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, str]:
     """(dataset, images, labels, indices, source split) of ``split`` for ``run``."""
-    from mnistlab.data import load_dataset
+    from mnistlab.data import load_run_dataset
 
     source = "test" if split == "test" else "train"
     needed: tuple[str, ...] = (source,)
     if run.model.get("family") == "classical" and run.model.get("name") in ("knn", "svm"):
         needed = tuple(dict.fromkeys((source, "train")))  # their reference images live in the train split
     if dataset is None or any(name not in dataset.splits for name in needed):
-        data_dir = run.config.get("data_dir")
-        try:
-            dataset = load_dataset(run.config.get("dataset", "mnist"), data_dir=data_dir,
-                                   splits=needed)  # type: ignore[arg-type]
-        except MnistlabError as exc:
-            if data_dir is None:
-                raise
-            raise MnistlabError(f"{run.path} was trained on the files in {data_dir}, which cannot be read now "
-                                f"({exc}); pass --data-dir with their new folder") from None
+        dataset = load_run_dataset(run.config, splits=needed, run_name=str(run.path))  # type: ignore[arg-type]
     data = dataset.split(source)
     indices = validation_indices(run, len(data)) if split == "val" else np.arange(len(data))
     return dataset, data.images[indices], data.labels[indices].astype(np.int64), indices, source

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mnistlab.data import Dataset, load_dataset, train_val_indices
+from mnistlab.data import Dataset, load_dataset, load_run_dataset, train_val_indices
 from mnistlab.errors import MnistlabError
 from mnistlab.metrics import softmax
 
@@ -406,8 +406,7 @@ def load_classical_model(run_dir: str | os.PathLike[str], *, dataset: Dataset | 
         index_key, label_key = (("train_indices", "train_labels") if name == "knn"
                                 else ("support_indices", "support_labels"))
         if dataset is None:
-            dataset = load_dataset(run.config.get("dataset", "mnist"), data_dir=run.config.get("data_dir"),
-                                   splits=("train",))
+            dataset = load_run_dataset(run.config, splits=("train",), run_name=str(run.path))
         train = dataset.train
         indices = arrays[index_key]
         if indices.size and (indices.min() < 0 or indices.max() >= len(train)):

@@ -190,10 +190,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _check_registry(args)
     dataset = None
     if args.data_dir is not None:  # the run's data moved: read the same files from their new folder
-        from mnistlab.data import load_dataset
+        from mnistlab.data import load_run_dataset
         from mnistlab.runs import read_run
 
-        dataset = load_dataset(read_run(args.run_dir).config.get("dataset", "mnist"), data_dir=args.data_dir)
+        dataset = load_run_dataset(read_run(args.run_dir).config, data_dir=args.data_dir)
     out = evaluate_report(args.run_dir, split=args.split, device=args.device, html=args.html, dataset=dataset)
     evaluation = out.evaluation
     data = evaluation.to_dict()

@@ -364,6 +364,30 @@ def load_dataset(
     )
 
 
+def load_run_dataset(
+    run_config: Mapping[str, object],
+    *,
+    splits: tuple[SplitName, ...] = SPLITS,
+    data_dir: str | os.PathLike[str] | None = None,
+    run_name: str = "the run",
+) -> Dataset:
+    """Load the dataset a run was trained on (its ``config.json``), or the same files from ``data_dir``.
+
+    When the recorded folder cannot be read any more, the error says to pass ``--data-dir``.
+    """
+    name = str(run_config.get("dataset", "mnist"))
+    if data_dir is not None:
+        return load_dataset(name, data_dir=data_dir, splits=splits)
+    recorded = run_config.get("data_dir")
+    try:
+        return load_dataset(name, data_dir=recorded, splits=splits)  # type: ignore[arg-type]
+    except MnistlabError as exc:
+        if recorded is None:
+            raise
+        raise MnistlabError(f"{run_name} was trained on the files in {recorded}, which cannot be read now "
+                            f"({exc}); pass --data-dir with their new folder") from None
+
+
 def load_dataset_in_background(
     name: str = "mnist",
     *,

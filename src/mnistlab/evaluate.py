@@ -121,15 +121,14 @@ def evaluate_run(
             loss = metrics.log_loss(probabilities, scored.labels) if probabilities is not None else float("nan")
         accuracy = metrics.accuracy(scored.labels, metrics.predictions(scored.scores))
         return EvalResult(loss=loss, accuracy=accuracy, count=len(scored.labels)), dict(run.metrics or {})
-    from mnistlab.data import load_dataset
+    from mnistlab.data import load_run_dataset
     from mnistlab.models import load_trained_model
     from mnistlab.train import resolve_device, resolve_precision
 
     torch_device = resolve_device(device)
     model, run = load_trained_model(run_dir, device=torch_device)
     precision, _ = resolve_precision(str(run.model.get("precision", "fp32")), torch_device)
-    dataset = load_dataset(run.config.get("dataset", "mnist"), data_dir=run.config.get("data_dir"),
-                           splits=(split,))  # type: ignore[arg-type]
+    dataset = load_run_dataset(run.config, splits=(split,), run_name=str(run.path))  # type: ignore[arg-type]
     data = dataset.split(split)
     result = evaluate_model(model, data.images, data.labels, batch_size=batch_size, device=torch_device,
                             precision=precision)
