@@ -15,6 +15,7 @@ from sklearn.svm import SVC
 from threadpoolctl import threadpool_limits
 
 from mnistlab import runs
+from mnistlab.analysis import evaluate_run
 from mnistlab.baselines import (
     flatten_scaled,
     holdout_indices,
@@ -25,7 +26,6 @@ from mnistlab.baselines import (
 from mnistlab.config import TrainConfig
 from mnistlab.data import load_dataset, write_idx
 from mnistlab.errors import MnistlabError
-from mnistlab.evaluate import evaluate_run
 from mnistlab.train import fit
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # refits stop early

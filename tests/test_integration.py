@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from mnistlab import runs
+from mnistlab.analysis import evaluate_run
 from mnistlab.config import TrainConfig
-from mnistlab.evaluate import evaluate_run
 from mnistlab.train import fit
 
 pytestmark = pytest.mark.integration

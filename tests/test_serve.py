@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mnistlab.predict import Predictor, prepare_image
+from mnistlab.imaging import prepare_image
+from mnistlab.predict import Predictor
 from mnistlab.serve import ServeLimits, create_app, static_dir
 from tests.imagekit import bomb_png, digit_strokes, encode, mnist_on_paper, render_strokes
 

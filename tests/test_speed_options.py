@@ -11,13 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-from mnistlab import runs, train
+from mnistlab import device, runs
 from mnistlab.cli import main
 from mnistlab.config import TrainConfig
 from mnistlab.data import Split, load_dataset
+from mnistlab.device import resolve_precision
 from mnistlab.errors import MnistlabError
 from mnistlab.models import build_model, count_parameters, summarize
-from mnistlab.train import build_optimizer, build_schedule, fit, resolve_precision
+from mnistlab.train import build_optimizer, build_schedule, fit
 
 CPU = torch.device("cpu")
 
@@ -27,14 +28,14 @@ def test_precision_fp32_is_always_honoured() -> None:
 
 
 def test_precision_auto_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
     assert resolve_precision("auto", CPU) == ("bf16", None)
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
     assert resolve_precision("auto", CPU) == ("fp32", None)
 
 
 def test_bf16_without_hardware_support_falls_back_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
     precision, note = resolve_precision("bf16", CPU)
     assert precision == "fp32"
     assert note is not None and "no native bf16" in note and "fp32" in note
@@ -42,7 +43,7 @@ def test_bf16_without_hardware_support_falls_back_with_a_note(monkeypatch: pytes
 
 def test_cli_prints_the_fallback_note_and_records_fp32(monkeypatch, capsys, tmp_path: Path,
                                                         tiny_data_dir: Path) -> None:
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
     code = main(["train", "softmax", "--epochs", "1", "--precision", "bf16", "--device", "cpu",
                  "--data-dir", str(tiny_data_dir), "--out", str(tmp_path / "r")])
     out = capsys.readouterr().out
@@ -181,7 +182,7 @@ def test_fast_on_a_fraction_of_an_epoch_of_real_mnist(tmp_path: Path, mnist) -> 
 
 def test_channels_last_and_bf16_eval_agree_with_plain_fp32(tmp_path: Path, tiny_data_dir: Path) -> None:
     """The fast layout/precision path computes the same predictions as a plain fp32 pass (up to bf16 noise)."""
-    from mnistlab.evaluate import predict_logits
+    from mnistlab.inference import predict_logits
 
     dataset = load_dataset(data_dir=tiny_data_dir)
     run = fit(TrainConfig.for_model("cnn", epochs=1, batch_size=32, device="cpu"), run_dir=tmp_path / "r",

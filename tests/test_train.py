@@ -13,12 +13,14 @@ import pytest
 import torch
 
 from mnistlab import runs
+from mnistlab.analysis import evaluate_run
+from mnistlab.callbacks import Callback as TrainObserver
 from mnistlab.config import TrainConfig
 from mnistlab.data import load_dataset
 from mnistlab.errors import MnistlabError, TrainingInterrupted
-from mnistlab.evaluate import evaluate_model, evaluate_run
+from mnistlab.inference import evaluate_model
 from mnistlab.models import build_model, load_trained_model, weights_bytes
-from mnistlab.train import TrainObserver, fit
+from mnistlab.train import fit
 
 
 def tiny_config(model: str = "mlp", **overrides) -> TrainConfig:

@@ -23,6 +23,7 @@ import numpy as np
 from mnistlab import metrics
 from mnistlab.config import EVAL_BATCH_SIZE
 from mnistlab.errors import MnistlabError
+from mnistlab.results import EvalResult
 from mnistlab.runs import WEIGHTS_FILE, RunFiles, read_json, read_run, write_json_atomic, write_text_atomic
 
 EvalSplit = Literal["test", "val", "train"]
@@ -125,16 +126,11 @@ def run_scores(run_dir: str | os.PathLike[str], *, split: str = "test", device: 
         scores = model.scores(images)
         kind: ScoreKind = model.score_kind
     else:
-        from mnistlab.evaluate import predict_logits
-        from mnistlab.models import load_trained_model
-        from mnistlab.train import resolve_device, resolve_precision
+        from mnistlab.inference import load_network
 
-        torch_device = resolve_device(device)
-        network, _ = load_trained_model(run.path, device=torch_device)
-        # Score in the precision the run was trained and scored in (bf16 autocast where it ran bf16).
-        precision, _ = resolve_precision(str(run.model.get("precision", "fp32")), torch_device)
-        scores = predict_logits(network, images, batch_size=batch_size, device=torch_device,
-                                precision=precision).cpu().numpy()
+        # Scored in the precision the run was trained and scored in (bf16 autocast where it ran bf16).
+        network = load_network(run.path, device=device)
+        scores = network.logits(images, batch_size=batch_size).cpu().numpy()
         kind = "logits"
     if not np.isfinite(np.asarray(scores, np.float64)).all():
         raise MnistlabError(f"{run.path}: the model outputs NaN or infinite scores (its weights diverged); "
@@ -142,6 +138,23 @@ def run_scores(run_dir: str | os.PathLike[str], *, split: str = "test", device: 
     return RunScores(run=run, split=split, dataset=dataset.name, class_names=class_names, images=images,
                      labels=labels, indices=indices, source_split=source, scores=np.asarray(scores, np.float64),
                      score_kind=kind, seconds=time.perf_counter() - started)
+
+
+def evaluate_run(run_dir: str | os.PathLike[str], *, split: str = "test", device: str = "auto",
+                 batch_size: int = EVAL_BATCH_SIZE, dataset: Any = None) -> tuple[EvalResult, dict[str, Any]]:
+    """Loss and accuracy of a saved run (network or classical) on ``split``, and its recorded metrics.json.
+
+    The loss of a model without probabilities (sgd, svm) is NaN. Empty dict: the run never finished.
+    """
+    scored = run_scores(run_dir, split=split, device=device, batch_size=batch_size, dataset=dataset)
+    if scored.score_kind == "logits":
+        loss = metrics.cross_entropy_from_logits(scored.scores, scored.labels)
+    elif scored.probabilities is not None:
+        loss = metrics.log_loss(scored.probabilities, scored.labels)
+    else:
+        loss = float("nan")
+    accuracy = metrics.accuracy(scored.labels, metrics.predictions(scored.scores))
+    return EvalResult(loss=loss, accuracy=accuracy, count=len(scored.labels)), dict(scored.run.metrics or {})
 
 
 def weights_sha256(run_dir: str | os.PathLike[str]) -> str:

@@ -443,11 +443,11 @@ def fit_classical(config: Any, *, run_dir: str | os.PathLike[str], dataset: Data
     from pathlib import Path
 
     from mnistlab import runs
-    from mnistlab.evaluate import EvalResult
+    from mnistlab.callbacks import Callback
     from mnistlab.report import plot_curves
-    from mnistlab.train import EpochRecord, TrainObserver, TrainResult
+    from mnistlab.results import EpochRecord, EvalResult, TrainResult
 
-    observer = observer or TrainObserver()
+    observer = observer or Callback()
     started = time.perf_counter()
     run_dir = runs.prepare_run_dir(run_dir)
     if dataset is None:

@@ -445,7 +445,8 @@ def show_input_paths(out: Path, count: int) -> list[Path]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """``mnistlab predict RUN IMAGE...``: the digit in each image, with its top-k probabilities."""
-    from mnistlab.predict import Predictor, encode_png, expand_image_paths, format_percent, prepare_image
+    from mnistlab.imaging import encode_png, expand_image_paths, prepare_image
+    from mnistlab.predict import Predictor, format_percent
     from mnistlab.runs import check_run_dir, write_bytes_atomic
 
     check_run_dir(args.run_dir)

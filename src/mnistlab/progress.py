@@ -14,8 +14,9 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from mnistlab.callbacks import Callback
 from mnistlab.config import TrainConfig
-from mnistlab.train import EpochRecord, TrainObserver
+from mnistlab.results import EpochRecord
 
 
 def format_epoch(record: EpochRecord, epochs: int) -> str:
@@ -29,7 +30,7 @@ def format_epoch(record: EpochRecord, epochs: int) -> str:
     return text + f"  {record.seconds:.2f} s"
 
 
-class ConsoleObserver(TrainObserver):
+class ConsoleObserver(Callback):
     """Draws a rich progress bar on a terminal and prints one line per epoch everywhere."""
 
     REFRESH_SECONDS = 0.2  # how often the running loss is read (a device sync on GPUs)

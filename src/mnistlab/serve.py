@@ -39,17 +39,17 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from mnistlab.errors import MnistlabError
-from mnistlab.predict import (
+from mnistlab.imaging import (
     MAX_IMAGE_BYTES,
     MAX_IMAGE_PIXELS,
     BadPixels,
     BlankImage,
     ImageTooLarge,
     Invert,
-    Predictor,
     UnreadableImage,
     prepare_image,
 )
+from mnistlab.predict import Predictor
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundary lines and part headers on top of the image itself
 BODY_READ_SECONDS = 30.0        # a client that trickles its upload slower than this gets 408

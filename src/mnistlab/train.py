@@ -15,9 +15,9 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,60 +26,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnistlab import runs
+from mnistlab.callbacks import Callback
 from mnistlab.config import TrainConfig
 from mnistlab.data import Dataset, load_dataset, train_val_indices
+from mnistlab.device import resolve_device, resolve_precision, tune_cpu_allocator
 from mnistlab.errors import MnistlabError, TrainingInterrupted
-from mnistlab.evaluate import EvalResult, as_uint8_tensor, evaluate_model
+from mnistlab.inference import as_uint8_tensor, evaluate_model
 from mnistlab.models import build_model, is_convolutional, model_record, prepare_batch, weights_bytes
 from mnistlab.optim import Adam, KerasRMSprop, OneCycle, Optimizer, SGDMomentum
-
-
-@dataclass(frozen=True)
-class EpochRecord:
-    """One row of history: training running means, optional validation, and wall seconds of the epoch."""
-
-    epoch: int
-    loss: float
-    accuracy: float
-    val_loss: float | None
-    val_accuracy: float | None
-    seconds: float
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """What :func:`fit` returns: where the run lives, its history and its final test figures."""
-
-    run_dir: Path
-    config: TrainConfig
-    history: tuple[EpochRecord, ...]
-    test: EvalResult
-    train_seconds: float
-    metrics: dict[str, Any]
-
-
-class TrainObserver:
-    """Receives progress from :func:`fit`; the default does nothing. The CLI subclasses it to draw bars.
-
-    ``running`` callbacks compute the epoch's running loss/accuracy on demand, so an observer that does not
-    look at them never forces a device sync.
-    """
-
-    def on_train_start(self, *, config: TrainConfig, run_dir: Path, steps_per_epoch: int, samples: int) -> None:
-        """Called once, after data and model are ready."""
-
-    def on_epoch_start(self, *, epoch: int, epochs: int, steps: int) -> None:
-        """Called before the first step of each epoch."""
-
-    def on_step(self, *, step: int, steps: int, running: Callable[[], tuple[float, float]]) -> None:
-        """Called after every optimisation step (1-based ``step``)."""
-
-    def on_epoch_end(self, record: EpochRecord) -> None:
-        """Called after each epoch's validation and checkpoint."""
-
-    def on_message(self, text: str) -> None:
-        """A note for the user (e.g. a requested option that this machine cannot honour)."""
-
+from mnistlab.results import EpochRecord, TrainResult
 
 # torch's own choice (one per physical core), read before any run changes it.
 DEFAULT_THREADS = torch.get_num_threads()
@@ -108,67 +63,6 @@ class RunningMeans:
         """(mean loss, accuracy) so far this epoch."""
         seen = max(self.seen, 1)
         return self.loss_sum.item() / seen, self.correct.item() / seen
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
-        raise MnistlabError(f"--device cuda: no CUDA GPU is available (torch {torch.__version__} is {build}); "
-                            "use --device cpu, or install a CUDA build of torch (README: GPU install)")
-    if name not in ("cpu", "cuda"):
-        raise MnistlabError(f"--device {name!r} is not one of auto, cpu, cuda")
-    return torch.device(name)
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), where bf16 autocast pays off."""
-    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
-    if probe is not None and probe():
-        return True
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(requested: str, device: torch.device) -> tuple[str, str | None]:
-    """Map ``auto|fp32|bf16`` to what will run here, plus a note when a request cannot be honoured.
-
-    bf16 autocast keeps fp32 master weights and runs matrix products and convolutions in bf16. It only
-    pays where the hardware has bf16 units; elsewhere it is emulated and slower than fp32, so ``auto`` picks
-    fp32 there and an explicit ``bf16`` falls back to fp32 with a note.
-    """
-    if requested == "fp32":
-        return "fp32", None
-    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
-    if native:
-        return "bf16", None
-    if requested == "bf16":
-        where = "this GPU" if device.type == "cuda" else "this CPU (no AVX512-BF16/AMX)"
-        return "fp32", f"--precision bf16: {where} has no native bf16, training in fp32 instead"
-    return "fp32", None
-
-
-def tune_cpu_allocator() -> None:
-    """Keep freed activation buffers in the heap instead of returning them to the OS.
-
-    glibc hands blocks above 128 KiB back with munmap, so every step's multi-megabyte activations are
-    page-faulted in again (measured: a fresh 8 MB tensor costs ~3x a reused one). Raising the mmap and trim
-    thresholds makes them reusable. A no-op where glibc's ``mallopt`` is not available.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)   # glibc's maximum
-    libc.mallopt(m_trim_threshold, 512 * 1024 * 1024)
 
 
 def build_schedule(name: str, optimizer: Optimizer, *, lr: float, total_steps: int) -> OneCycle | None:
@@ -247,7 +141,7 @@ def fit(
     *,
     run_dir: str | Path,
     dataset: Dataset | None = None,
-    observer: TrainObserver | None = None,
+    observer: Callback | None = None,
 ) -> TrainResult:
     """Train ``config.model`` and write a complete run directory at ``run_dir`` (created; must be new/empty).
 
@@ -260,7 +154,7 @@ def fit(
         from mnistlab.baselines import fit_classical
 
         return fit_classical(config, run_dir=run_dir, dataset=dataset, observer=observer)  # type: ignore[no-any-return]
-    observer = observer or TrainObserver()
+    observer = observer or Callback()
     started = time.perf_counter()
     # Everything that can be refused is checked before the run directory exists.
     device = resolve_device(config.device)
@@ -289,7 +183,7 @@ def fit(
         raise
 
 
-def _fit_into(config: TrainConfig, *, run_dir: Path, dataset: Dataset, observer: TrainObserver,
+def _fit_into(config: TrainConfig, *, run_dir: Path, dataset: Dataset, observer: Callback,
               device: torch.device, train_idx: Any, val_idx: Any, started: float) -> TrainResult:
     """The body of :func:`fit` once the run directory exists."""
     # The whole (train) split goes to the device once, as uint8: 47 MB for MNIST.

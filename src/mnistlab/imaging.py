@@ -1,0 +1,502 @@
+"""Image preparation: any user image -> the MNIST-style 28x28 uint8 a model reads (no model here).
+
+MNIST digits are white ink on black, scaled (aspect kept, anti-aliased) so the longer side of the ink's
+bounding box is 20 px, and placed in a 28x28 field with the centre of mass of the ink at pixel (14, 14)
+(measured on the training set: mean row/column 14.00 / 14.01, standard deviation 0.29, which is what
+whole-pixel shifts give). A photo, a scan or a canvas drawing looks nothing like that until it goes through
+the same steps, so :func:`prepare_image` is the ONE preprocessing used by the CLI, the server and the tests:
+
+1. decode with Pillow (PNG, JPEG, BMP, GIF's first frame, WebP, TIFF, PNM), after checking the byte size and
+   the pixel count from the header, before any pixel is decoded (decompression bombs stop there);
+2. apply the EXIF orientation, reduce very large images to at most ``WORK_SIDE`` px on the longer side;
+3. grayscale, with alpha composited over the background that contrasts with the ink;
+4. ink made white on black: the background level is the median of the border, and the ink is on whichever
+   side of it (darker or brighter) reaches further (``invert="auto"``; ``"yes"``/``"no"`` force it);
+5. contrast stretched so background = 0 and ink = 1; the border's noise level is cut off; specks much smaller
+   than the digit are dropped;
+6. cropped to the ink's bounding box; strokes much thinner than MNIST's (about 14% of the digit's height)
+   are thickened; the longer side is scaled to 20 px (anti-aliased, aspect kept);
+7. pasted into 28x28 and shifted by whole pixels so the centre of mass lands on (14, 14);
+8. returned as uint8 (28, 28); ``mnistlab.models.prepare_batch`` then scales it exactly as in training.
+
+A 28x28 array is taken as it is (it is already in the model's format). Turning the result into
+probabilities is :mod:`mnistlab.predict`'s job; this module never loads a model or imports torch.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+import numpy as np
+
+from mnistlab.errors import MnistlabError
+
+if TYPE_CHECKING:  # Pillow and torch are imported where they are used, so importing this module is cheap.
+    from PIL import Image
+
+Invert = Literal["auto", "yes", "no"]
+INVERT_CHOICES: tuple[str, ...] = get_args(Invert)
+
+SIZE = 28            # MNIST's field
+BOX = 20             # the longer side of the ink's bounding box in MNIST
+CENTRE = 14.0        # where MNIST puts the centre of mass (row, column), in pixel indices
+MAX_IMAGE_BYTES = 10 * 1024 * 1024      # an upload or file larger than this is refused before decoding
+MAX_IMAGE_PIXELS = 40_000_000           # width * height from the header; a 12 Mpx phone photo is 4032x3024
+WORK_SIDE = 1024     # larger images are reduced to this before float work: plenty for a 20 px digit
+MIN_CONTRAST = 24.0  # ink must differ from the background by this many gray levels (of 255), else "blank"
+SPECK_FRACTION = 0.02  # ink components with less than this share of the ink are specks (dust, noise)
+STROKE_MIN, STROKE_TARGET = 0.09, 0.12  # stroke width / digit size: thicken below MIN up to TARGET
+STAGE_SIDE = 4 * BOX  # intermediate size where strokes are measured and thickened (cheap, still sharp)
+
+# Formats a user's digit plausibly comes in. Pillow can open more (EPS even runs Ghostscript); refusing the
+# rest keeps untrusted uploads away from rarely-exercised decoders. MPO is how older Pillow opens phone JPEGs.
+ALLOWED_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "GIF", "WEBP", "TIFF", "PPM")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+                  ".pgm", ".ppm", ".pbm", ".pnm")
+
+
+class ImageTooLarge(MnistlabError):
+    """The file or the decoded image is over the size limits (the server answers 413)."""
+
+
+class UnreadableImage(MnistlabError):
+    """Not an image Pillow can decode, a format we refuse, or a truncated/corrupt file (422)."""
+
+
+class BlankImage(MnistlabError):
+    """No ink: an empty canvas, a uniform image, or contrast too low to find a digit (422)."""
+
+
+class BadPixels(MnistlabError):
+    """A pixel array of the wrong shape, type or range (422)."""
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """The 28x28 uint8 the model sees (white ink on black), and how it was obtained."""
+
+    pixels: np.ndarray                 # (28, 28) uint8
+    inverted: bool                     # True when dark-on-light ink was turned white-on-black
+    source_size: tuple[int, int]       # (width, height) of the decoded image; (28, 28) for arrays
+
+
+# ------------------------------------------------------------------------------------------------ decoding
+def check_invert(invert: str) -> Invert:
+    """Validate an ``invert`` choice (auto, yes, no)."""
+    if invert not in INVERT_CHOICES:
+        raise MnistlabError(f"invert must be one of {', '.join(INVERT_CHOICES)}, got {invert!r}")
+    return invert  # type: ignore[return-value]
+
+
+def read_image_file(path: str | os.PathLike[str], *, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+    """The bytes of an image file, refusing missing files, folders and files over ``max_bytes``."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise MnistlabError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise MnistlabError(f"{path}: cannot read it ({exc.strerror})") from None
+    if path.is_dir():
+        raise MnistlabError(f"{path}: is a folder, not an image")
+    if size > max_bytes:
+        raise ImageTooLarge(f"{path}: {size:,} bytes is over the {max_bytes:,}-byte limit; "
+                            "resize or crop the image first")
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(max_bytes + 1)  # the file may have grown since stat()
+    except OSError as exc:
+        raise MnistlabError(f"{path}: cannot read it ({exc.strerror})") from None
+    if len(data) > max_bytes:
+        raise ImageTooLarge(f"{path}: over the {max_bytes:,}-byte limit; resize or crop the image first")
+    return data
+
+
+def decode_image(data: bytes, *, name: str = "image", max_bytes: int = MAX_IMAGE_BYTES,
+                 max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode ``data`` with Pillow into a loaded image (first frame, EXIF orientation applied).
+
+    The byte size and the header's width x height are checked before any pixel is decoded, so a small file
+    that claims a huge image (a decompression bomb) costs nothing. Large JPEGs are decoded at a reduced scale
+    (Pillow's ``draft``), which is much faster and smaller than decoding them whole.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if len(data) == 0:
+        raise UnreadableImage(f"{name}: empty (0 bytes); send a PNG or JPEG of a digit")
+    if len(data) > max_bytes:
+        raise ImageTooLarge(f"{name}: {len(data):,} bytes is over the {max_bytes:,}-byte limit; "
+                            "resize or crop the image first")
+    Image.init()
+    formats = [f for f in ALLOWED_FORMATS if f in Image.OPEN]  # newer Pillow opens MPO through JPEG
+    try:
+        img = Image.open(io.BytesIO(data), formats=formats)
+    except UnidentifiedImageError:
+        raise UnreadableImage(f"{name}: not an image in a supported format "
+                              f"({', '.join(f for f in ALLOWED_FORMATS if f != 'MPO')})") from None
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(f"{name}: the image's dimensions are far over the {max_pixels:,}-pixel limit; "
+                            "resize the image first") from None
+    except Exception as exc:  # Pillow raises many types on hostile headers; all mean "unreadable" here
+        raise UnreadableImage(f"{name}: not a readable image ({type(exc).__name__}: {exc})") from None
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise UnreadableImage(f"{name}: the image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"{name}: {width}x{height} = {width * height:,} pixels is over the "
+                            f"{max_pixels:,}-pixel limit; resize the image first")
+    try:
+        if img.format in ("JPEG", "MPO") and max(width, height) > 2 * WORK_SIDE:
+            # Decode at 1/2, 1/4 or 1/8 scale, still at least WORK_SIDE on the longer side.
+            img.draft(img.mode if img.mode in ("L", "RGB") else "RGB", (WORK_SIDE, WORK_SIDE))
+        img.seek(0)
+        img.load()
+        ImageOps.exif_transpose(img, in_place=True)  # no copy of a large image when there is nothing to do
+    except Image.DecompressionBombError:
+        raise ImageTooLarge(f"{name}: the image's dimensions are far over the {max_pixels:,}-pixel limit; "
+                            "resize the image first") from None
+    except Exception as exc:  # truncated data, bad compressed streams, broken palettes, odd EXIF...
+        raise UnreadableImage(f"{name}: the image data is truncated or corrupt ({exc}); "
+                              "export the image again") from None
+    return img
+
+
+# -------------------------------------------------------------------------------------------- grayscale
+def _high_bit_depth_to_gray(img: Image.Image) -> np.ndarray:
+    """16-bit/32-bit/float grayscale -> float32 in 0..255 (Pillow's convert("L") would clip, not scale)."""
+    values = np.asarray(img, dtype=np.float32)
+    if not np.isfinite(values).all():
+        raise UnreadableImage("the image holds NaN or infinite pixel values; export it as an 8-bit PNG or JPEG")
+    if img.mode == "F":
+        top = 1.0 if float(values.max(initial=0.0)) <= 1.0 else 255.0
+    else:  # "I", "I;16*": 16-bit content unless it already fits 8 bits
+        top = 255.0 if float(values.max(initial=0.0)) <= 255.0 else 65535.0
+    return np.clip(values * (255.0 / top), 0.0, 255.0)
+
+
+def to_grayscale(img: Image.Image) -> np.ndarray:
+    """(H, W) in 0..255, alpha composited over the background that contrasts with the ink.
+
+    uint8 when the image is plain 8-bit (most are), float32 when compositing or high bit depths made
+    in-between values.
+
+    A transparent background says nothing about its colour: a canvas export often has black strokes on
+    transparent pixels, a logo-style digit white strokes. The opaque pixels' mean brightness tells which, and
+    the transparent part becomes the opposite (white under dark ink, black under light ink).
+    """
+    if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        return _shrink(_high_bit_depth_to_gray(img))
+    if img.mode == "P" or img.mode == "PA":
+        img = img.convert("RGBA" if img.has_transparency_data else "RGB")
+    elif img.mode in ("L", "RGB") and "transparency" in img.info:  # a PNG tRNS colour key
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "La", "RGBa") and img.getchannel("A").getextrema()[0] < 255:
+        gray_alpha = img.convert("LA")
+        luma, alpha = gray_alpha.split()
+        luma, alpha = _shrink_image(luma), _shrink_image(alpha)
+        l_values = np.asarray(luma, dtype=np.float32)
+        weight = np.asarray(alpha, dtype=np.float32) / 255.0
+        total = float(weight.sum())
+        ink_mean = float((l_values * weight).sum() / total) if total > 0 else 0.0
+        background = 255.0 if ink_mean < 128.0 else 0.0
+        return l_values * weight + background * (1.0 - weight)
+    if img.mode != "L":
+        img = img.convert("L")  # ITU-R 601-2 luma for RGB/CMYK/YCbCr; 0/255 for bilevel
+    return np.asarray(_shrink_image(img))
+
+
+def _shrink_image(img: Image.Image) -> Image.Image:
+    """Reduce a large single-band image so its longer side is at most WORK_SIDE (anti-aliased)."""
+    from PIL import Image
+
+    width, height = img.size
+    longer = max(width, height)
+    if longer <= WORK_SIDE:
+        return img
+    scale = WORK_SIDE / longer
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def _shrink(values: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    if max(values.shape) <= WORK_SIDE:
+        return values
+    shrunk = _shrink_image(Image.fromarray(np.ascontiguousarray(values, dtype=np.float32)))
+    return np.asarray(shrunk, dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------------------------- ink map
+def _border(values: np.ndarray) -> np.ndarray:
+    """The pixels of a frame about 2% of the shorter side wide (at least 1 px)."""
+    height, width = values.shape
+    k = max(1, round(0.02 * min(height, width)))
+    if 2 * k >= min(height, width):
+        return values.ravel()
+    return np.concatenate([values[:k].ravel(), values[-k:].ravel(),
+                           values[k:-k, :k].ravel(), values[k:-k, -k:].ravel()])
+
+
+def _extreme_levels(gray: np.ndarray) -> tuple[float, float]:
+    """The 0.1% and 99.9% gray levels, from a 256-bin histogram (sorting is 10x slower on the hot path)."""
+    levels = gray if gray.dtype == np.uint8 else np.clip(np.rint(gray), 0, 255).astype(np.uint8)
+    counts = np.bincount(levels.ravel(), minlength=256)
+    cumulative = np.cumsum(counts)
+    total = int(cumulative[-1])
+    darkest = int(np.searchsorted(cumulative, 0.001 * total, side="right"))
+    brightest = int(np.searchsorted(cumulative, 0.999 * total, side="left"))
+    return float(darkest), float(brightest)
+
+
+def ink_map(gray: np.ndarray, *, invert: Invert = "auto", name: str = "image") -> tuple[np.ndarray, bool]:
+    """Grayscale 0..255 -> (ink in [0, 1] with background 0, whether it was inverted).
+
+    The background level is the median of the border. With ``invert="auto"`` the ink is whichever side of the
+    background reaches further (darkest vs brightest 0.1%), so black-on-white paper, white-on-black MNIST and
+    dark pen on grey paper all come out right.
+    """
+    if invert == "auto":
+        border_level = float(np.median(_border(gray)))
+        darkest, brightest = _extreme_levels(gray)
+        inverted = (border_level - darkest) > (brightest - border_level)
+    else:
+        inverted = invert == "yes"
+    border = _border(gray).astype(np.float32)
+    border_ink = 255.0 - border if inverted else border
+    # Background and noise floor come from the ink image itself, so mirrored inputs give identical results.
+    background = float(np.median(border_ink))
+    peak = 255.0 - float(gray.min()) if inverted else float(gray.max())
+    if peak - background < MIN_CONTRAST:
+        polarity = "dark ink on a light" if inverted else "light ink on a dark"
+        hint = "" if invert == "auto" else f" (invert={invert} assumes {polarity} background; try auto)"
+        raise BlankImage(f"{name}: blank: no ink stands out from the background{hint}; draw or photograph "
+                         "a digit with clear contrast")
+    # Paper texture, JPEG noise and uneven light: cut off what the border itself reaches.
+    border_values = np.clip((border_ink - background) / (peak - background), 0.0, 1.0)
+    floor = min(0.5, float(np.percentile(border_values, 99.0)))
+
+    def to_ink(levels: np.ndarray) -> np.ndarray:
+        ink = 255.0 - levels if inverted else levels
+        values = np.clip((ink - background) / (peak - background), 0.0, 1.0)
+        return np.clip((values - floor) / (1.0 - floor), 0.0, 1.0) if floor > 0.0 else values
+
+    if gray.dtype == np.uint8:  # the usual case: one table lookup instead of several passes over the image
+        values = to_ink(np.arange(256, dtype=np.float32)).astype(np.float32)[gray]
+    else:
+        values = to_ink(gray.astype(np.float32, copy=False))
+    return values.astype(np.float32, copy=False), inverted
+
+
+def drop_specks(values: np.ndarray) -> np.ndarray:
+    """Zero the 8-connected ink components holding less than SPECK_FRACTION of all ink (dust, noise)."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(values > 0, structure=np.ones((3, 3), dtype=bool))
+    if count <= 1:
+        return values
+    mass = ndimage.sum_labels(values, labels, index=np.arange(1, count + 1))
+    keep = np.concatenate([[False], mass >= SPECK_FRACTION * mass.sum()])
+    return np.where(keep[labels], values, 0.0).astype(np.float32, copy=False)
+
+
+def _bounding_box(values: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(top, bottom, left, right) of the nonzero pixels, bottom/right exclusive; None when all zero."""
+    rows = np.flatnonzero(values.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(values.any(axis=0))
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def _resize(values: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Anti-aliased resize of a float image (Lanczos; its overshoot clipped back to [0, 1])."""
+    from PIL import Image
+
+    if values.shape == (height, width):
+        return values
+    resized = Image.fromarray(np.ascontiguousarray(values, dtype=np.float32)).resize(
+        (width, height), Image.Resampling.LANCZOS)
+    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+
+
+def _fit(values: np.ndarray, longer_side: int) -> np.ndarray:
+    """Scale so the longer side is ``longer_side`` px, aspect kept (the shorter side at least 1 px)."""
+    height, width = values.shape
+    scale = longer_side / max(height, width)
+    return _resize(values, max(1, round(width * scale)), max(1, round(height * scale)))
+
+
+def stroke_width(values: np.ndarray) -> float:
+    """Estimated stroke width in pixels: 2 * area / perimeter of the ink (exact for long, even strokes)."""
+    from scipy import ndimage
+
+    mask = values >= 0.5
+    area = int(mask.sum())
+    if area == 0:
+        return 0.0
+    perimeter = int((mask & ~ndimage.binary_erosion(mask)).sum())
+    return 2.0 * area / max(perimeter, 1)
+
+
+def _thicken(values: np.ndarray) -> np.ndarray:
+    """Dilate strokes much thinner than MNIST's (a fine pen on a big photo would fade to nothing at 20 px)."""
+    from scipy import ndimage
+
+    size = max(values.shape)
+    width = stroke_width(values)
+    if width <= 0 or width >= STROKE_MIN * size:
+        return values
+    radius = max(1, round((STROKE_TARGET * size - width) / 2))
+    padded = np.pad(values, radius)
+    yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+    disk = (yy * yy + xx * xx) <= radius * radius
+    return ndimage.grey_dilation(padded, footprint=disk)
+
+
+def centre_of_mass(pixels: np.ndarray) -> tuple[float, float]:
+    """(row, column) centre of mass of a 2-D array's values, in pixel indices."""
+    values = np.asarray(pixels, dtype=np.float64)
+    total = values.sum()
+    if total <= 0:
+        raise BlankImage("blank: the image has no ink")
+    rows = (values.sum(axis=1) * np.arange(values.shape[0])).sum() / total
+    cols = (values.sum(axis=0) * np.arange(values.shape[1])).sum() / total
+    return float(rows), float(cols)
+
+
+def mnist_layout(values: np.ndarray, *, name: str = "image") -> np.ndarray:
+    """Ink in [0, 1] (background 0) -> uint8 (28, 28) as MNIST: 20 px box, centre of mass at (14, 14)."""
+    box = _bounding_box(values)
+    if box is None:
+        raise BlankImage(f"{name}: blank: no ink found; draw or photograph a digit")
+    top, bottom, left, right = box
+    digit = values[top:bottom, left:right]
+    if max(digit.shape) > STAGE_SIDE:
+        digit = _fit(digit, STAGE_SIDE)  # measure and thicken strokes at 4x the final size
+    digit = _thicken(digit)
+    box = _bounding_box(digit)
+    assert box is not None  # dilation and anti-aliased shrinking keep ink
+    digit = _fit(digit[box[0]:box[1], box[2]:box[3]], BOX)
+    peak = float(digit.max())
+    if peak <= 0:
+        raise BlankImage(f"{name}: blank: the ink vanished when scaled to 20 px; draw a larger digit")
+    digit = digit / peak  # full contrast, as MNIST's ink (90% of its digits reach 255)
+    height, width = digit.shape
+    com_row, com_col = centre_of_mass(digit)
+    # Whole-pixel shift as in MNIST, clamped so no ink falls off the 28x28 field.
+    row = min(max(round(CENTRE - com_row), 0), SIZE - height)
+    col = min(max(round(CENTRE - com_col), 0), SIZE - width)
+    field = np.zeros((SIZE, SIZE), dtype=np.float32)
+    field[row:row + height, col:col + width] = digit
+    return np.rint(field * 255.0).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------- the one entry
+def pixels_from_array(array: Any, *, name: str = "pixels") -> np.ndarray:
+    """Validate a 28x28 array of whole numbers 0..255 (nested lists or numpy) and return it as uint8."""
+    if isinstance(array, np.ndarray):
+        values = array
+    else:
+        if not (isinstance(array, list | tuple) and len(array) == SIZE
+                and all(isinstance(row, list | tuple) and len(row) == SIZE for row in array)):
+            raise BadPixels(f"{name} must be a 28x28 array: 28 rows of 28 numbers 0..255")
+        if not all(type(v) in (int, float) for row in array for v in row):
+            raise BadPixels(f"{name} must hold only numbers 0..255 (no strings, booleans or nulls)")
+        try:
+            values = np.array(array, dtype=np.float64)
+        except (OverflowError, ValueError, TypeError):
+            raise BadPixels(f"{name} values must be in 0..255 (found a number too large to read)") from None
+    if values.shape != (SIZE, SIZE):
+        raise BadPixels(f"{name} must be a 28x28 array, got shape {tuple(values.shape)}")
+    if values.dtype == np.uint8:
+        return values.copy()
+    if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating)):
+        raise BadPixels(f"{name} must hold numbers 0..255, got dtype {values.dtype}")
+    values = values.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise BadPixels(f"{name} must hold finite numbers 0..255 (found NaN or infinity)")
+    low, high = float(values.min()), float(values.max())
+    if low < 0 or high > 255:
+        raise BadPixels(f"{name} values must be in 0..255, got {low:g}..{high:g}")
+    if (values != np.round(values)).any():
+        raise BadPixels(f"{name} values must be whole numbers 0..255 (fractions such as 0..1 scaling are "
+                        "not accepted; multiply by 255 first)")
+    return values.astype(np.uint8)
+
+
+def prepare_image(
+    source: bytes | str | os.PathLike[str] | np.ndarray | Image.Image,
+    *,
+    invert: Invert = "auto",
+    name: str | None = None,
+    max_bytes: int = MAX_IMAGE_BYTES,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> PreparedImage:
+    """Any image (bytes, a file path, a PIL image) or a 28x28 array -> the 28x28 uint8 the model sees.
+
+    A 28x28 array is taken as it is (already MNIST-style, white on black; ``invert="yes"`` flips it). Anything
+    else goes through the MNIST pipeline in this module's docstring. User-caused problems raise
+    :class:`ImageTooLarge`, :class:`UnreadableImage`, :class:`BlankImage` or :class:`BadPixels`, all
+    :class:`MnistlabError`.
+    """
+    check_invert(invert)
+    if isinstance(source, np.ndarray | list | tuple):
+        label = name or "pixels"
+        pixels = pixels_from_array(source, name=label)
+        if invert == "yes":
+            pixels = 255 - pixels
+        if pixels.max() == pixels.min():
+            raise BlankImage(f"{label}: blank: all pixels are {int(pixels[0, 0])}; draw a digit")
+        return PreparedImage(pixels=pixels, inverted=invert == "yes", source_size=(SIZE, SIZE))
+    from PIL import Image
+
+    if isinstance(source, Image.Image):
+        label = name or "image"
+        img = source
+    elif isinstance(source, bytes | bytearray | memoryview):
+        label = name or "image"
+        img = decode_image(bytes(source), name=label, max_bytes=max_bytes, max_pixels=max_pixels)
+    else:
+        label = name or str(source)
+        img = decode_image(read_image_file(source, max_bytes=max_bytes), name=label, max_bytes=max_bytes,
+                           max_pixels=max_pixels)
+    try:
+        gray = to_grayscale(img)
+    except (ValueError, OSError) as exc:  # Pillow cannot convert some modes (LAB, some CMYK/TIFF variants)
+        raise UnreadableImage(f"{label}: cannot convert its {img.mode} colour mode to grayscale ({exc}); "
+                              "export it as an RGB or grayscale PNG or JPEG") from None
+    values, inverted = ink_map(gray, invert=invert, name=label)
+    pixels = mnist_layout(drop_specks(values), name=label)
+    return PreparedImage(pixels=pixels, inverted=inverted, source_size=img.size)
+
+
+def expand_image_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Files as given; a folder becomes its image files (by suffix, sorted, not recursive)."""
+    result: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise MnistlabError(f"{path}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            result.extend(found)
+        elif path.exists():
+            result.append(path)
+        else:
+            raise MnistlabError(f"{path}: no such file or folder")
+    return result
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """A (H, W) uint8 array as 8-bit grayscale PNG bytes (lossless)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
