@@ -28,22 +28,27 @@ def test_round_trip_through_dict() -> None:
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    ({"epochs": 0}, "--epochs must be a whole number >= 1"),
-    ({"batch_size": 0}, "--batch-size must be"),
-    ({"val_split": 1.0}, r"--val-split must be in \[0, 1\)"),
-    ({"val_split": -0.5}, "--val-split"),
-    ({"lr": -1.0}, "--lr must be a finite number > 0"),
-    ({"lr": float("inf")}, "--lr must be a finite number > 0"),
-    ({"lr": float("nan")}, "--lr must be a finite number > 0"),
-    ({"seed": -1}, r"--seed must be a whole number in 0\.\.4294967295"),
-    ({"seed": 2**64}, "--seed must be a whole number"),
-    ({"optimizer": "lion"}, "--optimizer 'lion'"),
-    ({"device": "tpu"}, "--device 'tpu'"),
-    ({"threads": 0}, "--threads"),
+    ({"epochs": 0}, "`epochs` must be a whole number >= 1"),
+    ({"batch_size": 0}, "`batch_size` must be"),
+    ({"val_split": 1.0}, r"`val_split` must be in \[0, 1\)"),
+    ({"val_split": -0.5}, "`val_split`"),
+    ({"lr": -1.0}, "`lr` must be a finite number > 0"),
+    ({"lr": float("inf")}, "`lr` must be a finite number > 0"),
+    ({"lr": float("nan")}, "`lr` must be a finite number > 0"),
+    ({"seed": -1}, r"`seed` must be a whole number in 0\.\.4294967295"),
+    ({"seed": 2**64}, "`seed` must be a whole number"),
+    ({"optimizer": "lion"}, "`optimizer` 'lion'"),
+    ({"device": "tpu"}, "`device` 'tpu'"),
+    ({"threads": 0}, "`threads`"),
 ])
 def test_invalid_values_are_one_clear_error(overrides: dict, message: str) -> None:
-    with pytest.raises(MnistlabError, match=message):
+    """The library names the parameter (`epochs`); the CLI shows the same message with the flag (--epochs)."""
+    from mnistlab.cli import flag_text
+
+    with pytest.raises(MnistlabError, match=message) as raised:
         TrainConfig.for_model("softmax", **overrides)
+    parameter = message.split("`")[1]
+    assert f"--{parameter.replace('_', '-')}" in flag_text(str(raised.value))
 
 
 def test_unknown_model() -> None:

@@ -208,7 +208,7 @@ def test_split_errors(tmp_path: Path, tiny_data_dir_shared: Path) -> None:
               run_dir=tmp_path / "no-val").run_dir
     with pytest.raises(MnistlabError, match="trained without a validation split"):
         evaluate_report(run, split="val", device="cpu")
-    with pytest.raises(MnistlabError, match="--split 'dev' does not exist"):
+    with pytest.raises(MnistlabError, match="`split` 'dev' does not exist"):
         evaluate_report(run, split="dev", device="cpu")
 
 
@@ -218,7 +218,7 @@ def test_html_path_errors_come_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(MnistlabError, match="does not exist"):
         check_html_path(tmp_path / "no" / "such" / "report.html")
     # The run does not even exist: the HTML path is checked first.
-    with pytest.raises(MnistlabError, match="--html"):
+    with pytest.raises(MnistlabError, match="`html`"):
         evaluate_report(tmp_path / "missing-run", html=tmp_path / "nowhere" / "r.html")
 
 

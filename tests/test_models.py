@@ -137,5 +137,5 @@ def test_sgd_momentum_matches_the_formula() -> None:
 
 
 def test_unknown_optimizer() -> None:
-    with pytest.raises(MnistlabError, match="--optimizer 'lion'"):
+    with pytest.raises(MnistlabError, match="`optimizer` 'lion'"):
         build_optimizer("lion", [nn.Parameter(torch.zeros(1))], lr=0.1)

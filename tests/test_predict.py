@@ -234,7 +234,6 @@ def predictor(trained_cnn_run: Path) -> Predictor:
 
 def test_predictor_probabilities_are_the_softmax_of_the_logits(predictor: Predictor, mnist) -> None:
     import torch
-
     from safetensors.torch import load_file
 
     from mnistlab.models import build_model

@@ -67,7 +67,7 @@ def test_record_list_show_remove(tmp_path: Path, registry_path: Path) -> None:
         assert [r.id for r in registry.list_runs(model="mlp")] == [1, 3]
         assert [r.id for r in registry.list_runs(model="mlp", dataset="mnist")] == [1]
         assert [r.id for r in registry.list_runs(limit=2)] == [1, 2]
-        with pytest.raises(MnistlabError, match="--sort 'bogus': no run has that figure"):
+        with pytest.raises(MnistlabError, match="`sort` 'bogus': no run has that figure"):
             registry.list_runs(sort="bogus")
         # Recording the same directory again refreshes its row instead of adding one.
         assert registry.record_run(a).id == 1 and registry.count() == 3
@@ -189,7 +189,7 @@ def test_corrupt_registry_is_a_clear_error_and_left_untouched(tmp_path: Path, re
     message = str(caught.value)
     assert "\n" not in message and str(registry_path) in message
     if damage != "not-a-file":
-        assert "left untouched" in message and "--registry" in message
+        assert "left untouched" in message and "`registry`" in message
         assert digest(registry_path) == before  # never recreated, never overwritten
         assert sorted(p.name for p in registry_path.parent.iterdir()) in ([registry_path.name],
                                                                           [registry_path.name, "runs"])

@@ -184,7 +184,12 @@ def test_flag_errors(capsys, argv: list[str], fragments: list[str]) -> None:
 
 
 def test_registry_errors(capsys, tmp_path: Path, tiny_data_dir_shared: Path, registry: Path) -> None:
-    for argv in (["runs", "list"], ["runs", "show", "1"], ["runs", "compare", "1", "2"], ["runs", "rm", "1"]):
+    # An empty registry is not an error for listing: "no runs yet", exit 0, in text and JSON alike.
+    code, out, err = run_cli(capsys, "runs", "list", "--registry", str(registry))
+    assert (code, err) == (0, "") and "no runs yet" in out
+    code, out, err = run_cli(capsys, "runs", "list", "--json", "--registry", str(registry))
+    assert (code, err, json.loads(out)) == (0, "", [])
+    for argv in (["runs", "show", "1"], ["runs", "compare", "1", "2"], ["runs", "rm", "1"]):
         code, _, err = run_cli(capsys, *argv, "--registry", str(registry))
         assert_one_line_error(code, err, "holds no runs yet")
     assert not registry.exists()

@@ -57,7 +57,7 @@ def test_invalid_precision_and_schedule_flags(capsys) -> None:
     assert "--precision 'fp8'" in capsys.readouterr().err
     assert main(["train", "fast", "--schedule", "cosine"]) == 2
     assert "--schedule 'cosine'" in capsys.readouterr().err
-    with pytest.raises(MnistlabError, match="label-smoothing"):
+    with pytest.raises(MnistlabError, match="`label_smoothing`"):
         TrainConfig.for_model("fast", label_smoothing=1.0)
 
 
@@ -199,6 +199,6 @@ def test_channels_last_and_bf16_eval_agree_with_plain_fp32(tmp_path: Path, tiny_
 
 
 def test_bad_schedule_name_in_library() -> None:
-    with pytest.raises(MnistlabError, match="--schedule"):
+    with pytest.raises(MnistlabError, match="`schedule`"):
         build_schedule("cosine", build_optimizer("sgd", [nn.Parameter(torch.zeros(1))], lr=0.1), lr=0.1,
                        total_steps=5)

@@ -147,7 +147,7 @@ def test_failure_before_the_first_epoch_leaves_no_directory(tmp_path: Path, tiny
 def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_epoch(tmp_path: Path,
                                                                           tiny_data_dir: Path) -> None:
     dataset = load_dataset(data_dir=tiny_data_dir)
-    with pytest.raises(MnistlabError, match=r"diverged in epoch 1 .*lower --lr .*nothing was kept"):
+    with pytest.raises(MnistlabError, match=r"diverged in epoch 1 .*lower `lr` .*nothing was kept"):
         fit(tiny_config(optimizer="sgd", lr=1e6), run_dir=tmp_path / "r", dataset=dataset)
     assert not (tmp_path / "r").exists()
 
@@ -188,7 +188,7 @@ def test_refuses_to_overwrite_a_run(tmp_path: Path, tiny_data_dir: Path) -> None
 def test_cuda_request_without_gpu_is_a_clear_error(tmp_path: Path, tiny_data_dir: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU; the error path is for CPU-only machines")
-    with pytest.raises(MnistlabError, match="--device cuda: no CUDA GPU"):
+    with pytest.raises(MnistlabError, match="`device` cuda: no CUDA GPU"):
         fit(tiny_config(device="cuda"), run_dir=tmp_path / "r", dataset=load_dataset(data_dir=tiny_data_dir))
 
 

@@ -11,6 +11,7 @@ to hold images out of the training split.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import time
@@ -66,7 +67,7 @@ class RunScores:
 def check_split(split: str) -> str:
     """``split`` if it is one of test, val, train; a clear error otherwise."""
     if split not in EVAL_SPLITS:
-        raise MnistlabError(f"--split {split!r} does not exist; choose one of {', '.join(EVAL_SPLITS)}")
+        raise MnistlabError(f"`split` {split!r} does not exist; choose one of {', '.join(EVAL_SPLITS)}")
     return split
 
 
@@ -76,7 +77,7 @@ def validation_indices(run: RunFiles, n_train: int) -> np.ndarray:
     fraction = float(config.get("val_split") or 0.0)
     if fraction <= 0.0:
         raise MnistlabError(f"{run.path}: trained without a validation split (val_split 0), so there is no val "
-                            "split to evaluate; use --split test or train, or retrain with --val-split")
+                            "split to evaluate; use `split` test or train, or retrain with `val_split`")
     seed = int(config.get("seed", 0))
     if run.model.get("family") == "classical":
         from mnistlab.baselines import holdout_indices
@@ -89,7 +90,7 @@ def validation_indices(run: RunFiles, n_train: int) -> np.ndarray:
         held = train_val_indices(n_train, val_fraction=fraction, seed=seed)[1]
     if len(held) == 0:
         raise MnistlabError(f"{run.path}: its val split is empty (val_split {fraction} of {n_train:,} images); "
-                            "use --split test or train")
+                            "use `split` test or train")
     return held
 
 
@@ -134,7 +135,7 @@ def run_scores(run_dir: str | os.PathLike[str], *, split: str = "test", device: 
         kind = "logits"
     if not np.isfinite(np.asarray(scores, np.float64)).all():
         raise MnistlabError(f"{run.path}: the model outputs NaN or infinite scores (its weights diverged); "
-                            "retrain it with a lower --lr")
+                            "retrain it with a lower `lr`")
     return RunScores(run=run, split=split, dataset=dataset.name, class_names=class_names, images=images,
                      labels=labels, indices=indices, source_split=source, scores=np.asarray(scores, np.float64),
                      score_kind=kind, seconds=time.perf_counter() - started)
@@ -202,6 +203,39 @@ class Evaluation:
     weights_sha256: str
     seconds: float
     recorded: dict[str, Any] = field(default_factory=dict)
+    # Where it was written (evaluation.json, PNGs, report.html) and its registry ids, once saved.
+    files: dict[str, Path] = field(default_factory=dict, compare=False, repr=False)
+    html_path: Path | None = field(default=None, compare=False, repr=False)
+    registry_ids: tuple[int, int] | None = field(default=None, compare=False)
+
+    @property
+    def error(self) -> float:
+        """1 - accuracy."""
+        return 1.0 - self.accuracy
+
+    def with_files(self, files: dict[str, Path], *, html: Path | None = None,
+                   registry_ids: tuple[int, int] | None = None) -> Evaluation:
+        """This evaluation with where it was saved (and recorded) attached."""
+        return dataclasses.replace(self, files=dict(files), html_path=html or files.get("html"),
+                                   registry_ids=registry_ids)
+
+    def to_html(self) -> str:
+        """The self-contained HTML report (images inlined) of this evaluation, as written to report.html."""
+        if self.html_path is None:
+            raise MnistlabError("this evaluation was not saved; Run.evaluate() writes its report.html")
+        return self.html_path.read_text(encoding="utf-8")
+
+    def _repr_html_(self) -> str:
+        """Jupyter shows the summary figures as a small table."""
+        from mnistlab.htmlreport import esc
+
+        rows = [("model", self.model), ("split", f"{self.dataset} {self.split}"), ("images", f"{self.count:,}"),
+                ("accuracy", f"{self.accuracy:.4f}"), ("error", f"{100 * self.error:.2f}%"),
+                ("loss", "n/a" if self.loss is None else f"{self.loss:.4f}")]
+        if self.calibration is not None:
+            rows.append(("ECE", f"{100 * self.calibration.ece:.2f}%"))
+        cells = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
+        return f"<table>{cells}</table>"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every figure (the HTML report and ``runs compare`` read this)."""
@@ -213,7 +247,7 @@ class Evaluation:
             "run_dir": self.run_dir, "model": self.model, "family": self.family, "dataset": self.dataset,
             "split": self.split, "source_split": self.source_split, "score_kind": self.score_kind,
             "class_names": list(self.class_names), "count": self.count,
-            "accuracy": self.accuracy, "error": 1.0 - self.accuracy, "loss": self.loss,
+            "accuracy": self.accuracy, "error": round(1.0 - self.accuracy, 10), "loss": self.loss,
             "top_k": {str(k): v for k, v in self.top_k.items()},
             "classification_report": self.report.to_dict(),
             "confusion": self.confusion.tolist(),
@@ -277,7 +311,7 @@ def confusion_text(confusion: np.ndarray, class_names: tuple[str, ...] | list[st
     return "\n".join(lines) + "\n"
 
 
-def check_html_path(path: str | os.PathLike[str], *, flag: str = "--html") -> Path:
+def check_html_path(path: str | os.PathLike[str], *, flag: str = "`html`") -> Path:
     """``path`` if an HTML report can be written there; otherwise one clear error (before any work)."""
     path = Path(path)
     if path.is_dir():

@@ -8,13 +8,18 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from mnistlab.data import Dataset, load_dataset, load_run_dataset, train_val_indices
+from mnistlab import runs
+from mnistlab.callbacks import Callback
+from mnistlab.config import TrainConfig
+from mnistlab.data import Dataset, load_run_dataset, train_val_indices
 from mnistlab.errors import MnistlabError
 from mnistlab.metrics import softmax
+from mnistlab.results import EpochRecord, EvalResult, TrainResult
 
 
 def flatten_scaled(images: np.ndarray) -> np.ndarray:
@@ -317,7 +322,7 @@ def fit_classical_model(name: str, images: np.ndarray, labels: np.ndarray, *, op
     missing = sorted(set(range(num_classes)) - {int(c) for c in np.unique(labels)})
     if missing:
         raise MnistlabError(f"{name}: the {len(labels):,} training images lack class(es) "
-                            f"{', '.join(map(str, missing))}; use more training data (--option max_train=0)")
+                            f"{', '.join(map(str, missing))}; use more training data (`options` max_train=0)")
     train_indices = np.asarray(train_indices, dtype=np.int64)
     kind: ScoreKind = "decision" if name in ("sgd", "svm") else "probability"
     if name == "knn":
@@ -431,90 +436,59 @@ def _score_split(model: ClassicalModel, images: np.ndarray, labels: np.ndarray) 
     return loss, accuracy
 
 
-def fit_classical(config: Any, *, run_dir: str | os.PathLike[str], dataset: Dataset | None = None,
-                  observer: Any = None) -> Any:
-    """Fit a classical model and write a complete run directory, as :func:`mnistlab.train.fit` does.
+def fit_classical(config: TrainConfig, *, run_dir: Path, dataset: Dataset, callback: Callback,
+                  fit_indices: np.ndarray, val_indices: np.ndarray) -> TrainResult:
+    """Fit a classical model into ``run_dir`` (already claimed by :func:`mnistlab.train.fit`).
 
-    The run directory holds the same files as a network's (config.json, model.json, model.safetensors,
-    history.json/.csv with one row, curves.png, metrics.json), so evaluate, compare and the registry treat
-    both alike. Returns a :class:`mnistlab.train.TrainResult`.
+    Writes the same files as a network's run (config.json, model.json, model.safetensors, history.json/.csv
+    with one row), so evaluate, compare and the registry treat both alike; :func:`mnistlab.train.fit` writes
+    curves.png and metrics.json from the returned metrics.
     """
-    import dataclasses
-    from pathlib import Path
-
-    from mnistlab import runs
-    from mnistlab.callbacks import Callback
-    from mnistlab.report import plot_curves
-    from mnistlab.results import EpochRecord, EvalResult, TrainResult
-
-    observer = observer or Callback()
-    started = time.perf_counter()
-    run_dir = runs.prepare_run_dir(run_dir)
-    if dataset is None:
-        dataset = load_dataset(config.dataset, data_dir=config.data_dir)
-    # Record where the data really came from, so evaluate reloads the same files.
-    config = dataclasses.replace(config, dataset=dataset.name,
-                                 data_dir=getattr(dataset, "data_dir", None) or config.data_dir)
-    train = dataset.train
-    fit_idx, val_idx = holdout_indices(len(train), val_fraction=config.val_split, seed=config.seed,
-                                       method=config.val_method)
-    fit_idx = subsample_indices(fit_idx, max_train=int(config.options.get("max_train", 0)), seed=config.seed)
-
     import sklearn
     from threadpoolctl import threadpool_limits
 
     env = {**runs.environment(), "scikit_learn": sklearn.__version__}
-    runs.write_json_atomic(Path(run_dir) / runs.CONFIG_FILE, {**config.to_dict(), "environment": env})
-    observer.on_train_start(config=config, run_dir=run_dir, steps_per_epoch=1, samples=len(fit_idx))
-    observer.on_epoch_start(epoch=1, epochs=1, steps=1)
-
+    runs.write_json_atomic(run_dir / runs.CONFIG_FILE, {**config.to_dict(), "environment": env})
+    callback.on_train_start(config=config, run_dir=run_dir, steps_per_epoch=1, samples=len(fit_indices))
+    callback.on_epoch_start(epoch=1, epochs=1, steps=1)
+    train = dataset.train
     # --threads caps BLAS/OpenMP threads and scikit-learn's jobs; spinning OpenMP threads on a busy machine
     # can make a fit many times slower than one thread.
-    limit = threadpool_limits(limits=config.threads) if config.threads else contextlib.nullcontext()
-    with limit:
+    with threadpool_limits(limits=config.threads) if config.threads else contextlib.nullcontext():
         fit_start = time.perf_counter()
-        model = fit_classical_model(config.model, train.images[fit_idx], train.labels[fit_idx],
+        model = fit_classical_model(config.model, train.images[fit_indices], train.labels[fit_indices],
                                     options=config.options, seed=config.seed, num_classes=len(dataset.class_names),
-                                    train_indices=fit_idx, n_jobs=config.threads or -1)
+                                    train_indices=fit_indices, n_jobs=config.threads or -1)
         fit_seconds = time.perf_counter() - fit_start
-        observer.on_step(step=1, steps=1, running=lambda: (float("nan"), float("nan")))
-
-        sample = subsample_indices(fit_idx, max_train=TRAIN_SAMPLE_FOR_METRICS, seed=config.seed)
+        callback.on_step(step=1, steps=1, running=lambda: (float("nan"), float("nan")))
+        sample = subsample_indices(fit_indices, max_train=TRAIN_SAMPLE_FOR_METRICS, seed=config.seed)
         train_loss, train_accuracy = _score_split(model, train.images[sample], train.labels[sample])
         val_loss = val_accuracy = None
-        if len(val_idx):
-            val_loss, val_accuracy = _score_split(model, train.images[val_idx], train.labels[val_idx])
+        if len(val_indices):
+            val_loss, val_accuracy = _score_split(model, train.images[val_indices], train.labels[val_indices])
+        eval_start = time.perf_counter()
+        test_loss, test_accuracy = _score_split(model, dataset.test.images, dataset.test.labels)
+        eval_seconds = time.perf_counter() - eval_start
     record = EpochRecord(epoch=1, loss=float("nan") if train_loss is None else train_loss, accuracy=train_accuracy,
                          val_loss=val_loss, val_accuracy=val_accuracy, seconds=round(fit_seconds, 4))
-    history_rows = [{**dataclasses.asdict(record), "loss": train_loss}]  # JSON null, not NaN, for "no loss"
-
+    history_rows = [record.to_dict()]  # JSON null, not NaN, for "no loss"
     runs.write_bytes_atomic(run_dir / runs.WEIGHTS_FILE, classical_weights_bytes(model))
     model_json = classical_model_record(model, class_names=dataset.class_names, dataset=dataset.name)
     runs.write_json_atomic(run_dir / runs.MODEL_FILE, model_json)
     runs.write_json_atomic(run_dir / runs.HISTORY_JSON, history_rows)
     runs.write_text_atomic(run_dir / runs.HISTORY_CSV, runs.history_csv_text(history_rows))
-    observer.on_epoch_end(record)
-
-    eval_start = time.perf_counter()
-    with threadpool_limits(limits=config.threads) if config.threads else contextlib.nullcontext():
-        test_loss, test_accuracy = _score_split(model, dataset.test.images, dataset.test.labels)
-    eval_seconds = time.perf_counter() - eval_start
+    callback.on_epoch_end(record)
+    meta = {key: value for key, value in model.meta.items() if key != "fingerprint"}
     metrics = {
         "status": "completed", "model": config.model, "family": "classical", "dataset": dataset.name,
         "epochs_completed": 1, "epochs": 1, "params": model_json["params"],
         "test_loss": test_loss, "test_accuracy": test_accuracy, "test_count": len(dataset.test),
-        "train_loss": train_loss, "train_accuracy": train_accuracy,
-        "train_metrics_samples": len(sample),
+        "train_loss": train_loss, "train_accuracy": train_accuracy, "train_metrics_samples": len(sample),
         "val_loss": val_loss, "val_accuracy": val_accuracy,
-        "train_samples": len(fit_idx), "val_samples": len(val_idx), "options": dict(config.options),
-        **model.meta,
+        "train_samples": len(fit_indices), "val_samples": len(val_indices), "options": dict(config.options), **meta,
         "train_seconds": round(fit_seconds, 3), "seconds_per_epoch": round(fit_seconds, 4),
-        "eval_seconds": round(eval_seconds, 3), "total_seconds": round(time.perf_counter() - started, 3),
-        "device": "cpu", "checksums": dataset.checksums, "environment": env,
+        "eval_seconds": round(eval_seconds, 3), "device": "cpu", "checksums": dataset.checksums, "environment": env,
     }
-    metrics.pop("fingerprint", None)
-    plot_curves([dataclasses.asdict(record)], run_dir / runs.CURVES_PNG, title=f"{config.model} on {dataset.name}")
-    runs.write_json_atomic(run_dir / runs.METRICS_FILE, metrics)
     test = EvalResult(loss=float("nan") if test_loss is None else test_loss, accuracy=test_accuracy,
                       count=len(dataset.test))
     return TrainResult(run_dir=run_dir, config=config, history=(record,), test=test, train_seconds=fit_seconds,

@@ -141,13 +141,12 @@ def _per_class_rows(columns: list[RunColumn]) -> list[tuple[str, ...]]:
     return rows
 
 
-def compare_runs(records: list[RunRecord], *, out_dir: str | os.PathLike[str],
+def compare_runs(records: list[RunRecord], *, out_dir: str | os.PathLike[str] | None = None,
                  html: str | os.PathLike[str] | None = None, device: str = "auto") -> Comparison:
-    """Compare ``records`` (at least two): write comparison.json, curves.png and report.html into ``out_dir``."""
+    """Compare ``records`` (at least two): write comparison.json, curves.png and report.html into ``out_dir``
+    (default ``runs/compare-<time>``). A comparison that fails leaves no folder behind."""
     from mnistlab.analysis import check_html_path
-    from mnistlab.htmlreport import compare_html
-    from mnistlab.report import plot_runs_curves
-    from mnistlab.runs import prepare_run_dir
+    from mnistlab.runs import default_run_dir, discard_folder, prepare_run_dir
 
     if len(records) < 2:
         raise MnistlabError("runs compare needs at least two run ids (`mnistlab runs list` shows them)")
@@ -155,7 +154,23 @@ def compare_runs(records: list[RunRecord], *, out_dir: str | os.PathLike[str],
         raise MnistlabError("runs compare: the same run is listed twice; give distinct ids")
     if html is not None:
         check_html_path(html)
-    out = prepare_run_dir(out_dir)
+    out = prepare_run_dir(out_dir) if out_dir is not None else default_run_dir("compare")
+    try:
+        return _compare_into(records, out=out, html=html, device=device)
+    except BaseException:
+        discard_folder(out, names=COMPARISON_FILES)
+        raise
+
+
+COMPARISON_FILES = ("comparison.json", "curves.png", "report.html")
+
+
+def _compare_into(records: list[RunRecord], *, out: Path, html: str | os.PathLike[str] | None,
+                  device: str) -> Comparison:
+    from mnistlab.analysis import check_html_path
+    from mnistlab.htmlreport import compare_html
+    from mnistlab.report import plot_runs_curves
+
     columns = []
     for record in records:
         evaluation, images, note = evaluation_on_test(record, device=device)

@@ -157,30 +157,38 @@ EVAL_BATCH_SIZE = 500
 DEFAULT_LR: dict[str, float] = {"rmsprop": 1e-3, "adam": 1e-3, "sgd": 1e-2}
 
 
+# Networks users add with ``mnistlab.models.register_model`` (in this process), beside the built-in MODELS.
+CUSTOM_MODELS: dict[str, ModelInfo] = {}
+
+
 def model_info(name: str) -> ModelInfo:
     """The :class:`ModelInfo` for ``name``, or a :class:`MnistlabError` listing the known models."""
     if name in MODELS:
         return MODELS[name]
+    if name in CUSTOM_MODELS:
+        return CUSTOM_MODELS[name]
     if name in CLASSICAL_MODELS:
         return CLASSICAL_MODELS[name]
-    raise MnistlabError(f"unknown model {name!r}; choose one of {', '.join(MODELS)} "
-                        f"or a classical baseline: {', '.join(CLASSICAL_MODELS)}")
+    custom = f", your registered {', '.join(CUSTOM_MODELS)}" if CUSTOM_MODELS else ""
+    raise MnistlabError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}{custom} "
+                        f"or a classical baseline: {', '.join(CLASSICAL_MODELS)} "
+                        "(a model of your own: mnistlab.models.register_model)")
 
 
 def parse_option(model: str, text: str) -> tuple[str, int | float]:
     """``"k=5"`` -> ``("k", 5)`` for a classical model, typed like the option's default."""
     info = model_info(model)
     if info.family != "classical":
-        raise MnistlabError(f"--option applies to classical models ({', '.join(CLASSICAL_MODELS)}), not {model}")
+        raise MnistlabError(f"`options` applies to classical models ({', '.join(CLASSICAL_MODELS)}), not {model}")
     key, sep, raw = text.partition("=")
     key = key.strip().replace("-", "_")
     if not sep or key not in info.options:
-        raise MnistlabError(f"--option {text!r}: use KEY=VALUE with KEY one of {', '.join(info.options)} for {model}")
+        raise MnistlabError(f"`options` {text!r}: use KEY=VALUE with KEY one of {', '.join(info.options)} for {model}")
     kind = type(info.options[key])
     try:
         return key, kind(raw.strip())
     except ValueError:
-        raise MnistlabError(f"--option {text!r}: {key} must be {'a whole number' if kind is int else 'a number'}"
+        raise MnistlabError(f"`options` {text!r}: {key} must be {'a whole number' if kind is int else 'a number'}"
                             ) from None
 
 
@@ -195,16 +203,16 @@ def _check_options(model: str, options: Mapping[str, Any]) -> dict[str, int | fl
     for key, default in info.options.items():
         value = options.get(key, default)
         if isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int)):
-            raise MnistlabError(f"--option {key}={value!r}: must be a whole number")
+            raise MnistlabError(f"`options` {key}={value!r}: must be a whole number")
         if isinstance(default, float):
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise MnistlabError(f"--option {key}={value!r}: must be a number")
+                raise MnistlabError(f"`options` {key}={value!r}: must be a number")
             value = float(value)
         minimum = 0 if key == "max_train" else 1
         if isinstance(default, int) and value < minimum:
-            raise MnistlabError(f"--option {key}={value}: must be >= {minimum}")
+            raise MnistlabError(f"`options` {key}={value}: must be >= {minimum}")
         if isinstance(default, float) and not value > 0:
-            raise MnistlabError(f"--option {key}={value}: must be > 0")
+            raise MnistlabError(f"`options` {key}={value}: must be > 0")
         merged[key] = value
     return merged
 
@@ -242,29 +250,29 @@ class TrainConfig:
         if info.family == "classical":
             object.__setattr__(self, "options", _check_options(self.model, self.options))
         elif self.options:
-            raise MnistlabError(f"{self.model} is a network and takes no --option; "
+            raise MnistlabError(f"{self.model} is a network and takes no `options`; "
                                 f"options are for {', '.join(CLASSICAL_MODELS)}")
         _choice(self.val_method, VAL_METHODS, "val_method")
         if self.val_method != "mnistlab" and info.family != "classical":
             raise MnistlabError(f"val_method {self.val_method!r} is only for classical models")
-        _choice(self.optimizer, OPTIMIZER_NAMES, "--optimizer")
-        _choice(self.device, DEVICE_NAMES, "--device")
-        _choice(self.precision, PRECISION_NAMES, "--precision")
-        _choice(self.schedule, SCHEDULE_NAMES, "--schedule")
+        _choice(self.optimizer, OPTIMIZER_NAMES, "`optimizer`")
+        _choice(self.device, DEVICE_NAMES, "`device`")
+        _choice(self.precision, PRECISION_NAMES, "`precision`")
+        _choice(self.schedule, SCHEDULE_NAMES, "`schedule`")
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise MnistlabError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+            raise MnistlabError(f"`label_smoothing` must be in [0, 1), got {self.label_smoothing}")
         if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise MnistlabError(f"--epochs must be a whole number >= 1, got {self.epochs}")
+            raise MnistlabError(f"`epochs` must be a whole number >= 1, got {self.epochs}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise MnistlabError(f"--batch-size must be a whole number >= 1, got {self.batch_size}")
+            raise MnistlabError(f"`batch_size` must be a whole number >= 1, got {self.batch_size}")
         if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
-            raise MnistlabError(f"--lr must be a finite number > 0, got {self.lr}")
+            raise MnistlabError(f"`lr` must be a finite number > 0, got {self.lr}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            raise MnistlabError(f"--seed must be a whole number in 0..{2**32 - 1}, got {self.seed}")
+            raise MnistlabError(f"`seed` must be a whole number in 0..{2**32 - 1}, got {self.seed}")
         if not 0.0 <= self.val_split < 1.0:
-            raise MnistlabError(f"--val-split must be in [0, 1), got {self.val_split}")
+            raise MnistlabError(f"`val_split` must be in [0, 1), got {self.val_split}")
         if self.threads is not None and self.threads < 1:
-            raise MnistlabError(f"--threads must be >= 1, got {self.threads}")
+            raise MnistlabError(f"`threads` must be >= 1, got {self.threads}")
         if self.eval_batch_size < 1:
             raise MnistlabError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
 
@@ -275,16 +283,16 @@ class TrainConfig:
         recipe = info.recipe
         given = {key: value for key, value in overrides.items() if value is not None}
         if info.family == "classical":
-            network_only = (("epochs", "--epochs"), ("batch_size", "--batch-size"), ("optimizer", "--optimizer"),
-                            ("lr", "--lr"), ("schedule", "--schedule"), ("label_smoothing", "--label-smoothing"),
-                            ("precision", "--precision"))
+            network_only = (("epochs", "`epochs`"), ("batch_size", "`batch_size`"), ("optimizer", "`optimizer`"),
+                            ("lr", "`lr`"), ("schedule", "`schedule`"), ("label_smoothing", "`label_smoothing`"),
+                            ("precision", "`precision`"))
             flags = [flag for key, flag in network_only if key in given]
             if flags:
                 verb = "does" if len(flags) == 1 else "do"
                 raise MnistlabError(f"{', '.join(flags)} {verb} not apply to {model}, a classical model fitted in "
-                                    f"one go; set its options with --option KEY=VALUE ({', '.join(info.options)})")
+                                    f"one go; set its options with `options` KEY=VALUE ({', '.join(info.options)})")
         optimizer = given.pop("optimizer", recipe.optimizer)
-        _choice(optimizer, OPTIMIZER_NAMES, "--optimizer")
+        _choice(optimizer, OPTIMIZER_NAMES, "`optimizer`")
         lr = given.pop("lr", None)
         if lr is None:
             # A recipe's own lr belongs to its own optimizer; another optimizer gets its Keras default.

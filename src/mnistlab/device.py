@@ -21,10 +21,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
-        raise MnistlabError(f"--device cuda: no CUDA GPU is available (torch {torch.__version__} is {build}); "
-                            "use --device cpu, or install a CUDA build of torch (README: GPU install)")
+        raise MnistlabError(f"`device` cuda: no CUDA GPU is available (torch {torch.__version__} is {build}); "
+                            "use `device` cpu, or install a CUDA build of torch (README: GPU install)")
     if name not in ("cpu", "cuda"):
-        raise MnistlabError(f"--device {name!r} is not one of auto, cpu, cuda")
+        raise MnistlabError(f"`device` {name!r} is not one of auto, cpu, cuda")
     return torch.device(name)
 
 
@@ -68,7 +68,7 @@ def resolve_precision(requested: str, device: torch.device) -> tuple[Precision, 
         return "bf16", None
     if requested == "bf16":
         where = "this GPU" if device.type == "cuda" else "this CPU (no AVX512-BF16/AMX)"
-        return "fp32", f"--precision bf16: {where} has no native bf16, training in fp32 instead"
+        return "fp32", f"`precision` bf16: {where} has no native bf16, training in fp32 instead"
     return "fp32", None
 
 

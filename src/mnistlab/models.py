@@ -106,6 +106,55 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def register_model(
+    name: str | None = None,
+    *,
+    description: str = "a network registered by the user",
+    epochs: int = 10,
+    batch_size: int = 128,
+    optimizer: str = "adam",
+    lr: float | None = None,
+    replace: bool = False,
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: make ``builder`` (``builder(num_classes=10) -> nn.Module``) a model mnistlab trains by name.
+
+    A registered model trains, saves, reloads, evaluates, predicts and serves like the built-in ones; its
+    recipe (epochs, batch, optimizer, lr) is the default for ``mnistlab.train(name)``. The module must take
+    ``(B, 1, 28, 28)`` floats in [0, 1] and return logits ``(B, num_classes)``. Reloading a run in a new
+    process needs the same registration first (a run never imports code named in its files).
+    """
+    from mnistlab.config import CLASSICAL_MODELS, CUSTOM_MODELS, MODELS, ModelInfo, Recipe
+
+    def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        key = name or builder.__name__
+        if not key.replace("-", "_").replace("_", "a").isalnum():
+            raise MnistlabError(f"model name {key!r}: use letters, digits, '-' and '_'")
+        if key in MODELS or key in CLASSICAL_MODELS:
+            raise MnistlabError(f"model name {key!r} is a built-in model; choose another name")
+        if key in CUSTOM_MODELS and not replace and BUILDERS.get(key) is not builder:
+            raise MnistlabError(f"model {key!r} is already registered; pass replace=True to change it")
+        recipe = Recipe(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr)  # type: ignore[arg-type]
+        CUSTOM_MODELS[key] = ModelInfo(key, description, recipe)
+        BUILDERS[key] = builder
+        return builder
+
+    return decorate
+
+
+def build(name: str, *, num_classes: int = NUM_CLASSES, seed: int | None = None) -> nn.Module:
+    """The network ``name`` (built-in or registered) with Keras initialisation; ``seed`` makes it reproducible."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    return build_model(name, num_classes=num_classes)
+
+
+def summary(model: str | nn.Module, *, name: str | None = None) -> ModelSummary:
+    """The Keras-style summary of a network given by name or as a module (``print(summary("cnn"))``)."""
+    if isinstance(model, str):
+        return summarize(build_model(model), name=model)
+    return summarize(model, name=name or type(model).__name__)
+
+
 def is_convolutional(model: nn.Module) -> bool:
     """True when the model has conv layers (they run faster with channels-last activations on CPU and GPU)."""
     return any(isinstance(module, nn.Conv2d) for module in model.modules())
@@ -117,7 +166,13 @@ def build_model(name: str, *, num_classes: int = NUM_CLASSES) -> nn.Module:
     if info.family != "network":
         raise MnistlabError(f"{name} is a classical baseline ({info.description}), not a network: "
                             "it has no layers to build or summarise")
-    return keras_init_(BUILDERS[name](num_classes=num_classes))
+    from mnistlab.config import CUSTOM_MODELS
+
+    built = BUILDERS[name](num_classes=num_classes)
+    if not isinstance(built, nn.Module):
+        raise MnistlabError(f"model {name!r}: its builder returned {type(built).__name__}, not a torch nn.Module")
+    # Built-in networks get Keras' initialisation; a user's own network keeps the initialisation it chose.
+    return built if name in CUSTOM_MODELS else keras_init_(built)
 
 
 def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
@@ -150,6 +205,22 @@ class ModelSummary:
     def non_trainable_params(self) -> int:
         """Parameters without gradients (always 0 for mnistlab's models)."""
         return self.total_params - self.trainable_params
+
+    def __str__(self) -> str:
+        """The Keras-style table as plain text (what ``print(summary)`` shows in a notebook)."""
+        def shape(dims: tuple[int | None, ...]) -> str:
+            return "(" + ", ".join("None" if d is None else str(d) for d in dims) + ")"
+
+        rows = [(f"{row.name} ({row.kind})", shape(row.output_shape), f"{row.params:,}") for row in self.layers]
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(("Layer (type)", "Output Shape",
+                                                                                   "Param #"))]
+        line = "  ".join(f"{{:<{w}}}" for w in widths)
+        rule = "-" * (sum(widths) + 4)
+        body = [f"Model: {self.model}", rule, line.format("Layer (type)", "Output Shape", "Param #"), rule]
+        body += [line.format(*r) for r in rows]
+        body += [rule, f"Total params: {self.total_params:,}", f"Trainable params: {self.trainable_params:,}",
+                 f"Non-trainable params: {self.non_trainable_params:,}"]
+        return "\n".join(body)
 
 
 def summarize(model: nn.Module, *, name: str, input_shape: tuple[int, ...] = INPUT_SHAPE) -> ModelSummary:
@@ -207,6 +278,7 @@ def model_record(name: str, model: nn.Module, *, class_names: tuple[str, ...], d
         "input_shape": list(INPUT_SHAPE),
         "params": count_parameters(model),
         "precision": precision,
+        "custom": name not in ("softmax", "mlp", "cnn", "fast"),
     }
 
 
@@ -255,11 +327,12 @@ def load_trained_model(run_dir: str | os.PathLike[str], *, device: torch.device 
     if run.model.get("family") == "classical":
         raise MnistlabError(f"{run.path} holds a classical {name} model, not a network; predict and serve need a "
                             f"network run ({', '.join(BUILDERS)}); `mnistlab evaluate` scores classical runs")
-    try:
-        model = BUILDERS[name](num_classes=int(run.model.get("num_classes", NUM_CLASSES)))
-    except KeyError:
-        raise MnistlabError(f"{run.path}: model {name!r} is not one this mnistlab knows "
-                            f"({', '.join(BUILDERS)})") from None
+    if name not in BUILDERS:
+        custom = run.model.get("custom")
+        hint = ("it is a custom model: call mnistlab.models.register_model for it in this process first"
+                if custom else f"known: {', '.join(BUILDERS)}")
+        raise MnistlabError(f"{run.path}: model {name!r} is not one this mnistlab knows; {hint}")
+    model = BUILDERS[name](num_classes=int(run.model.get("num_classes", NUM_CLASSES)))
     load_weights(model, run.path / WEIGHTS_FILE, model_name=name)
     layout = torch.channels_last if is_convolutional(model) else torch.contiguous_format
     return model.to(device, memory_format=layout).eval(), run

@@ -100,3 +100,82 @@ class ConsoleObserver(Callback):
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (where a terminal progress bar cannot redraw)."""
+    import sys
+
+    shell = sys.modules.get("IPython")
+    if shell is None:
+        return False
+    try:
+        ipython = shell.get_ipython()  # type: ignore[attr-defined]
+    except AttributeError:
+        return False
+    return ipython is not None and type(ipython).__name__ == "ZMQInteractiveShell"
+
+
+class NotebookProgress(Callback):
+    """Progress for Jupyter: one live-updating line per epoch (step, running loss, ETA), kept as output."""
+
+    REFRESH_SECONDS = 0.25
+
+    def __init__(self, *, label: str = "") -> None:
+        self.label = label
+        self.epochs = 0
+        self._handle: Any = None
+        self._epoch = 0
+        self._started = 0.0
+        self._last = 0.0
+
+    def _show(self, text: str) -> None:
+        from IPython.display import display
+
+        if self._handle is None:
+            self._handle = display({"text/plain": text}, raw=True, display_id=True)
+        else:
+            self._handle.update({"text/plain": text}, raw=True)
+
+    def on_train_start(self, *, config: TrainConfig, run_dir: Path, steps_per_epoch: int, samples: int) -> None:
+        self.epochs = config.epochs
+        prefix = f"[{self.label}] " if self.label else ""
+        print(f"{prefix}training {config.model} on {config.dataset}: {samples:,} samples -> {run_dir}")
+
+    def on_epoch_start(self, *, epoch: int, epochs: int, steps: int) -> None:
+        self._handle, self._epoch = None, epoch
+        self._started = self._last = time.monotonic()
+
+    def on_step(self, *, step: int, steps: int, running: Callable[[], tuple[float, float]]) -> None:
+        now = time.monotonic()
+        if now - self._last < self.REFRESH_SECONDS and step != steps:
+            return
+        self._last = now
+        loss, acc = running()
+        eta = (now - self._started) / step * (steps - step)
+        bar = "#" * round(20 * step / steps)
+        self._show(f"epoch {self._epoch}/{self.epochs} [{bar:<20}] {step}/{steps}  loss {loss:.4f}  "
+                   f"acc {acc:.4f}  ETA {eta:.0f} s")
+
+    def on_epoch_end(self, record: EpochRecord) -> None:
+        self._show(format_epoch(record, self.epochs))
+
+    def on_message(self, text: str) -> None:
+        print(f"note: {text}")
+
+
+def make_progress(mode: str = "auto", *, label: str = "", console: Console | None = None) -> Callback:
+    """A progress display: ``bar`` (rich, terminals), ``lines`` (one line per epoch), ``notebook`` (Jupyter),
+    or ``auto``: the notebook display inside Jupyter, else a bar on a terminal and lines elsewhere."""
+    if mode == "notebook" or (mode == "auto" and in_notebook()):
+        return NotebookProgress(label=label)
+    observer = ConsoleObserver(console, label=label)
+    if mode == "lines":
+        observer.live = False
+    elif mode == "bar":
+        observer.live = True
+    elif mode != "auto":
+        from mnistlab.errors import MnistlabError
+
+        raise MnistlabError(f"progress {mode!r} is not one of auto, bar, lines, notebook, none")
+    return observer

@@ -233,22 +233,22 @@ class Registry:
         """
         path = default_registry_path(path)
         if path.exists() and not path.is_file():
-            raise MnistlabError(f"registry {path}: is not a file; pass --registry with a file path")
+            raise MnistlabError(f"registry {path}: is not a file; pass `registry` with a file path")
         if not create and (not path.exists() or path.stat().st_size == 0):
             # Reading commands never create (or initialise an empty) registry file.
             raise MnistlabError(f"registry {path} holds no runs yet; "
-                                "`mnistlab train MODEL` records one, or pass --registry PATH")
+                                "`mnistlab train MODEL` records one, or pass `registry` PATH")
         if not path.exists():
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise MnistlabError(f"registry {path}: cannot create its folder ({exc.strerror}); "
-                                    "pass --registry PATH or set MNISTLAB_HOME") from None
+                                    "pass `registry` PATH or set MNISTLAB_HOME") from None
         cls._check_header(path)
         try:
             connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         except sqlite3.Error as exc:
-            raise MnistlabError(f"registry {path}: cannot open it ({exc}); pass --registry PATH") from None
+            raise MnistlabError(f"registry {path}: cannot open it ({exc}); pass `registry` PATH") from None
         connection.row_factory = sqlite3.Row
         registry = cls(path, connection)
         try:
@@ -267,7 +267,7 @@ class Registry:
     @staticmethod
     def _corrupt(path: Path, reason: str) -> MnistlabError:
         return MnistlabError(f"registry {path}: not a usable mnistlab registry ({reason}); it was left untouched: "
-                             "move it aside to start a new one, or pass --registry PATH")
+                             "move it aside to start a new one, or pass `registry` PATH")
 
     @classmethod
     def _check_header(cls, path: Path) -> None:
@@ -323,7 +323,7 @@ class Registry:
             raise sqlite3.DatabaseError(f"its schema version {meta.get('schema_version')!r} is not a number") from None
         if version > SCHEMA_VERSION:
             raise MnistlabError(f"registry {self.path}: written by a newer mnistlab (schema {version} > "
-                                f"{SCHEMA_VERSION}); upgrade mnistlab or pass --registry PATH")
+                                f"{SCHEMA_VERSION}); upgrade mnistlab or pass `registry` PATH")
         return True
 
     def _set_wal(self) -> None:
@@ -468,7 +468,7 @@ class Registry:
         if sort is not None:
             known = sorted({key for record in self.all_runs() for key in record.figures()})
             if sort not in known:
-                raise MnistlabError(f"--sort {sort!r}: no run has that figure; choose one of {', '.join(known)}")
+                raise MnistlabError(f"`sort` {sort!r}: no run has that figure; choose one of {', '.join(known)}")
             descending = "accuracy" in sort
             present = [r for r in records if sort in r.figures()]
             absent = [r for r in records if sort not in r.figures()]

@@ -27,15 +27,26 @@ def _pyplot() -> Any:
     return plt
 
 
-def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 110) -> Path:
-    """Render ``fig`` to PNG bytes and write them atomically; closes the figure."""
+def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 110, image_format: str = "png") -> Path:
+    """Render ``fig`` and write it atomically as ``image_format`` (PNG, or any format Pillow writes);
+    closes the figure."""
     plt = _pyplot()
     buffer = io.BytesIO()
     try:
         fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     finally:
         plt.close(fig)
-    return write_bytes_atomic(path, buffer.getvalue())
+    data = buffer.getvalue()
+    if image_format != "png":
+        from PIL import Image
+
+        converted = io.BytesIO()
+        with Image.open(io.BytesIO(data)) as img:
+            # JPEG and BMP have no alpha channel: flatten onto white, as the figure's background is.
+            flat = img.convert("RGB") if image_format in ("jpeg", "bmp", "gif") else img
+            flat.save(converted, format=image_format.upper())
+        data = converted.getvalue()
+    return write_bytes_atomic(path, data)
 
 
 def _integer_ticks() -> Any:
@@ -73,8 +84,9 @@ def plot_digit_grid(
     class_names: Sequence[str],
     indices: Sequence[int] | None = None,
     title: str = "",
+    image_format: str = "png",
 ) -> Path:
-    """A labelled grid of uint8 images (white ink on black, as stored) saved as a PNG."""
+    """A labelled grid of uint8 images (white ink on black, as stored), saved as ``image_format``."""
     plt = _pyplot()
     count = len(images)
     cols = max(1, math.ceil(math.sqrt(count)))
@@ -91,7 +103,7 @@ def plot_digit_grid(
         ax.set_title(caption, fontsize=8)
     if title:
         fig.suptitle(title)
-    return save_figure(fig, path)
+    return save_figure(fig, path, image_format=image_format)
 
 
 def plot_reproduce_comparison(rows: Sequence[Any], path: str | os.PathLike[str]) -> Path:

@@ -53,3 +53,5 @@ class TrainResult:
     test: EvalResult
     train_seconds: float
     metrics: dict[str, Any] = field(default_factory=dict)
+    # The trained torch module for a network (None for a classical model); not compared or printed.
+    model: Any = field(default=None, compare=False, repr=False)

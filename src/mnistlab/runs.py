@@ -143,39 +143,44 @@ def default_run_dir(model: str, *, root: str | os.PathLike[str] = "runs") -> Pat
             candidate = base.with_name(f"{base.name}-{n}")
         except OSError as exc:
             raise MnistlabError(f"{candidate.parent}: cannot create a run folder here ({exc.strerror}); "
-                                "pass --out") from None
+                                "pass `run_dir`") from None
 
 
 def prepare_run_dir(path: str | os.PathLike[str]) -> Path:
     """Create ``path`` for a new run; refuse a folder that already holds files (never overwrite a run)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise MnistlabError(f"--out {path}: exists and is not a folder; choose a new folder name")
+        raise MnistlabError(f"`run_dir` {path}: exists and is not a folder; choose a new folder name")
     if path.is_dir() and any(path.iterdir()):
         what = "a run" if (path / CONFIG_FILE).exists() else "files"
-        raise MnistlabError(f"--out {path}: already holds {what}; choose a new folder (runs are never overwritten)")
+        raise MnistlabError(f"`run_dir` {path}: already holds {what}; choose a new folder (runs are never overwritten)")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise MnistlabError(f"--out {path}: cannot create it ({exc.strerror}); choose a writable folder") from None
+        raise MnistlabError(f"`run_dir` {path}: cannot create it ({exc.strerror}); choose a writable folder") from None
     if not os.access(path, os.W_OK):
-        raise MnistlabError(f"--out {path}: not writable; choose a writable folder")
+        raise MnistlabError(f"`run_dir` {path}: not writable; choose a writable folder")
     return path
 
 
 RUN_FILES = (CONFIG_FILE, MODEL_FILE, WEIGHTS_FILE, HISTORY_JSON, HISTORY_CSV, CURVES_PNG, METRICS_FILE)
 
 
-def discard_run_dir(path: str | os.PathLike[str]) -> None:
-    """Remove a run that never completed an epoch: its run files, then the folder if that left it empty.
+def discard_folder(path: str | os.PathLike[str], *, names: tuple[str, ...]) -> None:
+    """Delete the files called ``names`` in ``path``, then the folder if that left it empty.
 
-    Only mnistlab's own file names are deleted, so anything else that appeared there survives.
+    Only the given (mnistlab's own) file names are deleted, so anything else that appeared there survives.
     """
     path = Path(path)
-    for name in RUN_FILES:
+    for name in names:
         (path / name).unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # not empty (someone else's files) or already gone
         path.rmdir()
+
+
+def discard_run_dir(path: str | os.PathLike[str]) -> None:
+    """Remove a run that never completed an epoch: its run files, then the folder if that left it empty."""
+    discard_folder(path, names=RUN_FILES)
 
 
 def check_run_dir(path: str | os.PathLike[str]) -> Path:

@@ -15,21 +15,22 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mnistlab import runs
-from mnistlab.callbacks import Callback
+from mnistlab.callbacks import Callback, CallbackList
 from mnistlab.config import TrainConfig
 from mnistlab.data import Dataset, load_dataset, train_val_indices
-from mnistlab.device import resolve_device, resolve_precision, tune_cpu_allocator
+from mnistlab.device import Precision, resolve_device, resolve_precision, tune_cpu_allocator
 from mnistlab.errors import MnistlabError, TrainingInterrupted
 from mnistlab.inference import as_uint8_tensor, evaluate_model
 from mnistlab.models import build_model, is_convolutional, model_record, prepare_batch, weights_bytes
@@ -72,7 +73,7 @@ def build_schedule(name: str, optimizer: Optimizer, *, lr: float, total_steps: i
         return None
     if name == "onecycle":
         return OneCycle(optimizer, max_lr=lr, total_steps=total_steps, warmup=0.25)
-    raise MnistlabError(f"--schedule {name!r} is not one of constant, onecycle")
+    raise MnistlabError(f"`schedule` {name!r} is not one of constant, onecycle")
 
 
 def build_optimizer(name: str, params: Any, *, lr: float) -> Optimizer:
@@ -88,7 +89,7 @@ def build_optimizer(name: str, params: Any, *, lr: float) -> Optimizer:
         return Adam(params, lr=lr, beta1=0.9, beta2=0.999, eps=1e-7)
     if name == "sgd":
         return SGDMomentum(params, lr=lr, momentum=0.9)
-    raise MnistlabError(f"--optimizer {name!r} is not one of rmsprop, adam, sgd")
+    raise MnistlabError(f"`optimizer` {name!r} is not one of rmsprop, adam, sgd")
 
 
 @contextmanager
@@ -111,29 +112,33 @@ def interrupts_deferred() -> Iterator[None]:
                 raise KeyboardInterrupt
 
 
+def _write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
+    """The one writer of ``metrics.json``, for networks and classical models, finished or stopped."""
+    runs.write_json_atomic(run_dir / runs.METRICS_FILE, metrics)
+
+
 def _stop_early(run_dir: Path, config: TrainConfig, history: list[EpochRecord], env: dict[str, Any],
                 train_seconds: float, *, status: str) -> None:
     """Record why a run stopped before its last epoch; its files still describe the last completed epoch."""
     if not history:
         return  # fit() discards a run directory without a single completed epoch
-    metrics = {"status": status, "epochs_completed": len(history), "epochs": config.epochs,
-               "train_seconds": round(train_seconds, 3), "environment": env}
-    runs.write_json_atomic(run_dir / runs.METRICS_FILE, metrics)
+    _write_metrics(run_dir, {"status": status, "model": config.model, "epochs_completed": len(history),
+                             "epochs": config.epochs, "train_seconds": round(train_seconds, 3), "environment": env})
     _write_curves(run_dir, history, title=f"{config.model} ({status})")
 
 
 def _save_epoch(run_dir: Path, model: nn.Module, history: list[EpochRecord]) -> None:
     """Checkpoint weights and history; each file is replaced atomically, weights first."""
     runs.write_bytes_atomic(run_dir / runs.WEIGHTS_FILE, weights_bytes(model))
-    rows = [asdict(record) for record in history]
+    rows = [record.to_dict() for record in history]
     runs.write_json_atomic(run_dir / runs.HISTORY_JSON, rows)
     runs.write_text_atomic(run_dir / runs.HISTORY_CSV, runs.history_csv_text(rows))
 
 
-def _write_curves(run_dir: Path, history: list[EpochRecord], title: str) -> None:
+def _write_curves(run_dir: Path, history: Sequence[EpochRecord], title: str) -> None:
     from mnistlab.report import plot_curves
 
-    plot_curves([asdict(record) for record in history], run_dir / runs.CURVES_PNG, title=title)
+    plot_curves([record.to_dict() for record in history], run_dir / runs.CURVES_PNG, title=title)
 
 
 def fit(
@@ -141,66 +146,110 @@ def fit(
     *,
     run_dir: str | Path,
     dataset: Dataset | None = None,
+    callbacks: Sequence[Callback] = (),
     observer: Callback | None = None,
 ) -> TrainResult:
-    """Train ``config.model`` and write a complete run directory at ``run_dir`` (created; must be new/empty).
+    """Train (or, for a classical model, fit) ``config.model`` into a new run directory at ``run_dir``.
 
-    After every epoch the directory holds that epoch's weights and history, so Ctrl-C (raised here as
-    :class:`TrainingInterrupted`) leaves a valid run of the last completed epoch. Same config and seed on
-    the CPU give the same numbers.
+    ``fit`` owns the directory's lifecycle for every kind of model: it claims ``run_dir`` (created; must be new
+    or empty), and if the run stops before its first epoch completes (an error, Ctrl-C, divergence), it removes
+    what it wrote, so the folder can be reused. After every epoch the directory holds that epoch's weights and
+    history, so Ctrl-C (raised as :class:`TrainingInterrupted`) leaves a valid run of the last completed
+    epoch. ``callbacks`` (and ``observer``, one more) hear about progress and may stop the run after an epoch.
+    Same config and seed on the CPU give the same numbers.
     """
-    if config.family == "classical":
-        # Classical baselines are fitted in one go by scikit-learn; same run directory, different path.
-        from mnistlab.baselines import fit_classical
-
-        return fit_classical(config, run_dir=run_dir, dataset=dataset, observer=observer)  # type: ignore[no-any-return]
-    observer = observer or Callback()
+    hooks = CallbackList([*callbacks, *([observer] if observer is not None else [])])
     started = time.perf_counter()
-    # Everything that can be refused is checked before the run directory exists.
-    device = resolve_device(config.device)
-    # Set every time (not only when given): the thread count is process-wide, and a previous run in this
-    # process (e.g. reproduce's single-threaded MLP) must not leave the CNN on one thread.
-    torch.set_num_threads(config.threads or DEFAULT_THREADS)
+    device = None
+    if config.family == "network":
+        # Everything that can be refused is checked before the run directory exists.
+        device = resolve_device(config.device)
+        # Set every time (not only when given): the thread count is process-wide, and a previous run in this
+        # process (e.g. reproduce's single-threaded MLP) must not leave the CNN on one thread.
+        torch.set_num_threads(config.threads or DEFAULT_THREADS)
     if dataset is None:
         dataset = load_dataset(config.dataset, data_dir=config.data_dir)
     else:
         # Record where the data really came from, so evaluate/predict reload the same files.
         config = dataclasses.replace(config, dataset=dataset.name, data_dir=dataset.data_dir)
-
-    train_idx, val_idx = train_val_indices(len(dataset.train), val_fraction=config.val_split, seed=config.seed)
-    if len(train_idx) == 0:
-        raise MnistlabError(f"--val-split {config.val_split} leaves none of the {len(dataset.train):,} training "
-                            "images to train on; use a smaller --val-split")
-    run_dir = runs.prepare_run_dir(run_dir)
+    train_idx, val_idx = _split(config, dataset)
+    path = runs.prepare_run_dir(run_dir)
     try:
-        return _fit_into(config, run_dir=run_dir, dataset=dataset, observer=observer, device=device,
-                         train_idx=train_idx, val_idx=val_idx, started=started)
+        if device is None:
+            from mnistlab.baselines import fit_classical
+
+            result = fit_classical(config, run_dir=path, dataset=dataset, callback=hooks,
+                                   fit_indices=train_idx, val_indices=val_idx)
+        else:
+            result = _fit_network(config, run_dir=path, dataset=dataset, hooks=hooks, device=device,
+                                  train_idx=train_idx, val_idx=val_idx)
     except BaseException:
-        # Stopped (error, Ctrl-C, divergence) before the first epoch completed: nothing is worth keeping,
-        # and the leftovers would block reusing --out.
-        if not (run_dir / runs.HISTORY_JSON).exists():
-            runs.discard_run_dir(run_dir)
+        # Stopped before the first epoch completed: nothing is worth keeping, and the leftovers would block
+        # reusing the folder.
+        if not (path / runs.HISTORY_JSON).exists():
+            runs.discard_run_dir(path)
         raise
+    metrics = {**result.metrics, "total_seconds": round(time.perf_counter() - started, 3)}
+    _write_curves(path, result.history, title=f"{config.model} on {dataset.name}")
+    _write_metrics(path, metrics)
+    return dataclasses.replace(result, metrics=metrics)
 
 
-def _fit_into(config: TrainConfig, *, run_dir: Path, dataset: Dataset, observer: Callback,
-              device: torch.device, train_idx: Any, val_idx: Any, started: float) -> TrainResult:
-    """The body of :func:`fit` once the run directory exists."""
+def _split(config: TrainConfig, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, validation) indices of the training split, checked to leave something to train on."""
+    n = len(dataset.train)
+    if config.family == "classical":
+        from mnistlab.baselines import holdout_indices, subsample_indices
+
+        fit_idx, val_idx = holdout_indices(n, val_fraction=config.val_split, seed=config.seed,
+                                           method=config.val_method)
+        fit_idx = subsample_indices(fit_idx, max_train=int(config.options.get("max_train", 0)), seed=config.seed)
+    else:
+        fit_idx, val_idx = train_val_indices(n, val_fraction=config.val_split, seed=config.seed)
+    if len(fit_idx) == 0:
+        raise MnistlabError(f"val_split={config.val_split} leaves none of the {n:,} training images to train on; "
+                            "use a smaller validation split")
+    return fit_idx, val_idx
+
+
+@dataclass
+class _Loop:
+    """What one network run trains with: data on the device, model, optimizer, schedule, shuffle order."""
+
+    config: TrainConfig
+    device: torch.device
+    precision: Precision
+    x_train: torch.Tensor          # (N, 28, 28) uint8
+    y_train: torch.Tensor          # (N,) int64
+    x_val: torch.Tensor | None
+    y_val: torch.Tensor | None
+    model: nn.Module
+    optimizer: Optimizer
+    schedule: OneCycle | None
+    shuffle: torch.Generator
+    channels_last: bool
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps per epoch (the last batch may be smaller)."""
+        return math.ceil(int(self.x_train.shape[0]) / self.config.batch_size)
+
+
+def _setup(config: TrainConfig, dataset: Dataset, device: torch.device, train_idx: np.ndarray,
+           val_idx: np.ndarray, hooks: Callback) -> _Loop:
+    """Move the data to the device once (uint8) and build model, optimizer and schedule from the seed."""
     # The whole (train) split goes to the device once, as uint8: 47 MB for MNIST.
     x_all = as_uint8_tensor(dataset.train.images, device)                        # (N, 28, 28) uint8
-    y_all = torch.tensor(dataset.train.labels, device=device).long()             # (N,)
+    y_all = torch.as_tensor(np.asarray(dataset.train.labels), device=device).long()  # (N,)
+    x_val = y_val = None
+    x_train, y_train = x_all, y_all
     if len(val_idx):
-        x_val, y_val = x_all[torch.from_numpy(val_idx).to(device)], y_all[torch.from_numpy(val_idx).to(device)]
-        x_train, y_train = x_all[torch.from_numpy(train_idx).to(device)], y_all[torch.from_numpy(train_idx).to(device)]
-    else:
-        x_val = y_val = None
-        x_train, y_train = x_all, y_all
-    n_train = int(x_train.shape[0])
-    steps = math.ceil(n_train / config.batch_size)
-
+        val_at, train_at = torch.from_numpy(val_idx).to(device), torch.from_numpy(train_idx).to(device)
+        x_val, y_val = x_all[val_at], y_all[val_at]
+        x_train, y_train = x_all[train_at], y_all[train_at]
     precision, note = resolve_precision(config.precision, device)
     if note:
-        observer.on_message(note)
+        hooks.on_message(note)
     if device.type == "cpu":
         tune_cpu_allocator()
     torch.manual_seed(config.seed)
@@ -208,97 +257,103 @@ def _fit_into(config: TrainConfig, *, run_dir: Path, dataset: Dataset, observer:
     channels_last = is_convolutional(model)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     optimizer = build_optimizer(config.optimizer, model.parameters(), lr=config.lr)
+    steps = math.ceil(int(x_train.shape[0]) / config.batch_size)
     schedule = build_schedule(config.schedule, optimizer, lr=config.lr, total_steps=config.epochs * steps)
-    shuffle = torch.Generator(device=device).manual_seed(config.seed)
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    return _Loop(config=config, device=device, precision=precision, x_train=x_train, y_train=y_train,
+                 x_val=x_val, y_val=y_val, model=model, optimizer=optimizer, schedule=schedule,
+                 shuffle=torch.Generator(device=device).manual_seed(config.seed), channels_last=channels_last)
 
+
+def _train_epoch(loop: _Loop, hooks: Callback) -> tuple[float, float]:
+    """One pass over the shuffled training images; returns the epoch's running (loss, accuracy)."""
+    config, model, optimizer = loop.config, loop.model, loop.optimizer
+    autocast = torch.autocast(device_type=loop.device.type, dtype=torch.bfloat16, enabled=loop.precision == "bf16")
+    model.train()
+    order = torch.randperm(int(loop.x_train.shape[0]), generator=loop.shuffle, device=loop.device)
+    meter = RunningMeans(loop.device)
+    steps = loop.steps
+    for step in range(steps):
+        index = order[step * config.batch_size:(step + 1) * config.batch_size]
+        inputs = prepare_batch(loop.x_train[index], channels_last=loop.channels_last)  # (B, 1, 28, 28)
+        targets = loop.y_train[index]                                                   # (B,)
+        with autocast:
+            logits = model(inputs)                                                      # (B, 10)
+            loss = F.cross_entropy(logits, targets, label_smoothing=config.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if loop.schedule is not None:
+            loop.schedule.step()
+        meter.add(loss, logits, targets)
+        hooks.on_step(step=step + 1, steps=steps, running=meter.read)
+    return meter.read()
+
+
+def _fit_network(config: TrainConfig, *, run_dir: Path, dataset: Dataset, hooks: Callback, device: torch.device,
+                 train_idx: np.ndarray, val_idx: np.ndarray) -> TrainResult:
+    """The epochs of a network run, once the run directory is claimed; metrics.json is left to :func:`fit`."""
+    loop = _setup(config, dataset, device, train_idx, val_idx, hooks)
     env = runs.environment()
     runs.write_json_atomic(run_dir / runs.CONFIG_FILE, {**config.to_dict(), "environment": env})
-    record = model_record(config.model, model, class_names=dataset.class_names, dataset=dataset.name,
-                          precision=precision)
+    record = model_record(config.model, loop.model, class_names=dataset.class_names, dataset=dataset.name,
+                          precision=loop.precision)
     runs.write_json_atomic(run_dir / runs.MODEL_FILE, record)
-    observer.on_train_start(config=config, run_dir=run_dir, steps_per_epoch=steps, samples=n_train)
-
+    hooks.on_train_start(config=config, run_dir=run_dir, steps_per_epoch=loop.steps,
+                         samples=int(loop.x_train.shape[0]))
     history: list[EpochRecord] = []
-    train_seconds = 0.0
+    train_seconds, stopped_by = 0.0, None
     try:
         for epoch in range(1, config.epochs + 1):
-            observer.on_epoch_start(epoch=epoch, epochs=config.epochs, steps=steps)
+            hooks.on_epoch_start(epoch=epoch, epochs=config.epochs, steps=loop.steps)
             epoch_start = time.perf_counter()
-            model.train()
-            order = torch.randperm(n_train, generator=shuffle, device=device)
-            meter = RunningMeans(device)
-            for step in range(steps):
-                index = order[step * config.batch_size:(step + 1) * config.batch_size]
-                inputs = prepare_batch(x_train[index], channels_last=channels_last)  # (B, 1, 28, 28)
-                targets = y_train[index]                                             # (B,)
-                with autocast:
-                    logits = model(inputs)                                           # (B, 10)
-                    loss = F.cross_entropy(logits, targets, label_smoothing=config.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if schedule is not None:
-                    schedule.step()
-                meter.add(loss, logits, targets)
-                observer.on_step(step=step + 1, steps=steps, running=meter.read)
-
-            train_loss, train_acc = meter.read()
+            train_loss, train_acc = _train_epoch(loop, hooks)
             epoch_seconds = time.perf_counter() - epoch_start
             train_seconds += epoch_seconds
             if not math.isfinite(train_loss):
                 _stop_early(run_dir, config, history, env, train_seconds, status="diverged")
                 kept = f"{run_dir} keeps epoch {len(history)}" if history else "nothing was kept"
                 raise MnistlabError(f"training diverged in epoch {epoch} (the loss became {train_loss}); "
-                                    f"lower --lr (it was {config.lr:g}); {kept}")
+                                    f"lower `lr` (it was {config.lr:g}); {kept}")
             val = None
-            if x_val is not None:
-                val = evaluate_model(model, x_val, y_val, batch_size=config.eval_batch_size, device=device,
-                                     precision=precision)
-            record_epoch = EpochRecord(
-                epoch=epoch, loss=train_loss, accuracy=train_acc,
-                val_loss=val.loss if val else None, val_accuracy=val.accuracy if val else None,
-                seconds=round(epoch_seconds, 4),
-            )
+            if loop.x_val is not None and loop.y_val is not None:
+                val = evaluate_model(loop.model, loop.x_val, loop.y_val, batch_size=config.eval_batch_size,
+                                     device=device, precision=loop.precision)
+            row = EpochRecord(epoch=epoch, loss=train_loss, accuracy=train_acc,
+                              val_loss=val.loss if val else None, val_accuracy=val.accuracy if val else None,
+                              seconds=round(epoch_seconds, 4), lr=float(loop.optimizer.lr))
             # Weights and history change together: Ctrl-C waits until both files are replaced.
             with interrupts_deferred():
-                history.append(record_epoch)
-                _save_epoch(run_dir, model, history)
-            observer.on_epoch_end(record_epoch)
+                history.append(row)
+                _save_epoch(run_dir, loop.model, history)
+            if hooks.on_epoch_end(row) and epoch < config.epochs:
+                stopped_by = epoch
+                break
     except KeyboardInterrupt:
         _stop_early(run_dir, config, history, env, train_seconds, status="interrupted")
         raise TrainingInterrupted(run_dir=run_dir, epochs_completed=len(history)) from None
+    return _finish_network(loop, dataset, history, record, env, train_seconds, run_dir, stopped_by)
 
+
+def _finish_network(loop: _Loop, dataset: Dataset, history: list[EpochRecord], record: dict[str, Any],
+                    env: dict[str, Any], train_seconds: float, run_dir: Path, stopped_by: int | None) -> TrainResult:
+    """Score the trained network on the test split and assemble the run's metrics."""
+    config = loop.config
     eval_start = time.perf_counter()
-    test_images = as_uint8_tensor(dataset.test.images, device)
-    test = evaluate_model(model, test_images, dataset.test.labels, batch_size=config.eval_batch_size,
-                          device=device, precision=precision)
-    eval_seconds = time.perf_counter() - eval_start
+    test = evaluate_model(loop.model, as_uint8_tensor(dataset.test.images, loop.device), dataset.test.labels,
+                          batch_size=config.eval_batch_size, device=loop.device, precision=loop.precision)
     final = history[-1]
     metrics = {
-        "status": "completed",
-        "model": config.model,
-        "dataset": dataset.name,
-        "epochs_completed": len(history),
-        "epochs": config.epochs,
+        "status": "completed" if stopped_by is None else "stopped",
+        "model": config.model, "family": "network", "dataset": dataset.name,
+        "epochs_completed": len(history), "epochs": config.epochs, "stopped_after_epoch": stopped_by,
         "params": record["params"],
-        "test_loss": test.loss,
-        "test_accuracy": test.accuracy,
-        "test_count": test.count,
-        "train_loss": final.loss,
-        "train_accuracy": final.accuracy,
-        "val_loss": final.val_loss,
-        "val_accuracy": final.val_accuracy,
-        "train_seconds": round(train_seconds, 3),
-        "seconds_per_epoch": round(train_seconds / len(history), 4),
-        "eval_seconds": round(eval_seconds, 3),
-        "total_seconds": round(time.perf_counter() - started, 3),
-        "device": str(device),
-        "precision": precision,
-        "checksums": dataset.checksums,
-        "environment": env,
+        "test_loss": test.loss, "test_accuracy": test.accuracy, "test_count": test.count,
+        "train_loss": final.loss, "train_accuracy": final.accuracy,
+        "val_loss": final.val_loss, "val_accuracy": final.val_accuracy,
+        "train_seconds": round(train_seconds, 3), "seconds_per_epoch": round(train_seconds / len(history), 4),
+        "eval_seconds": round(time.perf_counter() - eval_start, 3),
+        "device": str(loop.device), "precision": loop.precision,
+        "checksums": dataset.checksums, "environment": env,
     }
-    _write_curves(run_dir, history, title=f"{config.model} on {dataset.name}")
-    runs.write_json_atomic(run_dir / runs.METRICS_FILE, metrics)
     return TrainResult(run_dir=run_dir, config=config, history=tuple(history), test=test,
-                       train_seconds=train_seconds, metrics=metrics)
+                       train_seconds=train_seconds, metrics=metrics, model=loop.model)

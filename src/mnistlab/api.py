@@ -1,0 +1,343 @@
+"""The Python API: ``mnistlab.train(...) -> Run`` and ``mnistlab.load(path or id) -> Run``.
+
+Everything the command line does goes through here, so a notebook gets the same records: the run directory,
+the registry row (with the data's checksums and the environment), the evaluation files. The CLI only parses
+flags, calls these functions, and renders what they return.
+
+    >>> import mnistlab
+    >>> run = mnistlab.train("cnn", epochs=3)          # doctest: +SKIP
+    >>> run.history["val_accuracy"], run.metrics["test_accuracy"]
+    >>> run.evaluate().accuracy
+    >>> run.predict(["my-digit.png"])[0].label
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from mnistlab.callbacks import Callback
+from mnistlab.config import TrainConfig
+from mnistlab.errors import MnistlabError, TrainingInterrupted
+from mnistlab.results import EpochRecord, EvalResult
+
+if TYPE_CHECKING:  # torch and the heavier modules load only when a Run needs them
+    from torch import nn
+
+    from mnistlab.analysis import Evaluation
+    from mnistlab.data import Dataset
+    from mnistlab.models import ModelSummary
+    from mnistlab.predict import Prediction, Predictor
+    from mnistlab.registry import Registry, RunRecord
+
+# ``registry=None``: the default registry ($MNISTLAB_HOME or the user's data folder); a path: that file;
+# ``False``: do not record.
+RegistryChoice = str | os.PathLike[str] | Literal[False] | None
+Progress = Literal["auto", "bar", "lines", "notebook", "none"] | bool
+
+
+def _open_registry(registry: RegistryChoice, *, create: bool = True) -> Registry | None:
+    if registry is False:
+        return None
+    from mnistlab.registry import Registry
+
+    return Registry.open(registry, create=create)
+
+
+def record_runs(run_dirs: Sequence[str | os.PathLike[str]], *, source: Literal["train", "evaluate", "reproduce"],
+                registry: RegistryChoice = None) -> list[RunRecord]:
+    """Record finished (or interrupted) runs in the registry; if that fails, the error says they are safe."""
+    opened = None
+    try:
+        opened = _open_registry(registry)
+        if opened is None:
+            return []
+        return [opened.record_run(run_dir, source=source) for run_dir in run_dirs]
+    except MnistlabError as exc:
+        where = ", ".join(str(run_dir) for run_dir in run_dirs)
+        raise MnistlabError(f"{where} saved, but not recorded in the registry: {exc} "
+                            "(evaluating the run records it later)") from None
+    finally:
+        if opened is not None:
+            opened.close()
+
+
+def check_registry(registry: RegistryChoice) -> None:
+    """Open (creating if needed) the registry before long work, so a bad one fails in milliseconds."""
+    opened = _open_registry(registry)
+    if opened is not None:
+        opened.close()
+
+
+def progress_callbacks(progress: Progress, *, label: str = "") -> list[Callback]:
+    """The progress display for ``progress``: a live bar on a terminal, a live line in Jupyter, plain lines
+    elsewhere, or nothing (``False``/``"none"``)."""
+    if progress is False or progress == "none":
+        return []
+    from mnistlab.progress import make_progress
+
+    return [make_progress("auto" if progress is True else progress, label=label)]
+
+
+def _resolve_model(model: str | Callable[..., nn.Module]) -> str:
+    """A model name; a callable builder is registered under its ``__name__`` first."""
+    if isinstance(model, str):
+        return model
+    if callable(model):
+        from mnistlab.models import BUILDERS, register_model
+
+        name = getattr(model, "__name__", None)
+        if not name or name == "<lambda>":
+            raise MnistlabError("train(model=...): give a named function or class that builds the network, "
+                                "or register it with mnistlab.models.register_model(name)")
+        if BUILDERS.get(name) is not model:
+            register_model(name, replace=True)(model)
+        return name
+    raise MnistlabError(f"train(model=...): expected a model name or a builder function, got {type(model).__name__}")
+
+
+def train(
+    model: str | Callable[..., nn.Module] = "cnn",
+    *,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    optimizer: str | None = None,
+    lr: float | None = None,
+    seed: int = 0,
+    val_split: float = 0.0,
+    dataset: str | Dataset = "mnist",
+    data_dir: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+    precision: str | None = None,
+    schedule: str | None = None,
+    label_smoothing: float | None = None,
+    options: dict[str, Any] | None = None,
+    run_dir: str | os.PathLike[str] | None = None,
+    callbacks: Sequence[Callback] = (),
+    progress: Progress = "auto",
+    registry: RegistryChoice = None,
+) -> Run:
+    """Train a model (a name such as ``"cnn"``, a registered model, or a builder function) and return its Run.
+
+    Unset hyper-parameters come from the model's recipe (the tutorial's for softmax/mlp/cnn). ``dataset`` is a
+    registry name or an already loaded :class:`mnistlab.data.Dataset`. The run goes to ``run_dir`` (default
+    ``runs/<model>-<time>``) and into the registry (``registry=False`` skips it). ``callbacks`` hear each
+    epoch and may stop the run; ``progress`` picks the display. A Ctrl-C keeps and records the epochs done
+    (``TrainingInterrupted`` says where they are).
+    """
+    from mnistlab.data import Dataset, load_dataset_in_background
+    from mnistlab.runs import default_run_dir
+    from mnistlab.train import fit
+
+    name = _resolve_model(model)
+    loaded = dataset if isinstance(dataset, Dataset) else None
+    config = TrainConfig.for_model(
+        name, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, seed=seed, val_split=val_split,
+        dataset=loaded.name if loaded else str(dataset), data_dir=str(data_dir) if data_dir is not None else None,
+        device=device, threads=threads, precision=precision, schedule=schedule, label_smoothing=label_smoothing,
+        **({"options": options} if options else {}),
+    )
+    check_registry(registry)
+    # Reading and verifying the files overlaps the torch import that fit() triggers.
+    pending = None if loaded else load_dataset_in_background(config.dataset, data_dir=config.data_dir)
+    path = Path(run_dir) if run_dir is not None else default_run_dir(config.model)
+    hooks = [*progress_callbacks(progress), *callbacks]
+    try:
+        data = loaded if loaded is not None else pending.result()  # type: ignore[union-attr]
+        result = fit(config, run_dir=path, dataset=data, callbacks=hooks)
+    except TrainingInterrupted as stop:
+        if stop.epochs_completed:  # a partial run is still a run: the registry lists it as interrupted
+            record_runs([stop.run_dir], source="train", registry=registry)  # type: ignore[list-item]
+        raise
+    except BaseException:
+        if run_dir is None:
+            _remove_if_empty(path)  # the default folder was reserved here; a failed run leaves nothing
+        raise
+    finally:
+        for hook in hooks:
+            close = getattr(hook, "close", None)
+            if close is not None:
+                close()
+    records = record_runs([result.run_dir], source="train", registry=registry)
+    return Run(result.run_dir, run_id=records[0].id if records else None, model=result.model)
+
+
+def _remove_if_empty(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not empty, or already gone
+        path.rmdir()
+
+
+def load(run: str | int | os.PathLike[str], *, registry: RegistryChoice = None) -> Run:
+    """A saved run, by its directory or by its registry id (``7`` or ``"7"``)."""
+    text = str(run)
+    if isinstance(run, int) or (text.isdigit() and not Path(text).is_dir()):
+        opened = _open_registry(registry if registry is not False else None, create=False)
+        assert opened is not None
+        with opened:
+            record = opened.get(int(text))
+        return Run(record.path, run_id=record.id)
+    from mnistlab.runs import check_run_dir
+
+    return Run(check_run_dir(Path(text)))
+
+
+def resolve_run_dir(run: str | int | os.PathLike[str], *, registry: RegistryChoice = None) -> Path:
+    """The directory of a run given as a path or a registry id (what every command that takes a run accepts)."""
+    return load(run, registry=registry).path
+
+
+class Run:
+    """A trained run: its files, its model, its history and figures; evaluate and predict with it.
+
+    Cheap to create: the JSON files are read on first use, the weights when ``model`` or ``predict`` needs
+    them (torch is imported then).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, run_id: int | None = None, model: Any = None) -> None:
+        self.path = Path(path)
+        self.id = run_id
+        self._model = model
+        self._predictors: dict[str, Predictor] = {}
+
+    def __repr__(self) -> str:
+        accuracy = self.metrics.get("test_accuracy")
+        figure = f", test_accuracy={accuracy:.4f}" if isinstance(accuracy, float) else ""
+        return f"Run({str(self.path)!r}, model={self.name!r}, status={self.status!r}{figure})"
+
+    @functools.cached_property
+    def files(self) -> Any:
+        """The run's JSON files, read and checked (:class:`mnistlab.runs.RunFiles`)."""
+        from mnistlab.runs import read_run
+
+        return read_run(self.path)
+
+    @property
+    def name(self) -> str:
+        """The model's name (``cnn``, ``sgd``, a registered model...)."""
+        return str(self.files.model["name"])
+
+    @property
+    def config(self) -> TrainConfig:
+        """The settings it was trained with."""
+        return TrainConfig.from_dict(self.files.config)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """metrics.json: status, test loss/accuracy, timings, device, precision (empty if it never finished)."""
+        return dict(self.files.metrics or {})
+
+    @property
+    def status(self) -> str:
+        """``completed``, ``stopped`` (by a callback), ``interrupted``, ``diverged``, or ``unknown``."""
+        return str(self.metrics.get("status", "unknown"))
+
+    @property
+    def epochs(self) -> tuple[EpochRecord, ...]:
+        """One record per completed epoch."""
+        fields = EpochRecord.__dataclass_fields__
+        return tuple(EpochRecord(**{key: (float("nan") if key == "loss" and value is None else value)
+                                    for key, value in row.items() if key in fields})
+                     for row in self.files.history)
+
+    @property
+    def history(self) -> dict[str, list[Any]]:
+        """Per-epoch figures by name, as Keras' ``History.history``: loss, accuracy, val_loss, val_accuracy, lr."""
+        keys = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
+        return {key: [row.get(key) for row in self.files.history] for key in keys}
+
+    @property
+    def is_network(self) -> bool:
+        """False for the classical (scikit-learn) baselines."""
+        return self.files.model.get("family") != "classical"
+
+    @property
+    def model(self) -> nn.Module:
+        """The trained torch module (networks only), loaded from model.safetensors on first use."""
+        if self._model is None:
+            from mnistlab.models import load_trained_model
+
+            self._model = load_trained_model(self.path, device="cpu")[0]
+        return self._model
+
+    def summary(self) -> ModelSummary:
+        """The Keras-style summary of the run's network."""
+        from mnistlab.models import summarize
+
+        return summarize(self.model, name=self.name)
+
+    def score(self, *, split: str = "test", device: str = "auto") -> EvalResult:
+        """Loss and accuracy on ``split`` (test, val or train): quick, writes nothing."""
+        from mnistlab.analysis import evaluate_run
+
+        return evaluate_run(self.path, split=split, device=device)[0]
+
+    def evaluate(self, *, split: str = "test", device: str = "auto", html: str | os.PathLike[str] | None = None,
+                 data_dir: str | os.PathLike[str] | None = None, registry: RegistryChoice = None) -> Evaluation:
+        """The full evaluation on ``split``: per-class table, confusion matrix, mistakes, calibration.
+
+        Writes ``RUN/eval/<split>/`` (JSON, PNGs, a self-contained report.html; ``html`` copies the page) and
+        records it in the registry. ``data_dir``: the run's data files moved to this folder (their checksums
+        must match the run's). The result's ``to_html()`` is the report page.
+        """
+        from mnistlab.analysis import evaluate_report
+
+        if html is not None:
+            from mnistlab.analysis import check_html_path
+
+            check_html_path(html)
+        check_registry(registry)
+        dataset = None
+        if data_dir is not None:
+            from mnistlab.data import load_run_dataset
+
+            dataset = load_run_dataset(self.files.config, data_dir=data_dir, run_name=str(self.path))
+        out = evaluate_report(self.path, split=split, device=device, html=html, dataset=dataset)
+        opened = _open_registry(registry)
+        if opened is not None:
+            with opened:
+                record, recorded = opened.record_evaluation(self.path, out.evaluation.to_dict(), report=out.html)
+            self.id = record.id
+            return out.evaluation.with_files(out.files, html=out.html, registry_ids=(record.id, recorded.id))
+        return out.evaluation.with_files(out.files, html=out.html)
+
+    def predictor(self, *, device: str = "cpu") -> Predictor:
+        """The loaded model as a :class:`mnistlab.predict.Predictor` (kept for later calls)."""
+        if device not in self._predictors:
+            from mnistlab.predict import Predictor
+
+            self._predictors[device] = Predictor(self.path, device=device)
+        return self._predictors[device]
+
+    def predict(self, images: Any, *, invert: str = "auto", device: str = "cpu") -> list[Prediction]:
+        """Read digits: ``images`` is one image or a list of them: file paths, PIL images, image bytes, or
+        arrays (a 28x28 uint8 array is used as it is; an (N, 28, 28) array is N images).
+
+        Photos and drawings are prepared as MNIST was made (:func:`mnistlab.imaging.prepare_image`).
+        """
+        import numpy as np
+
+        from mnistlab.imaging import prepare_image
+
+        items: Iterable[Any]
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            items = list(images)
+        elif isinstance(images, list | tuple) and not _is_pixel_rows(images):
+            items = images
+        else:
+            items = [images]
+        prepared = [prepare_image(item, invert=invert).pixels for item in items]  # type: ignore[arg-type]
+        if not prepared:
+            return []
+        return self.predictor(device=device).predict(np.stack(prepared))
+
+
+def _is_pixel_rows(value: Sequence[Any]) -> bool:
+    """True for a nested list that is one 28x28 image rather than a list of images."""
+    return len(value) == 28 and all(isinstance(row, list | tuple) and len(row) == 28 and
+                                    all(isinstance(v, int | float) for v in row) for row in value)
+

@@ -1,0 +1,304 @@
+"""One handler per command: turn parsed flags into a library call, hand the result to :mod:`.render`.
+
+Rules live in the library (:mod:`mnistlab.api` records runs in the registry, resolves run ids, reloads
+moved data); the handlers only check what is about the command line itself (ranges of flags that have no
+library counterpart, output file names).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from mnistlab.cli import render
+from mnistlab.errors import MnistlabError
+
+
+def json_text(obj: Any) -> str:
+    """Strict JSON for ``--json`` output (NaN and infinities become null)."""
+    from mnistlab.runs import json_text as strict
+
+    return strict(obj)
+
+
+# ------------------------------------------------------------------------------------------------- data
+def data_info(args: argparse.Namespace) -> int:
+    """``mnistlab data info``: a dataset's shapes, dtypes, value range, label counts and checksum status."""
+    from mnistlab import datasets
+
+    info = datasets.info(datasets.load(args.dataset, data_dir=args.data_dir))
+    if args.json:
+        print(json_text(info))
+    else:
+        render.data_info(render.console(), info)
+    return 0
+
+
+IMAGE_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".tif": "tiff",
+                 ".tiff": "tiff", ".bmp": "bmp", ".gif": "gif"}
+
+
+def data_show(args: argparse.Namespace) -> int:
+    """``mnistlab data show``: a labelled grid of images from one split, in the format its extension names."""
+    import numpy as np
+
+    from mnistlab import datasets
+    from mnistlab.report import plot_digit_grid
+
+    if args.count < 1 or args.count > 400:
+        raise MnistlabError(f"--count must be in 1..400, got {args.count}")
+    out = Path(args.out)
+    if out.is_dir():
+        raise MnistlabError(f"--out {out}: is a folder; name an image file such as {out / 'digits.png'}")
+    image_format = IMAGE_FORMATS.get(out.suffix.lower())
+    if image_format is None:
+        raise MnistlabError(f"--out {out}: name an image file ending in {', '.join(IMAGE_FORMATS)}")
+    if not out.parent.is_dir():
+        raise MnistlabError(f"--out {out}: folder {out.parent} does not exist")
+    dataset = datasets.load(args.dataset, data_dir=args.data_dir, splits=(args.split,))
+    split = dataset.split(args.split)
+    if not 0 <= args.start < len(split):
+        raise MnistlabError(f"--start must be in 0..{len(split) - 1} for the {args.split} split, got {args.start}")
+    indices = np.arange(args.start, min(args.start + args.count, len(split)))
+    plot_digit_grid(split.images[indices], split.labels[indices], out, class_names=dataset.class_names,
+                    indices=indices.tolist(), title=f"{dataset.name} {args.split} #{indices[0]}-#{indices[-1]}",
+                    image_format=image_format)
+    render.console().print(f"wrote {render.esc(out)} ({len(indices)} images from {dataset.name} {args.split}, "
+                           f"starting at #{args.start})")
+    return 0
+
+
+def summary(args: argparse.Namespace) -> int:
+    """``mnistlab summary MODEL``: the Keras-style table of a network's layers, and its recipe."""
+    from mnistlab.config import model_info
+    from mnistlab.models import summary as model_summary
+
+    info = model_info(args.model)
+    render.model_summary(render.console(), model_summary(args.model), info)
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- training
+def train(args: argparse.Namespace) -> int:
+    """``mnistlab train MODEL``: train (or fit) a model into a new run directory and record it."""
+    from mnistlab.config import parse_option
+
+    options = dict(parse_option(args.model, text) for text in args.option or [])
+    from mnistlab import api
+
+    console = render.console()
+    run = api.train(
+        args.model, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+        seed=args.seed, val_split=args.val_split, device=args.device, threads=args.threads,
+        dataset=args.dataset, data_dir=args.data_dir, precision=args.precision, schedule=args.schedule,
+        label_smoothing=args.label_smoothing, options=options or None, run_dir=args.out,
+        registry=args.registry, progress="auto",
+    )
+    render.train_result(console, run)
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """``mnistlab evaluate RUN``: the full evaluation of a run on one split, saved and recorded."""
+    from mnistlab import api
+
+    run = api.load(args.run_dir, registry=args.registry)
+    result = run.evaluate(split=args.split, device=args.device, html=args.html, data_dir=args.data_dir,
+                          registry=args.registry)
+    if args.json:
+        ids = result.registry_ids or (None, None)
+        print(json_text({**result.to_dict(), "files": {key: str(path) for key, path in result.files.items()},
+                         "html": str(result.html_path), "registry": {"run": ids[0], "evaluation": ids[1]}}))
+        return 0
+    render.evaluation(render.console(), result)
+    return 0
+
+
+def reproduce(args: argparse.Namespace) -> int:
+    """``mnistlab reproduce``: the Keras tutorial's four experiments and their report."""
+    from mnistlab import api
+    from mnistlab.progress import make_progress
+    from mnistlab.reproduce import SEED_EXPERIMENTS
+    from mnistlab.reproduce import reproduce as run_reproduce
+    from mnistlab.runs import default_run_dir
+
+    only = None
+    if args.only is not None:  # "" is an error, not "all four"
+        only = tuple(name.strip() for name in args.only.split(",") if name.strip())
+        known = [exp.name for exp in SEED_EXPERIMENTS]
+        unknown = [name for name in only if name not in known]
+        if unknown or not only:
+            raise MnistlabError(f"--only {args.only!r}: choose from {', '.join(known)}")
+    api.check_registry(args.registry)
+    console = render.console()
+    out = Path(args.out) if args.out else default_run_dir("reproduce-quick" if args.quick else "reproduce")
+    observers: list[Any] = []
+
+    def observer_for(name: str) -> Any:
+        observers.append(make_progress("auto", label=name, console=console))
+        return observers[-1]
+
+    try:
+        result = run_reproduce(out_dir=out, quick=args.quick, seed=args.seed, device=args.device,
+                               observer_for=observer_for, on_result=lambda row: render.reproduce_row(console, row),
+                               only=only)
+    finally:
+        for observer in observers:
+            getattr(observer, "close", lambda: None)()
+    records = api.record_runs([row.run_dir for row in result.rows], source="reproduce", registry=args.registry)
+    render.reproduce_table(console, result, [record.id for record in records])
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- registry
+def _registry(args: argparse.Namespace) -> Any:
+    from mnistlab.registry import Registry
+
+    return Registry.open(args.registry, create=False)
+
+
+def _record_json(record: Any) -> dict[str, Any]:
+    return {"id": record.id, "created": record.created, "source": record.source, "model": record.model,
+            "family": record.family, "dataset": record.dataset, "state": record.state, "path": record.path,
+            "metrics": record.metrics, "figures": record.figures()}
+
+
+def runs_list(args: argparse.Namespace) -> int:
+    """``mnistlab runs list``: the registry's runs, filtered and sorted ("no runs yet" is not an error)."""
+    from mnistlab.registry import default_registry_path
+
+    if args.limit is not None and args.limit < 1:
+        raise MnistlabError(f"--limit must be >= 1, got {args.limit}")
+    path = default_registry_path(args.registry)
+    if not path.is_file() or path.stat().st_size == 0:
+        if args.json:
+            print("[]")
+        else:
+            render.console().print(f"no runs yet (registry {render.esc(path)}); `mnistlab train MODEL` makes one")
+        return 0
+    with _registry(args) as registry:
+        records = registry.list_runs(model=args.model, dataset=args.dataset, sort=args.sort, reverse=args.reverse,
+                                     limit=args.limit)
+        path = registry.path
+    if args.json:
+        print(json_text([_record_json(r) for r in records]))
+        return 0
+    render.runs_list(render.console(), records, registry_path=path, sort=args.sort)
+    return 0
+
+
+def runs_show(args: argparse.Namespace) -> int:
+    """``mnistlab runs show ID``: one run's config, versions, history and evaluations."""
+    with _registry(args) as registry:
+        record = registry.resolve(args.run)
+    if args.json:
+        from dataclasses import asdict
+
+        print(json_text({**asdict(record), "state": record.state}))
+        return 0
+    render.runs_show(render.console(), record)
+    return 0
+
+
+def runs_compare(args: argparse.Namespace) -> int:
+    """``mnistlab runs compare ID ID...``: runs side by side, with curves and one HTML page."""
+    from mnistlab.compare import compare_runs
+
+    if len(args.runs) < 2:
+        raise MnistlabError("runs compare needs at least two run ids (`mnistlab runs list` shows them)")
+    with _registry(args) as registry:
+        records = [registry.resolve(ref) for ref in args.runs]
+    comparison = compare_runs(records, out_dir=args.out, html=args.html, device=args.device)
+    if args.json:
+        print(json_text({"table": [list(row) for row in comparison.rows],
+                         "f1_per_class": [list(row) for row in comparison.per_class],
+                         "files": {key: str(path) for key, path in comparison.files.items()},
+                         "html": str(comparison.html)}))
+        return 0
+    render.comparison(render.console(), comparison)
+    return 0
+
+
+def runs_rm(args: argparse.Namespace) -> int:
+    """``mnistlab runs rm ID...``: forget runs; say what happened to each one's folder."""
+    with _registry(args) as registry:
+        removed = registry.remove(args.runs)
+    out = render.console()
+    for record in removed:
+        fate = "its files were left on disk" if record.exists else "its folder was already gone"
+        out.print(f"forgot run {record.id} ({render.esc(record.model)}, {render.esc(record.path)}); {fate}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- prediction
+def show_input_paths(out: Path, count: int) -> list[Path]:
+    """Where ``--show-input`` writes: ``out`` itself for one image, else ``out-1.png``, ``out-2.png``, ..."""
+    if count == 1:
+        return [out]
+    width = len(str(count))
+    return [out.with_name(f"{out.stem}-{i:0{width}d}{out.suffix or '.png'}") for i in range(1, count + 1)]
+
+
+def _show_input_targets(option: str | None, paths: list[Path]) -> list[Path]:
+    if not option:
+        return []
+    out = Path(option)
+    if out.suffix.lower() != ".png":
+        raise MnistlabError(f"--show-input {out}: name a .png file (e.g. seen.png)")
+    if not out.parent.is_dir():
+        raise MnistlabError(f"--show-input {out}: folder {out.parent} does not exist")
+    outs = show_input_paths(out, len(paths))
+    inputs = {path.resolve() for path in paths}
+    clash = [str(target) for target in outs if target.resolve() in inputs]
+    if clash:
+        raise MnistlabError(f"--show-input would overwrite the input image {clash[0]}; choose another name")
+    return outs
+
+
+def predict(args: argparse.Namespace) -> int:
+    """``mnistlab predict RUN IMAGE...``: the digit in each image, with its top-k probabilities."""
+    import numpy as np
+
+    from mnistlab import api
+    from mnistlab.imaging import encode_png, expand_image_paths, prepare_image
+    from mnistlab.predict import Predictor, format_percent
+    from mnistlab.runs import write_bytes_atomic
+
+    run_dir = api.resolve_run_dir(args.run_dir, registry=args.registry)
+    if args.top < 1:
+        raise MnistlabError(f"--top must be >= 1, got {args.top}")
+    paths = expand_image_paths(args.images)
+    outs = _show_input_targets(args.show_input, paths)
+    # Every image is prepared before the model loads: a bad file fails fast, naming itself.
+    prepared = [prepare_image(path, invert=args.invert) for path in paths]
+    predictor = Predictor(run_dir, device=args.device)
+    if args.top > predictor.num_classes:
+        raise MnistlabError(f"--top must be at most {predictor.num_classes} (the model's classes), got {args.top}")
+    predictions = predictor.predict(np.stack([item.pixels for item in prepared]))
+    for item, out in zip(prepared, outs, strict=False):
+        write_bytes_atomic(out, encode_png(item.pixels))
+    if args.json:
+        info = predictor.info()
+        results = [{"image": str(path), **prediction.to_dict(top=args.top), "inverted": item.inverted,
+                    "input_png": str(outs[i]) if outs else None}
+                   for i, (path, item, prediction) in enumerate(zip(paths, prepared, predictions, strict=True))]
+        print(json_text({"run": str(run_dir), "model": info["model"], "dataset": info["dataset"],
+                         "test_accuracy": info["test_accuracy"], "results": results}))
+        return 0
+    width = max(len(str(path)) for path in paths)
+    for i, (path, prediction) in enumerate(zip(paths, predictions, strict=True)):
+        ranked = "  ".join(f"{name} {format_percent(p)}" for _, name, p in prediction.top(args.top))
+        shown = f"  -> {outs[i]}" if outs else ""
+        print(f"{path!s:<{width}}  {prediction.name}   ({ranked}){shown}")
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    """``mnistlab serve RUN``: the draw-a-digit page and the JSON API, until Ctrl-C."""
+    from mnistlab import api
+    from mnistlab.serve import serve as run_server
+
+    run_dir = api.resolve_run_dir(args.run_dir, registry=args.registry)
+    run_server(run_dir=run_dir, host=args.host, port=args.port, device=args.device, access_log=not args.quiet)
+    return 0

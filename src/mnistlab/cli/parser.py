@@ -1,0 +1,207 @@
+"""The argument parser: one small function per command. Nothing here imports the library's heavy parts."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from typing import NoReturn
+
+from mnistlab import __version__
+from mnistlab.config import CLASSICAL_NAMES, DEVICE_NAMES, MODEL_NAMES, OPTIMIZER_NAMES
+
+INVERT_CHOICES = ("auto", "yes", "no")  # = mnistlab.imaging.INVERT_CHOICES (kept here so --help stays light)
+EXIT_USAGE = 2
+# Library parameter names whose flag is not simply --name-with-dashes.
+_FLAG_FOR_PARAMETER = {"run_dir": "--out", "options": "--option", "registry": "--registry"}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``mnistlab train: error: … (see mnistlab train --help)``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+@functools.cache
+def flag_names() -> dict[str, str]:
+    """Every library parameter name the CLI has a flag for -> that flag (``batch_size`` -> ``--batch-size``)."""
+    names: dict[str, str] = {}
+
+    def walk(parser: argparse.ArgumentParser) -> None:
+        for action in parser._actions:
+            long = [option for option in action.option_strings if option.startswith("--")]
+            if long:
+                names.setdefault(action.dest, long[0])
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    walk(sub)
+
+    walk(build_parser())
+    return {**names, **_FLAG_FOR_PARAMETER}
+
+
+def _add_dataset_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="mnist", help="mnist (bundled, default) or fashion-mnist")
+    parser.add_argument("--data-dir", help="a folder holding the four IDX files (raw or .gz) to use instead")
+
+
+def _add_registry_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--registry", metavar="PATH",
+                        help="the run registry (SQLite) file; default $MNISTLAB_HOME/registry.sqlite, else "
+                             "$XDG_DATA_HOME/mnistlab/registry.sqlite (~/.local/share/mnistlab/...)")
+
+
+def _add_run_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", metavar="RUN", help="a run directory, or a run id from `mnistlab runs list`")
+
+
+def _data_parsers(commands: argparse._SubParsersAction) -> None:
+    from mnistlab.cli import commands as cmd
+
+    data = commands.add_parser("data", help="look at a dataset")
+    actions = data.add_subparsers(dest="data_command", required=True, metavar="ACTION", parser_class=Parser)
+    info = actions.add_parser("info", help="shapes, dtypes, value range, label counts, checksum status")
+    _add_dataset_flags(info)
+    info.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    info.set_defaults(handler=cmd.data_info)
+    show = actions.add_parser("show", help="save a labelled grid of digits as an image (.png, .jpg, ...)")
+    _add_dataset_flags(show)
+    show.add_argument("--split", default="train", choices=("train", "test"))
+    show.add_argument("--start", type=int, default=0, help="index of the first image (default 0)")
+    show.add_argument("--count", type=int, default=25, help="how many images (default 25)")
+    show.add_argument("--out", required=True, help="image file to write; its extension picks the format")
+    show.set_defaults(handler=cmd.data_show)
+    summary = commands.add_parser("summary", help="a Keras-style table of a model's layers, parameters and recipe")
+    summary.add_argument("model", metavar="MODEL", help=f"one of {', '.join(MODEL_NAMES)}")
+    summary.set_defaults(handler=cmd.summary)
+
+
+def _train_parser(commands: argparse._SubParsersAction) -> None:
+    from mnistlab.cli import commands as cmd
+
+    train = commands.add_parser("train", help="train a model and write a run directory",
+                                description="Unset options take the model's recipe; `mnistlab summary MODEL` "
+                                            "shows each model's effective defaults.")
+    train.add_argument("model", metavar="MODEL", help=f"a network ({', '.join(MODEL_NAMES)}) or a classical "
+                                                      f"baseline ({', '.join(CLASSICAL_NAMES)})")
+    train.add_argument("--option", action="append", metavar="KEY=VALUE",
+                       help="a classical model's hyper-parameter, e.g. k=5 for knn (repeatable)")
+    train.add_argument("--epochs", type=int, help="default: the model's recipe (softmax/mlp/cnn: the tutorial's 30)")
+    train.add_argument("--batch-size", type=int, help="default: the recipe's (softmax 128, mlp/cnn 200, fast 256)")
+    train.add_argument("--optimizer", help=f"one of {', '.join(OPTIMIZER_NAMES)} (default: the recipe's)")
+    train.add_argument("--lr", type=float, help="learning rate (default: the recipe's, else Keras' for the optimizer)")
+    train.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling and splits (default 0)")
+    train.add_argument("--val-split", type=float, default=0.0, help="fraction of train held out, in [0, 1)")
+    train.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_NAMES)} (default auto)")
+    train.add_argument("--threads", type=int, help="CPU threads for torch (default: the recipe's, else all cores)")
+    train.add_argument("--precision", help="auto (bf16 where the hardware has it), fp32 or bf16 "
+                                           "(default: the recipe's)")
+    train.add_argument("--schedule", help="learning-rate schedule: constant or onecycle (default: the recipe's)")
+    train.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing in [0, 1)")
+    train.add_argument("--out", help="run directory to create (default runs/MODEL-TIMESTAMP)")
+    _add_dataset_flags(train)
+    _add_registry_flag(train)
+    train.set_defaults(handler=cmd.train)
+
+
+def _evaluate_parser(commands: argparse._SubParsersAction) -> None:
+    from mnistlab.cli import commands as cmd
+
+    evaluate = commands.add_parser("evaluate", help="score a run: per-class metrics, confusions, mistakes, "
+                                                    "calibration, and a self-contained HTML report")
+    _add_run_argument(evaluate)
+    evaluate.add_argument("--split", default="test", choices=("test", "val", "train"),
+                          help="test (default), val (rebuilt from the run's --val-split and seed) or train")
+    evaluate.add_argument("--html", metavar="PATH", help="also write the HTML report here "
+                                                         "(it is always written to RUN/eval/SPLIT/report.html)")
+    evaluate.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_NAMES)}")
+    evaluate.add_argument("--json", action="store_true", help="print JSON")
+    evaluate.add_argument("--data-dir", help="read the run's dataset from this folder (when its files moved)")
+    _add_registry_flag(evaluate)
+    evaluate.set_defaults(handler=cmd.evaluate)
+
+
+def _predict_parsers(commands: argparse._SubParsersAction) -> None:
+    from mnistlab.cli import commands as cmd
+
+    predict = commands.add_parser("predict", help="read the digit in image files with a trained run")
+    _add_run_argument(predict)
+    predict.add_argument("images", metavar="IMAGE", nargs="+", help="image files; a folder means its images")
+    predict.add_argument("--top", type=int, default=3, help="how many classes to list per image (default 3)")
+    predict.add_argument("--json", action="store_true", help="print JSON (all probabilities) for scripts")
+    predict.add_argument("--show-input", metavar="OUT.png",
+                         help="save the 28x28 the model saw (several images: OUT-1.png, OUT-2.png, ...)")
+    predict.add_argument("--invert", default="auto", choices=INVERT_CHOICES,
+                         help="auto (default): detect dark ink on light paper; yes: force it; "
+                              "no: the image is already light ink on dark")
+    predict.add_argument("--device", default="cpu", help=f"one of {', '.join(DEVICE_NAMES)} (default cpu)")
+    _add_registry_flag(predict)
+    predict.set_defaults(handler=cmd.predict)
+
+    serve = commands.add_parser("serve", help="serve the draw-a-digit page and a JSON API for a trained run")
+    _add_run_argument(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--device", default="cpu", help=f"one of {', '.join(DEVICE_NAMES)} (default cpu)")
+    serve.add_argument("--quiet", action="store_true", help="no access log (one line per request)")
+    _add_registry_flag(serve)
+    serve.set_defaults(handler=cmd.serve)
+
+
+def _reproduce_parser(commands: argparse._SubParsersAction) -> None:
+    from mnistlab.cli import commands as cmd
+
+    repro = commands.add_parser("reproduce", help="rerun the seed tutorial's four experiments and write a report")
+    repro.add_argument("--quick", action="store_true", help="a short version for a first look (under a minute)")
+    repro.add_argument("--out", help="folder to create (default runs/reproduce-TIMESTAMP)")
+    repro.add_argument("--seed", type=int, default=0)
+    repro.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_NAMES)}")
+    repro.add_argument("--only", help="comma-separated subset of softmax,mlp,cnn,sgd (default: all four)")
+    _add_registry_flag(repro)
+    repro.set_defaults(handler=cmd.reproduce)
+
+
+def _runs_parsers(commands: argparse._SubParsersAction) -> None:
+    from mnistlab.cli import commands as cmd
+
+    registry = commands.add_parser("runs", help="the run registry: list, show, compare and forget runs")
+    actions = registry.add_subparsers(dest="runs_command", required=True, metavar="ACTION", parser_class=Parser)
+    listing = actions.add_parser("list", help="registered runs, filtered and sorted")
+    listing.add_argument("--model", help="only runs of this model")
+    listing.add_argument("--dataset", help="only runs on this dataset")
+    listing.add_argument("--sort", metavar="FIGURE", help="sort best first by a figure, e.g. test_accuracy, "
+                                                          "test_loss, test_error, train_seconds, params, test_ece")
+    listing.add_argument("--reverse", action="store_true", help="reverse the order")
+    listing.add_argument("--limit", type=int, help="show at most this many")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    _add_registry_flag(listing)
+    listing.set_defaults(handler=cmd.runs_list)
+    show = actions.add_parser("show", help="everything recorded about one run")
+    show.add_argument("run", metavar="ID", help="a run id (or its directory)")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    _add_registry_flag(show)
+    show.set_defaults(handler=cmd.runs_show)
+    compare = actions.add_parser("compare", help="runs side by side: table, overlaid curves, HTML report "
+                                                 "of where each fails")
+    compare.add_argument("runs", metavar="ID", nargs="+", help="two or more run ids (or directories)")
+    compare.add_argument("--out", help="folder to create for the comparison (default runs/compare-TIMESTAMP)")
+    compare.add_argument("--html", metavar="PATH", help="also write the HTML report here")
+    compare.add_argument("--device", default="auto", help=f"for evaluations still to compute: "
+                                                          f"{', '.join(DEVICE_NAMES)}")
+    compare.add_argument("--json", action="store_true", help="print JSON")
+    _add_registry_flag(compare)
+    compare.set_defaults(handler=cmd.runs_compare)
+    remove = actions.add_parser("rm", help="forget runs (their directories stay on disk)")
+    remove.add_argument("runs", metavar="ID", nargs="+", help="run ids (or directories)")
+    _add_registry_flag(remove)
+    remove.set_defaults(handler=cmd.runs_rm)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (exposed for tests and docs)."""
+    parser = Parser(prog="mnistlab", description="MNIST done properly: data, models, training, evaluation.")
+    parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    for add in (_data_parsers, _train_parser, _evaluate_parser, _predict_parsers, _reproduce_parser, _runs_parsers):
+        add(commands)
+    return parser
