@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/classical_baselines.py [--models sgd,logreg,knn,svm,forest] [--threads N]
                                                        [--out runs/classical-bench]
 
-Each fit goes through ``mnistlab.train.fit`` (the same path as ``mnistlab train MODEL``) with the model's
+Each fit goes through ``mnistlab.training.fit`` (the same path as ``mnistlab train MODEL``) with the model's
 default options, so the run directories it leaves can be evaluated and compared like any other. Figures:
 fit time and test-set prediction time from the run's metrics.json (``time.perf_counter`` around each part),
 test error beside the classic published figure of the same method.
@@ -19,7 +19,7 @@ from pathlib import Path
 from mnistlab.config import CLASSICAL_NAMES, TrainConfig, published_figure
 from mnistlab.data import load_dataset
 from mnistlab.runs import default_run_dir
-from mnistlab.train import fit
+from mnistlab.training import fit
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ def main() -> None:
 
     from mnistlab.config import TrainConfig
     from mnistlab.data import load_dataset
-    from mnistlab.train import fit
+    from mnistlab.training import fit
 
     dataset = load_dataset("mnist")
     x, y, xt, yt = load_mnist_numpy()

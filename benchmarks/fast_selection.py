@@ -3,7 +3,7 @@
     python benchmarks/fast_selection.py [--seeds 2] [--candidates f4-256,f16-32-64,...]
 
 Training uses ``train[:50000]`` and scoring ``train[50000:]``. Every candidate runs through mnistlab's own
-training loop (``mnistlab.train.fit``, bf16 where native, 2 threads), so the times compare like for like.
+training loop (``mnistlab.training.fit``, bf16 where native, 2 threads), so the times compare like for like.
 A candidate swaps the ``fast`` network for its own while the script runs, and sets its own batch size and
 max learning rate.
 """
@@ -71,7 +71,7 @@ def main() -> None:
     from mnistlab import models
     from mnistlab.config import TrainConfig
     from mnistlab.data import Split, load_dataset
-    from mnistlab.train import fit
+    from mnistlab.training import fit
 
     dataset = load_dataset("mnist")
     fit_part, val_part = dataset.train.subset(slice(0, 50_000)), dataset.train.subset(slice(50_000, 60_000))

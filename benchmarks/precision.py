@@ -26,7 +26,7 @@ def main() -> None:
 
     from mnistlab.config import TrainConfig
     from mnistlab.data import load_dataset
-    from mnistlab.train import fit
+    from mnistlab.training import fit
 
     dataset = load_dataset("mnist")
     plans = [("fast", {}, args.fast_seeds), ("cnn", {"epochs": args.cnn_epochs}, args.cnn_seeds)]

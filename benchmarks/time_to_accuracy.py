@@ -32,7 +32,7 @@ def main() -> None:
 
     from mnistlab.config import TrainConfig
     from mnistlab.data import load_dataset
-    from mnistlab.train import fit
+    from mnistlab.training import fit
 
     dataset = load_dataset("mnist")
     results: dict = {"machine": machine(), "fast": {}, "peers": {}}

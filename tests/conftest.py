@@ -77,7 +77,7 @@ def mnist():
 def trained_mlp_run(tmp_path_factory: pytest.TempPathFactory, mnist) -> Path:
     """An MLP trained 2 epochs on real MNIST (about 97% test accuracy, a couple of seconds)."""
     from mnistlab.config import TrainConfig
-    from mnistlab.train import fit
+    from mnistlab.training import fit
 
     run_dir = tmp_path_factory.mktemp("runs") / "mlp"
     fit(TrainConfig.for_model("mlp", epochs=2, val_split=0.1, device="cpu"), run_dir=run_dir, dataset=mnist)
@@ -88,7 +88,7 @@ def trained_mlp_run(tmp_path_factory: pytest.TempPathFactory, mnist) -> Path:
 def trained_cnn_run(tmp_path_factory: pytest.TempPathFactory, mnist) -> Path:
     """The seed's CNN trained 1 epoch on real MNIST (about 97.5%+ test accuracy)."""
     from mnistlab.config import TrainConfig
-    from mnistlab.train import fit
+    from mnistlab.training import fit
 
     run_dir = tmp_path_factory.mktemp("runs") / "cnn"
     fit(TrainConfig.for_model("cnn", epochs=1, device="cpu"), run_dir=run_dir, dataset=mnist)

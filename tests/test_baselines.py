@@ -26,7 +26,7 @@ from mnistlab.baselines import (
 from mnistlab.config import TrainConfig
 from mnistlab.data import load_dataset, write_idx
 from mnistlab.errors import MnistlabError
-from mnistlab.train import fit
+from mnistlab.training import fit
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # refits stop early
 

@@ -19,7 +19,7 @@ from mnistlab.config import TrainConfig
 from mnistlab.data import FILE_STEMS, load_dataset, write_idx
 from mnistlab.errors import MnistlabError
 from mnistlab.imaging import prepare_image
-from mnistlab.train import fit
+from mnistlab.training import fit
 from tests.clitools import assert_one_line_error, run_cli
 from tests.conftest import write_dataset_dir
 

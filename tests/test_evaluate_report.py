@@ -21,7 +21,7 @@ from mnistlab.config import EVAL_BATCH_SIZE, TrainConfig
 from mnistlab.data import train_val_indices
 from mnistlab.errors import MnistlabError
 from mnistlab.models import load_trained_model, prepare_batch
-from mnistlab.train import fit
+from mnistlab.training import fit
 
 
 class PageParser(HTMLParser):

@@ -10,7 +10,7 @@ import pytest
 from mnistlab import runs
 from mnistlab.analysis import evaluate_run
 from mnistlab.config import TrainConfig
-from mnistlab.train import fit
+from mnistlab.training import fit
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from mnistlab.errors import MnistlabError
 from mnistlab.models import build_model, count_parameters, prepare_batch, summarize
-from mnistlab.train import build_optimizer
+from mnistlab.training import build_optimizer
 
 SEED_PARAMS = {"softmax": 7_850, "mlp": 89_610, "cnn": 61_514}
 

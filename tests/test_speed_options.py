@@ -18,7 +18,7 @@ from mnistlab.data import Split, load_dataset
 from mnistlab.device import resolve_precision
 from mnistlab.errors import MnistlabError
 from mnistlab.models import build_model, count_parameters, summarize
-from mnistlab.train import build_optimizer, build_schedule, fit
+from mnistlab.training import build_optimizer, build_schedule, fit
 
 CPU = torch.device("cpu")
 

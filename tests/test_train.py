@@ -20,7 +20,7 @@ from mnistlab.data import load_dataset
 from mnistlab.errors import MnistlabError, TrainingInterrupted
 from mnistlab.inference import evaluate_model
 from mnistlab.models import build_model, load_trained_model, weights_bytes
-from mnistlab.train import fit
+from mnistlab.training import fit
 
 
 def tiny_config(model: str = "mlp", **overrides) -> TrainConfig:
@@ -157,7 +157,7 @@ def test_ctrl_c_during_a_checkpoint_waits_for_it(tmp_path: Path, tiny_data_dir: 
     """SIGINT arriving while weights and history are being replaced is delivered after both are written."""
     import signal
 
-    from mnistlab import train
+    from mnistlab import training as train
 
     dataset = load_dataset(data_dir=tiny_data_dir)
     complete = fit(tiny_config(epochs=2), run_dir=tmp_path / "two", dataset=dataset)
@@ -238,7 +238,7 @@ def test_weights_are_safetensors_not_pickle(tmp_path: Path, tiny_data_dir: Path)
 
 
 def test_each_run_sets_its_own_thread_count(tmp_path: Path, tiny_data_dir: Path) -> None:
-    from mnistlab.train import DEFAULT_THREADS
+    from mnistlab.training import DEFAULT_THREADS
 
     dataset = load_dataset(data_dir=tiny_data_dir)
     fit(tiny_config("mlp", epochs=1), run_dir=tmp_path / "a", dataset=dataset)

@@ -132,7 +132,7 @@ def train(
     """
     from mnistlab.data import Dataset, load_dataset_in_background
     from mnistlab.runs import default_run_dir
-    from mnistlab.train import fit
+    from mnistlab.training import fit
 
     name = _resolve_model(model)
     loaded = dataset if isinstance(dataset, Dataset) else None
@@ -145,7 +145,9 @@ def train(
     check_registry(registry)
     # Reading and verifying the files overlaps the torch import that fit() triggers.
     pending = None if loaded else load_dataset_in_background(config.dataset, data_dir=config.data_dir)
-    path = Path(run_dir) if run_dir is not None else default_run_dir(config.model)
+    runs_root = Path("runs")
+    root_existed = runs_root.is_dir()
+    path = Path(run_dir) if run_dir is not None else default_run_dir(config.model, root=runs_root)
     hooks = [*progress_callbacks(progress), *callbacks]
     try:
         data = loaded if loaded is not None else pending.result()  # type: ignore[union-attr]
@@ -155,8 +157,10 @@ def train(
             record_runs([stop.run_dir], source="train", registry=registry)  # type: ignore[list-item]
         raise
     except BaseException:
-        if run_dir is None:
-            _remove_if_empty(path)  # the default folder was reserved here; a failed run leaves nothing
+        if run_dir is None:  # the default folder was reserved here: a failed run leaves nothing behind
+            _remove_if_empty(path)
+            if not root_existed:
+                _remove_if_empty(runs_root)
         raise
     finally:
         for hook in hooks:

@@ -438,10 +438,10 @@ def _score_split(model: ClassicalModel, images: np.ndarray, labels: np.ndarray) 
 
 def fit_classical(config: TrainConfig, *, run_dir: Path, dataset: Dataset, callback: Callback,
                   fit_indices: np.ndarray, val_indices: np.ndarray) -> TrainResult:
-    """Fit a classical model into ``run_dir`` (already claimed by :func:`mnistlab.train.fit`).
+    """Fit a classical model into ``run_dir`` (already claimed by :func:`mnistlab.training.fit`).
 
     Writes the same files as a network's run (config.json, model.json, model.safetensors, history.json/.csv
-    with one row), so evaluate, compare and the registry treat both alike; :func:`mnistlab.train.fit` writes
+    with one row), so evaluate, compare and the registry treat both alike; :func:`mnistlab.training.fit` writes
     curves.png and metrics.json from the returned metrics.
     """
     import sklearn

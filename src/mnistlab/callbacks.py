@@ -1,4 +1,4 @@
-"""Callbacks: objects that :func:`mnistlab.train` tells about progress, and that may stop a run.
+"""Callbacks: objects that :func:`mnistlab.training.fit` tells about progress, and that may stop a run.
 
 A callback overrides any of the hooks below; the defaults do nothing. ``on_epoch_end`` may return ``True`` to
 stop training after that epoch (the run is then complete, with ``status`` "stopped" and its test figures),

@@ -312,7 +312,7 @@ class TrainConfig:
 
     @property
     def family(self) -> ModelFamily:
-        """``network`` (trained by mnistlab.train's loop) or ``classical`` (mnistlab.baselines)."""
+        """``network`` (trained by mnistlab.training's loop) or ``classical`` (mnistlab.baselines)."""
         return model_info(self.model).family
 
     def to_dict(self) -> dict[str, Any]:

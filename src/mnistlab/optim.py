@@ -17,7 +17,7 @@ import torch
 
 
 class Optimizer:
-    """The small interface :func:`mnistlab.train.fit` needs: ``step()``, ``zero_grad()``, a mutable ``lr``."""
+    """The small interface :func:`mnistlab.training.fit` needs: ``step()``, ``zero_grad()``, a mutable ``lr``."""
 
     def __init__(self, params: Iterable[torch.nn.Parameter], *, lr: float) -> None:
         self.params = [p for p in params if p.requires_grad]

@@ -77,7 +77,7 @@ class ReproduceResult:
 
 def _run_network(exp: Experiment, *, out_dir: Path, quick: bool, seed: int, device: str, dataset: object,
                  observer: object) -> ExperimentResult:
-    from mnistlab.train import fit
+    from mnistlab.training import fit
 
     config = TrainConfig.for_model(exp.name, epochs=exp.quick_epochs if quick else exp.epochs,
                                    batch_size=exp.batch_size, seed=seed, device=device)
@@ -91,7 +91,7 @@ def _run_network(exp: Experiment, *, out_dir: Path, quick: bool, seed: int, devi
 
 def _run_sgd(exp: Experiment, *, out_dir: Path, quick: bool, seed: int, dataset: object) -> ExperimentResult:
     """The seed's SGD baseline as a classical run: a 75/25 ``train_test_split`` held out as validation."""
-    from mnistlab.train import fit
+    from mnistlab.training import fit
 
     max_iter = exp.quick_epochs if quick else exp.epochs
     config = TrainConfig.for_model("sgd", options={"max_iter": max_iter}, val_split=0.25, val_method="sklearn",
