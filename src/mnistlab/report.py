@@ -18,13 +18,34 @@ import numpy as np
 from mnistlab.runs import write_bytes_atomic
 
 
+class _Figures:
+    """The two pyplot calls the plots use, made on bare ``Figure`` objects (rendered by Agg on save).
+
+    pyplot is never imported: switching its global backend to Agg would stop a notebook user's own
+    ``plt.show()`` from displaying anything after mnistlab drew a training curve, and the figures here
+    are only ever written to files.
+    """
+
+    @staticmethod
+    def subplots(*args: Any, figsize: tuple[float, float] | None = None, **kwargs: Any) -> tuple[Any, Any]:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(*args, **kwargs)
+
+    @staticmethod
+    def close(fig: Any) -> None:
+        """Nothing to do: a bare Figure is not registered anywhere, so it is freed like any object."""
+
+    @property
+    def rcParams(self) -> Any:
+        import matplotlib
+
+        return matplotlib.rcParams
+
+
 def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return _Figures()
 
 
 def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 110, image_format: str = "png") -> Path:
