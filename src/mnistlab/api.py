@@ -244,9 +244,12 @@ class Run:
     def epochs(self) -> tuple[EpochRecord, ...]:
         """One record per completed epoch."""
         fields = EpochRecord.__dataclass_fields__
-        return tuple(EpochRecord(**{key: (float("nan") if key == "loss" and value is None else value)
-                                    for key, value in row.items() if key in fields})
-                     for row in self.files.history)
+        rows: list[dict[str, Any]] = [{key: value for key, value in row.items() if key in fields}
+                                      for row in self.files.history]
+        for row in rows:
+            if row.get("loss") is None:  # a classical model without a loss
+                row["loss"] = float("nan")
+        return tuple(EpochRecord(**row) for row in rows)
 
     @property
     def history(self) -> dict[str, list[Any]]:

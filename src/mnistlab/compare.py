@@ -90,7 +90,7 @@ def _table_rows(columns: list[RunColumn]) -> list[tuple[str, ...]]:
         row("training time", [f"{metric(c, 'train_seconds'):.1f} s" if metric(c, "train_seconds") is not None else ""
                               for c in columns]),
         row("test accuracy", [_pct(accuracy(c)) for c in columns]),
-        row("test error", [_pct(None if accuracy(c) is None else 1 - accuracy(c)) for c in columns]),
+        row("test error", [_pct(_error(accuracy(c))) for c in columns]),
     ]
     published = [published_figure(c.record.model, c.record.dataset) for c in columns]
     rows.append(row("published error (same method)",
@@ -139,6 +139,10 @@ def _per_class_rows(columns: list[RunColumn]) -> list[tuple[str, ...]]:
             cells.append(f"{report[str(name)]['f1-score']:.4f}" if str(name) in report else "")
         rows.append((str(name), *cells))
     return rows
+
+
+def _error(accuracy: float | None) -> float | None:
+    return None if accuracy is None else 1.0 - accuracy
 
 
 def compare_runs(records: list[RunRecord], *, out_dir: str | os.PathLike[str] | None = None,

@@ -334,5 +334,11 @@ def load_trained_model(run_dir: str | os.PathLike[str], *, device: torch.device 
         raise MnistlabError(f"{run.path}: model {name!r} is not one this mnistlab knows; {hint}")
     model = BUILDERS[name](num_classes=int(run.model.get("num_classes", NUM_CLASSES)))
     load_weights(model, run.path / WEIGHTS_FILE, model_name=name)
+    return to_device(model, device).eval(), run
+
+
+def to_device(model: nn.Module, device: torch.device | str) -> nn.Module:
+    """``model`` on ``device``; convolutional models in channels-last layout (faster on CPU and GPU)."""
     layout = torch.channels_last if is_convolutional(model) else torch.contiguous_format
-    return model.to(device, memory_format=layout).eval(), run
+    # torch's type stubs omit Module.to's memory_format keyword, which it accepts (nn.Module.to docs).
+    return model.to(device, memory_format=layout)  # type: ignore[call-overload, no-any-return]

@@ -33,7 +33,7 @@ from mnistlab.data import Dataset, load_dataset, train_val_indices
 from mnistlab.device import Precision, resolve_device, resolve_precision, tune_cpu_allocator
 from mnistlab.errors import MnistlabError, TrainingInterrupted
 from mnistlab.inference import as_uint8_tensor, evaluate_model
-from mnistlab.models import build_model, is_convolutional, model_record, prepare_batch, weights_bytes
+from mnistlab.models import build_model, is_convolutional, model_record, prepare_batch, to_device, weights_bytes
 from mnistlab.optim import Adam, KerasRMSprop, OneCycle, Optimizer, SGDMomentum
 from mnistlab.results import EpochRecord, TrainResult
 
@@ -255,7 +255,7 @@ def _setup(config: TrainConfig, dataset: Dataset, device: torch.device, train_id
     torch.manual_seed(config.seed)
     model = build_model(config.model, num_classes=len(dataset.class_names))
     channels_last = is_convolutional(model)
-    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    model = to_device(model, device)
     optimizer = build_optimizer(config.optimizer, model.parameters(), lr=config.lr)
     steps = math.ceil(int(x_train.shape[0]) / config.batch_size)
     schedule = build_schedule(config.schedule, optimizer, lr=config.lr, total_steps=config.epochs * steps)
