@@ -100,6 +100,7 @@ def _resolve_model(model: str | Callable[..., nn.Module]) -> str:
     raise MnistlabError(f"train(model=...): expected a model name or a builder function, got {type(model).__name__}")
 
 
+# Over 60 lines only because of its signature and docstring: one keyword argument per training setting.
 def train(
     model: str | Callable[..., nn.Module] = "cnn",
     *,
@@ -132,7 +133,6 @@ def train(
     """
     from mnistlab.data import Dataset, load_dataset_in_background
     from mnistlab.runs import default_run_dir
-    from mnistlab.training import fit
 
     name = _resolve_model(model)
     loaded = dataset if isinstance(dataset, Dataset) else None
@@ -151,11 +151,7 @@ def train(
     hooks = [*progress_callbacks(progress), *callbacks]
     try:
         data = loaded if loaded is not None else pending.result()  # type: ignore[union-attr]
-        result = fit(config, run_dir=path, dataset=data, callbacks=hooks)
-    except TrainingInterrupted as stop:
-        if stop.epochs_completed:  # a partial run is still a run: the registry lists it as interrupted
-            record_runs([stop.run_dir], source="train", registry=registry)  # type: ignore[list-item]
-        raise
+        result = _fit_and_record(config, path=path, dataset=data, hooks=hooks, registry=registry)
     except BaseException:
         if run_dir is None:  # the default folder was reserved here: a failed run leaves nothing behind
             _remove_if_empty(path)
@@ -164,9 +160,21 @@ def train(
         raise
     finally:
         for hook in hooks:
-            close = getattr(hook, "close", None)
-            if close is not None:
-                close()
+            getattr(hook, "close", lambda: None)()  # a live progress bar left open by Ctrl-C
+    return result
+
+
+def _fit_and_record(config: TrainConfig, *, path: Path, dataset: Dataset, hooks: list[Callback],
+                    registry: RegistryChoice) -> Run:
+    """Fit into ``path`` and record the run; an interrupted run with completed epochs is recorded too."""
+    from mnistlab.training import fit
+
+    try:
+        result = fit(config, run_dir=path, dataset=dataset, callbacks=hooks)
+    except TrainingInterrupted as stop:
+        if stop.epochs_completed:  # a partial run is still a run: the registry lists it as interrupted
+            record_runs([path], source="train", registry=registry)
+        raise
     records = record_runs([result.run_dir], source="train", registry=registry)
     return Run(result.run_dir, run_id=records[0].id if records else None, model=result.model)
 
