@@ -358,3 +358,27 @@ def test_predict_and_serve_help_import_no_heavy_modules() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "usage: mnistlab serve" in out
     assert out.strip().splitlines()[-1] == "HEAVY=", out
+
+
+def test_one_bad_file_in_a_folder_does_not_hide_the_others(capsys, trained_cnn_run: Path, tmp_path: Path,
+                                                           mnist) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(mnist.test.images[i]).save(folder / f"good-{i}.png")
+    (folder / "broken.png").write_bytes(b"not a png at all")
+    code = main(["predict", str(trained_cnn_run), str(folder)])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert sorted(line.split()[0].rsplit("/", 1)[-1] for line in out.splitlines()) == [
+        "good-0.png", "good-1.png", "good-2.png"]
+    labels = [int(line.split()[1]) for line in sorted(out.splitlines())]
+    assert labels == [int(x) for x in mnist.test.labels[:3]]
+    assert "broken.png: not an image" in err and "1 of 4 images could not be read" in err
+    code = main(["predict", str(trained_cnn_run), str(folder), "--json"])
+    out, _ = capsys.readouterr()
+    document = json.loads(out)
+    assert code == 2 and document["failed"] == 1
+    errors = [r for r in document["results"] if "error" in r]
+    assert len(errors) == 1 and errors[0]["image"].endswith("broken.png")
+    assert sum("prediction" in r for r in document["results"]) == 3

@@ -255,3 +255,25 @@ def test_run_files_get_ordinary_permissions(tmp_path: Path) -> None:
     plain = tmp_path / "plain.json"
     plain.write_text("{}")
     assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~umask
+
+
+def test_two_trainings_on_one_out_folder_cannot_both_claim_it(tmp_path: Path) -> None:
+    """The claim is an exclusive create: the second claimant of an empty folder is refused before writing."""
+    from mnistlab.runs import OWNER_FILE, claim_run_dir, prepare_run_dir
+
+    first = prepare_run_dir(tmp_path / "out")
+    assert (first / OWNER_FILE).is_file()
+    with pytest.raises(MnistlabError, match="another run is being written there"):
+        claim_run_dir(first)
+    # Two real processes racing for one fresh folder: exactly one wins.
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom mnistlab.runs import prepare_run_dir\nfrom mnistlab.errors import MnistlabError\n"
+            "try:\n    prepare_run_dir(sys.argv[1]); print('won')\nexcept MnistlabError:\n    print('lost')\n")
+    for attempt in range(3):
+        target = tmp_path / f"race-{attempt}"
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        results = sorted(proc.communicate()[0].strip() for proc in procs)
+        assert results == ["lost", "won"]

@@ -21,8 +21,10 @@ class Callback:
     look at them never forces a device sync.
     """
 
-    def on_train_start(self, *, config: TrainConfig, run_dir: Path, steps_per_epoch: int, samples: int) -> None:
-        """Called once, after data and model are ready."""
+    def on_train_start(self, *, config: TrainConfig, run_dir: Path, steps_per_epoch: int, samples: int,
+                       device: str = "cpu", precision: str = "fp32") -> None:
+        """Called once, after data and model are ready: what runs, where it is written, and on what device and
+        in what arithmetic (``precision`` is what actually runs: ``auto`` resolved, fallbacks applied)."""
 
     def on_epoch_start(self, *, epoch: int, epochs: int, steps: int) -> None:
         """Called before the first step of each epoch."""
@@ -44,9 +46,11 @@ class CallbackList(Callback):
     def __init__(self, callbacks: Sequence[Callback] = ()) -> None:
         self.callbacks = list(callbacks)
 
-    def on_train_start(self, *, config: TrainConfig, run_dir: Path, steps_per_epoch: int, samples: int) -> None:
+    def on_train_start(self, *, config: TrainConfig, run_dir: Path, steps_per_epoch: int, samples: int,
+                       device: str = "cpu", precision: str = "fp32") -> None:
         for callback in self.callbacks:
-            callback.on_train_start(config=config, run_dir=run_dir, steps_per_epoch=steps_per_epoch, samples=samples)
+            callback.on_train_start(config=config, run_dir=run_dir, steps_per_epoch=steps_per_epoch, samples=samples,
+                                    device=device, precision=precision)
 
     def on_epoch_start(self, *, epoch: int, epochs: int, steps: int) -> None:
         for callback in self.callbacks:

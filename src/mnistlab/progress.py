@@ -44,19 +44,21 @@ class ConsoleObserver(Callback):
         self._task: Any = None
         self._last_refresh = 0.0
 
-    def on_train_start(self, *, config: TrainConfig, run_dir: Path, steps_per_epoch: int, samples: int) -> None:
+    def on_train_start(self, *, config: TrainConfig, run_dir: Path, steps_per_epoch: int, samples: int,
+                       device: str = "cpu", precision: str = "fp32") -> None:
         """Print what is about to be trained, and where it goes."""
         self.epochs = config.epochs
         prefix = f"[{self.label}] " if self.label else ""
         if config.family == "classical":
             options = ", ".join(f"{key}={value}" for key, value in config.options.items())
             self.console.print(f"{prefix}fitting {config.model} on {config.dataset}: {samples:,} samples, {options}, "
-                               f"seed {config.seed} -> {run_dir}", highlight=False)
+                               f"seed {config.seed} -> {run_dir}", highlight=False, markup=False)
             return
         self.console.print(
             f"{prefix}training {config.model} on {config.dataset}: {samples:,} samples, batch {config.batch_size}, "
-            f"{steps_per_epoch} steps/epoch, {config.optimizer} lr {config.lr:g}, seed {config.seed} -> {run_dir}",
-            highlight=False,
+            f"{steps_per_epoch} steps/epoch, {config.optimizer} lr {config.lr:g}, schedule {config.schedule}, "
+            f"seed {config.seed}, on {device} in {precision} -> {run_dir}",
+            highlight=False, markup=False,  # paths and labels are the user's: never rich markup
         )
 
     def on_epoch_start(self, *, epoch: int, epochs: int, steps: int) -> None:
@@ -93,7 +95,9 @@ class ConsoleObserver(Callback):
 
     def on_message(self, text: str) -> None:
         """Print a note (e.g. a precision fallback)."""
-        self.console.print(f"[yellow]note:[/yellow] {text}", highlight=False)
+        from rich.markup import escape
+
+        self.console.print(f"[yellow]note:[/yellow] {escape(text)}", highlight=False)
 
     def close(self) -> None:
         """Stop a live bar left running (e.g. after Ctrl-C mid-epoch)."""
@@ -137,7 +141,8 @@ class NotebookProgress(Callback):
         else:
             self._handle.update({"text/plain": text}, raw=True)
 
-    def on_train_start(self, *, config: TrainConfig, run_dir: Path, steps_per_epoch: int, samples: int) -> None:
+    def on_train_start(self, *, config: TrainConfig, run_dir: Path, steps_per_epoch: int, samples: int,
+                       device: str = "cpu", precision: str = "fp32") -> None:
         self.epochs = config.epochs
         prefix = f"[{self.label}] " if self.label else ""
         print(f"{prefix}training {config.model} on {config.dataset}: {samples:,} samples -> {run_dir}")

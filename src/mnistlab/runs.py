@@ -160,10 +160,30 @@ def prepare_run_dir(path: str | os.PathLike[str]) -> Path:
         raise MnistlabError(f"`run_dir` {path}: cannot create it ({exc.strerror}); choose a writable folder") from None
     if not os.access(path, os.W_OK):
         raise MnistlabError(f"`run_dir` {path}: not writable; choose a writable folder")
+    claim_run_dir(path)
     return path
 
 
-RUN_FILES = (CONFIG_FILE, MODEL_FILE, WEIGHTS_FILE, HISTORY_JSON, HISTORY_CSV, CURVES_PNG, METRICS_FILE)
+def claim_run_dir(path: Path) -> None:
+    """Take ``path`` for this process with an exclusive create of its ``.owner`` file.
+
+    Checking that a folder is empty and then writing into it is a race: two trainings started at once on one
+    ``--out`` would both pass the check and interleave their files. ``O_CREAT | O_EXCL`` succeeds for exactly
+    one of them; the other gets a clear error before writing anything.
+    """
+    try:
+        fd = os.open(path / OWNER_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _new_file_mode())
+    except FileExistsError:
+        raise MnistlabError(f"`run_dir` {path}: another run is being written there; choose a new folder") from None
+    except OSError as exc:
+        raise MnistlabError(f"`run_dir` {path}: cannot write it ({exc.strerror}); choose a writable folder") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump({"pid": os.getpid(), "host": platform.node(), "claimed": _dt.datetime.now(_dt.UTC).isoformat()},
+                  handle)
+
+
+OWNER_FILE = ".owner"
+RUN_FILES = (CONFIG_FILE, MODEL_FILE, WEIGHTS_FILE, HISTORY_JSON, HISTORY_CSV, CURVES_PNG, METRICS_FILE, OWNER_FILE)
 
 
 def discard_folder(path: str | os.PathLike[str], *, names: tuple[str, ...]) -> None:

@@ -299,7 +299,7 @@ def _fit_network(config: TrainConfig, *, run_dir: Path, dataset: Dataset, hooks:
                           precision=loop.precision)
     runs.write_json_atomic(run_dir / runs.MODEL_FILE, record)
     hooks.on_train_start(config=config, run_dir=run_dir, steps_per_epoch=loop.steps,
-                         samples=int(loop.x_train.shape[0]))
+                         samples=int(loop.x_train.shape[0]), device=str(device), precision=loop.precision)
     history: list[EpochRecord] = []
     train_seconds, stopped_by = 0.0, None
     try:

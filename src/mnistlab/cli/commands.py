@@ -257,7 +257,13 @@ def _show_input_targets(option: str | None, paths: list[Path]) -> list[Path]:
 
 
 def predict(args: argparse.Namespace) -> int:
-    """``mnistlab predict RUN IMAGE...``: the digit in each image, with its top-k probabilities."""
+    """``mnistlab predict RUN IMAGE...``: the digit in each image, with its top-k probabilities.
+
+    One unreadable file does not hide the others: every good image is predicted, each bad one gets its own
+    error line (and an ``error`` entry in ``--json``), and the exit code is 2 if any failed.
+    """
+    import sys
+
     import numpy as np
 
     from mnistlab import api
@@ -269,28 +275,44 @@ def predict(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise MnistlabError(f"--top must be >= 1, got {args.top}")
     paths = expand_image_paths(args.images)
-    outs = _show_input_targets(args.show_input, paths)
+    outs = dict(zip(paths, _show_input_targets(args.show_input, paths), strict=False))
     # Every image is prepared before the model loads: a bad file fails fast, naming itself.
-    prepared = [prepare_image(path, invert=args.invert) for path in paths]
+    prepared, failed = {}, {}
+    for path in paths:
+        try:
+            prepared[path] = prepare_image(path, invert=args.invert)
+        except MnistlabError as exc:
+            failed[path] = str(exc)
+    if len(paths) == 1 and failed:
+        raise MnistlabError(failed[paths[0]])
     predictor = Predictor(run_dir, device=args.device)
     if args.top > predictor.num_classes:
         raise MnistlabError(f"--top must be at most {predictor.num_classes} (the model's classes), got {args.top}")
-    predictions = predictor.predict(np.stack([item.pixels for item in prepared]))
-    for item, out in zip(prepared, outs, strict=False):
-        write_bytes_atomic(out, encode_png(item.pixels))
+    good = list(prepared)
+    predictions = dict(zip(good, predictor.predict(np.stack([prepared[p].pixels for p in good])), strict=True)
+                       ) if good else {}
+    for path in good:
+        if path in outs:
+            write_bytes_atomic(outs[path], encode_png(prepared[path].pixels))
     if args.json:
         info = predictor.info()
-        results = [{"image": str(path), **prediction.to_dict(top=args.top), "inverted": item.inverted,
-                    "input_png": str(outs[i]) if outs else None}
-                   for i, (path, item, prediction) in enumerate(zip(paths, prepared, predictions, strict=True))]
+        results = [({"image": str(path), **predictions[path].to_dict(top=args.top),
+                     "inverted": prepared[path].inverted, "input_png": str(outs[path]) if path in outs else None}
+                    if path in predictions else {"image": str(path), "error": failed[path]}) for path in paths]
         print(json_text({"run": str(run_dir), "model": info["model"], "dataset": info["dataset"],
-                         "test_accuracy": info["test_accuracy"], "results": results}))
-        return 0
-    width = max(len(str(path)) for path in paths)
-    for i, (path, prediction) in enumerate(zip(paths, predictions, strict=True)):
-        ranked = "  ".join(f"{name} {format_percent(p)}" for _, name, p in prediction.top(args.top))
-        shown = f"  -> {outs[i]}" if outs else ""
-        print(f"{path!s:<{width}}  {prediction.name}   ({ranked}){shown}")
+                         "test_accuracy": info["test_accuracy"], "results": results, "failed": len(failed)}))
+    else:
+        width = max(len(str(path)) for path in paths)
+        for path in paths:
+            if path not in predictions:
+                print(f"mnistlab: error: {failed[path]}", file=sys.stderr)
+                continue
+            ranked = "  ".join(f"{name} {format_percent(p)}" for _, name, p in predictions[path].top(args.top))
+            shown = f"  -> {outs[path]}" if path in outs else ""
+            print(f"{path!s:<{width}}  {predictions[path].name}   ({ranked}){shown}")
+    if failed:
+        print(f"mnistlab: {len(failed)} of {len(paths)} images could not be read", file=sys.stderr)
+        return 2
     return 0
 
 
