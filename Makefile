@@ -41,9 +41,11 @@ bench: $(STAMP)
 	cd benchmarks && ../$(BIN)/python reproduce_time.py $(KERAS_FLAG)
 
 # Optional: TensorFlow/Keras in a separate environment, only for the side-by-side benchmarks.
+# tf-keras (same minor version as tensorflow) carries the tutorial's optimizer_v2 RMSprop for keras_seed.py.
 keras-venv:
 	test -x $(KERAS_VENV)/bin/python || $(PYTHON) -m venv $(KERAS_VENV)
-	$(KERAS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check tensorflow-cpu scikit-learn
+	$(KERAS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check 'tensorflow-cpu~=2.21.0' \
+		'tf-keras~=2.21.0' scikit-learn
 
 clean-venv:
 	rm -rf $(VENV)

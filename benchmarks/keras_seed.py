@@ -1,11 +1,22 @@
 """The seed tutorial's four experiments in Keras, with its exact settings, for side-by-side timing.
 
-Run with a Python that has TensorFlow/Keras installed (not a mnistlab dependency):
+Run with a Python that has TensorFlow and tf-keras installed (not mnistlab dependencies; scikit-learn too for
+``sgd``), e.g. the one ``make keras-venv`` makes:
 
-    /path/to/tf-python benchmarks/keras_seed.py [--only softmax,mlp,cnn,sgd] [--epochs 30]
+    .venv-keras/bin/python benchmarks/keras_seed.py [--only softmax,mlp,cnn,sgd] [--epochs 30]
+                                                    [--optimizer legacy|keras3|both]
+
+``--optimizer`` picks which RMSprop ``compile(optimizer="rmsprop")`` means:
+
+- ``legacy`` (default): the rule the tutorial ran. Its output dates it to tf.keras 2.x (TensorFlow 2.4-2.10), whose
+  RMSprop is ``optimizer_v2``: ``w -= lr g / (sqrt(v) + eps)``. It is still shipped as
+  ``tf_keras.optimizers.legacy.RMSprop``, so this runs the code on ``tf_keras`` (Keras 2) with that optimizer.
+- ``keras3``: Keras 3's default RMSprop (``import keras``; also TensorFlow >= 2.11's), ``w -= lr g / sqrt(v + eps)``.
+- ``both``: legacy first (its figures stay at the top level, where the benchmarks read them), then Keras 3's
+  under ``"keras3"``.
 
 Data comes from mnistlab's bundled files (no download). Prints one JSON object: per experiment the training
-seconds (``model.fit`` only) and the test accuracy.
+seconds (``model.fit`` only) and the test accuracy, and which Keras, TensorFlow and optimizer rule made them.
 """
 
 from __future__ import annotations
@@ -14,7 +25,9 @@ import argparse
 import gzip
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,14 +39,36 @@ def read(name: str, offset: int) -> np.ndarray:
         return np.frombuffer(handle.read(), dtype=np.uint8, offset=offset)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="softmax,mlp,cnn,sgd")
-    parser.add_argument("--epochs", type=int, default=30)
-    args = parser.parse_args()
+RULES = {
+    "legacy": {"keras_package": "tf_keras", "class": "tf_keras.optimizers.legacy.RMSprop",
+               "rule": "w -= lr g / (sqrt(v) + eps) (optimizer_v2, the tutorial's)"},
+    "keras3": {"keras_package": "keras", "class": "keras.optimizers.RMSprop",
+               "rule": "w -= lr g / sqrt(v + eps) (Keras 3 default)"},
+}
 
+
+def import_keras(optimizer: str) -> tuple[Any, Callable[[], Any]]:
+    """(the Keras module, a factory of a fresh RMSprop with Keras' defaults) for ``--optimizer``."""
+    if optimizer == "legacy":
+        try:
+            import tf_keras
+        except ImportError as error:
+            raise SystemExit(f"--optimizer legacy needs tf_keras in this Python ({error}): pip install "
+                             "tf-keras matching tensorflow's minor version, or pass --optimizer keras3") from None
+        return tf_keras, tf_keras.optimizers.legacy.RMSprop
     import keras
-    from keras import layers
+
+    if not keras.__version__.startswith("3."):
+        raise SystemExit(f"--optimizer keras3 needs Keras 3, this Python has keras {keras.__version__}")
+    return keras, keras.optimizers.RMSprop
+
+
+def run_experiments(optimizer: str, names: list[str], epochs: int) -> dict[str, Any]:
+    """Train and evaluate each of ``names`` with the Keras and RMSprop ``optimizer`` selects."""
+    keras, make_rmsprop = import_keras(optimizer)
+    import tensorflow as tf
+
+    layers = keras.layers
 
     class EpochTimer(keras.callbacks.Callback):
         """Wall seconds of each epoch (Keras' own per-epoch figure, like mnistlab's history)."""
@@ -53,9 +88,11 @@ def main() -> None:
     xt = read("t10k-images-idx3-ubyte", 16).reshape(-1, 28, 28)
     yt = read("t10k-labels-idx1-ubyte", 8)
     onehot, onehot_t = keras.utils.to_categorical(y), keras.utils.to_categorical(yt)
-    results: dict = {"keras": keras.__version__, "backend": keras.backend.backend(), "epochs": args.epochs}
+    results: dict[str, Any] = {"keras": keras.__version__, "backend": keras.backend.backend(),
+                               "tensorflow": tf.__version__, "optimizer": optimizer, **RULES[optimizer],
+                               "epochs": epochs}
 
-    def network(name: str) -> tuple[keras.Model, np.ndarray, np.ndarray, int]:
+    def network(name: str) -> tuple[Any, np.ndarray, np.ndarray, int]:
         if name == "cnn":
             model = keras.Sequential([
                 keras.Input((28, 28, 1)),
@@ -76,7 +113,7 @@ def main() -> None:
         batch = 128 if name == "softmax" else 200
         return model, (x.reshape(shape).astype("float32") / 255), (xt.reshape(shape).astype("float32") / 255), batch
 
-    for name in args.only.split(","):
+    for name in names:
         if name == "sgd":
             from sklearn.linear_model import SGDClassifier
             from sklearn.model_selection import train_test_split
@@ -89,13 +126,36 @@ def main() -> None:
             results[name] = {"train_seconds": seconds, "test_accuracy": float(classifier.score(x_held, y_held))}
             continue
         model, inputs, test_inputs, batch = network(name)
-        model.compile(optimizer="rmsprop", loss="categorical_crossentropy", metrics=["accuracy"])
+        # The tutorial's compile(optimizer="rmsprop"), spelled as the class so that tf_keras gets its legacy
+        # (optimizer_v2) RMSprop: in tf_keras >= 2.11 the string means the new one, epsilon inside the sqrt.
+        model.compile(optimizer=make_rmsprop(), loss="categorical_crossentropy", metrics=["accuracy"])
         timer = EpochTimer()
         start = time.perf_counter()
-        model.fit(inputs, onehot, epochs=args.epochs, batch_size=batch, verbose=0, callbacks=[timer])
+        model.fit(inputs, onehot, epochs=epochs, batch_size=batch, verbose=0, callbacks=[timer])
         seconds = time.perf_counter() - start
         _, accuracy = model.evaluate(test_inputs, onehot_t, verbose=0)
-        results[name] = {"train_seconds": seconds, "epoch_seconds": timer.seconds, "test_accuracy": float(accuracy)}
+        used = type(model.optimizer)
+        results[name] = {"train_seconds": seconds, "epoch_seconds": timer.seconds, "test_accuracy": float(accuracy),
+                         "optimizer_class": f"{used.__module__}.{used.__qualname__}"}
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="softmax,mlp,cnn,sgd")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--optimizer", choices=["legacy", "keras3", "both"], default="legacy",
+                        help="legacy: tf_keras + its optimizer_v2 RMSprop (the tutorial's rule, default); "
+                             "keras3: Keras 3's RMSprop; both: legacy, then keras3 under 'keras3'")
+    args = parser.parse_args()
+    names = args.only.split(",")
+    if args.optimizer == "keras3":
+        print(json.dumps(run_experiments("keras3", names, args.epochs)))
+        return
+    results = run_experiments("legacy", names, args.epochs)
+    if args.optimizer == "both":
+        # The SGD baseline is scikit-learn, not Keras: once is enough.
+        results["keras3"] = run_experiments("keras3", [n for n in names if n != "sgd"], args.epochs)
     print(json.dumps(results))
 
 

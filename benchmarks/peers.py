@@ -79,5 +79,9 @@ def train_peer(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
 
 
 def keras_rmsprop(params) -> torch.optim.Optimizer:
-    """RMSprop with Keras' defaults, so the peer trains the same recipe as mnistlab."""
+    """RMSprop with Keras' defaults, so the peer trains the same recipe as mnistlab.
+
+    torch's RMSprop divides by ``sqrt(v) + eps``, the tutorial's (tf.keras 2.x ``optimizer_v2``) rule, not Keras 3's
+    ``sqrt(v + eps)``; tests/test_optim.py checks this function against the recorded tf_keras trajectory.
+    """
     return torch.optim.RMSprop(params, lr=1e-3, alpha=0.9, eps=1e-7)
