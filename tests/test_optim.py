@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from mnistlab.optim import KerasRMSprop
-from mnistlab.train import build_optimizer
+from mnistlab.training import build_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "keras_legacy_rmsprop.json"
