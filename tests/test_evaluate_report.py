@@ -173,8 +173,18 @@ def test_html_report_is_self_contained_and_shows_the_numbers(mlp_test_report) ->
     assert extra.read_text() == text   # --html writes the same page
     page = parse_page(text)
     pngs = assert_self_contained(page)
-    assert len(pngs) == 3   # confusion, mistakes, reliability
+    assert len(pngs) == 4   # training curves, confusion, mistakes, reliability
     e = out.evaluation
+    # The page says how the model was made, on its own: settings, status, every epoch.
+    made = dict(row for row in table_after(page, "setting")[1:])
+    config = json.loads((Path(e.run_dir) / runs.CONFIG_FILE).read_text())
+    assert made["status"].startswith("completed: 2 of 2 epochs")
+    for key in ("epochs", "batch_size", "optimizer", "lr", "seed", "val_split", "precision"):
+        assert made[key.replace("_", " ")] == str(config[key]), key
+    epochs = table_after(page, "epoch")
+    history = json.loads((Path(e.run_dir) / runs.HISTORY_JSON).read_text())
+    assert [row[0] for row in epochs[1:]] == [str(row["epoch"]) for row in history]
+    assert epochs[1][1] == f"{history[0]['loss']:.4f}"
     per_class = table_after(page, "class")
     assert per_class[0] == ["class", "precision", "recall", "f1-score", "support"]
     for k in range(10):
@@ -256,3 +266,32 @@ def test_decision_value_model_has_no_calibration_or_loss(tmp_path: Path, tiny_da
     summary = dict(row for row in table_after(page, "figure")[1:])
     assert summary["loss (cross-entropy)"] == "n/a (no probabilities)"
     assert summary["published: linear classifier (1-layer NN)"].startswith("12.00% error")
+
+
+def test_an_interrupted_run_is_marked_in_its_report_and_listed_with_its_score(tmp_path: Path,
+                                                                             tiny_data_dir: Path) -> None:
+    from mnistlab.callbacks import Callback
+    from mnistlab.data import load_dataset
+    from mnistlab.errors import TrainingInterrupted
+    from mnistlab.registry import Registry
+
+    class CtrlCAfterFirstEpoch(Callback):
+        def on_epoch_end(self, record):
+            raise KeyboardInterrupt
+
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    run_dir = tmp_path / "cut"
+    with pytest.raises(TrainingInterrupted):
+        fit(TrainConfig.for_model("softmax", epochs=3, device="cpu"), run_dir=run_dir, dataset=dataset,
+            callbacks=[CtrlCAfterFirstEpoch()])
+    out = evaluate_report(run_dir, device="cpu", dataset=dataset)
+    page = parse_page(out.files["html"].read_text())
+    made = dict(row for row in table_after(page, "setting")[1:])
+    assert made["status"] == "interrupted: 1 of 3 epochs completed"
+    with Registry.open(tmp_path / "registry.sqlite") as registry:
+        registry.record_run(run_dir)
+        registry.record_evaluation(run_dir, out.evaluation.to_dict(), report=out.html)
+        listed = registry.list_runs()[0]
+    # One source of truth: the listing shows the evaluation's score and the model's parameter count.
+    assert listed.figures()["test_accuracy"] == out.evaluation.accuracy
+    assert listed.metrics["params"] == 7_850

@@ -25,7 +25,7 @@ from mnistlab import metrics
 from mnistlab.config import EVAL_BATCH_SIZE
 from mnistlab.errors import MnistlabError
 from mnistlab.results import EvalResult
-from mnistlab.runs import WEIGHTS_FILE, RunFiles, read_json, read_run, write_json_atomic, write_text_atomic
+from mnistlab.runs import CURVES_PNG, WEIGHTS_FILE, RunFiles, read_json, read_run, write_json_atomic, write_text_atomic
 
 EvalSplit = Literal["test", "val", "train"]
 EVAL_SPLITS: tuple[str, ...] = get_args(EvalSplit)
@@ -203,6 +203,8 @@ class Evaluation:
     weights_sha256: str
     seconds: float
     recorded: dict[str, Any] = field(default_factory=dict)
+    # How the model was made: the run's settings, status and per-epoch history (config.json, history.json).
+    training: dict[str, Any] = field(default_factory=dict)
     # Where it was written (evaluation.json, PNGs, report.html) and its registry ids, once saved.
     files: dict[str, Path] = field(default_factory=dict, compare=False, repr=False)
     html_path: Path | None = field(default=None, compare=False, repr=False)
@@ -259,6 +261,7 @@ class Evaluation:
                                                       "source": figure.source},
             "recorded_test_accuracy": self.recorded.get("test_accuracy"),
             "weights_sha256": self.weights_sha256, "seconds": round(self.seconds, 3),
+            "training": self.training,
         }
 
 
@@ -294,8 +297,28 @@ def evaluate_scores(scored: RunScores, *, gallery: int = GALLERY_SIZE, pairs: in
         report=metrics.report_from_confusion(confusion, class_names=scored.class_names),
         confusion=confusion, pairs=metrics.most_confused_pairs(confusion, top=pairs),
         calibration=calibration, mistakes=mistakes, weights_sha256=weights_sha256(scored.run.path),
-        seconds=scored.seconds, recorded=dict(scored.run.metrics or {}),
+        seconds=scored.seconds, recorded=dict(scored.run.metrics or {}), training=training_record(scored.run),
     )
+
+
+TRAINING_SETTINGS = ("epochs", "batch_size", "optimizer", "lr", "schedule", "label_smoothing", "seed", "val_split",
+                     "precision", "device", "threads", "options", "dataset", "data_dir")
+
+
+def training_record(run: RunFiles) -> dict[str, Any]:
+    """How a run's model was made, for reports that travel on their own: settings, what ran, how far it got."""
+    metrics_json = run.metrics or {}
+    settings = {key: run.config[key] for key in TRAINING_SETTINGS if run.config.get(key) not in (None, {}, "")}
+    return {
+        "settings": settings,
+        "status": metrics_json.get("status", "incomplete (no metrics.json)"),
+        "epochs_completed": metrics_json.get("epochs_completed", len(run.history)),
+        "epochs": run.config.get("epochs"),
+        "ran_on": metrics_json.get("device"), "ran_in": metrics_json.get("precision") or run.model.get("precision"),
+        "train_seconds": metrics_json.get("train_seconds"),
+        "history": [{key: row.get(key) for key in ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr")}
+                    for row in run.history],
+    }
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -366,8 +389,11 @@ def write_evaluation(evaluation: Evaluation, scored: RunScores, *, out_dir: str 
     if evaluation.calibration is not None:
         files["reliability_png"] = plot_reliability(evaluation.calibration, out / "reliability.png",
                                                     title=f"{title}: reliability")
-    page = evaluation_html(data, images={key: path.read_bytes() for key, path in files.items()
-                                         if key.endswith("_png")})
+    images = {key: path.read_bytes() for key, path in files.items() if key.endswith("_png")}
+    curves = Path(scored.run.path) / CURVES_PNG
+    if curves.is_file():  # the training curves travel with the report
+        images["curves_png"] = curves.read_bytes()
+    page = evaluation_html(data, images=images)
     files["html"] = write_text_atomic(out / REPORT_HTML, page)
     target = files["html"]
     if html is not None:

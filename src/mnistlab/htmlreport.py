@@ -17,6 +17,7 @@ STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1200px;
        padding: 0 1rem; color: #1d1d1f; line-height: 1.45; }
 h1 { font-size: 1.6rem; margin-bottom: .2rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #ddd; }
+.warn { color: #a40000; font-weight: 600; }
 h3 { margin-top: 1.6rem; }
 .meta { color: #555; font-size: .9rem; } code { background: #f3f3f3; padding: 0 .25rem; border-radius: 3px; }
 table { border-collapse: collapse; margin: .8rem 0; font-size: .9rem; }
@@ -146,10 +147,36 @@ def calibration_rows(cal: Mapping[str, Any]) -> list[list[str]]:
     return rows
 
 
+def training_section(training: Mapping[str, Any], images: Mapping[str, bytes], *, heading: str = "h2") -> str:
+    """How the model was made: every setting, what ran (device, precision), how far it got, and its curves."""
+    h = heading
+    status = str(training.get("status"))
+    done, planned = training.get("epochs_completed"), training.get("epochs")
+    marker = "" if status in ("completed", "stopped") else " class=\"warn\""
+    rows = [("status", f"{status}: {done} of {planned} epochs completed"),
+            ("ran on", f"{training.get('ran_on') or 'cpu'} in {training.get('ran_in') or 'fp32'}")]
+    if training.get("train_seconds") is not None:
+        rows.append(("training time", f"{training['train_seconds']:.1f} s"))
+    rows += [(key.replace("_", " "), str(value)) for key, value in training.get("settings", {}).items()]
+    parts = [f"<{h}>How this model was made</{h}>", f"<p{marker}>Status: <b>{esc(status)}</b> after {esc(done)} "
+             f"of {esc(planned)} epochs.</p>", table(["setting", "value"], rows)]
+    history = training.get("history") or []
+    if history:
+        parts.append(table(["epoch", "loss", "accuracy", "val loss", "val accuracy", "lr"],
+                           [[str(r.get("epoch")), num(r.get("loss")), num(r.get("accuracy")), num(r.get("val_loss")),
+                             num(r.get("val_accuracy")), "" if r.get("lr") is None else f"{r['lr']:.3g}"]
+                            for r in history]))
+    if "curves_png" in images:
+        parts.append(data_uri_img(images["curves_png"], "training curves"))
+    return "\n".join(parts)
+
+
 def evaluation_body(data: Mapping[str, Any], images: Mapping[str, bytes], *, heading: str = "h2") -> str:
     """The sections of one evaluation (used by the evaluation page and, per run, by the comparison page)."""
     h = heading
     parts = [f"<{h}>Summary</{h}>", table(["figure", "value"], summary_rows(data))]
+    if data.get("training"):
+        parts.append(training_section(data["training"], images, heading=h))
     parts += [f"<{h}>Per class</{h}>",
               '<p class="note">precision = right among those predicted as the class; recall = found among the '
               "class's images; F1 = their harmonic mean. Same numbers as scikit-learn's classification_report."

@@ -146,11 +146,17 @@ class RunRecord:
         """Every sortable number of the run: its final metrics, ``test_error``, and the latest test ECE."""
         values = {key: float(value) for key, value in self.metrics.items()
                   if isinstance(value, int | float) and not isinstance(value, bool)}
+        latest = self.latest_evaluation("test")
+        if latest is not None:
+            # A run scored by `evaluate` (an interrupted one has no test figures of its own) shows that score,
+            # the same one `runs compare` shows.
+            values.setdefault("test_accuracy", latest.accuracy)
+            if latest.loss is not None:
+                values.setdefault("test_loss", latest.loss)
+            if latest.ece is not None:
+                values["test_ece"] = latest.ece
         if "test_accuracy" in values:
             values["test_error"] = 1.0 - values["test_accuracy"]
-        latest = self.latest_evaluation("test")
-        if latest is not None and latest.ece is not None:
-            values["test_ece"] = latest.ece
         values["id"] = float(self.id)
         return values
 
@@ -189,6 +195,8 @@ def run_fields(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     run = read_run(run_dir)
     config = {key: value for key, value in run.config.items() if key != "environment"}
     metrics = {key: value for key, value in (run.metrics or {}).items() if key not in ("environment", "checksums")}
+    if "params" not in metrics and isinstance(run.model.get("params"), int):
+        metrics["params"] = run.model["params"]  # an interrupted run's metrics.json has no parameter count
     env = dict((run.metrics or {}).get("environment") or run.config.get("environment") or {})
     versions = {"mnistlab": __version__, **{key: env[key] for key in (
         "python", "torch", "numpy", "scikit_learn", "platform", "cpu", "cpu_count", "cuda_device") if key in env}}
