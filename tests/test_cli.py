@@ -134,7 +134,9 @@ def test_corrupt_data_file_is_one_line(capsys, tiny_data_dir: Path, tmp_path: Pa
 
 def test_reproduce_quick_subset(capsys, tmp_path: Path) -> None:
     out_dir = tmp_path / "repro"
-    code, _, err = run_cli(capsys, "reproduce", "--quick", "--only", "softmax,sgd", "--out", str(out_dir))
+    started = time.perf_counter()
+    code, out, err = run_cli(capsys, "reproduce", "--quick", "--only", "softmax,sgd", "--out", str(out_dir))
+    wall = time.perf_counter() - started
     assert code == 0, err
     report = (out_dir / "report.md").read_text()
     results = json.loads((out_dir / "results.json").read_text())
@@ -148,6 +150,12 @@ def test_reproduce_quick_subset(capsys, tmp_path: Path) -> None:
         assert f"{row['accuracy']:.4f} | {row['evaluated_on']}" in report
         assert f"{row['difference_points']:+.2f} pt" in report
     assert (out_dir / "comparison.png").is_file() and (out_dir / "softmax" / "curves.png").is_file()
+    # The reported total is the whole command (data, training, evaluations, report), and its parts add up.
+    timing = results["timing_seconds"]
+    assert set(timing) == {"data", "softmax", "sgd", "evaluations", "total"}
+    assert sum(v for k, v in timing.items() if k != "total") <= timing["total"] <= wall
+    assert timing["total"] >= 0.8 * wall   # what the user waited for, not the training alone
+    assert "the whole command (data" in report and "time: data" in out
 
 
 def test_ctrl_c_in_a_real_process(tmp_path: Path, tiny_data_dir: Path) -> None:

@@ -79,14 +79,35 @@ def _integer_ticks() -> Any:
 
 def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str], *, title: str = "") -> Path:
     """Loss and accuracy per epoch (train, and validation when present) side by side, as a PNG."""
+    return save_figure(curves_figure(history, title=title), path)
+
+
+def curves_figure(history: Sequence[dict[str, Any]], *, title: str = "") -> Any:
+    """The figure :func:`plot_curves` saves: only what exists is drawn, and a single epoch is labelled."""
     plt = _pyplot()
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    single = len(epochs) == 1  # one epoch (fast, --quick, a classical fit): marked, labelled points
     for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
-        ax.plot(epochs, [row[key] for row in history], marker="o", ms=3, label=f"train {label}")
-        val = [row.get(f"val_{key}") for row in history]
-        if any(v is not None for v in val):
-            ax.plot(epochs, [np.nan if v is None else v for v in val], marker="s", ms=3, label=f"val {label}")
+        series = [(f"train {label}", "o", [row.get(key) for row in history]),
+                  (f"val {label}", "s", [row.get(f"val_{key}") for row in history])]
+        drawn = 0
+        for name, marker, values in series:
+            numbers = [np.nan if v is None or not math.isfinite(float(v)) else float(v) for v in values]
+            if all(math.isnan(v) for v in numbers):
+                continue  # never an empty line: a model without a loss (sgd, svm) has no loss curve
+            ax.plot(epochs, numbers, marker=marker, ms=8 if single else 3, label=name)
+            if single:
+                ax.annotate(f"{numbers[0]:.4f}", (epochs[0], numbers[0]), textcoords="offset points",
+                            xytext=(8, 4 - 12 * drawn), fontsize=9)
+            drawn += 1
+        if not drawn:
+            ax.text(0.5, 0.5, f"no {label} recorded\n(this model gives decision values, not probabilities)",
+                    ha="center", va="center", transform=ax.transAxes, fontsize=10, color="#555")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(label)
+            continue
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.xaxis.set_major_locator(_integer_ticks())
@@ -94,7 +115,7 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike[str],
         ax.legend()
     if title:
         fig.suptitle(title)
-    return save_figure(fig, path)
+    return fig
 
 
 def plot_digit_grid(
@@ -163,7 +184,7 @@ def plot_reproduce_comparison(rows: Sequence[Any], path: str | os.PathLike[str])
 
 
 def write_reproduce_report(*, out_dir: Path, rows: Sequence[Any], quick: bool, total_seconds: float,
-                           evaluations: Sequence[Any] | None = None) -> Path:
+                           evaluations: Sequence[Any] | None = None, timing: dict[str, float] | None = None) -> Path:
     """Write ``report.md`` (the seed's table, reproduced) and ``comparison.png`` into ``out_dir``.
 
     With ``evaluations`` (one :class:`mnistlab.analysis.Evaluation` per row, on the test set) the report also
@@ -185,7 +206,9 @@ def write_reproduce_report(*, out_dir: Path, rows: Sequence[Any], quick: bool, t
             f"| {row.name} | {row.params:,} | {row.epochs} | {batch} | {row.accuracy:.4f} | {row.evaluated_on} | "
             f"{row.seed_accuracy:.4f} | {row.difference_points:+.2f} pt | {row.train_seconds:.1f} s |"
         )
-    lines += ["", f"Total wall time: {total_seconds:.1f} s. Training time excludes data loading and the test pass.",
+    parts = "; ".join(f"{name} {seconds:.1f} s" for name, seconds in (timing or {}).items() if name != "total")
+    lines += ["", f"Total wall time: {total_seconds:.1f} s, the whole command" + (f" ({parts})" if parts else "")
+              + ". The table's training time excludes data loading and the test pass.",
               "", "![comparison](comparison.png)", ""]
     notes = [f"- **{row.name}**: {row.note}" for row in rows if row.note]
     if notes:

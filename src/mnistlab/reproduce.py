@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -73,6 +73,9 @@ class ReproduceResult:
     report: Path
     rows: tuple[ExperimentResult, ...]
     quick: bool
+    # Wall seconds of the whole call and its parts: data, each experiment (training + its test pass), the
+    # evaluations and the report.
+    timing: dict[str, float] = field(default_factory=dict)
 
 
 def _run_network(exp: Experiment, *, out_dir: Path, quick: bool, seed: int, device: str, dataset: object,
@@ -128,13 +131,15 @@ def reproduce(
     from mnistlab.data import load_dataset
     from mnistlab.report import write_reproduce_report
 
+    started = time.perf_counter()
     out_dir = runs.prepare_run_dir(out_dir)
     dataset = load_dataset("mnist")
-    started = time.perf_counter()
+    timing = {"data": time.perf_counter() - started}
     rows: list[ExperimentResult] = []
     for exp in SEED_EXPERIMENTS:
         if only is not None and exp.name not in only:
             continue
+        step = time.perf_counter()
         if exp.kind == "network":
             observer = observer_for(exp.name) if observer_for else None
             row = _run_network(exp, out_dir=out_dir, quick=quick, seed=seed, device=device, dataset=dataset,
@@ -142,19 +147,25 @@ def reproduce(
         else:
             row = _run_sgd(exp, out_dir=out_dir, quick=quick, seed=seed, dataset=dataset)
         rows.append(row)
+        timing[exp.name] = time.perf_counter() - step
         if on_result:
             on_result(row)
-    total = time.perf_counter() - started
-    runs.write_json_atomic(out_dir / "results.json", {
-        "quick": quick, "seed": seed, "total_seconds": round(total, 3),
-        "rows": [{**asdict(row), "difference_points": row.difference_points} for row in rows],
-        "environment": runs.environment(),
-    })
     # Where each experiment fails: a full test-set evaluation per run (RUN/eval/test/, report.html included).
     from mnistlab.analysis import evaluate_report
 
+    step = time.perf_counter()
     evaluations = [evaluate_report(row.run_dir, split="test", device=device, dataset=dataset).evaluation
                    for row in rows]
-    report = write_reproduce_report(out_dir=out_dir, rows=rows, quick=quick, total_seconds=total,
-                                    evaluations=evaluations)
-    return ReproduceResult(out_dir=out_dir, report=report, rows=tuple(rows), quick=quick)
+    timing["evaluations"] = time.perf_counter() - step
+    timing["total"] = time.perf_counter() - started
+    report = write_reproduce_report(out_dir=out_dir, rows=rows, quick=quick, total_seconds=timing["total"],
+                                    evaluations=evaluations, timing=timing)
+    timing["total"] = time.perf_counter() - started  # the report itself included
+    runs.write_json_atomic(out_dir / "results.json", {
+        "quick": quick, "seed": seed, "total_seconds": round(timing["total"], 3),
+        "timing_seconds": {name: round(seconds, 3) for name, seconds in timing.items()},
+        "rows": [{**asdict(row), "difference_points": row.difference_points} for row in rows],
+        "environment": runs.environment(),
+    })
+    return ReproduceResult(out_dir=out_dir, report=report, rows=tuple(rows), quick=quick,
+                           timing={name: round(seconds, 3) for name, seconds in timing.items()})
