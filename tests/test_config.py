@@ -66,3 +66,11 @@ def test_softmax_recipe_trains_in_fp32() -> None:
     assert TrainConfig.for_model("softmax").precision == "fp32"
     assert TrainConfig.for_model("cnn").precision == "auto"
     assert TrainConfig.for_model("softmax", precision="bf16").precision == "bf16"
+
+
+def test_published_figures_name_the_nearest_method() -> None:
+    from mnistlab.config import published_figure
+
+    assert published_figure("mlp").test_error == 0.0305 and "300+100" in published_figure("mlp").method
+    assert published_figure("cnn").test_error == 0.0095 and "closest" in published_figure("cnn").method
+    assert published_figure("forest") is None and published_figure("mlp", "fashion-mnist") is None
