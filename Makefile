@@ -1,7 +1,8 @@
 # Two commands do everything on a fresh clone; both create the virtual environment on first use and reuse it
-# afterwards (it is rebuilt only when pyproject.toml changes).
+# afterwards (reinstalled only when pyproject.toml or constraints.txt changes).
 #   make reproduce   - the seed tutorial's table, reproduced (report in runs/reproduce-*/report.md)
-#   make test        - the whole test suite
+#   make test        - the whole test suite; first installs the Debian packages it needs (see system-deps)
+#   make test SYSTEM_DEPS=skip  - without installing them: their tests are skipped and the summary says so
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -12,11 +13,23 @@ KERAS_VENV ?= .venv-keras
 KERAS_PYTHON ?= $(wildcard $(KERAS_VENV)/bin/python)
 KERAS_FLAG := $(if $(KERAS_PYTHON),--keras-python $(abspath $(KERAS_PYTHON)),)
 
-.PHONY: reproduce quick test lint bench keras-venv clean-venv
+# The Debian packages the suite needs and what each provides: chromium (+ its driver) for the browser tests of the
+# draw-a-digit page, dataset-fashion-mnist for the registry's second dataset. tests/systemdeps.py names the same.
+# The paths and APT_* are plain (=) variables, so the environment cannot change them but the command line can:
+# tests/test_setup.py exercises every branch that way.
+CHROMIUM = /usr/bin/chromium
+FASHION_MNIST = /usr/share/datasets/fashion-mnist
+SYSTEM_DEPS ?= install
+APT_GET = apt-get
+# How apt-get may run: root (we are root), sudo (`sudo -n` works without a password), or none.
+APT_AS = $(shell if [ "$$(id -u)" = 0 ]; then echo root; elif sudo -n true 2>/dev/null; then echo sudo; else echo none; fi)
 
-$(STAMP): pyproject.toml
+.PHONY: reproduce quick test system-deps lint typecheck bench keras-venv clean-venv
+
+# -c constraints.txt: the exact builds tested here (torch's CPU wheel); pyproject.toml only declares ranges.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 reproduce: $(STAMP)
@@ -25,11 +38,39 @@ reproduce: $(STAMP)
 quick: $(STAMP)
 	$(BIN)/mnistlab reproduce --quick $(ARGS)
 
-test: $(STAMP)
-	$(BIN)/python -m pytest $(ARGS)
+test: $(STAMP) system-deps
+	MNISTLAB_SYSTEM_DEPS=$(SYSTEM_DEPS) $(BIN)/python -m pytest $(ARGS)
 
+# Installs what is missing when it can (root, or sudo -n), else stops before the tests with one line naming the
+# packages. SYSTEM_DEPS=skip is the explicit opt-out; MNISTLAB_REQUIRE_SYSTEM=1 (CI) refuses the opt-out.
+system-deps:
+	@case "$(SYSTEM_DEPS)" in install|skip) ;; *) echo "make: SYSTEM_DEPS=$(SYSTEM_DEPS): use install (the default) or skip" >&2; exit 2;; esac; \
+	missing=""; \
+	[ -x "$(CHROMIUM)" ] || missing="chromium chromium-driver"; \
+	[ -d "$(FASHION_MNIST)" ] || missing="$${missing:+$$missing }dataset-fashion-mnist"; \
+	[ -n "$$missing" ] || exit 0; \
+	if [ "$(SYSTEM_DEPS)" = skip ]; then \
+	  if [ "$${MNISTLAB_REQUIRE_SYSTEM:-}" = 1 ]; then \
+	    echo "make: missing Debian packages $$missing, and MNISTLAB_REQUIRE_SYSTEM=1 refuses SYSTEM_DEPS=skip" >&2; exit 1; fi; \
+	  echo "make: SYSTEM_DEPS=skip: not installing $$missing; the tests that need them will not run" >&2; exit 0; fi; \
+	case "$(APT_AS)" in root) run="";; sudo) run="sudo -n";; *) \
+	  echo "make: the tests need Debian packages $$missing: install them with 'sudo apt-get install $$missing', or run 'make test SYSTEM_DEPS=skip' to leave their tests out" >&2; exit 1;; esac; \
+	echo "make: installing Debian packages $$missing with apt-get" >&2; \
+	log=$$(mktemp); \
+	if ! { $$run $(APT_GET) update -qq && $$run env DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -qq $$missing; } >"$$log" 2>&1; then \
+	  tail -n 5 "$$log" >&2; rm -f "$$log"; \
+	  echo "make: could not install $$missing with $(APT_GET) (the end of its output is above)" >&2; exit 1; fi; \
+	rm -f "$$log"; \
+	if [ ! -x "$(CHROMIUM)" ] || [ ! -d "$(FASHION_MNIST)" ]; then \
+	  echo "make: $(APT_GET) installed $$missing, but $(CHROMIUM) or $(FASHION_MNIST) is still missing" >&2; exit 1; fi
+
+# ruff, then mypy (configured in pyproject.toml: [tool.mypy] checks src).
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
 
 # Every speed/memory claim of the README, measured on this machine (about 15 minutes with Keras).
 bench: $(STAMP)

@@ -14,6 +14,17 @@ import numpy as np
 import pytest
 
 from mnistlab.data import FILE_STEMS, write_idx
+from tests.systemdeps import CheckoutGuard, SystemDependencies
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+pytest_plugins = ("pytester",)  # tests/test_setup.py runs inner pytest sessions
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Missing Debian packages fail (or, on explicit opt-out, skip and say so); the checkout must stay unchanged."""
+    config.pluginmanager.register(SystemDependencies.from_environment(), "mnistlab-system-deps")
+    config.pluginmanager.register(CheckoutGuard(CHECKOUT), "mnistlab-checkout-guard")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -204,8 +204,7 @@ def test_load_only_one_split(tiny_data_dir: Path) -> None:
         ds.split("train")
 
 
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
-                    reason="Debian's dataset-fashion-mnist is not installed (.ci/run installs it)")
+@pytest.mark.fashion_mnist  # needs Debian's dataset-fashion-mnist: a failure when missing (tests/systemdeps.py)
 def test_fashion_mnist_registry() -> None:
     ds = load_dataset("fashion-mnist")
     assert ds.checksums == "verified"
