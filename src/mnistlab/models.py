@@ -341,4 +341,4 @@ def to_device(model: nn.Module, device: torch.device | str) -> nn.Module:
     """``model`` on ``device``; convolutional models in channels-last layout (faster on CPU and GPU)."""
     layout = torch.channels_last if is_convolutional(model) else torch.contiguous_format
     # torch's type stubs omit Module.to's memory_format keyword, which it accepts (nn.Module.to docs).
-    return model.to(device, memory_format=layout)  # type: ignore[call-overload, no-any-return]
+    return model.to(device, memory_format=layout)  # type: ignore[call-overload]

@@ -114,7 +114,7 @@ def in_notebook() -> bool:
     if shell is None:
         return False
     try:
-        ipython = shell.get_ipython()  # type: ignore[attr-defined]
+        ipython = shell.get_ipython()
     except AttributeError:
         return False
     return ipython is not None and type(ipython).__name__ == "ZMQInteractiveShell"
