@@ -32,6 +32,8 @@ def as_uint8_tensor(images: np.ndarray | torch.Tensor, device: torch.device) -> 
     if isinstance(images, torch.Tensor):
         return images.to(device)
     if torch.device(device).type == "cpu":
+        if images.flags.writeable and images.flags.c_contiguous:
+            return torch.from_numpy(images)  # no copy, and no warning to silence (the cheap path for one image)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             return torch.from_numpy(np.ascontiguousarray(images))
