@@ -183,7 +183,8 @@ def test_flag_errors(capsys, argv: list[str], fragments: list[str]) -> None:
     assert_one_line_error(code, err, *fragments)
 
 
-def test_registry_errors(capsys, tmp_path: Path, tiny_data_dir_shared: Path, registry: Path) -> None:
+def test_registry_errors(capsys, monkeypatch, tmp_path: Path, tiny_data_dir_shared: Path, registry: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # `runs compare 1 1` reserves the default runs/compare-* before it fails: keep it here
     for argv in (["runs", "list"], ["runs", "show", "1"], ["runs", "compare", "1", "2"], ["runs", "rm", "1"]):
         code, _, err = run_cli(capsys, *argv, "--registry", str(registry))
         assert_one_line_error(code, err, "holds no runs yet")
