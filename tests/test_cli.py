@@ -99,9 +99,11 @@ def test_train_evaluate_end_to_end(capsys, tmp_path: Path, tiny_data_dir: Path) 
     (["train", "mlp", "--bogus"], ["unrecognized arguments"]),
     (["train", "mlp", "--dataset", "cifar"], ["unknown dataset"]),
 ])
-def test_train_flag_errors(capsys, argv, fragments) -> None:
+def test_train_flag_errors(capsys, monkeypatch, tmp_path: Path, argv, fragments) -> None:
+    monkeypatch.chdir(tmp_path)
     code, _, err = run_cli(capsys, *argv)
     assert_one_line_error(code, err, *fragments)
+    assert list(tmp_path.iterdir()) == []  # a refused train leaves no default runs/ folder behind
 
 
 def test_train_out_unwritable(capsys, tmp_path: Path, tiny_data_dir: Path) -> None:
