@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import json
 import os
 import stat
@@ -277,3 +279,16 @@ def test_two_trainings_on_one_out_folder_cannot_both_claim_it(tmp_path: Path) ->
                  for _ in range(2)]
         results = sorted(proc.communicate()[0].strip() for proc in procs)
         assert results == ["lost", "won"]
+
+
+def test_augmentation_trains_reproducibly_and_leaves_the_rest_of_the_run_alone(tmp_path: Path,
+                                                                              tiny_data_dir: Path) -> None:
+    """Same seed + augment: the same weights. Augmentation draws from its own generator, so the initial weights
+    and the shuffle order are those of the plain run (only what the model sees differs)."""
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    plain = fit(tiny_config(epochs=1), run_dir=tmp_path / "plain", dataset=dataset)
+    runs_ = [fit(dataclasses.replace(tiny_config(epochs=1), augment="strong"), run_dir=tmp_path / f"aug{i}",
+                 dataset=dataset) for i in range(2)]
+    digests = [hashlib.sha256((r.run_dir / "model.safetensors").read_bytes()).hexdigest() for r in (plain, *runs_)]
+    assert digests[1] == digests[2] and digests[0] != digests[1]
+    assert json.loads((runs_[0].run_dir / "config.json").read_text())["augment"] == "strong"

@@ -117,6 +117,7 @@ def train(
     precision: str | None = None,
     schedule: str | None = None,
     label_smoothing: float | None = None,
+    augment: str | None = None,
     options: dict[str, Any] | None = None,
     run_dir: str | os.PathLike[str] | None = None,
     callbacks: Sequence[Callback] = (),
@@ -140,7 +141,7 @@ def train(
         name, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, seed=seed, val_split=val_split,
         dataset=loaded.name if loaded else str(dataset), data_dir=str(data_dir) if data_dir is not None else None,
         device=device, threads=threads, precision=precision, schedule=schedule, label_smoothing=label_smoothing,
-        **({"options": options} if options else {}),
+        augment=augment, **({"options": options} if options else {}),
     )
     check_registry(registry)
     # Reading and verifying the files overlaps the torch import that fit() triggers.

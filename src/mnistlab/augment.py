@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
+from mnistlab.config import AUGMENT_NAMES
 from mnistlab.errors import MnistlabError
-
-AugmentName = Literal["none", "light", "strong"]
-AUGMENT_NAMES: tuple[str, ...] = get_args(AugmentName)
 
 
 @dataclass(frozen=True)

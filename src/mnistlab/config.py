@@ -20,6 +20,8 @@ DeviceName = Literal["auto", "cpu", "cuda"]
 # auto: bf16 where the hardware multiplies bf16 natively (AMX/AVX512-BF16 CPUs, CUDA GPUs), else fp32.
 PrecisionName = Literal["auto", "fp32", "bf16"]
 ScheduleName = Literal["constant", "onecycle"]
+# Batch augmentation (mnistlab.augment): none, light (slant/size/position), strong (+ elastic, stroke width).
+AugmentName = Literal["none", "light", "strong"]
 
 ClassicalName = Literal["sgd", "logreg", "knn", "svm", "forest"]
 ModelFamily = Literal["network", "classical"]
@@ -35,6 +37,7 @@ OPTIMIZER_NAMES: tuple[str, ...] = get_args(OptimizerName)
 DEVICE_NAMES: tuple[str, ...] = get_args(DeviceName)
 PRECISION_NAMES: tuple[str, ...] = get_args(PrecisionName)
 SCHEDULE_NAMES: tuple[str, ...] = get_args(ScheduleName)
+AUGMENT_NAMES: tuple[str, ...] = get_args(AugmentName)
 
 
 @dataclass(frozen=True)
@@ -247,6 +250,7 @@ class TrainConfig:
     # Classical models: hyper-parameters (defaults filled in); empty for networks.
     options: dict[str, Any] = field(default_factory=dict)
     val_method: ValMethod = "mnistlab"
+    augment: AugmentName = "none"
 
     def __post_init__(self) -> None:
         info = model_info(self.model)
@@ -262,6 +266,7 @@ class TrainConfig:
         _choice(self.device, DEVICE_NAMES, "`device`")
         _choice(self.precision, PRECISION_NAMES, "`precision`")
         _choice(self.schedule, SCHEDULE_NAMES, "`schedule`")
+        _choice(self.augment, AUGMENT_NAMES, "`augment`")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise MnistlabError(f"`label_smoothing` must be in [0, 1), got {self.label_smoothing}")
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -288,7 +293,7 @@ class TrainConfig:
         if info.family == "classical":
             network_only = (("epochs", "`epochs`"), ("batch_size", "`batch_size`"), ("optimizer", "`optimizer`"),
                             ("lr", "`lr`"), ("schedule", "`schedule`"), ("label_smoothing", "`label_smoothing`"),
-                            ("precision", "`precision`"))
+                            ("precision", "`precision`"), ("augment", "`augment`"))
             flags = [flag for key, flag in network_only if key in given]
             if flags:
                 verb = "does" if len(flags) == 1 else "do"

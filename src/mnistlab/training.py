@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnistlab import runs
+from mnistlab.augment import AugmentSpec, augment_batch, spec_for
 from mnistlab.callbacks import Callback, CallbackList
 from mnistlab.config import TrainConfig
 from mnistlab.data import Dataset, load_dataset, train_val_indices
@@ -228,6 +229,9 @@ class _Loop:
     schedule: OneCycle | None
     shuffle: torch.Generator
     channels_last: bool
+    augment: AugmentSpec
+    # Its own stream, so turning augmentation on does not change the shuffle order or the initial weights.
+    augment_rng: torch.Generator
 
     @property
     def steps(self) -> int:
@@ -261,7 +265,9 @@ def _setup(config: TrainConfig, dataset: Dataset, device: torch.device, train_id
     schedule = build_schedule(config.schedule, optimizer, lr=config.lr, total_steps=config.epochs * steps)
     return _Loop(config=config, device=device, precision=precision, x_train=x_train, y_train=y_train,
                  x_val=x_val, y_val=y_val, model=model, optimizer=optimizer, schedule=schedule,
-                 shuffle=torch.Generator(device=device).manual_seed(config.seed), channels_last=channels_last)
+                 shuffle=torch.Generator(device=device).manual_seed(config.seed), channels_last=channels_last,
+                 augment=spec_for(config.augment),
+                 augment_rng=torch.Generator(device=device).manual_seed(config.seed + 1))
 
 
 def _train_epoch(loop: _Loop, hooks: Callback) -> tuple[float, float]:
@@ -275,6 +281,7 @@ def _train_epoch(loop: _Loop, hooks: Callback) -> tuple[float, float]:
     for step in range(steps):
         index = order[step * config.batch_size:(step + 1) * config.batch_size]
         inputs = prepare_batch(loop.x_train[index], channels_last=loop.channels_last)  # (B, 1, 28, 28)
+        inputs = augment_batch(inputs, spec=loop.augment, generator=loop.augment_rng)  # as-is for "none"
         targets = loop.y_train[index]                                                   # (B,)
         with autocast:
             logits = model(inputs)                                                      # (B, 10)

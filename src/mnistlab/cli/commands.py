@@ -92,7 +92,7 @@ def train(args: argparse.Namespace) -> int:
         args.model, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         seed=args.seed, val_split=args.val_split, device=args.device, threads=args.threads,
         dataset=args.dataset, data_dir=args.data_dir, precision=args.precision, schedule=args.schedule,
-        label_smoothing=args.label_smoothing, options=options or None, run_dir=args.out,
+        label_smoothing=args.label_smoothing, augment=args.augment, options=options or None, run_dir=args.out,
         registry=args.registry, progress="auto",
     )
     render.train_result(console, run)

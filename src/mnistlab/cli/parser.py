@@ -98,6 +98,9 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
                                            "(default: the recipe's)")
     train.add_argument("--schedule", help="learning-rate schedule: constant or onecycle (default: the recipe's)")
     train.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing in [0, 1)")
+    train.add_argument("--augment", choices=("none", "light", "strong"),
+                       help="random warps of each batch: light (slant, size, position), strong (+ elastic, "
+                            "stroke width); default none")
     train.add_argument("--out", help="run directory to create (default runs/MODEL-TIMESTAMP)")
     _add_dataset_flags(train)
     _add_registry_flag(train)

@@ -1,0 +1,99 @@
+"""mnistlab.augment: batched, seeded augmentation. Geometry is checked on synthetic images whose answer is
+known (a dot moved by a translation, a bar grown by a scale), not against the code's own matrices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mnistlab.augment import LEVELS, AugmentSpec, augment_batch, change_strokes, elastic_field, spec_for, warp
+from mnistlab.errors import MnistlabError
+
+
+def dot_image(row: int, col: int) -> torch.Tensor:
+    image = torch.zeros(1, 1, 28, 28)
+    image[0, 0, row - 1:row + 2, col - 1:col + 2] = 1.0      # a 3x3 dot centred at (row, col)
+    return image
+
+
+def centre_of_mass(image: torch.Tensor) -> tuple[float, float]:
+    values = image[0, 0]
+    rows, cols = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    total = values.sum()
+    return float((values * rows).sum() / total), float((values * cols).sum() / total)
+
+
+def params(b: int = 1, **given: torch.Tensor) -> dict[str, torch.Tensor]:
+    base = {"rotation": torch.zeros(b), "scale": torch.ones(b), "shear": torch.zeros(b),
+            "translate": torch.zeros(b, 2)}
+    return {**base, **given}
+
+
+def test_identity_warp_returns_the_image() -> None:
+    images = torch.rand(4, 1, 28, 28)
+    torch.testing.assert_close(warp(images, **params(4)), images, atol=1e-5, rtol=0)
+    generator = torch.Generator().manual_seed(0)
+    assert augment_batch(images, spec=AugmentSpec(), generator=generator) is images   # zero strength: untouched
+
+
+def test_a_translated_dot_lands_where_it_should() -> None:
+    moved = warp(dot_image(10, 12), **params(translate=torch.tensor([[3.0, -2.0]])))   # +3 columns, -2 rows
+    row, col = centre_of_mass(moved)
+    assert (row, col) == (pytest.approx(8.0, abs=1e-4), pytest.approx(15.0, abs=1e-4))
+
+
+def test_scaling_about_the_centre_moves_a_dot_away_from_it() -> None:
+    # A dot 6 px right of the centre (13.5, 13.5 in pixel units) goes to 6 * 1.5 = 9 px right.
+    grown = warp(dot_image(13, 19) + dot_image(14, 19), **params(scale=torch.tensor([1.5])))
+    _, col = centre_of_mass(grown)
+    assert col == pytest.approx(13.5 + 1.5 * (19 - 13.5), abs=0.15)
+
+
+def test_a_quarter_turn_moves_a_dot_to_the_next_side() -> None:
+    """Clockwise as displayed (rows grow downward): a dot right of the centre goes below it. The centre of a
+    28 px field is 13.5; the dot at offset (+0.5, +6.5) goes to (+6.5, -0.5), i.e. pixel (20, 13)."""
+    turned = warp(dot_image(14, 20), **params(rotation=torch.tensor([90.0])))
+    row, col = centre_of_mass(turned)
+    assert (row, col) == (pytest.approx(20.0, abs=1e-3), pytest.approx(13.0, abs=1e-3))
+
+
+def test_augmentation_is_seeded_batched_and_keeps_shape_dtype_and_range() -> None:
+    images = torch.rand(16, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    for name in ("light", "strong"):
+        a = augment_batch(images, spec=spec_for(name), generator=torch.Generator().manual_seed(7))
+        b = augment_batch(images, spec=spec_for(name), generator=torch.Generator().manual_seed(7))
+        c = augment_batch(images, spec=spec_for(name), generator=torch.Generator().manual_seed(8))
+        assert torch.equal(a, b) and not torch.equal(a, c)                 # same seed, same batch
+        assert a.shape == images.shape and a.dtype == torch.float32
+        assert a.is_contiguous(memory_format=torch.channels_last)          # the layout the convnets expect
+        assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+        # Each image gets its own transform: no two augmented images moved alike.
+        diffs = (a - images).flatten(1).abs().sum(1)
+        assert len(set(diffs.round(decimals=3).tolist())) == 16
+
+
+def test_stroke_changes_thicken_and_thin() -> None:
+    bar = torch.zeros(2, 1, 28, 28)
+    bar[:, 0, 4:24, 12:15] = 1.0                                          # a 3 px wide vertical bar
+    thick = change_strokes(bar, probability=1.0, generator=torch.Generator().manual_seed(0))
+    widths = (thick[:, 0, 14] > 0.5).sum(1).tolist()
+    assert all(w in (1, 5) for w in widths)                               # eroded to 1 px or dilated to 5 px
+
+
+def test_the_elastic_field_has_the_requested_size_and_smoothness() -> None:
+    field = elastic_field(8, 28, 28, alpha=2.0, sigma=3.0, generator=torch.Generator().manual_seed(0),
+                          device=torch.device("cpu"))
+    assert field.shape == (8, 28, 28, 2)
+    rms = field.pow(2).mean(dim=(1, 2)).sqrt()
+    torch.testing.assert_close(rms, torch.full_like(rms, 2.0), atol=1e-4, rtol=0)
+    # Smooth: neighbouring pixels move alike (a white-noise field would not).
+    step = (field[:, 1:] - field[:, :-1]).abs().mean()
+    assert step < 0.5 * field.abs().mean()
+
+
+def test_levels_and_bad_specs() -> None:
+    assert LEVELS["none"].is_identity and not LEVELS["light"].is_identity
+    with pytest.raises(MnistlabError, match="`augment` 'heavy' is not one of none, light, strong"):
+        spec_for("heavy")
+    with pytest.raises(MnistlabError, match="scale < 1"):
+        AugmentSpec(scale=1.5)
