@@ -14,6 +14,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+
 from _common import machine, print_table, summary, write_json
 
 
@@ -59,8 +60,8 @@ def main() -> None:
             times[level].append(steps(level))
     stats = {level: summary(values) for level, values in times.items()}
     base = stats["none"]["median"]
-    print_table(["augment", "median ms/step", "cost vs none"],
-                [[level, f"{s['median']:.2f}", f"{100 * (s['median'] / base - 1):+.1f}%"] for level, s in stats.items()])
+    rows = [[level, f"{s['median']:.2f}", f"{100 * (s['median'] / base - 1):+.1f}%"] for level, s in stats.items()]
+    print_table(["augment", "median ms/step", "cost vs none"], rows)
     write_json("augment_cost", {"machine": machine(), "bf16": bf16, "batch_size": args.batch_size, "steps": args.steps,
                                 "repeats": args.repeats, "ms_per_step": stats,
                                 "overhead": {level: stats[level]["median"] / base - 1 for level in levels},

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from _common import isolate_registry, machine, print_table, summary, write_json
 
 
