@@ -295,3 +295,18 @@ def test_an_interrupted_run_is_marked_in_its_report_and_listed_with_its_score(tm
     # One source of truth: the listing shows the evaluation's score and the model's parameter count.
     assert listed.figures()["test_accuracy"] == out.evaluation.accuracy
     assert listed.metrics["params"] == 7_850
+
+
+def test_an_evaluation_round_trips_through_its_json(mlp_test_report) -> None:
+    """evaluation.json is read back as the one Evaluation type (what runs compare uses), losing nothing."""
+    from mnistlab.analysis import Evaluation
+
+    out, _ = mlp_test_report
+    saved = json.loads(out.files["json"].read_text())
+    again = Evaluation.from_dict(saved)
+    assert again.to_dict() == saved
+    e = out.evaluation
+    assert again.accuracy == e.accuracy and np.array_equal(again.confusion, e.confusion)
+    assert np.array_equal(again.report.f1, e.report.f1) and again.report.as_text() == e.report.as_text()
+    assert again.calibration is not None and again.calibration.ece == e.calibration.ece
+    assert again.pairs == e.pairs and again.mistakes == e.mistakes

@@ -215,6 +215,28 @@ class Evaluation:
         """1 - accuracy."""
         return 1.0 - self.accuracy
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Evaluation:
+        """Rebuild an evaluation from :meth:`to_dict` output (an evaluation.json), so every reader works with
+        this one type instead of string keys."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise MnistlabError(f"not an mnistlab evaluation (format {FORMAT!r} expected)")
+        names = tuple(str(n) for n in data["class_names"])
+        return cls(
+            run_dir=str(data["run_dir"]), model=str(data["model"]), family=str(data["family"]),
+            dataset=str(data["dataset"]), split=str(data["split"]), source_split=str(data["source_split"]),
+            score_kind=data["score_kind"], class_names=names, count=int(data["count"]),
+            accuracy=float(data["accuracy"]), loss=data["loss"],
+            top_k={int(k): float(v) for k, v in data["top_k"].items()},
+            report=metrics.ClassificationReport.from_dict(data["classification_report"], class_names=names),
+            confusion=np.array(data["confusion"], dtype=np.int64),
+            pairs=[metrics.ConfusedPair(**pair) for pair in data["most_confused"]],
+            calibration=metrics.Calibration.from_dict(data["calibration"]) if data.get("calibration") else None,
+            mistakes=[Mistake(**mistake) for mistake in data["worst_mistakes"]],
+            weights_sha256=str(data["weights_sha256"]), seconds=float(data["seconds"]),
+            recorded={"test_accuracy": data.get("recorded_test_accuracy")}, training=dict(data.get("training") or {}),
+        )
+
     def with_files(self, files: dict[str, Path], *, html: Path | None = None,
                    registry_ids: tuple[int, int] | None = None) -> Evaluation:
         """This evaluation with where it was saved (and recorded) attached."""

@@ -11,10 +11,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mnistlab.errors import MnistlabError
 from mnistlab.registry import RunRecord
+
+if TYPE_CHECKING:
+    from mnistlab.analysis import Evaluation
 from mnistlab.runs import write_json_atomic, write_text_atomic
 
 PNG_FILES = {"confusion_png": "confusion.png", "mistakes_png": "mistakes.png"}
@@ -26,7 +29,7 @@ class RunColumn:
 
     record: RunRecord
     label: str
-    evaluation: dict[str, Any] | None
+    evaluation: Evaluation | None
     images: dict[str, bytes]
     note: str
 
@@ -44,16 +47,16 @@ class Comparison:
 
 
 def evaluation_on_test(record: RunRecord, *, device: str = "auto"
-                       ) -> tuple[dict[str, Any] | None, dict[str, bytes], str]:
-    """(evaluation dict, PNG bytes, note) of a run on its test split; computes and saves it if not cached."""
-    from mnistlab.analysis import cached_evaluation, evaluate_report, evaluation_dir
+                       ) -> tuple[Evaluation | None, dict[str, bytes], str]:
+    """(evaluation, PNG bytes, note) of a run on its test split; computes and saves it if not cached."""
+    from mnistlab.analysis import Evaluation, cached_evaluation, evaluate_report, evaluation_dir
 
     if not record.exists:
         return None, {}, f"run directory {record.path} is missing: only the registry's figures are shown"
     try:
-        data = cached_evaluation(record.path, "test")
-        if data is None:
-            data = evaluate_report(record.path, split="test", device=device).evaluation.to_dict()
+        cached = cached_evaluation(record.path, "test")
+        data = Evaluation.from_dict(cached) if cached is not None else evaluate_report(
+            record.path, split="test", device=device).evaluation
     except MnistlabError as exc:
         return None, {}, f"could not evaluate: {exc}"
     folder = evaluation_dir(record.path, "test")
@@ -76,7 +79,7 @@ def _table_rows(columns: list[RunColumn]) -> list[tuple[str, ...]]:
 
     def accuracy(column: RunColumn) -> float | None:
         if column.evaluation is not None:
-            return float(column.evaluation["accuracy"])
+            return column.evaluation.accuracy
         value = metric(column, "test_accuracy")
         return None if value is None else float(value)
 
@@ -97,28 +100,25 @@ def _table_rows(columns: list[RunColumn]) -> list[tuple[str, ...]]:
                     [f"{_pct(p.test_error)} ({p.method})" if p else "" for p in published]))
     losses = []
     for c in columns:
-        loss = c.evaluation.get("loss") if c.evaluation else metric(c, "test_loss")
+        loss = c.evaluation.loss if c.evaluation else metric(c, "test_loss")
         losses.append("n/a" if loss is None else f"{loss:.4f}")
     rows.append(row("test loss", losses))
-    rows.append(row("top-3 accuracy", [_pct(c.evaluation["top_k"].get("3")) if c.evaluation else ""
-                                       for c in columns]))
+    rows.append(row("top-3 accuracy", [_pct(c.evaluation.top_k.get(3)) if c.evaluation else "" for c in columns]))
     rows.append(row("calibration error (ECE)",
-                    [(_pct(c.evaluation["calibration"]["ece"]) if c.evaluation["calibration"] else "n/a")
+                    [(_pct(c.evaluation.calibration.ece) if c.evaluation.calibration else "n/a")
                      if c.evaluation else "" for c in columns]))
-    rows.append(row("macro F1", [f"{c.evaluation['classification_report']['macro avg']['f1-score']:.4f}"
-                                 if c.evaluation else "" for c in columns]))
+    rows.append(row("macro F1", [f"{c.evaluation.report.macro[2]:.4f}" if c.evaluation else "" for c in columns]))
     weakest, confused = [], []
     for c in columns:
         if c.evaluation is None:
             weakest.append("")
             confused.append("")
             continue
-        names = c.evaluation["class_names"]
-        report = c.evaluation["classification_report"]
-        worst = min(names, key=lambda name: report[str(name)]["f1-score"])
-        weakest.append(f"{worst} (F1 {report[str(worst)]['f1-score']:.4f})")
-        pairs = c.evaluation["most_confused"]
-        confused.append(f"{names[pairs[0]['true']]} → {names[pairs[0]['predicted']]} ({pairs[0]['count']})"
+        names, f1 = c.evaluation.class_names, c.evaluation.report.f1
+        worst = int(f1.argmin())
+        weakest.append(f"{names[worst]} (F1 {f1[worst]:.4f})")
+        pairs = c.evaluation.pairs
+        confused.append(f"{names[pairs[0].true]} → {names[pairs[0].predicted]} ({pairs[0].count})"
                         if pairs else "none")
     rows.append(row("weakest class", weakest))
     rows.append(row("most confused (true → predicted)", confused))
@@ -130,13 +130,11 @@ def _per_class_rows(columns: list[RunColumn]) -> list[tuple[str, ...]]:
     evaluated = [c.evaluation for c in columns if c.evaluation is not None]
     if not evaluated:
         return []
-    names = evaluated[0]["class_names"]
+    names = evaluated[0].class_names
     rows = []
-    for name in names:
-        cells = []
-        for c in columns:
-            report = c.evaluation["classification_report"] if c.evaluation else {}
-            cells.append(f"{report[str(name)]['f1-score']:.4f}" if str(name) in report else "")
+    for k, name in enumerate(names):
+        cells = [f"{c.evaluation.report.f1[k]:.4f}" if c.evaluation and k < len(c.evaluation.class_names) else ""
+                 for c in columns]
         rows.append((str(name), *cells))
     return rows
 
@@ -193,7 +191,8 @@ def _compare_into(records: list[RunRecord], *, out: Path, html: str | os.PathLik
                   "state": c.record.state, "evaluation_note": c.note or None} for c in columns],
         "table": [list(r) for r in rows], "f1_per_class": [list(r) for r in per_class],
     })
-    sections = [(f"{c.label} - {c.record.path}", c.evaluation, c.images, c.note) for c in columns]
+    sections = [(f"{c.label} - {c.record.path}", c.evaluation.to_dict() if c.evaluation else None, c.images,
+                 c.note) for c in columns]
     page = compare_html(columns=[{"label": c.label} for c in columns], table_rows=rows, curves_png=curves_png,
                         per_class=per_class, sections=sections)
     files["html"] = write_text_atomic(out / "report.html", page)

@@ -137,6 +137,20 @@ class ClassificationReport:
                         "support": float(self.total)}
         return out
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, class_names: Sequence[str]) -> ClassificationReport:
+        """Rebuild from :meth:`to_dict` output (as saved in evaluation.json)."""
+        def column(key: str) -> np.ndarray:
+            return np.array([float(data[str(name)][key]) for name in class_names])
+
+        def averages(key: str) -> tuple[float, float, float]:
+            row = data[key]
+            return float(row["precision"]), float(row["recall"]), float(row["f1-score"])
+
+        return cls(class_names=tuple(str(n) for n in class_names), precision=column("precision"),
+                   recall=column("recall"), f1=column("f1-score"), support=column("support").astype(np.int64),
+                   accuracy=float(data["accuracy"]), macro=averages("macro avg"), weighted=averages("weighted avg"))
+
     def as_text(self, *, digits: int = 4) -> str:
         """The same text, character for character, as ``sklearn.metrics.classification_report``."""
         headers = ("precision", "recall", "f1-score", "support")
@@ -255,6 +269,16 @@ class Calibration:
     confidence: np.ndarray  # (B,) float64
     ece: float              # expected calibration error: sum_b count_b / N * |accuracy_b - confidence_b|
     mce: float              # maximum calibration error over non-empty bins
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        """Rebuild from :meth:`to_dict` output (None bins become NaN again)."""
+        def values(key: str) -> np.ndarray:
+            return np.array([np.nan if v is None else float(v) for v in data[key]])
+
+        return cls(edges=np.array(data["edges"], dtype=np.float64), count=np.array(data["count"], dtype=np.int64),
+                   accuracy=values("accuracy"), confidence=values("confidence"), ece=float(data["ece"]),
+                   mce=float(data["mce"]))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN bins become None)."""
