@@ -79,7 +79,7 @@ GOOD = encode_idx(np.arange(12, dtype=np.uint8).reshape(3, 4))
     (b"\x00\x00\x08\x00", "0 dimensions"),
     (GOOD[:9], "truncated IDX header"),
     (GOOD[:-1], "truncated or corrupt"),
-    (GOOD + b"\x00", "truncated or corrupt"),
+    (GOOD + b"\x00", "padded or corrupt"),
 ])
 def test_parse_rejects_bad_bytes(raw: bytes, message: str) -> None:
     with pytest.raises(MnistlabError, match=message):
