@@ -10,6 +10,7 @@ batch converts them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import math
@@ -380,6 +381,8 @@ class DatasetSpec:
     class_names: tuple[str, ...]
     sha256: Mapping[str, str] | None
     missing_hint: str
+    # With --data-dir under a published name: that dataset's digests, which the files must have to be called so.
+    published_sha256: Mapping[str, str] | None = None
 
 
 _PACKAGE_DATA = Path(__file__).parent / "datasets"
@@ -395,17 +398,27 @@ _FASHION_SHA256 = {
 }
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
-DATASET_NAMES = ("mnist", "fashion-mnist")
+# "custom": any folder of four MNIST-format files, with the digit class names 0-9.
+CUSTOM = "custom"
+_CUSTOM_TITLE = "custom data (class names 0-9)"
+DATASET_NAMES = ("mnist", "fashion-mnist", CUSTOM)
 
 
 def dataset_spec(name: str = "mnist", *, data_dir: str | os.PathLike[str] | None = None) -> DatasetSpec:
     """Resolve a dataset name (or an explicit folder of the four IDX files) to a :class:`DatasetSpec`.
 
     ``mnist`` is bundled with the package; ``fashion-mnist`` is found where Debian's
-    ``dataset-fashion-mnist`` installs it. With ``data_dir``, that folder is used instead (``name`` then only
-    gives the class names); its ``SHA256SUMS``, when present, is verified.
+    ``dataset-fashion-mnist`` installs it; ``custom`` needs ``data_dir``. With ``data_dir``, that folder is used
+    instead and its ``SHA256SUMS``, when present, is verified; under a published name the spec also carries that
+    dataset's digests (``published_sha256``), which :func:`load_dataset` holds the files to.
     """
-    if name == "mnist":
+    if name == CUSTOM:
+        if data_dir is None:
+            raise MnistlabError("--dataset custom needs --data-dir: a folder holding the four IDX files "
+                                f"({', '.join(FILE_STEMS.values())}, raw or .gz)")
+        spec = DatasetSpec(name=CUSTOM, title=_CUSTOM_TITLE, directory=Path(data_dir), class_names=_DIGITS,
+                           sha256=None, missing_hint="")
+    elif name == "mnist":
         directory = _PACKAGE_DATA / "mnist"
         spec = DatasetSpec(
             name="mnist", title="MNIST handwritten digits", directory=directory, class_names=_DIGITS,
@@ -436,9 +449,35 @@ def dataset_spec(name: str = "mnist", *, data_dir: str | os.PathLike[str] | None
     return DatasetSpec(
         name=spec.name, title=f"{spec.title} from {directory}", directory=directory,
         class_names=spec.class_names,
-        # A folder's own SHA256SUMS wins; without one we trust the bytes only as far as the IDX checks go.
+        # A folder's own SHA256SUMS checks its files' integrity; without one we trust the bytes only as far as the
+        # IDX checks go. Whether they are the published dataset is a separate question (published_sha256).
         sha256=sums, missing_hint=f"put the four files ({', '.join(FILE_STEMS.values())}) in {directory}",
+        published_sha256=None if spec.name == CUSTOM else spec.sha256,
     )
+
+
+def _identify(spec: DatasetSpec, digests: Mapping[str, str]) -> DatasetSpec:
+    """Under a published name, a --data-dir's files must be that dataset's, checked by their SHA-256.
+
+    ``fashion-mnist`` on other files is refused: the run would give their classes Fashion-MNIST's names.
+    ``mnist`` is every caller's default name (the --dataset flag, TrainConfig, runs recorded before ``custom``
+    existed), so it cannot mean the user vouched for the files: other files load as ``custom``, which has the
+    same class names 0-9 and says in every output (run records, registry, reports) that the data is not MNIST.
+    """
+    published = spec.published_sha256
+    if published is None:
+        return spec
+    differing = [role for role, digest in digests.items() if published.get(FILE_STEMS[role]) != digest]
+    if not differing:
+        return spec
+    if spec.name == "mnist":
+        return dataclasses.replace(spec, name=CUSTOM, title=f"{_CUSTOM_TITLE} from {spec.directory}",
+                                   class_names=_DIGITS, published_sha256=None)
+    stem = FILE_STEMS[differing[0]]
+    title = dataset_spec(spec.name).title
+    raise MnistlabError(f"--data-dir {spec.directory}: these files are not {title} (SHA-256 of {stem} is "
+                        f"{digests[differing[0]][:12]}…, the published one {published.get(stem, '?')[:12]}…); "
+                        "to use them as your own data with class names 0-9, pass --dataset custom")
 
 
 def locate_file(spec: DatasetSpec, role: str) -> Path:
@@ -478,6 +517,11 @@ class Dataset:
     checksums: ChecksumStatus
     splits: Mapping[str, Split] = field(default_factory=dict)
     data_dir: str | None = None  # the --data-dir it came from; None for the registry's own location
+
+    @property
+    def custom(self) -> bool:
+        """True for files that are not a published dataset (name ``custom``, class names 0-9)."""
+        return self.name == CUSTOM
 
     @property
     def train(self) -> Split:
@@ -520,6 +564,10 @@ def load_dataset(
 
     Each file is checked for its IDX header, its size and (where known) the SHA-256 of its uncompressed
     bytes before any of it is used. Files are read in parallel threads (decompression releases the GIL).
+
+    ``name`` is ``mnist``, ``fashion-mnist`` or ``custom``. With ``data_dir`` under a published name the files
+    must be that dataset's (by SHA-256): ``fashion-mnist`` on other files is an error, ``mnist`` on other files
+    (every caller's default) loads them as ``custom``; :attr:`Dataset.custom` says which it became.
     """
     spec = dataset_spec(name, data_dir=data_dir)
     for split in splits:
@@ -534,11 +582,16 @@ def load_dataset(
     file_sums = {role: sums.get(files[role].name) for role in roles}
     verified = [role for role in roles if content_sums[role] or file_sums[role]]
 
-    def read(role: str) -> np.ndarray:
-        return read_idx(files[role], sha256=content_sums[role], file_sha256=file_sums[role])
+    def read(role: str) -> tuple[np.ndarray, str]:
+        return _read_idx_file(files[role], sha256=content_sums[role], file_sha256=file_sums[role])
 
     with ThreadPoolExecutor(max_workers=len(roles)) as pool:
-        arrays = dict(zip(roles, pool.map(read, roles), strict=True))
+        results = dict(zip(roles, pool.map(read, roles), strict=True))
+    arrays = {role: array for role, (array, _) in results.items()}
+    named = _identify(spec, {role: digest for role, (_, digest) in results.items()})
+    if named.published_sha256 is not None:
+        verified = roles  # every file has the published dataset's SHA-256
+    spec = named
     loaded: dict[str, Split] = {}
     for split in splits:
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
@@ -619,6 +672,7 @@ def dataset_info(dataset: Dataset) -> dict[str, object]:
         }
     return {
         "dataset": dataset.name,
+        "custom": dataset.custom,
         "title": dataset.title,
         "checksums": dataset.checksums,
         "files": {role: str(path) for role, path in dataset.files.items()},
