@@ -27,6 +27,7 @@ from mnistlab.data import (
     dataset_info,
     encode_idx,
     load_dataset,
+    load_run_dataset,
     parse_idx,
     parse_sha256sums,
     read_idx,
@@ -35,10 +36,12 @@ from mnistlab.data import (
     write_idx,
 )
 from mnistlab.errors import MnistlabError
+from tests.clitools import run_cli
 from tests.conftest import write_dataset_dir
 
 # The source folder of the mnistlab under test, for real processes started by tests.
 SOURCE_DIR = Path(mnistlab.__file__).resolve().parents[1]
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 IDX_DTYPES = [np.uint8, np.int8, np.dtype(">i2"), np.dtype("<i4"), np.float32, np.float64]
 
 
@@ -152,6 +155,7 @@ def test_dataset_info_counts(tiny_data_dir: Path) -> None:
     ds = load_dataset("mnist", data_dir=tiny_data_dir)
     info = dataset_info(ds)
     assert info["checksums"] == "no checksums"
+    assert info["dataset"] == "custom" and info["custom"] is True  # synthetic files are not MNIST
     train = info["splits"]["train"]
     assert train["images_shape"] == [256, 28, 28]
     assert sum(train["label_counts"].values()) == 256
@@ -192,7 +196,7 @@ def test_data_dir_not_a_folder(tmp_path: Path) -> None:
 
 
 def test_unknown_dataset() -> None:
-    with pytest.raises(MnistlabError, match="unknown dataset 'cifar'"):
+    with pytest.raises(MnistlabError, match="unknown dataset 'cifar'; choose one of mnist, fashion-mnist, custom"):
         load_dataset("cifar")
 
 
@@ -215,7 +219,7 @@ def test_load_only_one_split(tiny_data_dir: Path) -> None:
         ds.split("train")
 
 
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+@pytest.mark.skipif(not FASHION_DIR.is_dir(),
                     reason="Debian's dataset-fashion-mnist is not installed (.ci/run installs it)")
 def test_fashion_mnist_registry() -> None:
     ds = load_dataset("fashion-mnist")
@@ -223,6 +227,55 @@ def test_fashion_mnist_registry() -> None:
     assert ds.class_names[9] == "Ankle boot"
     assert ds.train.images.shape == (60000, 28, 28)
     assert np.bincount(ds.test.labels).tolist() == [1000] * 10
+    # The same files through --data-dir are recognised by their published digests.
+    again = load_dataset("fashion-mnist", data_dir=FASHION_DIR, splits=("test",))
+    assert (again.name, again.custom, again.checksums, again.class_names) == (
+        "fashion-mnist", False, "verified", ds.class_names)
+    # Without a name they are data like any other: custom, digit names, and said so.
+    plain = load_dataset(data_dir=FASHION_DIR, splits=("test",))
+    assert (plain.name, plain.custom, plain.class_names[9]) == ("custom", True, "9")
+
+
+# ------------------------------------------------------------------ a published name holds --data-dir to its files
+def test_fashion_name_on_other_files_is_refused(capsys: pytest.CaptureFixture[str], tiny_data_dir: Path) -> None:
+    # Issue 10: fashion-mnist names on other data gave a drawn 7 the name "Sneaker".
+    with pytest.raises(MnistlabError, match=r"these files are not Fashion-MNIST .*SHA-256 of t10k-images-idx3-ubyte"
+                                            r".*pass --dataset custom"):
+        load_dataset("fashion-mnist", data_dir=tiny_data_dir, splits=("test",))
+    code, out, err = run_cli(capsys, "data", "info", "--dataset", "fashion-mnist", "--data-dir", str(tiny_data_dir))
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "--dataset custom" in err
+
+
+def test_bundled_mnist_files_through_data_dir() -> None:
+    # The real MNIST files in a --data-dir are MNIST (checked by digest, not by their SHA256SUMS: none is read)...
+    bundled = Path(data_module.__file__).parent / "datasets" / "mnist"
+    ds = load_dataset("mnist", data_dir=bundled, splits=("test",))
+    assert (ds.name, ds.custom, ds.checksums, ds.title) == ("mnist", False, "verified",
+                                                           f"MNIST handwritten digits from {bundled}")
+    # ...and are not Fashion-MNIST: the exact case of issue 10.
+    with pytest.raises(MnistlabError, match="not Fashion-MNIST"):
+        load_dataset("fashion-mnist", data_dir=bundled, splits=("test",))
+    # Asked for as custom data, they load as custom data.
+    assert load_dataset("custom", data_dir=bundled, splits=("test",)).custom
+
+
+def test_custom_data(tiny_data_dir: Path) -> None:
+    for name in ("custom", "mnist"):  # "mnist" is every caller's default name: other files become custom data
+        ds = load_dataset(name, data_dir=tiny_data_dir, splits=("test",))
+        assert (ds.name, ds.custom, ds.class_names) == ("custom", True, tuple("0123456789"))
+        assert ds.title == f"custom data (class names 0-9) from {tiny_data_dir}"
+    assert not load_dataset("mnist", splits=("test",)).custom
+    with pytest.raises(MnistlabError, match="--dataset custom needs --data-dir"):
+        load_dataset("custom")
+
+
+def test_run_datasets_reload_under_their_recorded_names(tiny_data_dir: Path) -> None:
+    # Runs recorded before "custom" existed say "mnist" with their folder; they still load (as custom data).
+    for recorded in ("mnist", "custom"):
+        ds = load_run_dataset({"dataset": recorded, "data_dir": str(tiny_data_dir)}, splits=("test",))
+        assert ds.custom and len(ds.test) == 64
+    with pytest.raises(MnistlabError, match="not Fashion-MNIST"):
+        load_run_dataset({"dataset": "fashion-mnist"}, data_dir=tiny_data_dir, splits=("test",))
 
 
 # ----------------------------------------------------------------------------------------------- splits
