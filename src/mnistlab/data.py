@@ -278,7 +278,7 @@ def _read_idx_file(path: Path, *, sha256: str | None = None,
             if actual != header.data_bytes:
                 raise _size_error(source, header, actual)
         buffer = np.empty(header.data_bytes, dtype=np.uint8)
-        filled = stream.read_into(memoryview(buffer))
+        filled = stream.read_into(memoryview(buffer.data))
         if filled < header.data_bytes:
             raise _size_error(source, header, filled)
         if stream.read(1):  # one byte more than declared is enough to refuse: a bomb is never expanded
