@@ -265,7 +265,8 @@ def test_decision_value_model_has_no_calibration_or_loss(tmp_path: Path, tiny_da
     assert_self_contained(page)
     summary = dict(row for row in table_after(page, "figure")[1:])
     assert summary["loss (cross-entropy)"] == "n/a (no probabilities)"
-    assert summary["published: linear classifier (1-layer NN)"].startswith("12.00% error")
+    # The synthetic data is custom data, not MNIST: no MNIST published figure is set beside its score.
+    assert not [key for key in summary if key.startswith("published")]
 
 
 def test_an_interrupted_run_is_marked_in_its_report_and_listed_with_its_score(tmp_path: Path,

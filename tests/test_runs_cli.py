@@ -72,8 +72,8 @@ def test_train_two_models_compare_and_open_one_html(capsys, tmp_path: Path, tiny
         assert evaluation["accuracy"] == metrics["test_accuracy"]
         assert table["test accuracy"][column] == f"{100 * metrics['test_accuracy']:.2f}%"
         assert table["test error"][column] == f"{100 * (1 - metrics['test_accuracy']):.2f}%"
-    assert table["published error (same method)"] == ["3.05% (2-layer NN, 300+100 hidden units (no distortions))",
-                                                      "5.00% (k-NN, Euclidean (L2))"]
+    # The synthetic data is custom data, not MNIST: MNIST's published k-NN error does not apply to it.
+    assert table["published error (same method)"] == ["", ""]
     page = (compare_dir / "report.html").read_text()
     assert (tmp_path / "share.html").read_text() == page
     parser = Sources()
