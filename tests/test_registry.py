@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -214,14 +215,28 @@ WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from mnistlab.registry import Registry
-    registry_path, runs_dir, start_flag, name = sys.argv[1:5]
-    while not Path(start_flag).exists():   # both writers start together
-        time.sleep(0.005)
-    started = time.time()
-    for run in sorted(Path(runs_dir).iterdir()):
+    registry_path, runs_dir, flags, name, other = sys.argv[1:6]
+    flags = Path(flags)
+
+    def wait_for(flag):
+        # A safety net only (a lost sibling must not hang the suite); the order is set by the flags.
+        deadline = time.monotonic() + 120
+        while not (flags / flag).exists():
+            if time.monotonic() > deadline:
+                sys.exit(f"{name}: gave up waiting for {flag}")
+            time.sleep(0.005)
+
+    (flags / f"ready-{name}").touch()
+    wait_for("go")                        # the parent says go only once both writers are waiting
+    for i, run in enumerate(sorted(Path(runs_dir).iterdir())):
         with Registry.open(registry_path) as registry:   # a fresh open per run, as separate commands do
             registry.record_run(run, source="train")
-    print(name, "done", started, time.time())
+        if i == 0:
+            # Neither writer goes past its first run until the other has written one: the two sequences of
+            # writes overlap by construction, whatever the scheduler does.
+            (flags / f"first-{name}").touch()
+            wait_for(f"first-{other}")
+    print(name, "done")
 """)
 
 
@@ -229,19 +244,34 @@ def test_two_processes_writing_at_once(tmp_path: Path, registry_path: Path) -> N
     for writer in ("a", "b"):
         for i in range(40):
             fake_run(tmp_path / writer, f"{writer}{i:02d}", accuracy=0.5 + i / 100)
-    start = tmp_path / "go"
+    flags = tmp_path / "flags"
+    flags.mkdir()
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
-    procs = [subprocess.Popen([sys.executable, str(script), str(registry_path), str(tmp_path / w), str(start), w],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in ("a", "b")]
-    start.touch()
-    outputs = [proc.communicate(timeout=120) for proc in procs]
-    spans = []
+    procs = [subprocess.Popen([sys.executable, str(script), str(registry_path), str(tmp_path / w), str(flags), w,
+                               other], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for w, other in (("a", "b"), ("b", "a"))]
+    try:
+        # Start signal after both children are waiting for it (each has imported mnistlab and is polling).
+        while not ((flags / "ready-a").exists() and (flags / "ready-b").exists()):
+            assert all(proc.poll() is None for proc in procs), [proc.poll() for proc in procs]
+            time.sleep(0.005)
+        (flags / "go").touch()
+        # A writer that fails stops the other at once (it would otherwise wait for its sibling's flag).
+        while any(proc.poll() is None for proc in procs):
+            if any(proc.poll() not in (None, 0) for proc in procs):
+                for proc in procs:
+                    if proc.poll() is None:
+                        proc.kill()
+            time.sleep(0.01)
+        outputs = [proc.communicate() for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
     for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err
         assert "done" in out
-        spans.append([float(v) for v in out.split()[2:4]])
-    assert max(start for start, _ in spans) < min(end for _, end in spans), "the writers did not overlap"
     with Registry.open(registry_path, create=False) as registry:
         records = registry.all_runs()
     assert len(records) == 80
