@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-_DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64}
+_DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32, "U8": np.uint8}
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:

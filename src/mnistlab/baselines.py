@@ -437,8 +437,22 @@ def fit_classical(config: Any, *, run_dir: str | os.PathLike[str], dataset: Data
 
     The run directory holds the same files as a network's (config.json, model.json, model.safetensors,
     history.json/.csv with one row, curves.png, metrics.json), so evaluate, compare and the registry treat
-    both alike. Returns a :class:`mnistlab.train.TrainResult`.
+    both alike. Returns a :class:`mnistlab.train.TrainResult`. A fit that fails or is interrupted before its
+    files are complete leaves no folder behind (as a network's first epoch does), so ``--out`` can be reused.
     """
+    from mnistlab import runs
+
+    run_dir = runs.prepare_run_dir(run_dir)
+    try:
+        return _fit_classical_into(config, run_dir=run_dir, dataset=dataset, observer=observer)
+    except BaseException:
+        if not (run_dir / runs.HISTORY_JSON).exists():
+            runs.discard_run_dir(run_dir)
+        raise
+
+
+def _fit_classical_into(config: Any, *, run_dir: Any, dataset: Dataset | None, observer: Any) -> Any:
+    """The body of :func:`fit_classical` once the run directory exists."""
     import dataclasses
     from pathlib import Path
 
@@ -449,7 +463,6 @@ def fit_classical(config: Any, *, run_dir: str | os.PathLike[str], dataset: Data
 
     observer = observer or Callback()
     started = time.perf_counter()
-    run_dir = runs.prepare_run_dir(run_dir)
     if dataset is None:
         dataset = load_dataset(config.dataset, data_dir=config.data_dir)
     # Record where the data really came from, so evaluate reloads the same files.
