@@ -171,10 +171,11 @@ def test_reproduce_quick_subset(capsys, tmp_path: Path) -> None:
 
 def test_ctrl_c_in_a_real_process(tmp_path: Path, tiny_data_dir: Path) -> None:
     """SIGINT during training: exit 130, one line, and a run directory holding the completed epochs."""
-    run_dir = tmp_path / "run"
+    run_dir, registry = tmp_path / "run", tmp_path / "registry.sqlite"
     proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "train", "cnn", "--epochs", "500",
                              "--batch-size", "16", "--device", "cpu", "--data-dir", str(tiny_data_dir),
-                             "--out", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--out", str(run_dir), "--registry", str(registry)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (run_dir / runs.HISTORY_JSON).exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
@@ -186,6 +187,13 @@ def test_ctrl_c_in_a_real_process(tmp_path: Path, tiny_data_dir: Path) -> None:
     metrics = json.loads((run_dir / runs.METRICS_FILE).read_text())
     history = json.loads((run_dir / runs.HISTORY_JSON).read_text())
     assert metrics["status"] == "interrupted" and metrics["epochs_completed"] == len(history) >= 1
+    # A partial run is still a run: the registry lists it, as interrupted, with the epochs it kept.
+    from mnistlab.registry import Registry
+
+    with Registry.open(registry, create=False) as opened:
+        [record] = opened.all_runs()
+    assert record.path == str(run_dir.resolve()) and record.status == "interrupted"
+    assert record.metrics["epochs_completed"] == len(history) and record.history == history
     done = subprocess.run([sys.executable, "-m", "mnistlab", "evaluate", str(run_dir), "--json"],
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
