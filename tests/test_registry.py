@@ -210,6 +210,32 @@ def test_newer_schema_is_refused(tmp_path: Path, registry_path: Path) -> None:
         Registry.open(registry_path)
 
 
+def test_a_registry_locked_by_another_program_is_one_line(tmp_path: Path, registry_path: Path, capsys,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another program (here a second SQLite connection) holds an exclusive lock on a registry file that is not
+    yet in WAL mode: opening waits BUSY_TIMEOUT_S, then says so in one line, and the file is left as it was."""
+    from mnistlab import registry as registry_module
+    from tests.clitools import assert_one_line_error, run_cli
+
+    registry_path.parent.mkdir(parents=True)
+    other = sqlite3.connect(registry_path, isolation_level=None)
+    other.execute("CREATE TABLE scratch (x INTEGER)")
+    other.execute("DROP TABLE scratch")   # an empty database with a header, in rollback-journal mode
+    other.execute("BEGIN EXCLUSIVE")
+    monkeypatch.setattr(registry_module, "BUSY_TIMEOUT_S", 0.2)   # a short wait keeps the test fast
+    try:
+        with pytest.raises(MnistlabError) as caught:
+            Registry.open(registry_path)
+        assert str(caught.value) == f"registry {registry_path}: still locked by another mnistlab after 0 s; try again"
+        code, _, err = run_cli(capsys, "runs", "list", "--registry", str(registry_path))
+        assert_one_line_error(code, err, f"registry {registry_path}: still locked", "try again")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    with Registry.open(registry_path) as registry:   # once the lock is gone it opens normally
+        assert registry.record_run(fake_run(tmp_path, "a")).id == 1
+
+
 # ---------------------------------------------------------------------------------------- concurrency
 WRITER = textwrap.dedent("""
     import sys, time
