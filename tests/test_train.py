@@ -168,6 +168,36 @@ def test_failure_before_the_first_epoch_leaves_no_directory(tmp_path: Path, tiny
     assert not (tmp_path / "mine").exists()
 
 
+def test_a_failed_run_removes_only_its_own_files(tmp_path: Path, tiny_data_dir: Path) -> None:
+    """discard_run_dir deletes mnistlab's file names only: a file someone put in the folder meanwhile survives,
+    and so does the folder holding it."""
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    run = tmp_path / "r"
+
+    class NotesThenBoom(TrainObserver):
+        def on_train_start(self, *, run_dir, **_):
+            (run_dir / "notes.txt").write_text("mine")
+            (run_dir / "weights-backup.safetensors").write_bytes(b"also mine")
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(tiny_config(), run_dir=run, dataset=dataset, observer=NotesThenBoom())
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt", "weights-backup.safetensors"]
+    assert (run / "notes.txt").read_text() == "mine"
+
+
+def test_out_that_is_a_file_is_refused_before_anything_is_written(capsys, tmp_path: Path,
+                                                                  tiny_data_dir: Path) -> None:
+    from tests.clitools import assert_one_line_error, run_cli
+
+    target = tmp_path / "taken.txt"
+    target.write_text("not a folder")
+    code, _, err = run_cli(capsys, "train", "softmax", "--epochs", "1", "--device", "cpu",
+                           "--data-dir", str(tiny_data_dir), "--out", str(target))
+    assert_one_line_error(code, err, f"--out {target}: exists and is not a folder; choose a new folder name")
+    assert target.read_text() == "not a folder"
+
+
 def test_divergence_in_the_first_epoch_keeps_nothing(tmp_path: Path, tiny_data_dir: Path) -> None:
     dataset = load_dataset(data_dir=tiny_data_dir)
     with pytest.raises(MnistlabError, match=r"diverged in epoch 1 .*lower --lr .*nothing was kept"):
