@@ -180,6 +180,7 @@ def test_a_subsample_missing_a_class_is_a_clear_error(tmp_path: Path, tiny_data_
     config = TrainConfig.for_model("logreg", options={"max_train": 3}, data_dir=str(tiny_data_dir_shared))
     with pytest.raises(MnistlabError, match="lack class"):
         fit(config, run_dir=tmp_path / "r")
+    assert not (tmp_path / "r").exists()  # a failed fit leaves no folder to block --out
 
 
 def test_sklearn_holdout_is_train_test_split_order_included() -> None:
@@ -204,3 +205,53 @@ def test_seed_sgd_through_the_run_path_matches_the_tutorials_code(tmp_path: Path
     assert result.history[0].val_accuracy == float(np.mean(reference.predict(x_held) == y_held))
     assert result.test.accuracy == float(np.mean(reference.predict(test_features) == mnist.test.labels))
     assert result.metrics["n_iter"] == reference.n_iter_
+
+
+# ------------------------------------------------------------------------------ error paths, end to end
+def _cli(capsys, *argv: str) -> tuple[int, str, str]:
+    from tests.clitools import run_cli
+
+    return run_cli(capsys, *argv)
+
+
+def test_knn_with_k_over_the_training_images_is_one_line(capsys, tmp_path: Path, tiny_data_dir: Path) -> None:
+    from tests.clitools import assert_one_line_error
+
+    code, _, err = _cli(capsys, "train", "knn", "--option", "k=300", "--data-dir", str(tiny_data_dir),
+                        "--out", str(tmp_path / "knn"))
+    assert_one_line_error(code, err, "knn: k=300 is more than the 256 training images")
+    assert not (tmp_path / "knn").exists()
+
+
+def test_a_reference_index_past_the_training_split_is_one_line(capsys, tmp_path: Path, tiny_data_dir: Path) -> None:
+    """A k-NN run keeps training images by index; data with fewer training images cannot hold them."""
+    from tests.clitools import assert_one_line_error
+
+    run = fit(TrainConfig.for_model("knn", options={"k": 1}, data_dir=str(tiny_data_dir), threads=1),
+              run_dir=tmp_path / "knn").run_dir
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    write_idx(tiny_data_dir / "train-images-idx3-ubyte.gz", dataset.train.images[:100])
+    write_idx(tiny_data_dir / "train-labels-idx1-ubyte.gz", dataset.train.labels[:100])
+    code, _, err = _cli(capsys, "evaluate", str(run), "--device", "cpu")
+    assert_one_line_error(code, err, f"{run}: the model refers to training image #255 but",
+                          "training split has 100; wrong dataset?")
+
+
+def test_svm_on_changed_training_images_is_a_fingerprint_mismatch(capsys, tmp_path: Path,
+                                                                  tiny_data_dir: Path) -> None:
+    from tests.clitools import assert_one_line_error
+
+    run = fit(TrainConfig.for_model("svm", data_dir=str(tiny_data_dir), threads=1), run_dir=tmp_path / "svm").run_dir
+    code, _, err = _cli(capsys, "evaluate", str(run), "--device", "cpu", "--json")
+    assert code == 0, err
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    # Change one pixel of one support vector only: the fingerprint covers exactly the images the SVM keeps.
+    from tests.reference import read_safetensors
+
+    first_support = int(read_safetensors(run / runs.WEIGHTS_FILE)["support_indices"][0])
+    changed = np.array(dataset.train.images)
+    changed[first_support, 0, 0] ^= 1
+    write_idx(tiny_data_dir / "train-images-idx3-ubyte.gz", changed)
+    code, _, err = _cli(capsys, "evaluate", str(run), "--device", "cpu")
+    assert_one_line_error(code, err, f"{run}: ", "training images differ from those this svm model was fitted on",
+                          "fingerprint mismatch", "evaluate with the original data")

@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -80,12 +82,13 @@ def test_train_evaluate_end_to_end(capsys, tmp_path: Path, tiny_data_dir: Path) 
     assert (config["epochs"], config["batch_size"], config["seed"], config["val_split"]) == (2, 64, 7, 0.2)
     assert config["data_dir"] == str(tiny_data_dir.resolve())
     assert f"test accuracy {metrics['test_accuracy']:.4f}" in out
-    code, out, err = run_cli(capsys, "evaluate", str(run_dir), "--json")
+    # The same device as training: the figures must then agree exactly (a GPU may round differently).
+    code, out, err = run_cli(capsys, "evaluate", str(run_dir), "--json", "--device", "cpu")
     assert code == 0, err
     evaluated = json.loads(out)
     assert evaluated["accuracy"] == metrics["test_accuracy"]
     assert evaluated["loss"] == pytest.approx(metrics["test_loss"], rel=1e-6)
-    code, out, _ = run_cli(capsys, "evaluate", str(run_dir))
+    code, out, _ = run_cli(capsys, "evaluate", str(run_dir), "--device", "cpu")
     assert code == 0 and "(matches)" in out
 
 
@@ -112,12 +115,28 @@ def test_train_out_unwritable(capsys, tmp_path: Path, tiny_data_dir: Path) -> No
     code, _, err = run_cli(capsys, "train", "softmax", "--epochs", "1", "--data-dir", str(tiny_data_dir),
                            "--out", str(blocker / "run"))
     assert_one_line_error(code, err, "--out", "cannot create")
-    if os.geteuid() != 0:  # root ignores permission bits
-        locked = tmp_path / "locked"
-        locked.mkdir(mode=0o500)
+    with unwritable_dir(tmp_path / "locked") as locked:
         code, _, err = run_cli(capsys, "train", "softmax", "--epochs", "1", "--data-dir", str(tiny_data_dir),
                                "--out", str(locked / "run"))
-        assert_one_line_error(code, err, "--out")
+    assert_one_line_error(code, err, "--out", str(locked / "run"))
+    assert not (locked / "run").exists()
+
+
+@contextmanager
+def unwritable_dir(path: Path) -> Iterator[Path]:
+    """A folder nobody can create entries in, root included: mode 0500 for a user; for root (who ignores
+    permission bits, and CI runs as root) the immutable attribute, which the kernel enforces for root too."""
+    path.mkdir(mode=0o500)
+    if os.geteuid() != 0:
+        yield path
+        return
+    done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"this filesystem has no immutable attribute for an unwritable folder: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
 
 
 def test_evaluate_errors(capsys, tmp_path: Path) -> None:
@@ -162,10 +181,11 @@ def test_reproduce_quick_subset(capsys, tmp_path: Path) -> None:
 
 def test_ctrl_c_in_a_real_process(tmp_path: Path, tiny_data_dir: Path) -> None:
     """SIGINT during training: exit 130, one line, and a run directory holding the completed epochs."""
-    run_dir = tmp_path / "run"
+    run_dir, registry = tmp_path / "run", tmp_path / "registry.sqlite"
     proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "train", "cnn", "--epochs", "500",
                              "--batch-size", "16", "--device", "cpu", "--data-dir", str(tiny_data_dir),
-                             "--out", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--out", str(run_dir), "--registry", str(registry)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not (run_dir / runs.HISTORY_JSON).exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
@@ -177,6 +197,13 @@ def test_ctrl_c_in_a_real_process(tmp_path: Path, tiny_data_dir: Path) -> None:
     metrics = json.loads((run_dir / runs.METRICS_FILE).read_text())
     history = json.loads((run_dir / runs.HISTORY_JSON).read_text())
     assert metrics["status"] == "interrupted" and metrics["epochs_completed"] == len(history) >= 1
+    # A partial run is still a run: the registry lists it, as interrupted, with the epochs it kept.
+    from mnistlab.registry import Registry
+
+    with Registry.open(registry, create=False) as opened:
+        [record] = opened.all_runs()
+    assert record.path == str(run_dir.resolve()) and record.status == "interrupted"
+    assert record.metrics["epochs_completed"] == len(history) and record.history == history
     done = subprocess.run([sys.executable, "-m", "mnistlab", "evaluate", str(run_dir), "--json"],
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import shutil
@@ -16,7 +17,7 @@ import torch
 from PIL import Image
 
 from mnistlab import runs
-from mnistlab.analysis import cached_evaluation, check_html_path, evaluate_report
+from mnistlab.analysis import GALLERY_SIZE, cached_evaluation, check_html_path, evaluate_report
 from mnistlab.config import EVAL_BATCH_SIZE, TrainConfig
 from mnistlab.data import train_val_indices
 from mnistlab.errors import MnistlabError
@@ -138,13 +139,19 @@ def test_figures_against_sklearn_and_torch(mlp_test_report, independent_logits: 
               for b in range(15) if (inside := (confidence > edges[b]) & (confidence <= edges[b + 1])).any())
     assert e.calibration is not None and e.calibration.ece == pytest.approx(ece, abs=1e-6)
     # Most confident mistakes: the wrong predictions with the highest probability, in order.
+    # The gallery holds the 36 worst (GALLERY_SIZE); the lengths come from the oracle, never from the code.
     wrong = np.flatnonzero(~correct)
-    expected = wrong[np.argsort(-confidence[wrong], kind="stable")][:len(e.mistakes)]
+    assert len(wrong) > GALLERY_SIZE  # a 2-epoch MLP makes ~300 mistakes: the gallery is full
+    expected = wrong[np.argsort(-confidence[wrong], kind="stable")][:GALLERY_SIZE]
     assert [m.index for m in e.mistakes] == expected.tolist()
     assert [m.confidence for m in e.mistakes] == pytest.approx(confidence[expected].tolist(), abs=1e-6)
-    # Most confused pairs: the largest off-diagonal cells.
-    off = skm.confusion_matrix(labels, predicted) * (1 - np.eye(10, dtype=int))
-    assert [p.count for p in e.pairs] == sorted(off.ravel(), reverse=True)[:len(e.pairs)]
+    assert [(m.true, m.predicted) for m in e.mistakes] == list(zip(labels[expected].tolist(),
+                                                                    predicted[expected].tolist(), strict=True))
+    # Most confused pairs: the 10 largest off-diagonal cells, ties by true then predicted class.
+    confusion = skm.confusion_matrix(labels, predicted, labels=list(range(10)))
+    cells = sorted((-int(confusion[t, p]), t, p) for t in range(10) for p in range(10) if t != p and confusion[t, p])
+    assert len(cells) >= 10
+    assert [(p.true, p.predicted, p.count) for p in e.pairs] == [(t, p, -c) for c, t, p in cells[:10]]
 
 
 def test_files_hold_the_same_figures(mlp_test_report, mnist) -> None:
@@ -311,3 +318,91 @@ def test_an_evaluation_round_trips_through_its_json(mlp_test_report) -> None:
     assert np.array_equal(again.report.f1, e.report.f1) and again.report.as_text() == e.report.as_text()
     assert again.calibration is not None and again.calibration.ece == e.calibration.ece
     assert again.pairs == e.pairs and again.mistakes == e.mistakes
+
+
+# ------------------------------------------------------------------------------ error paths, end to end
+@pytest.fixture(scope="module")
+def tiny_softmax_run(tmp_path_factory: pytest.TempPathFactory, tiny_data_dir_shared: Path) -> Path:
+    """A softmax run (fp32, 25% held out) on the 256-image synthetic set; tests edit copies of it."""
+    config = TrainConfig.for_model("softmax", epochs=1, val_split=0.25, device="cpu", precision="fp32",
+                                   data_dir=str(tiny_data_dir_shared))
+    return fit(config, run_dir=tmp_path_factory.mktemp("tiny") / "softmax").run_dir
+
+
+def _copy(run: Path, where: Path) -> Path:
+    shutil.copytree(run, where)
+    return where
+
+
+def test_evaluate_split_train_scores_every_training_image(capsys, tiny_softmax_run: Path,
+                                                          tiny_data_dir_shared: Path) -> None:
+    from mnistlab.data import load_dataset
+    from tests.clitools import run_cli
+    from tests.reference import plain_input, read_safetensors
+
+    code, out, err = run_cli(capsys, "evaluate", str(tiny_softmax_run), "--split", "train", "--json",
+                             "--device", "cpu")
+    assert code == 0, err
+    result = json.loads(out)
+    train = load_dataset(data_dir=tiny_data_dir_shared).train
+    # Oracle: the dense layer from the saved weights, by hand, over all 256 training images (val included).
+    weights = read_safetensors(tiny_softmax_run / runs.WEIGHTS_FILE)
+    logits = plain_input(train.images).flatten(1) @ weights["1.weight"].T + weights["1.bias"]
+    labels = torch.from_numpy(train.labels.astype(np.int64))
+    assert result["split"] == "train" and result["count"] == 256
+    assert result["accuracy"] == (logits.argmax(1) == labels).double().mean().item()
+    assert result["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-5)
+
+
+def test_an_empty_validation_split_is_one_line(capsys, tiny_softmax_run: Path, tmp_path: Path) -> None:
+    from tests.clitools import assert_one_line_error, run_cli
+
+    run = _copy(tiny_softmax_run, tmp_path / "run")
+    config = json.loads((run / runs.CONFIG_FILE).read_text())
+    runs.write_json_atomic(run / runs.CONFIG_FILE, {**config, "val_split": 0.001})  # 0.1% of 256: no image
+    assert len(train_val_indices(256, val_fraction=0.001, seed=0)[1]) == 0
+    code, _, err = run_cli(capsys, "evaluate", str(run), "--split", "val", "--device", "cpu")
+    assert_one_line_error(code, err, f"{run}: its val split is empty (val_split 0.001 of 256 images); "
+                                     "use --split test or train")
+
+
+def test_a_class_count_mismatch_is_one_line(capsys, tiny_softmax_run: Path, tmp_path: Path) -> None:
+    from tests.clitools import assert_one_line_error, run_cli
+
+    run = _copy(tiny_softmax_run, tmp_path / "run")
+    model = json.loads((run / runs.MODEL_FILE).read_text())
+    runs.write_json_atomic(run / runs.MODEL_FILE, {**model, "class_names": ["a", "b", "c", "d", "e"]})
+    code, _, err = run_cli(capsys, "evaluate", str(run), "--device", "cpu")
+    assert_one_line_error(code, err, f"{run}: the model has 5 classes but", "has 10; is this run from a "
+                                                                            "different dataset?")
+
+
+def test_non_finite_scores_are_one_line(capsys, tiny_softmax_run: Path, tmp_path: Path) -> None:
+    from mnistlab.models import weights_bytes
+    from tests.clitools import assert_one_line_error, run_cli
+
+    run = _copy(tiny_softmax_run, tmp_path / "run")
+    model, _ = load_trained_model(run, device="cpu")
+    with torch.no_grad():
+        model[1].bias[3] = float("nan")   # what a diverged run's weights look like
+    runs.write_bytes_atomic(run / runs.WEIGHTS_FILE, weights_bytes(model))
+    code, _, err = run_cli(capsys, "evaluate", str(run), "--device", "cpu")
+    assert_one_line_error(code, err, f"{run}: the model outputs NaN or infinite scores (its weights diverged); "
+                                     "retrain it with a lower --lr")
+
+
+def test_html_escapes_run_paths_and_class_names(tiny_softmax_run: Path, tmp_path: Path) -> None:
+    """Run paths and class names come from the user: <, & and quotes are shown as text, never read as HTML."""
+    run = _copy(tiny_softmax_run, tmp_path / 'run <b>&amp; "q" \'s\'')
+    names = ["<script>alert(1)</script>", "a & b", 'say "hi"', "it's", "x<y", "&lt;", "6", "7", "8", "9"]
+    model = json.loads((run / runs.MODEL_FILE).read_text())
+    runs.write_json_atomic(run / runs.MODEL_FILE, {**model, "class_names": names})
+    out = evaluate_report(run, device="cpu")
+    text = out.files["html"].read_text()
+    assert "<script" not in text
+    # The run's name shows, escaped; its raw form (which a browser would read as a <b> tag) never does.
+    assert html.escape(run.name, quote=True) in text and run.name not in text
+    page = parse_page(text)
+    assert_self_contained(page)
+    per_class = table_after(page, "class")
+    assert [row[0] for row in per_class[1:11]] == names   # the parser unescapes: the names come back exact

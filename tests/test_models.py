@@ -48,12 +48,25 @@ def test_keras_glorot_uniform_init(name: str) -> None:
             assert torch.count_nonzero(module.bias) == 0
 
 
-def test_pool_before_relu_is_the_same_function_as_relu_before_pool() -> None:
+def test_the_cnn_computes_the_tutorials_function(tmp_path) -> None:
+    """mnistlab's CNN (pool before ReLU, channels-last batches) gives the tutorial's conv -> ReLU -> pool logits.
+
+    Oracle: the same weights, saved and read back by hand from the safetensors file, through a functional
+    forward written out in Keras' layer order (tests/reference.py).
+    """
+    from mnistlab.models import weights_bytes
+    from tests.reference import cnn_logits, read_safetensors
+
     torch.manual_seed(1)
-    x = torch.randn(8, 32, 26, 26)
-    ours = torch.relu(nn.functional.max_pool2d(x, 2))
-    keras_order = nn.functional.max_pool2d(torch.relu(x), 2)
-    torch.testing.assert_close(ours, keras_order, rtol=0, atol=0)
+    model = build_model("cnn").eval()
+    for param in model.parameters():   # non-zero biases, so a wrong layer order would show
+        param.data.add_(torch.randn_like(param) * 0.05)
+    (tmp_path / "w.safetensors").write_bytes(weights_bytes(model))
+    images = np.random.default_rng(0).integers(0, 256, size=(16, 28, 28)).astype(np.uint8)
+    with torch.no_grad():
+        ours = model(prepare_batch(torch.from_numpy(images), channels_last=True))
+    expected = cnn_logits(read_safetensors(tmp_path / "w.safetensors"), images)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_prepare_batch_scales_uint8_to_unit_interval() -> None:

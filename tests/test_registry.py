@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -209,19 +210,59 @@ def test_newer_schema_is_refused(tmp_path: Path, registry_path: Path) -> None:
         Registry.open(registry_path)
 
 
+def test_a_registry_locked_by_another_program_is_one_line(tmp_path: Path, registry_path: Path, capsys,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another program (here a second SQLite connection) holds an exclusive lock on a registry file that is not
+    yet in WAL mode: opening waits BUSY_TIMEOUT_S, then says so in one line, and the file is left as it was."""
+    from mnistlab import registry as registry_module
+    from tests.clitools import assert_one_line_error, run_cli
+
+    registry_path.parent.mkdir(parents=True)
+    other = sqlite3.connect(registry_path, isolation_level=None)
+    other.execute("CREATE TABLE scratch (x INTEGER)")
+    other.execute("DROP TABLE scratch")   # an empty database with a header, in rollback-journal mode
+    other.execute("BEGIN EXCLUSIVE")
+    monkeypatch.setattr(registry_module, "BUSY_TIMEOUT_S", 0.2)   # a short wait keeps the test fast
+    try:
+        with pytest.raises(MnistlabError) as caught:
+            Registry.open(registry_path)
+        assert str(caught.value) == f"registry {registry_path}: still locked by another mnistlab after 0 s; try again"
+        code, _, err = run_cli(capsys, "runs", "list", "--registry", str(registry_path))
+        assert_one_line_error(code, err, f"registry {registry_path}: still locked", "try again")
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    with Registry.open(registry_path) as registry:   # once the lock is gone it opens normally
+        assert registry.record_run(fake_run(tmp_path, "a")).id == 1
+
+
 # ---------------------------------------------------------------------------------------- concurrency
 WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from mnistlab.registry import Registry
-    registry_path, runs_dir, start_flag, name = sys.argv[1:5]
-    while not Path(start_flag).exists():   # both writers start together
-        time.sleep(0.005)
-    started = time.time()
-    for run in sorted(Path(runs_dir).iterdir()):
+    registry_path, runs_dir, flags, name, other = sys.argv[1:6]
+    flags = Path(flags)
+
+    def wait_for(flag):
+        # A safety net only (a lost sibling must not hang the suite); the order is set by the flags.
+        deadline = time.monotonic() + 120
+        while not (flags / flag).exists():
+            if time.monotonic() > deadline:
+                sys.exit(f"{name}: gave up waiting for {flag}")
+            time.sleep(0.005)
+
+    (flags / f"ready-{name}").touch()
+    wait_for("go")                        # the parent says go only once both writers are waiting
+    for i, run in enumerate(sorted(Path(runs_dir).iterdir())):
         with Registry.open(registry_path) as registry:   # a fresh open per run, as separate commands do
             registry.record_run(run, source="train")
-    print(name, "done", started, time.time())
+        if i == 0:
+            # Neither writer goes past its first run until the other has written one: the two sequences of
+            # writes overlap by construction, whatever the scheduler does.
+            (flags / f"first-{name}").touch()
+            wait_for(f"first-{other}")
+    print(name, "done")
 """)
 
 
@@ -229,19 +270,34 @@ def test_two_processes_writing_at_once(tmp_path: Path, registry_path: Path) -> N
     for writer in ("a", "b"):
         for i in range(40):
             fake_run(tmp_path / writer, f"{writer}{i:02d}", accuracy=0.5 + i / 100)
-    start = tmp_path / "go"
+    flags = tmp_path / "flags"
+    flags.mkdir()
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
-    procs = [subprocess.Popen([sys.executable, str(script), str(registry_path), str(tmp_path / w), str(start), w],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in ("a", "b")]
-    start.touch()
-    outputs = [proc.communicate(timeout=120) for proc in procs]
-    spans = []
+    procs = [subprocess.Popen([sys.executable, str(script), str(registry_path), str(tmp_path / w), str(flags), w,
+                               other], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for w, other in (("a", "b"), ("b", "a"))]
+    try:
+        # Start signal after both children are waiting for it (each has imported mnistlab and is polling).
+        while not ((flags / "ready-a").exists() and (flags / "ready-b").exists()):
+            assert all(proc.poll() is None for proc in procs), [proc.poll() for proc in procs]
+            time.sleep(0.005)
+        (flags / "go").touch()
+        # A writer that fails stops the other at once (it would otherwise wait for its sibling's flag).
+        while any(proc.poll() is None for proc in procs):
+            if any(proc.poll() not in (None, 0) for proc in procs):
+                for proc in procs:
+                    if proc.poll() is None:
+                        proc.kill()
+            time.sleep(0.01)
+        outputs = [proc.communicate() for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
     for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err
         assert "done" in out
-        spans.append([float(v) for v in out.split()[2:4]])
-    assert max(start for start, _ in spans) < min(end for _, end in spans), "the writers did not overlap"
     with Registry.open(registry_path, create=False) as registry:
         records = registry.all_runs()
     assert len(records) == 80

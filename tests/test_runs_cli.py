@@ -248,3 +248,37 @@ def test_reproduce_records_its_runs_and_shows_confusions(capsys, tmp_path: Path,
     [record] = json.loads(listed)
     assert record["source"] == "reproduce" and record["model"] == "sgd"
     assert record["metrics"]["val_accuracy"] == row["accuracy"]   # the tutorial's like-for-like figure
+
+
+def test_a_run_the_registry_cannot_take_is_kept_and_says_how_to_record_it(capsys, tmp_path: Path,
+                                                                          tiny_data_dir_shared: Path,
+                                                                          registry: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry is checked before training; if it breaks during training (another program overwrote it),
+    the run is still complete on disk and the one-line error says so and how to record it later."""
+    from mnistlab import train
+
+    real_fit = train.fit
+
+    def fit_then_registry_damaged(*args, **kwargs):
+        result = real_fit(*args, **kwargs)
+        registry.write_bytes(b"someone else's notes, not a database\n" * 50)
+        for leftover in registry.parent.glob(registry.name + "-*"):   # its -wal / -shm files
+            leftover.unlink()
+        return result
+
+    monkeypatch.setattr(train, "fit", fit_then_registry_damaged)
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "softmax", "--epochs", "1", "--device", "cpu", "--threads", "1",
+                           "--data-dir", str(tiny_data_dir_shared), "--out", str(run), "--registry", str(registry))
+    assert_one_line_error(code, err, f"{run} saved, but not recorded in the registry: registry {registry}: "
+                                     "not a usable mnistlab registry",
+                          "(`mnistlab evaluate RUN` records a run later)")
+    assert json.loads((run / runs.METRICS_FILE).read_text())["status"] == "completed"
+    # What the message promises: evaluate records it in a working registry.
+    elsewhere = tmp_path / "other.sqlite"
+    code, _, err = run_cli(capsys, "evaluate", str(run), "--device", "cpu", "--registry", str(elsewhere))
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "runs", "list", "--json", "--registry", str(elsewhere))
+    assert code == 0, err
+    assert [row["path"] for row in json.loads(out)] == [str(run.resolve())]

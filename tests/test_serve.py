@@ -196,9 +196,14 @@ def test_multiple_files_use_the_image_field(client: TestClient, three_png: bytes
 def test_uploads_over_the_limit_are_refused_before_decoding(predictor: Predictor, three_png: bytes) -> None:
     limits = ServeLimits(max_bytes=len(three_png) - 1, max_pixels=50_000)
     with TestClient(create_app(predictor=predictor, limits=limits)) as small:
-        # Content-Length says it is too big: refused without reading the body.
-        response = small.post("/api/predict", content=three_png, headers={"content-type": "image/png"})
-        assert response.status_code == 413 and "byte limit" in response.json()["detail"]
+        # Content-Length says it is too big: refused from the header, without reading the body. The body
+        # really sent is small (100 bytes), so the streaming cap could not refuse it: only the header check can.
+        declared = len(three_png)
+        response = small.post("/api/predict", content=b"x" * 100,
+                              headers={"content-type": "image/png", "content-length": str(declared)})
+        assert response.status_code == 413, response.text
+        expected = f"the upload is {declared:,} bytes, over the {len(three_png) - 1:,}-byte limit"
+        assert expected in response.json()["detail"]
         # A chunked upload (no Content-Length) is cut off while streaming.
         chunks = (three_png[i:i + 1000] for i in range(0, len(three_png), 1000))
         response = small.post("/api/predict", content=chunks, headers={"content-type": "image/png"})

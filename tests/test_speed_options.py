@@ -181,21 +181,26 @@ def test_fast_on_a_fraction_of_an_epoch_of_real_mnist(tmp_path: Path, mnist) -> 
 
 
 def test_channels_last_and_bf16_eval_agree_with_plain_fp32(tmp_path: Path, tiny_data_dir: Path) -> None:
-    """The fast layout/precision path computes the same predictions as a plain fp32 pass (up to bf16 noise)."""
+    """The fast layout/precision path computes the same predictions as a plain fp32 pass (up to bf16 noise).
+
+    The plain pass shares nothing with the fast one: weights read by hand from weights.safetensors, contiguous
+    NCHW input, a functional fp32 forward (tests/reference.py), no autocast, no prepare_batch.
+    """
     from mnistlab.inference import predict_logits
+    from mnistlab.models import load_trained_model
+    from tests.reference import cnn_logits, read_safetensors
 
     dataset = load_dataset(data_dir=tiny_data_dir)
     run = fit(TrainConfig.for_model("cnn", epochs=1, batch_size=32, device="cpu"), run_dir=tmp_path / "r",
               dataset=dataset).run_dir
-    from mnistlab.models import load_trained_model
-
     model, _ = load_trained_model(run)
+    plain = cnn_logits(read_safetensors(run / runs.WEIGHTS_FILE), dataset.test.images)
     fast = predict_logits(model, dataset.test.images, precision="bf16")
-    plain_model = build_model("cnn")
-    plain_model.load_state_dict(model.state_dict())
-    plain = predict_logits(plain_model.to(memory_format=torch.contiguous_format), dataset.test.images)
     assert (fast.argmax(1) == plain.argmax(1)).float().mean() >= 0.98
     torch.testing.assert_close(fast, plain, atol=0.1, rtol=0.05)
+    # And the channels-last fp32 path matches it to float rounding.
+    torch.testing.assert_close(predict_logits(model, dataset.test.images, precision="fp32"), plain,
+                               atol=1e-4, rtol=1e-4)
 
 
 def test_bad_schedule_name_in_library() -> None:

@@ -61,8 +61,25 @@ def test_fit_writes_a_complete_consistent_run(tmp_path: Path, tiny_data_dir: Pat
     assert again.loss == pytest.approx(metrics["test_loss"], rel=1e-6)
 
 
-def test_running_epoch_metrics_are_sample_weighted_means(tmp_path: Path, tiny_data_dir: Path) -> None:
-    """The epoch's loss is the mean over samples of the per-batch losses, as Keras reports it."""
+def test_running_epoch_metrics_are_sample_weighted_means(tmp_path: Path, tiny_data_dir: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The epoch's loss is the mean over samples of the per-batch losses, as Keras reports it.
+
+    Oracle: every training batch's loss and size, recorded as the real cross-entropy returns them, weighted
+    here by batch size. The last batch is smaller (56 of 100), so an unweighted mean of batch losses differs.
+    """
+    from mnistlab import train
+
+    batches: list[tuple[float, int]] = []
+    real_cross_entropy = train.F.cross_entropy
+
+    def recording_cross_entropy(logits, targets, **kwargs):
+        loss = real_cross_entropy(logits, targets, **kwargs)
+        if logits.requires_grad:   # training steps only; validation/test passes run without grad
+            batches.append((float(loss.detach().float()), int(targets.shape[0])))
+        return loss
+
+    monkeypatch.setattr(train.F, "cross_entropy", recording_cross_entropy)
     seen: list[tuple[int, float]] = []
 
     class Spy(TrainObserver):
@@ -73,7 +90,14 @@ def test_running_epoch_metrics_are_sample_weighted_means(tmp_path: Path, tiny_da
     # 256 samples at batch 100: steps of 100, 100, 56.
     result = fit(tiny_config(epochs=1, batch_size=100), run_dir=tmp_path / "r", dataset=dataset, observer=Spy())
     assert [s for s, _ in seen] == [1, 2, 3]
-    assert result.history[0].loss == pytest.approx(seen[-1][1])
+    assert [n for _, n in batches] == [100, 100, 56]
+    losses = np.array([loss for loss, _ in batches], dtype=np.float64)
+    sizes = np.array([n for _, n in batches], dtype=np.float64)
+    weighted = [float((losses[:k] * sizes[:k]).sum() / sizes[:k].sum()) for k in (1, 2, 3)]
+    # The batches' losses differ enough that the two means are told apart by the tolerance below.
+    assert abs(weighted[-1] - losses.mean()) > 1e-3
+    assert [value for _, value in seen] == pytest.approx(weighted, rel=1e-5)
+    assert result.history[0].loss == pytest.approx(weighted[-1], rel=1e-5)
 
 
 @pytest.mark.parametrize("model", ["softmax", "mlp", "cnn"])
@@ -146,17 +170,84 @@ def test_failure_before_the_first_epoch_leaves_no_directory(tmp_path: Path, tiny
     assert not (tmp_path / "mine").exists()
 
 
-def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_epoch(tmp_path: Path,
-                                                                          tiny_data_dir: Path) -> None:
+def test_a_failed_run_removes_only_its_own_files(tmp_path: Path, tiny_data_dir: Path) -> None:
+    """discard_run_dir deletes mnistlab's file names only: a file someone put in the folder meanwhile survives,
+    and so does the folder holding it."""
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    run = tmp_path / "r"
+
+    class NotesThenBoom(TrainObserver):
+        def on_train_start(self, *, run_dir, **_):
+            (run_dir / "notes.txt").write_text("mine")
+            (run_dir / "weights-backup.safetensors").write_bytes(b"also mine")
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(tiny_config(), run_dir=run, dataset=dataset, observer=NotesThenBoom())
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt", "weights-backup.safetensors"]
+    assert (run / "notes.txt").read_text() == "mine"
+
+
+def test_out_that_is_a_file_is_refused_before_anything_is_written(capsys, tmp_path: Path,
+                                                                  tiny_data_dir: Path) -> None:
+    from tests.clitools import assert_one_line_error, run_cli
+
+    target = tmp_path / "taken.txt"
+    target.write_text("not a folder")
+    code, _, err = run_cli(capsys, "train", "softmax", "--epochs", "1", "--device", "cpu",
+                           "--data-dir", str(tiny_data_dir), "--out", str(target))
+    assert_one_line_error(code, err, f"--out {target}: exists and is not a folder; choose a new folder name")
+    assert target.read_text() == "not a folder"
+
+
+def test_divergence_in_the_first_epoch_keeps_nothing(tmp_path: Path, tiny_data_dir: Path) -> None:
     dataset = load_dataset(data_dir=tiny_data_dir)
     with pytest.raises(MnistlabError, match=r"diverged in epoch 1 .*lower `lr` .*nothing was kept"):
         fit(tiny_config(optimizer="sgd", lr=1e6), run_dir=tmp_path / "r", dataset=dataset)
     assert not (tmp_path / "r").exists()
 
 
+def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_epoch(tmp_path: Path, tiny_data_dir: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Epoch 1 trains normally; the learning rate then jumps to 1e6, so epoch 2 diverges and epoch 1 is kept."""
+    from mnistlab import train
+
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    one_epoch = fit(tiny_config(optimizer="sgd", lr=0.01, epochs=1), run_dir=tmp_path / "one", dataset=dataset)
+    optimizers = []
+    real_build_optimizer = train.build_optimizer
+
+    def keep_optimizer(*args, **kwargs):
+        optimizers.append(real_build_optimizer(*args, **kwargs))
+        return optimizers[-1]
+
+    class LrJump(TrainObserver):
+        def on_epoch_start(self, *, epoch, epochs, steps):
+            if epoch == 2:
+                optimizers[-1].lr = 1e6
+
+    monkeypatch.setattr(train, "build_optimizer", keep_optimizer)
+    run = tmp_path / "r"
+    with pytest.raises(MnistlabError) as caught:
+        fit(tiny_config(optimizer="sgd", lr=0.01, epochs=3), run_dir=run, dataset=dataset, observer=LrJump())
+    message = str(caught.value)
+    assert "diverged in epoch 2 " in message and "lower --lr (it was 0.01)" in message
+    assert f"{run} keeps epoch 1" in message and "\n" not in message
+    metrics = json.loads((run / runs.METRICS_FILE).read_text())
+    assert metrics["status"] == "diverged" and metrics["epochs_completed"] == 1 and metrics["epochs"] == 3
+    history = json.loads((run / runs.HISTORY_JSON).read_text())
+    assert [row["epoch"] for row in history] == [1] and np.isfinite(history[0]["loss"])
+    assert (run / runs.CURVES_PNG).is_file()
+    # The kept weights are epoch 1's, not the diverged ones: the same bytes as a run that stopped there.
+    assert (run / runs.WEIGHTS_FILE).read_bytes() == (one_epoch.run_dir / runs.WEIGHTS_FILE).read_bytes()
+    result, recorded = evaluate_run(run, device="cpu")
+    assert result.count == 64 and np.isfinite(result.loss) and recorded["status"] == "diverged"
+
+
 def test_ctrl_c_during_a_checkpoint_waits_for_it(tmp_path: Path, tiny_data_dir: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """SIGINT arriving while weights and history are being replaced is delivered after both are written."""
+    """SIGINT raised at the start of epoch 2's checkpoint (before its weights and history are written) is held
+    until both are, so the interrupted run holds epoch 2's weights with epoch 2's history."""
     import signal
 
     from mnistlab import training as train
@@ -167,7 +258,7 @@ def test_ctrl_c_during_a_checkpoint_waits_for_it(tmp_path: Path, tiny_data_dir: 
 
     def save_with_signal(run_dir, model, history):
         if len(history) == 2:
-            signal.raise_signal(signal.SIGINT)   # arrives between the weights and the history files
+            signal.raise_signal(signal.SIGINT)   # arrives before either file of epoch 2 is written
         original(run_dir, model, history)
 
     monkeypatch.setattr(train, "_save_epoch", save_with_signal)

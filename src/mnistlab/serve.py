@@ -317,8 +317,10 @@ def check_port(host: str, port: int) -> None:
         raise MnistlabError(f"--port must be in 1..65535, got {port}")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise MnistlabError(f"--host {host}: not a usable address ({exc.strerror})") from None
+    except (socket.gaierror, UnicodeError) as exc:
+        # UnicodeError: the IDNA codec refuses names with an empty or over-long label ("a..b") before any lookup.
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else "not a valid host name"
+        raise MnistlabError(f"--host {host}: not a usable address ({reason})") from None
     family, kind, proto, _name, address = infos[0]
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
