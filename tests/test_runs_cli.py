@@ -256,7 +256,7 @@ def test_a_run_the_registry_cannot_take_is_kept_and_says_how_to_record_it(capsys
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """The registry is checked before training; if it breaks during training (another program overwrote it),
     the run is still complete on disk and the one-line error says so and how to record it later."""
-    from mnistlab import train
+    from mnistlab import training as train
 
     real_fit = train.fit
 
@@ -273,7 +273,7 @@ def test_a_run_the_registry_cannot_take_is_kept_and_says_how_to_record_it(capsys
                            "--data-dir", str(tiny_data_dir_shared), "--out", str(run), "--registry", str(registry))
     assert_one_line_error(code, err, f"{run} saved, but not recorded in the registry: registry {registry}: "
                                      "not a usable mnistlab registry",
-                          "(`mnistlab evaluate RUN` records a run later)")
+                          "(evaluating it records it later: `mnistlab evaluate RUN`")
     assert json.loads((run / runs.METRICS_FILE).read_text())["status"] == "completed"
     # What the message promises: evaluate records it in a working registry.
     elsewhere = tmp_path / "other.sqlite"

@@ -68,7 +68,7 @@ def test_running_epoch_metrics_are_sample_weighted_means(tmp_path: Path, tiny_da
     Oracle: every training batch's loss and size, recorded as the real cross-entropy returns them, weighted
     here by batch size. The last batch is smaller (56 of 100), so an unweighted mean of batch losses differs.
     """
-    from mnistlab import train
+    from mnistlab import training as train
 
     batches: list[tuple[float, int]] = []
     real_cross_entropy = train.F.cross_entropy
@@ -210,7 +210,7 @@ def test_divergence_in_the_first_epoch_keeps_nothing(tmp_path: Path, tiny_data_d
 def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_epoch(tmp_path: Path, tiny_data_dir: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Epoch 1 trains normally; the learning rate then jumps to 1e6, so epoch 2 diverges and epoch 1 is kept."""
-    from mnistlab import train
+    from mnistlab import training as train
 
     dataset = load_dataset(data_dir=tiny_data_dir)
     one_epoch = fit(tiny_config(optimizer="sgd", lr=0.01, epochs=1), run_dir=tmp_path / "one", dataset=dataset)
@@ -231,7 +231,7 @@ def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_epoch(tmp_p
     with pytest.raises(MnistlabError) as caught:
         fit(tiny_config(optimizer="sgd", lr=0.01, epochs=3), run_dir=run, dataset=dataset, observer=LrJump())
     message = str(caught.value)
-    assert "diverged in epoch 2 " in message and "lower --lr (it was 0.01)" in message
+    assert "diverged in epoch 2 " in message and "lower `lr` (it was 0.01)" in message
     assert f"{run} keeps epoch 1" in message and "\n" not in message
     metrics = json.loads((run / runs.METRICS_FILE).read_text())
     assert metrics["status"] == "diverged" and metrics["epochs_completed"] == 1 and metrics["epochs"] == 3

@@ -60,7 +60,7 @@ def record_runs(run_dirs: Sequence[str | os.PathLike[str]], *, source: Literal["
     except MnistlabError as exc:
         where = ", ".join(str(run_dir) for run_dir in run_dirs)
         raise MnistlabError(f"{where} saved, but not recorded in the registry: {exc} "
-                            "(evaluating the run records it later)") from None
+                            "(evaluating it records it later: `mnistlab evaluate RUN`, or Run.evaluate())") from None
     finally:
         if opened is not None:
             opened.close()
