@@ -204,3 +204,79 @@ def test_import_mnistlab_is_lazy() -> None:
     assert before is False and after_datasets is False
     with pytest.raises(AttributeError):
         mnistlab.no_such_name  # noqa: B018
+
+
+def test_digits_always_mean_a_registry_id(api_run: mnistlab.Run, registry: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """`evaluate 1` and `runs rm 1` mean the same run even when a folder called 1 exists; ./1 is the folder."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(api_run.path, tmp_path / str(api_run.id))
+    assert mnistlab.load(str(api_run.id), registry=registry).path == api_run.path.resolve()
+    assert mnistlab.load(f"./{api_run.id}", registry=registry).path == Path(f"./{api_run.id}")
+    with pytest.raises(MnistlabError, match="no run with id"):
+        mnistlab.load(987, registry=registry)
+    with pytest.raises(MnistlabError, match="no such run directory"):
+        mnistlab.load("²")                    # a Unicode digit is not an id: a path, and there is none
+    with pytest.raises(MnistlabError, match="registry=False"):
+        mnistlab.load(1, registry=False)
+
+
+def test_ctrl_c_is_not_swallowed_by_except_exception(tmp_path: Path, tiny_data_dir_shared: Path) -> None:
+    def interrupt(record: mnistlab.EpochRecord) -> None:
+        raise KeyboardInterrupt
+
+    caught = None
+    try:
+        mnistlab.train("softmax", epochs=3, data_dir=tiny_data_dir_shared, device="cpu", run_dir=tmp_path / "r",
+                       callbacks=[mnistlab.LambdaCallback(on_epoch_end=interrupt)], progress=False, registry=False)
+    except Exception:
+        caught = "swallowed"
+    except KeyboardInterrupt as stop:
+        caught = stop
+    assert isinstance(caught, mnistlab.TrainingInterrupted) and caught.epochs_completed == 1
+
+
+def test_a_run_that_fails_after_an_epoch_says_so_and_is_recorded(tmp_path: Path, tiny_data_dir_shared: Path,
+                                                                 registry: Path) -> None:
+    def broken(record: mnistlab.EpochRecord) -> None:
+        if record.epoch == 2:
+            raise ValueError("a bug in the user's callback")
+
+    with pytest.raises(ValueError, match="user's callback"):
+        mnistlab.train("softmax", epochs=3, data_dir=tiny_data_dir_shared, device="cpu", run_dir=tmp_path / "f",
+                       callbacks=[mnistlab.LambdaCallback(on_epoch_end=broken)], progress=False, registry=registry)
+    run = mnistlab.load(tmp_path / "f")
+    assert run.status == "failed" and run.metrics["epochs_completed"] == 2
+    assert run.metrics["device"] == "cpu" and run.metrics["precision"] in ("fp32", "bf16")
+    from mnistlab.registry import Registry
+
+    with Registry.open(registry, create=False) as opened:
+        assert any(Path(r.path) == run.path.resolve() and r.status == "failed" for r in opened.all_runs())
+
+
+def test_the_model_of_a_fresh_run_is_the_saved_one_in_eval_mode(api_run: mnistlab.Run) -> None:
+    model = api_run.model
+    assert not model.training and next(model.parameters()).device.type == "cpu"
+
+
+def test_bad_arguments_refused_before_any_folder_exists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        tiny_data_dir_shared: Path, api_run: mnistlab.Run) -> None:
+    monkeypatch.chdir(tmp_path)
+    for kwargs, message in (({"progress": "bogus"}, "progress 'bogus'"),
+                            ({"callbacks": [print]}, "must be mnistlab.Callback objects")):
+        with pytest.raises(MnistlabError, match=message):
+            mnistlab.train("softmax", data_dir=tiny_data_dir_shared, registry=False, **kwargs)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(MnistlabError, match="not int"):
+        api_run.predict(3)
+    as_tensor = api_run.predict(torch.zeros(28, 28, dtype=torch.uint8) + torch.eye(28, dtype=torch.uint8) * 255)
+    assert len(as_tensor) == 1                 # a torch tensor is read like its numpy array
+
+
+def test_re_running_a_notebook_cell_re_registers_the_same_model() -> None:
+    for _ in range(2):   # the same definition evaluated twice, as a re-run cell does
+        exec("from torch import nn\n@mnistlab.register_model('rerun_cell')\n"
+             "def rerun_cell(num_classes=10):\n    return nn.Linear(784, num_classes)\n",
+             {"mnistlab": mnistlab, "__name__": "__main__"})

@@ -208,3 +208,25 @@ def test_ctrl_c_in_a_real_process(tmp_path: Path, tiny_data_dir: Path) -> None:
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["count"] == 64
+
+
+def test_a_closed_pipe_ends_quietly_with_status_0(tmp_path: Path) -> None:
+    """`mnistlab data info | head -1`: the reader goes away; no traceback, exit 0 (rich alone exits 1)."""
+    for argv in (["data", "info"], ["data", "info", "--json"], ["summary", "cnn"]):
+        proc = subprocess.Popen([sys.executable, "-m", "mnistlab", *argv], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, cwd=tmp_path)
+        assert proc.stdout is not None
+        proc.stdout.read(1)       # read a byte, then hang up like `head -c1`
+        proc.stdout.close()
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        assert proc.wait(timeout=60) == 0, err
+        assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
+def test_a_refused_reproduce_leaves_no_folder(capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "reproduce", "--quick", "--device", "bogus")
+    assert_one_line_error(code, err, "--device 'bogus' is not one of auto, cpu, cuda")
+    code, _, err = run_cli(capsys, "reproduce", "--quick", "--device", "bogus", "--out", str(tmp_path / "r"))
+    assert code == 2
+    assert list(tmp_path.iterdir()) == []

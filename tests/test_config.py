@@ -74,3 +74,16 @@ def test_published_figures_name_the_nearest_method() -> None:
     assert published_figure("mlp").test_error == 0.0305 and "300+100" in published_figure("mlp").method
     assert published_figure("cnn").test_error == 0.0095 and "closest" in published_figure("cnn").method
     assert published_figure("forest") is None and published_figure("mlp", "fashion-mnist") is None
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"val_split": "0.1"}, "`val_split` must be a number, got '0.1'"),
+    ({"lr": "0.01"}, "`lr` must be a number, got '0.01'"),
+    ({"threads": 1.5}, "`threads` must be a whole number, got 1.5"),
+    ({"batch_size": True}, "`batch_size` must be a whole number, got True"),
+    ({"label_smoothing": "0.1"}, "`label_smoothing` must be a number"),
+    ({"threads": 10_000}, "far more than this machine's"),
+])
+def test_wrong_types_from_python_callers_are_one_clear_error(overrides: dict, message: str) -> None:
+    with pytest.raises(MnistlabError, match=message):
+        TrainConfig.for_model("mlp", **overrides)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from mnistlab.callbacks import Callback
 from mnistlab.config import TrainConfig
-from mnistlab.errors import MnistlabError, TrainingInterrupted
+from mnistlab.errors import MnistlabError
 from mnistlab.results import EpochRecord, EvalResult
 
 if TYPE_CHECKING:  # torch and the heavier modules load only when a Run needs them
@@ -146,10 +146,10 @@ def train(
     check_registry(registry)
     # Reading and verifying the files overlaps the torch import that fit() triggers.
     pending = None if loaded else load_dataset_in_background(config.dataset, data_dir=config.data_dir)
+    hooks = [*progress_callbacks(progress), *_checked_callbacks(callbacks)]  # refused before any folder exists
     runs_root = Path("runs")
     root_existed = runs_root.is_dir()
     path = Path(run_dir) if run_dir is not None else default_run_dir(config.model, root=runs_root)
-    hooks = [*progress_callbacks(progress), *callbacks]
     try:
         data = loaded if loaded is not None else pending.result()  # type: ignore[union-attr]
         result = _fit_and_record(config, path=path, dataset=data, hooks=hooks, registry=registry)
@@ -165,6 +165,16 @@ def train(
     return result
 
 
+def _checked_callbacks(callbacks: Sequence[Callback]) -> list[Callback]:
+    if isinstance(callbacks, Callback):
+        callbacks = [callbacks]
+    wrong = [type(c).__name__ for c in callbacks if not isinstance(c, Callback)]
+    if wrong:
+        raise MnistlabError(f"`callbacks` must be mnistlab.Callback objects (got {', '.join(wrong)}); wrap a "
+                            "function in mnistlab.LambdaCallback(on_epoch_end=...)")
+    return list(callbacks)
+
+
 def _fit_and_record(config: TrainConfig, *, path: Path, dataset: Dataset, hooks: list[Callback],
                     registry: RegistryChoice) -> Run:
     """Fit into ``path`` and record the run; an interrupted run with completed epochs is recorded too."""
@@ -172,12 +182,17 @@ def _fit_and_record(config: TrainConfig, *, path: Path, dataset: Dataset, hooks:
 
     try:
         result = fit(config, run_dir=path, dataset=dataset, callbacks=hooks)
-    except TrainingInterrupted as stop:
-        if stop.epochs_completed:  # a partial run is still a run: the registry lists it as interrupted
-            record_runs([path], source="train", registry=registry)
+    except BaseException:
+        # A partial run (interrupted, diverged, failed after an epoch) is still a run: the registry lists it
+        # with its status. A folder fit() removed (nothing completed) is not recorded.
+        if (path / "history.json").is_file() and (path / "metrics.json").is_file():
+            with contextlib.suppress(MnistlabError):
+                record_runs([path], source="train", registry=registry)
         raise
     records = record_runs([result.run_dir], source="train", registry=registry)
-    return Run(result.run_dir, run_id=records[0].id if records else None, model=result.model)
+    # The live training module is not handed out: it may sit on a GPU and in training mode. Run.model loads the
+    # saved weights (eval mode, CPU), exactly what load(run) gives.
+    return Run(result.run_dir, run_id=records[0].id if records else None)
 
 
 def _remove_if_empty(path: Path) -> None:
@@ -186,17 +201,28 @@ def _remove_if_empty(path: Path) -> None:
 
 
 def load(run: str | int | os.PathLike[str], *, registry: RegistryChoice = None) -> Run:
-    """A saved run, by its directory or by its registry id (``7`` or ``"7"``)."""
-    text = str(run)
-    if isinstance(run, int) or (text.isdigit() and not Path(text).is_dir()):
-        opened = _open_registry(registry if registry is not False else None, create=False)
-        assert opened is not None
-        with opened:
-            record = opened.get(int(text))
-        return Run(record.path, run_id=record.id)
+    """A saved run, by its registry id (``7`` or ``"7"``) or by its directory (``./7`` for a folder named 7).
+
+    The same rule as ``mnistlab runs show``: digits are always an id, so ``evaluate 3`` and ``runs rm 3``
+    mean the same run.
+    """
+    from mnistlab.registry import is_run_id
     from mnistlab.runs import check_run_dir
 
-    return Run(check_run_dir(Path(text)))
+    if isinstance(run, bool) or not isinstance(run, str | int | os.PathLike):
+        raise MnistlabError(f"load(run=...): give a run directory or a registry id, not {type(run).__name__}")
+    if is_run_id(run):
+        if registry is False:
+            raise MnistlabError(f"run id {run}: ids live in the registry; pass its directory when registry=False")
+        opened = _open_registry(registry, create=False)
+        assert opened is not None
+        with opened:
+            record = opened.get(int(str(run).strip()))
+        if not record.exists:
+            raise MnistlabError(f"run {record.id}: its directory {record.path} is gone (the registry still lists "
+                                "it; `mnistlab runs rm` forgets it)")
+        return Run(check_run_dir(record.path), run_id=record.id)
+    return Run(check_run_dir(Path(str(run))))
 
 
 def resolve_run_dir(run: str | int | os.PathLike[str], *, registry: RegistryChoice = None) -> Path:
@@ -340,6 +366,11 @@ class Run:
         from mnistlab.imaging import prepare_image
 
         items: Iterable[Any]
+        if type(images).__module__.startswith("torch"):  # a torch tensor: its numpy view (uint8 expected)
+            images = images.detach().cpu().numpy()
+        if images is None or isinstance(images, int | float | bool):
+            raise MnistlabError(f"predict(images=...): give image paths, PIL images, bytes or uint8 arrays, "
+                                f"not {type(images).__name__}")
         if isinstance(images, np.ndarray) and images.ndim == 3:
             items = list(images)
         elif isinstance(images, list | tuple) and not _is_pixel_rows(images):

@@ -156,6 +156,9 @@ def compare_runs(records: list[RunRecord], *, out_dir: str | os.PathLike[str] | 
         raise MnistlabError("runs compare: the same run is listed twice; give distinct ids")
     if html is not None:
         check_html_path(html)
+    from mnistlab.device import resolve_device
+
+    resolve_device(device)  # a bad device is one error now, not a note in every column
     out = prepare_run_dir(out_dir) if out_dir is not None else default_run_dir("compare")
     try:
         return _compare_into(records, out=out, html=html, device=device)
@@ -164,7 +167,7 @@ def compare_runs(records: list[RunRecord], *, out_dir: str | os.PathLike[str] | 
         raise
 
 
-COMPARISON_FILES = ("comparison.json", "curves.png", "report.html")
+COMPARISON_FILES = ("comparison.json", "curves.png", "report.html", ".owner")
 
 
 def _compare_into(records: list[RunRecord], *, out: Path, html: str | os.PathLike[str] | None,

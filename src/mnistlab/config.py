@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
@@ -228,6 +229,34 @@ def _choice(value: str, choices: tuple[str, ...], flag: str) -> None:
         raise MnistlabError(f"{flag} {value!r} is not one of {', '.join(choices)}")
 
 
+_WHOLE_FIELDS = ("epochs", "batch_size", "seed", "eval_batch_size")
+_NUMBER_FIELDS = ("lr", "val_split", "label_smoothing")
+_TEXT_FIELDS = ("model", "optimizer", "dataset", "device", "precision", "schedule", "val_method", "augment")
+
+
+def _check_types(config: TrainConfig) -> None:
+    """Wrong types from Python callers (``val_split="0.1"``, ``threads=1.5``, ``batch_size=True``) are one clear
+    error, not a TypeError deep inside training."""
+    for name in (*_WHOLE_FIELDS, "threads"):
+        value = getattr(config, name)
+        if name == "threads" and value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise MnistlabError(f"`{name}` must be a whole number, got {value!r} ({type(value).__name__})")
+    for name in _NUMBER_FIELDS:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise MnistlabError(f"`{name}` must be a number, got {value!r} ({type(value).__name__})")
+    for name in _TEXT_FIELDS:
+        if not isinstance(getattr(config, name), str):
+            raise MnistlabError(f"`{name}` must be a string, got {getattr(config, name)!r}")
+    if config.data_dir is not None and not isinstance(config.data_dir, str):
+        raise MnistlabError(f"`data_dir` must be a folder path, got {config.data_dir!r}")
+    if config.threads is not None and config.threads > 4 * (os.cpu_count() or 1):
+        raise MnistlabError(f"`threads` {config.threads} is far more than this machine's {os.cpu_count()} CPUs; "
+                            "use at most that many")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a training run. Saved as ``config.json``; validated on construction."""
@@ -253,6 +282,7 @@ class TrainConfig:
     augment: AugmentName = "none"
 
     def __post_init__(self) -> None:
+        _check_types(self)
         info = model_info(self.model)
         if info.family == "classical":
             object.__setattr__(self, "options", _check_options(self.model, self.options))

@@ -9,8 +9,12 @@ class MnistlabError(Exception):
     """A user-caused failure: a bad file, flag, image or run. The message names the problem and the fix."""
 
 
-class TrainingInterrupted(Exception):
-    """Training stopped by Ctrl-C; ``run_dir`` still holds a valid run of the last completed epoch."""
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C; ``run_dir`` still holds a valid run of the last completed epoch.
+
+    A KeyboardInterrupt, so that a notebook's or a sweep's ``except Exception`` does not swallow the user's
+    Ctrl-C and carry on.
+    """
 
     def __init__(self, *, run_dir: object, epochs_completed: int) -> None:
         super().__init__(f"interrupted: {run_dir} holds {epochs_completed} completed epoch(s)")

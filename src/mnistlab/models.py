@@ -131,7 +131,11 @@ def register_model(
             raise MnistlabError(f"model name {key!r}: use letters, digits, '-' and '_'")
         if key in MODELS or key in CLASSICAL_MODELS:
             raise MnistlabError(f"model name {key!r} is a built-in model; choose another name")
-        if key in CUSTOM_MODELS and not replace and BUILDERS.get(key) is not builder:
+        previous = BUILDERS.get(key)
+        # Re-running a notebook cell defines the same function again: same module and name, not a clash.
+        same_definition = previous is not None and (getattr(previous, "__module__", None), getattr(
+            previous, "__qualname__", None)) == (builder.__module__, builder.__qualname__)
+        if key in CUSTOM_MODELS and not replace and previous is not builder and not same_definition:
             raise MnistlabError(f"model {key!r} is already registered; pass replace=True to change it")
         recipe = Recipe(epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr)  # type: ignore[arg-type]
         CUSTOM_MODELS[key] = ModelInfo(key, description, recipe)

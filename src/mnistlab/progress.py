@@ -36,8 +36,13 @@ class ConsoleObserver(Callback):
     REFRESH_SECONDS = 0.2  # how often the running loss is read (a device sync on GPUs)
 
     def __init__(self, console: Console | None = None, *, label: str = "") -> None:
-        self.console = console or Console()
+        if console is None:
+            console = Console()
+            console.soft_wrap = not console.is_terminal  # a log gets each line whole
+        self.console = console
         self.label = label
+        # How notes name parameters: the CLI shows `lr` as --lr (mnistlab.cli.flag_text); the API leaves them.
+        self.translate: Callable[[str], str] = lambda text: text
         self.live = self.console.is_terminal
         self.epochs = 0
         self._progress: Progress | None = None
@@ -97,7 +102,7 @@ class ConsoleObserver(Callback):
         """Print a note (e.g. a precision fallback)."""
         from rich.markup import escape
 
-        self.console.print(f"[yellow]note:[/yellow] {escape(text)}", highlight=False)
+        self.console.print(f"[yellow]note:[/yellow] {escape(self.translate(text))}", highlight=False)
 
     def close(self) -> None:
         """Stop a live bar left running (e.g. after Ctrl-C mid-epoch)."""

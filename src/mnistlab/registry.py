@@ -71,6 +71,17 @@ CREATE INDEX evaluations_by_run ON evaluations(run_id);
 """
 
 
+def is_run_id(ref: object) -> bool:
+    """The one rule every command uses: an int, or ASCII digits without a path separator, is a registry id;
+    anything else is a run directory (write ``./7`` for a folder literally named 7)."""
+    if isinstance(ref, bool):
+        return False
+    if isinstance(ref, int):
+        return True
+    text = str(ref).strip()
+    return text.isascii() and text.isdigit()
+
+
 def now_utc() -> str:
     """The current time as ``2024-05-01T12:34:56Z``."""
     return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -452,9 +463,9 @@ class Registry:
         return _run_from_row(row, self._evaluations([run_id])[run_id])
 
     def resolve(self, ref: str | int) -> RunRecord:
-        """A run by id (``7``) or by its directory path."""
+        """A run by id (``7``) or by its directory path (``./7`` for a folder named 7: see :func:`is_run_id`)."""
         text = str(ref).strip()
-        if text.isdigit():
+        if is_run_id(ref):
             return self.get(int(text))
         row = self._db.execute("SELECT id FROM runs WHERE path = ?", (str(Path(text).resolve()),)).fetchone()
         if row is None:

@@ -126,13 +126,29 @@ def reproduce(
     """Run the seed's experiments into ``out_dir`` (one run directory each) and write ``report.md``.
 
     ``observer_for(name)`` supplies a training observer per network (progress display); ``on_result`` is
-    called as each row completes; ``only`` restricts to some experiments (by name).
+    called as each row completes; ``only`` restricts to some experiments (by name). A call that fails before
+    any experiment finished leaves no folder behind.
     """
+    from mnistlab.device import resolve_device
+
+    started = time.perf_counter()
+    resolve_device(device)  # refused before the folder exists
+    out_dir = runs.prepare_run_dir(out_dir)
+    try:
+        return _reproduce_into(out_dir, quick=quick, seed=seed, device=device, observer_for=observer_for,
+                               on_result=on_result, only=only, started=started)
+    except BaseException:
+        runs.discard_folder(out_dir, names=(runs.OWNER_FILE,))  # removed only if no experiment was kept
+        raise
+
+
+def _reproduce_into(out_dir: Path, *, quick: bool, seed: int, device: str,
+                    observer_for: Callable[[str], object] | None, on_result: Callable[[ExperimentResult], None] | None,
+                    only: tuple[str, ...] | None, started: float) -> ReproduceResult:
+    """The body of :func:`reproduce` once its folder is claimed."""
     from mnistlab.data import load_dataset
     from mnistlab.report import write_reproduce_report
 
-    started = time.perf_counter()
-    out_dir = runs.prepare_run_dir(out_dir)
     dataset = load_dataset("mnist")
     timing = {"data": time.perf_counter() - started}
     rows: list[ExperimentResult] = []

@@ -119,12 +119,13 @@ def _write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
 
 
 def _stop_early(run_dir: Path, config: TrainConfig, history: list[EpochRecord], env: dict[str, Any],
-                train_seconds: float, *, status: str) -> None:
+                train_seconds: float, *, status: str, where: dict[str, str]) -> None:
     """Record why a run stopped before its last epoch; its files still describe the last completed epoch."""
     if not history:
         return  # fit() discards a run directory without a single completed epoch
     _write_metrics(run_dir, {"status": status, "model": config.model, "epochs_completed": len(history),
-                             "epochs": config.epochs, "train_seconds": round(train_seconds, 3), "environment": env})
+                             "epochs": config.epochs, "train_seconds": round(train_seconds, 3), **where,
+                             "environment": env})
     _write_curves(run_dir, history, title=f"{config.model} ({status})")
 
 
@@ -208,7 +209,7 @@ def _split(config: TrainConfig, dataset: Dataset) -> tuple[np.ndarray, np.ndarra
     else:
         fit_idx, val_idx = train_val_indices(n, val_fraction=config.val_split, seed=config.seed)
     if len(fit_idx) == 0:
-        raise MnistlabError(f"val_split={config.val_split} leaves none of the {n:,} training images to train on; "
+        raise MnistlabError(f"`val_split` {config.val_split} leaves none of the {n:,} training images to train on; "
                             "use a smaller validation split")
     return fit_idx, val_idx
 
@@ -309,6 +310,7 @@ def _fit_network(config: TrainConfig, *, run_dir: Path, dataset: Dataset, hooks:
                          samples=int(loop.x_train.shape[0]), device=str(device), precision=loop.precision)
     history: list[EpochRecord] = []
     train_seconds, stopped_by = 0.0, None
+    where = {"device": str(device), "precision": loop.precision}
     try:
         for epoch in range(1, config.epochs + 1):
             hooks.on_epoch_start(epoch=epoch, epochs=config.epochs, steps=loop.steps)
@@ -317,7 +319,7 @@ def _fit_network(config: TrainConfig, *, run_dir: Path, dataset: Dataset, hooks:
             epoch_seconds = time.perf_counter() - epoch_start
             train_seconds += epoch_seconds
             if not math.isfinite(train_loss):
-                _stop_early(run_dir, config, history, env, train_seconds, status="diverged")
+                _stop_early(run_dir, config, history, env, train_seconds, status="diverged", where=where)
                 kept = f"{run_dir} keeps epoch {len(history)}" if history else "nothing was kept"
                 raise MnistlabError(f"training diverged in epoch {epoch} (the loss became {train_loss}); "
                                     f"lower `lr` (it was {config.lr:g}); {kept}")
@@ -336,8 +338,14 @@ def _fit_network(config: TrainConfig, *, run_dir: Path, dataset: Dataset, hooks:
                 stopped_by = epoch
                 break
     except KeyboardInterrupt:
-        _stop_early(run_dir, config, history, env, train_seconds, status="interrupted")
+        _stop_early(run_dir, config, history, env, train_seconds, status="interrupted", where=where)
         raise TrainingInterrupted(run_dir=run_dir, epochs_completed=len(history)) from None
+    except Exception:
+        # Any other failure after an epoch (a callback's bug, a full disk): the run keeps its completed epochs
+        # and says it failed, instead of a folder with no metrics.json. Divergence has written its own.
+        if not (run_dir / runs.METRICS_FILE).exists():
+            _stop_early(run_dir, config, history, env, train_seconds, status="failed", where=where)
+        raise
     return _finish_network(loop, dataset, history, record, env, train_seconds, run_dir, stopped_by)
 
 

@@ -86,14 +86,19 @@ def train(args: argparse.Namespace) -> int:
 
     options = dict(parse_option(args.model, text) for text in args.option or [])
     from mnistlab import api
+    from mnistlab.cli import flag_text
+    from mnistlab.progress import make_progress
 
     console = render.console()
+    progress = make_progress("auto", console=console)
+    if hasattr(progress, "translate"):
+        progress.translate = flag_text
     run = api.train(
         args.model, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         seed=args.seed, val_split=args.val_split, device=args.device, threads=args.threads,
         dataset=args.dataset, data_dir=args.data_dir, precision=args.precision, schedule=args.schedule,
         label_smoothing=args.label_smoothing, augment=args.augment, options=options or None, run_dir=args.out,
-        registry=args.registry, progress="auto",
+        registry=args.registry, progress=False, callbacks=[progress],
     )
     render.train_result(console, run)
     return 0
@@ -131,6 +136,9 @@ def reproduce(args: argparse.Namespace) -> int:
         if unknown or not only:
             raise MnistlabError(f"--only {args.only!r}: choose from {', '.join(known)}")
     api.check_registry(args.registry)
+    from mnistlab.device import resolve_device
+
+    resolve_device(args.device)  # refused before the default folder is reserved
     console = render.console()
     out = Path(args.out) if args.out else default_run_dir("reproduce-quick" if args.quick else "reproduce")
     observers: list[Any] = []
@@ -178,8 +186,11 @@ def runs_list(args: argparse.Namespace) -> int:
             render.console().print(f"no runs yet (registry {render.esc(path)}); `mnistlab train MODEL` makes one")
         return 0
     with _registry(args) as registry:
-        records = registry.list_runs(model=args.model, dataset=args.dataset, sort=args.sort, reverse=args.reverse,
-                                     limit=args.limit)
+        if registry.count() == 0:  # created (by a train that then failed) or emptied by `runs rm`
+            records = []
+        else:
+            records = registry.list_runs(model=args.model, dataset=args.dataset, sort=args.sort,
+                                         reverse=args.reverse, limit=args.limit)
         path = registry.path
     if args.json:
         print(json_text([_record_json(r) for r in records]))

@@ -25,10 +25,18 @@ if TYPE_CHECKING:
     from mnistlab.reproduce import ExperimentResult, ReproduceResult
 
 
+class _Console(Console):
+    """rich's Console, but a closed pipe raises BrokenPipeError (rich exits with status 1 itself), so the CLI
+    can end quietly with status 0 as Unix tools do."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
+
+
 def console() -> Console:
     """The console every command prints to: no syntax highlighting of numbers and paths, and, when stdout is
     not a terminal, no wrapping (a pipe gets each line whole)."""
-    out = Console(highlight=False)
+    out = _Console(highlight=False)
     out.soft_wrap = not out.is_terminal
     return out
 
