@@ -288,9 +288,13 @@ class Run:
 
     @property
     def history(self) -> dict[str, list[Any]]:
-        """Per-epoch figures by name, as Keras' ``History.history``: loss, accuracy, val_loss, val_accuracy, lr."""
+        """Per-epoch figures by name, as Keras' ``History.history``: loss, accuracy, and val_loss/val_accuracy
+        when the run held out a validation split; ``lr``, the learning rate at each epoch's end, for networks."""
         keys = ("loss", "accuracy", "val_loss", "val_accuracy", "lr")
-        return {key: [row.get(key) for row in self.files.history] for key in keys}
+        history = {key: [row.get(key) for row in self.files.history] for key in keys}
+        # As in Keras, a run without a validation split has no val_* entries (rather than lists of None).
+        return {key: values for key, values in history.items()
+                if not (key.startswith("val_") or key == "lr") or any(v is not None for v in values)}
 
     @property
     def is_network(self) -> bool:
