@@ -167,19 +167,42 @@ def decode_image(data: bytes, *, name: str = "image", max_bytes: int = MAX_IMAGE
 
 
 # -------------------------------------------------------------------------------------------- grayscale
-def _high_bit_depth_to_gray(img: Image.Image) -> np.ndarray:
-    """16-bit/32-bit/float grayscale -> float32 in 0..255 (Pillow's convert("L") would clip, not scale)."""
-    values = np.asarray(img, dtype=np.float32)
-    if not np.isfinite(values).all():
-        raise UnreadableImage("the image holds NaN or infinite pixel values; export it as an 8-bit PNG or JPEG")
+def _high_bit_depth_to_gray(img: Image.Image, *, name: str = "image") -> np.ndarray:
+    """16-bit/32-bit/float grayscale -> float32 in 0..255 (Pillow's convert("L") would clip, not scale).
+
+    A large image is box-averaged by a whole factor in strips of rows, straight from Pillow's native buffer,
+    so the only full-size copy is the decoded image itself: a 6300x6300 float TIFF (159 MB decoded) used to
+    be converted to float32 and scaled whole (several 159 MB temporaries, ~615 MB peak growth).
+    """
+    width, height = img.size
+    factor = max(1, max(width, height) // WORK_SIDE)  # the result keeps at least WORK_SIDE px; _shrink finishes
+    col_starts = np.arange(0, width, factor)
+    col_counts = np.diff(np.append(col_starts, width)).astype(np.float64)
+    rows_per_strip = max(1, (1 << 20) // (width * factor)) * factor  # about 8 MB of float64 per strip
+    strips: list[np.ndarray] = []
+    top = 0.0
+    for y0 in range(0, height, rows_per_strip):
+        y1 = min(height, y0 + rows_per_strip)
+        block = np.asarray(img.crop((0, y0, width, y1)), dtype=np.float64)
+        if not np.isfinite(block).all():
+            raise UnreadableImage(f"{name}: the image holds NaN or infinite pixel values; export it as an "
+                                  "8-bit PNG or JPEG")
+        top = max(top, float(block.max(initial=0.0)))
+        if factor > 1:
+            row_starts = np.arange(0, y1 - y0, factor)
+            row_counts = np.diff(np.append(row_starts, y1 - y0)).astype(np.float64)
+            block = np.add.reduceat(np.add.reduceat(block, col_starts, axis=1), row_starts, axis=0)
+            block /= row_counts[:, None] * col_counts[None, :]
+        strips.append(block.astype(np.float32))
+    values = np.concatenate(strips, axis=0)
     if img.mode == "F":
-        top = 1.0 if float(values.max(initial=0.0)) <= 1.0 else 255.0
+        scale = 1.0 if top <= 1.0 else 255.0
     else:  # "I", "I;16*": 16-bit content unless it already fits 8 bits
-        top = 255.0 if float(values.max(initial=0.0)) <= 255.0 else 65535.0
-    return np.clip(values * (255.0 / top), 0.0, 255.0)
+        scale = 255.0 if top <= 255.0 else 65535.0
+    return np.clip(values * np.float32(255.0 / scale), 0.0, 255.0)
 
 
-def to_grayscale(img: Image.Image) -> np.ndarray:
+def to_grayscale(img: Image.Image, *, name: str = "image") -> np.ndarray:
     """(H, W) in 0..255, alpha composited over the background that contrasts with the ink.
 
     uint8 when the image is plain 8-bit (most are), float32 when compositing or high bit depths made
@@ -190,7 +213,7 @@ def to_grayscale(img: Image.Image) -> np.ndarray:
     the transparent part becomes the opposite (white under dark ink, black under light ink).
     """
     if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
-        return _shrink(_high_bit_depth_to_gray(img))
+        return _shrink(_high_bit_depth_to_gray(img, name=name))
     if img.mode == "P" or img.mode == "PA":
         img = img.convert("RGBA" if img.has_transparency_data else "RGB")
     elif img.mode in ("L", "RGB") and "transparency" in img.info:  # a PNG tRNS colour key
@@ -467,7 +490,7 @@ def prepare_image(
         img = decode_image(read_image_file(source, max_bytes=max_bytes), name=label, max_bytes=max_bytes,
                            max_pixels=max_pixels)
     try:
-        gray = to_grayscale(img)
+        gray = to_grayscale(img, name=label)
     except (ValueError, OSError) as exc:  # Pillow cannot convert some modes (LAB, some CMYK/TIFF variants)
         raise UnreadableImage(f"{label}: cannot convert its {img.mode} colour mode to grayscale ({exc}); "
                               "export it as an RGB or grayscale PNG or JPEG") from None
