@@ -195,10 +195,9 @@ def _high_bit_depth_to_gray(img: Image.Image, *, name: str = "image") -> np.ndar
             block /= row_counts[:, None] * col_counts[None, :]
         strips.append(block.astype(np.float32))
     values = np.concatenate(strips, axis=0)
-    if img.mode == "F":
-        scale = 1.0 if top <= 1.0 else 255.0
-    else:  # "I", "I;16*": 16-bit content unless it already fits 8 bits
-        scale = 255.0 if top <= 255.0 else 65535.0
+    # "F": 0..1 unless it already spans more; "I", "I;16*": 16-bit content unless it already fits 8 bits.
+    small, large = (1.0, 255.0) if img.mode == "F" else (255.0, 65535.0)
+    scale = small if top <= small else large
     return np.clip(values * np.float32(255.0 / scale), 0.0, 255.0)
 
 
