@@ -8,10 +8,13 @@ the same steps, so :func:`prepare_image` is the ONE preprocessing used by the CL
 
 1. decode with Pillow (PNG, JPEG, BMP, GIF's first frame, WebP, TIFF, PNM), after checking the byte size and
    the pixel count from the header, before any pixel is decoded (decompression bombs stop there);
-2. apply the EXIF orientation, reduce very large images to at most ``WORK_SIDE`` px on the longer side;
+2. apply the EXIF orientation, reduce very large images to at most ``WORK_SIDE`` px on the longer side
+   (16-bit/32-bit/float images are box-averaged in strips of rows before any float copy is made);
 3. grayscale, with alpha composited over the background that contrasts with the ink;
-4. ink made white on black: the background level is the median of the border, and the ink is on whichever
-   side of it (darker or brighter) reaches further (``invert="auto"``; ``"yes"``/``"no"`` force it);
+4. ink made white on black, judged against its own background: a photo of a sheet of paper on a darker
+   desk is read inside the page (:func:`find_page`), as dark ink on the paper; otherwise the background
+   level is the median of the border, and the ink is on whichever side of it (darker or brighter) reaches
+   further (``invert="auto"``; ``"yes"``/``"no"`` force it);
 5. contrast stretched so background = 0 and ink = 1; the border's noise level is cut off; specks much smaller
    than the digit are dropped;
 6. cropped to the ink's bounding box; strokes much thinner than MNIST's (about 14% of the digit's height)
