@@ -1,12 +1,10 @@
-"""mnistlab.predict: any image -> MNIST-style 28x28 -> probabilities; and `mnistlab predict`.
+"""mnistlab.predict: prepared 28x28 images -> probabilities with a trained model; and `mnistlab predict`.
 
-Geometry is checked with independent oracles (scipy's centre_of_mass, numpy bounding boxes) against MNIST's
-own statistics: ink within a 20x20 box whose longer side is 20 px, centre of mass at (14, 14).
+The image preparation itself is tested in tests/test_imaging.py.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -15,215 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from scipy import ndimage
 
 from mnistlab.cli import INVERT_CHOICES as CLI_INVERT_CHOICES
 from mnistlab.cli import main
-from mnistlab.errors import MnistlabError
-from mnistlab.imaging import (
-    INVERT_CHOICES,
-    BadPixels,
-    BlankImage,
-    ImageTooLarge,
-    UnreadableImage,
-    expand_image_paths,
-    prepare_image,
-)
+from mnistlab.imaging import INVERT_CHOICES, prepare_image
 from mnistlab.predict import Predictor
-from tests.imagekit import bomb_png, digit_strokes, encode, ink_box, mnist_on_paper, photo_of, render_strokes
-
-
-def assert_mnist_layout(pixels: np.ndarray, *, tolerance: float = 1.0) -> None:
-    """MNIST's layout: uint8 28x28, ink within 20x20 (longer side 19-20 px), centre of mass ~ (14, 14)."""
-    assert pixels.dtype == np.uint8 and pixels.shape == (28, 28)
-    height, width = ink_box(pixels)
-    assert height <= 20 and width <= 20
-    assert max(height, width) >= 19
-    row, col = ndimage.center_of_mass(pixels.astype(np.float64))
-    assert abs(row - 14.0) <= tolerance and abs(col - 14.0) <= tolerance, (row, col)
-    assert pixels.max() == 255  # full contrast, like 90% of MNIST's digits
-
-
-def seven(**kwargs: object) -> Image.Image:
-    defaults: dict[str, object] = {"canvas": (400, 300), "box": (10, 10, 160), "width": 14}
-    defaults.update(kwargs)
-    return render_strokes(digit_strokes(7), **defaults)  # type: ignore[arg-type]
-
-
-# ------------------------------------------------------------------------------------------- geometry
-def test_off_centre_digit_is_centred_and_scaled() -> None:
-    prepared = prepare_image(encode(seven()))
-    assert prepared.inverted  # black ink on white paper
-    assert prepared.source_size == (400, 300)
-    assert_mnist_layout(prepared.pixels)
-
-
-@pytest.mark.parametrize("canvas, box, width", [
-    ((64, 48), (40, 30, 12), 1),         # tiny: a 12 px digit with a 1 px pen, near a corner
-    ((3000, 2200), (900, 100, 1900), 140),  # huge: 6.6 Mpx, reduced to the working size first
-    ((500, 500), (180, 180, 140), 3),    # a thin pen: strokes are thickened towards MNIST's
-])
-def test_tiny_huge_and_thin_digits(canvas: tuple[int, int], box: tuple[int, int, int], width: int) -> None:
-    assert_mnist_layout(prepare_image(encode(seven(canvas=canvas, box=box, width=width))).pixels)
-
-
-def test_polarity_is_detected_both_ways() -> None:
-    dark_on_light = seven()
-    light_on_dark = Image.eval(dark_on_light, lambda v: 255 - v)
-    a, b = prepare_image(encode(dark_on_light)), prepare_image(encode(light_on_dark))
-    assert a.inverted and not b.inverted
-    np.testing.assert_array_equal(a.pixels, b.pixels)
-
-
-def test_invert_can_be_forced_and_a_wrong_force_is_a_clear_error() -> None:
-    data = encode(seven())
-    np.testing.assert_array_equal(prepare_image(data, invert="yes").pixels, prepare_image(data).pixels)
-    with pytest.raises(BlankImage, match="invert=no"):
-        prepare_image(data, invert="no")  # white paper taken as ink: nothing stands out
-    with pytest.raises(MnistlabError, match="invert must be one of"):
-        prepare_image(data, invert="sometimes")  # type: ignore[arg-type]
-
-
-def test_alpha_is_composited_whatever_the_ink_colour() -> None:
-    reference = prepare_image(encode(seven())).pixels
-    black_on_clear = seven(mode="RGBA", ink=(0, 0, 0, 255), paper=(0, 0, 0, 0))      # a canvas export
-    white_on_clear = seven(mode="RGBA", ink=(255, 255, 255, 255), paper=(255, 255, 255, 0))
-    hidden_paper = seven(mode="LA", ink=(40, 255), paper=(200, 0))  # a colour hidden under alpha 0
-    for img in (black_on_clear, white_on_clear, hidden_paper):
-        np.testing.assert_array_equal(prepare_image(encode(img)).pixels, reference)
-
-
-def test_formats_and_modes_give_the_same_digit() -> None:
-    base = seven()
-    reference = prepare_image(encode(base)).pixels
-    variants = {
-        "BMP": encode(base, "BMP"),
-        "GIF": encode(base.convert("P"), "GIF"),
-        "TIFF": encode(base, "TIFF"),
-        "PPM": encode(base.convert("RGB"), "PPM"),
-        "16-bit PNG": encode(Image.fromarray(np.asarray(base, dtype=np.uint16) * 257), "PNG"),
-        "bilevel": encode(base.convert("1", dither=Image.Dither.NONE), "PNG"),
-        "palette+transparency": encode(seven(mode="RGBA", ink=(0, 0, 0, 255), paper=(0, 0, 0, 0))
-                                       .convert("P"), "PNG"),
-    }
-    for name, data in variants.items():
-        pixels = prepare_image(data).pixels
-        # Same ink, same layout; bilevel/palette conversions may move an edge pixel's gray level a little.
-        assert np.abs(pixels.astype(int) - reference.astype(int)).mean() < 2.0, name
-
-
-def test_gif_first_frame_is_used() -> None:
-    first, second = seven(), render_strokes(digit_strokes(0), canvas=(400, 300), box=(100, 50, 200), width=14)
-    buffer = io.BytesIO()
-    first.save(buffer, "GIF", save_all=True, append_images=[second], duration=100)
-    expected = prepare_image(encode(first)).pixels
-    np.testing.assert_array_equal(prepare_image(buffer.getvalue()).pixels, expected)
-
-
-def test_exif_orientation_is_applied() -> None:
-    upright = seven()
-    stored = upright.transpose(Image.Transpose.ROTATE_90)  # as a phone stores a photo taken sideways
-    exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
-    oriented = prepare_image(encode(stored, "PNG", exif=exif)).pixels
-    np.testing.assert_array_equal(oriented, prepare_image(encode(upright)).pixels)
-
-
-def test_array_is_taken_as_is(mnist) -> None:
-    image = mnist.test.images[0]
-    prepared = prepare_image(image)
-    np.testing.assert_array_equal(prepared.pixels, image)
-    assert not prepared.inverted
-    np.testing.assert_array_equal(prepare_image(image.tolist()).pixels, image)  # nested lists too
-    np.testing.assert_array_equal(prepare_image(255 - image, invert="yes").pixels, image)
-
-
-def test_mnist_digits_survive_the_round_trip(mnist) -> None:
-    """An MNIST digit drawn big on paper comes back close to the original (it already was MNIST-style).
-
-    MNIST's own centring is to the nearest pixel, so the comparison allows a shift of one pixel; the mean
-    absolute difference left is resampling (4x up, then down again): about 8/255 typical, 19/255 at worst
-    over the first 200 test digits.
-    """
-    for index in range(20):
-        original = mnist.test.images[index].astype(int)
-        pixels = prepare_image(encode(mnist_on_paper(original))).pixels
-        difference = min(np.abs(np.roll(pixels.astype(int), (dy, dx), axis=(0, 1)) - original).mean()
-                         for dy in (-1, 0, 1) for dx in (-1, 0, 1))
-        assert difference < 25, index
-        assert_mnist_layout(pixels)
-
-
-# ---------------------------------------------------------------------------------------------- errors
-@pytest.mark.parametrize("data, error, message", [
-    (b"", UnreadableImage, "empty"),
-    (b"hello, this is not an image", UnreadableImage, "not an image"),
-    (b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\n", UnreadableImage, "not an image"),
-    # EPS is refused before Pillow could run Ghostscript on it.
-    (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", UnreadableImage, "not an image"),
-    (bomb_png(50_000, 50_000), ImageTooLarge, "pixel limit"),
-])
-def test_bad_bytes_are_clear_errors(data: bytes, error: type[Exception], message: str) -> None:
-    with pytest.raises(error, match=message):
-        prepare_image(data, name="upload")
-
-
-def test_truncated_images_are_clear_errors() -> None:
-    for fmt in ("PNG", "JPEG", "GIF", "BMP"):
-        data = encode(seven().convert("RGB") if fmt == "JPEG" else seven(), fmt)
-        with pytest.raises(UnreadableImage, match=r"truncated or corrupt|not a readable|not an image"):
-            prepare_image(data[: len(data) // 2])
-
-
-def test_size_limits_apply_before_decoding(tmp_path: Path) -> None:
-    data = encode(seven())
-    with pytest.raises(ImageTooLarge, match="byte limit"):
-        prepare_image(data, max_bytes=len(data) - 1)
-    with pytest.raises(ImageTooLarge, match="400x300 = 120,000 pixels"):
-        prepare_image(data, max_pixels=119_999)
-    path = tmp_path / "big.png"
-    path.write_bytes(data)
-    with pytest.raises(ImageTooLarge, match=r"big\.png"):
-        prepare_image(path, max_bytes=100)
-
-
-@pytest.mark.parametrize("img", [
-    Image.new("L", (280, 280), 255),                                   # a blank white canvas
-    Image.new("RGBA", (280, 280), (0, 0, 0, 0)),                       # a blank transparent canvas
-    Image.new("L", (50, 50), 128),                                      # uniform gray
-    Image.fromarray(np.random.default_rng(0).integers(120, 136, (90, 90), dtype=np.uint8)),  # faint noise
-])
-def test_blank_images_are_errors_not_guesses(img: Image.Image) -> None:
-    with pytest.raises(BlankImage, match="blank"):
-        prepare_image(encode(img))
-
-
-@pytest.mark.parametrize("array, message", [
-    (np.zeros((27, 28), dtype=np.uint8), "28x28"),
-    ([[0] * 28] * 27, "28x28"),
-    ([[0] * 28] * 27 + [[0] * 27], "28x28"),
-    ([["0"] * 28] * 28, "only numbers"),
-    ([[True] * 28] * 28, "only numbers"),
-    ([[None] * 28] * 28, "only numbers"),
-    ([[0] * 27 + [256]] + [[0] * 28] * 27, "0..255, got 0..256"),
-    ([[-1] + [0] * 27] + [[0] * 28] * 27, "0..255, got -1..0"),
-    ([[0.5] * 28] * 28, "whole numbers"),
-    (np.full((28, 28), np.nan), "finite"),
-    (np.zeros((28, 28), dtype=np.uint8), "blank"),
-    (np.full((28, 28), 255, dtype=np.int64), "blank"),
-])
-def test_bad_arrays_are_clear_errors(array: object, message: str) -> None:
-    with pytest.raises((BadPixels, BlankImage), match=message):
-        prepare_image(array)  # type: ignore[arg-type]
-
-
-def test_missing_files_and_folders(tmp_path: Path) -> None:
-    with pytest.raises(MnistlabError, match="no such file"):
-        prepare_image(tmp_path / "nope.png")
-    with pytest.raises(MnistlabError, match="is a folder"):
-        prepare_image(tmp_path)
-    with pytest.raises(MnistlabError, match="holds no images"):
-        expand_image_paths([tmp_path])
+from tests.imagekit import digit_strokes, encode, mnist_on_paper, photo_of, render_strokes
+from tests.photokit import page_photo, photo_specs
+from tests.test_imaging import seven
 
 
 # --------------------------------------------------------------------------------------- the trained model
@@ -282,6 +79,19 @@ def test_photos_of_digits_are_read(predictor: Predictor, mnist) -> None:
     prepared = np.stack([prepare_image(photo_of(image, seed=i)).pixels for i, image in enumerate(images)])
     correct = sum(p.label == int(y) for p, y in zip(predictor.predict(prepared), labels, strict=True))
     assert correct >= 9, correct
+
+
+def test_photos_of_a_page_on_a_desk_are_read(predictor: Predictor, mnist) -> None:
+    """40 synthetic photos of a digit on a page lying on a desk (tests/photokit.py): >= 34 read right.
+
+    Measured on 100 photos of another seed with this 1-epoch CNN: 9/100 before pages were found (the desk was
+    taken as the background), 95/100 after, the same as the clean black-on-white references (95/100).
+    """
+    digits, labels = mnist.test.images[400:440], mnist.test.labels[400:440]
+    prepared = np.stack([prepare_image(page_photo(digit, spec)).pixels
+                         for digit, spec in zip(digits, photo_specs(40, seed=12), strict=True)])
+    correct = sum(p.label == int(y) for p, y in zip(predictor.predict(prepared), labels, strict=True))
+    assert correct >= 34, correct
 
 
 @pytest.mark.parametrize("digit", [0, 1, 3, 4, 7])

@@ -8,10 +8,13 @@ the same steps, so :func:`prepare_image` is the ONE preprocessing used by the CL
 
 1. decode with Pillow (PNG, JPEG, BMP, GIF's first frame, WebP, TIFF, PNM), after checking the byte size and
    the pixel count from the header, before any pixel is decoded (decompression bombs stop there);
-2. apply the EXIF orientation, reduce very large images to at most ``WORK_SIDE`` px on the longer side;
+2. apply the EXIF orientation, reduce very large images to at most ``WORK_SIDE`` px on the longer side
+   (16-bit/32-bit/float images are box-averaged in strips of rows before any float copy is made);
 3. grayscale, with alpha composited over the background that contrasts with the ink;
-4. ink made white on black: the background level is the median of the border, and the ink is on whichever
-   side of it (darker or brighter) reaches further (``invert="auto"``; ``"yes"``/``"no"`` force it);
+4. ink made white on black, judged against its own background: a photo of a sheet of paper on a darker
+   desk is read inside the page (:func:`find_page`), as dark ink on the paper; otherwise the background
+   level is the median of the border, and the ink is on whichever side of it (darker or brighter) reaches
+   further (``invert="auto"``; ``"yes"``/``"no"`` force it);
 5. contrast stretched so background = 0 and ink = 1; the border's noise level is cut off; specks much smaller
    than the digit are dropped;
 6. cropped to the ink's bounding box; strokes much thinner than MNIST's (about 14% of the digit's height)
@@ -167,19 +170,41 @@ def decode_image(data: bytes, *, name: str = "image", max_bytes: int = MAX_IMAGE
 
 
 # -------------------------------------------------------------------------------------------- grayscale
-def _high_bit_depth_to_gray(img: Image.Image) -> np.ndarray:
-    """16-bit/32-bit/float grayscale -> float32 in 0..255 (Pillow's convert("L") would clip, not scale)."""
-    values = np.asarray(img, dtype=np.float32)
-    if not np.isfinite(values).all():
-        raise UnreadableImage("the image holds NaN or infinite pixel values; export it as an 8-bit PNG or JPEG")
-    if img.mode == "F":
-        top = 1.0 if float(values.max(initial=0.0)) <= 1.0 else 255.0
-    else:  # "I", "I;16*": 16-bit content unless it already fits 8 bits
-        top = 255.0 if float(values.max(initial=0.0)) <= 255.0 else 65535.0
-    return np.clip(values * (255.0 / top), 0.0, 255.0)
+def _high_bit_depth_to_gray(img: Image.Image, *, name: str = "image") -> np.ndarray:
+    """16-bit/32-bit/float grayscale -> float32 in 0..255 (Pillow's convert("L") would clip, not scale).
+
+    A large image is box-averaged by a whole factor in strips of rows, straight from Pillow's native buffer,
+    so the only full-size copy is the decoded image itself: a 6300x6300 float TIFF (159 MB decoded) used to
+    be converted to float32 and scaled whole (several 159 MB temporaries, ~615 MB peak growth).
+    """
+    width, height = img.size
+    factor = max(1, max(width, height) // WORK_SIDE)  # the result keeps at least WORK_SIDE px; _shrink finishes
+    col_starts = np.arange(0, width, factor)
+    col_counts = np.diff(np.append(col_starts, width)).astype(np.float64)
+    rows_per_strip = max(1, (1 << 20) // (width * factor)) * factor  # about 8 MB of float64 per strip
+    strips: list[np.ndarray] = []
+    top = 0.0
+    for y0 in range(0, height, rows_per_strip):
+        y1 = min(height, y0 + rows_per_strip)
+        block = np.asarray(img.crop((0, y0, width, y1)), dtype=np.float64)
+        if not np.isfinite(block).all():
+            raise UnreadableImage(f"{name}: the image holds NaN or infinite pixel values; export it as an "
+                                  "8-bit PNG or JPEG")
+        top = max(top, float(block.max(initial=0.0)))
+        if factor > 1:
+            row_starts = np.arange(0, y1 - y0, factor)
+            row_counts = np.diff(np.append(row_starts, y1 - y0)).astype(np.float64)
+            block = np.add.reduceat(np.add.reduceat(block, col_starts, axis=1), row_starts, axis=0)
+            block /= row_counts[:, None] * col_counts[None, :]
+        strips.append(block.astype(np.float32))
+    values = np.concatenate(strips, axis=0)
+    # "F": 0..1 unless it already spans more; "I", "I;16*": 16-bit content unless it already fits 8 bits.
+    small, large = (1.0, 255.0) if img.mode == "F" else (255.0, 65535.0)
+    scale = small if top <= small else large
+    return np.clip(values * np.float32(255.0 / scale), 0.0, 255.0)
 
 
-def to_grayscale(img: Image.Image) -> np.ndarray:
+def to_grayscale(img: Image.Image, *, name: str = "image") -> np.ndarray:
     """(H, W) in 0..255, alpha composited over the background that contrasts with the ink.
 
     uint8 when the image is plain 8-bit (most are), float32 when compositing or high bit depths made
@@ -190,7 +215,7 @@ def to_grayscale(img: Image.Image) -> np.ndarray:
     the transparent part becomes the opposite (white under dark ink, black under light ink).
     """
     if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
-        return _shrink(_high_bit_depth_to_gray(img))
+        return _shrink(_high_bit_depth_to_gray(img, name=name))
     if img.mode == "P" or img.mode == "PA":
         img = img.convert("RGBA" if img.has_transparency_data else "RGB")
     elif img.mode in ("L", "RGB") and "transparency" in img.info:  # a PNG tRNS colour key
@@ -254,8 +279,146 @@ def _extreme_levels(gray: np.ndarray) -> tuple[float, float]:
     return float(darkest), float(brightest)
 
 
+PAGE_BORDER_SHARE = 0.05  # a page is looked for only when at least this share of the frame's border is not page
+PAGE_THICKNESS = 0.17     # a page's light area is thick: 2*area/perimeter over its longer side (a stroke: ~0.1)
+PAGE_EDGE = 0.08          # mean gradient at the page's edge / page-desk contrast: a step, not a smooth shading
+PAGE_SOLIDITY = 0.93      # a sheet (even cut by the frame) is convex; a light 4, 6, 8 or 9 with its holes is not
+PAGE_MARGIN = 0.04        # the paper must be thicker than the dark ink it holds by this (a light 0's hole is a blob)
+# Measured (tests/photokit.py, 200 photos; the first 2,000 MNIST test digits as white on black, 4x, off-centre):
+# pages: thickness >= 0.26 and solidity >= 0.94 but for two whose desk grain merged with the page, thickness
+# minus ink thickness >= 0.05; light digits that pass thickness: solidity <= 0.98, and none passes all three.
+
+
+@dataclass(frozen=True)
+class Page:
+    """A sheet of paper found in a photo: where to look for the ink, and the page's own gray levels."""
+
+    rows: slice            # the page's bounding box (eroded a little, so its blurred edge is left out)
+    cols: slice
+    inside: np.ndarray     # bool mask of the page within that box
+
+
+def _otsu(levels: np.ndarray) -> float:
+    """Otsu's threshold of gray levels 0..255 (256-bin histogram)."""
+    counts = np.bincount(np.clip(levels, 0, 255).astype(np.uint8).ravel(), minlength=256).astype(np.float64)
+    bins = np.arange(256, dtype=np.float64)
+    weight = np.cumsum(counts)
+    mean = np.cumsum(counts * bins)
+    total, grand = weight[-1], mean[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (grand * weight - total * mean) ** 2 / (weight * (total - weight))
+    between = np.where(np.isfinite(between), between, -1.0)
+    return float(np.argmax(between))  # a uniform image gives 0 or its level: nothing is above it
+
+
+def _thickness(mask: np.ndarray) -> float:
+    """2 * area / perimeter of a mask over the longer side of its bounding box (a stroke's width, relative)."""
+    from scipy import ndimage
+
+    box = _bounding_box(mask)
+    if box is None:
+        return 0.0
+    perimeter = int((mask & ~ndimage.binary_erosion(mask)).sum())
+    return 2.0 * int(mask.sum()) / max(perimeter, 1) / max(box[1] - box[0], box[3] - box[2])
+
+
+def _solidity(mask: np.ndarray) -> float:
+    """Area over the area of the convex hull (pixel-corner corrected, so a filled rectangle gives 1)."""
+    from scipy import ndimage
+    from scipy.spatial import ConvexHull, QhullError
+
+    ys, xs = np.nonzero(mask & ~ndimage.binary_erosion(mask))
+    try:
+        hull = ConvexHull(np.column_stack([ys, xs]).astype(np.float64))
+    except (QhullError, ValueError):  # all edge pixels on a line: a degenerate sliver, not a page
+        return 0.0
+    return float(mask.sum()) / (hull.volume + hull.area / 2.0 + 1.0)
+
+
+def find_page(gray: np.ndarray) -> Page | None:
+    """The sheet of paper a dark digit is written on, when the photo also shows what the page lies on.
+
+    None when the light background runs round the whole frame (a scan, a drawing, paper filling the photo:
+    the frame's border then IS the digit's background) or when the light region is not a page: a light
+    digit on a dark background is made of thin strokes, a page is a thick, sharp-edged region enclosing ink.
+    """
+    from scipy import ndimage
+
+    height, width = gray.shape
+    if min(height, width) < 16:
+        return None
+    smooth = ndimage.gaussian_filter(gray.astype(np.float32), 1.0)
+    threshold = _otsu(smooth)
+    light = smooth > threshold
+    if _border(light).mean() > 1.0 - PAGE_BORDER_SHARE:
+        return None
+    labels, count = ndimage.label(light)
+    if count == 0:
+        return None
+    sizes = np.bincount(labels.ravel())[1:]
+    component = labels == (int(np.argmax(sizes)) + 1)
+    page = ndimage.binary_fill_holes(component)
+    area = int(component.sum())
+    if area < 0.02 * height * width:
+        return None
+    ink = page & ~light  # the dark pixels the light region encloses (not its light islands)
+    if not ink.any():
+        return None
+    thickness = _thickness(component)
+    if thickness < PAGE_THICKNESS or thickness - _thickness(ink) < PAGE_MARGIN:
+        return None  # thin strokes: a light digit on a dark background, not a page
+    if _solidity(page) < PAGE_SOLIDITY:
+        return None
+    top, bottom, left, right = _bounding_box(page)  # type: ignore[misc]  # the page is not empty
+    page_level, desk_level = float(np.median(gray[component])), float(np.median(gray[~page]))
+    contrast = page_level - desk_level
+    if contrast < MIN_CONTRAST:
+        return None
+    edge = page & ~ndimage.binary_erosion(page)
+    edge[[0, -1], :] = False  # where the page leaves the frame there is no edge to see
+    edge[:, [0, -1]] = False
+    gy, gx = np.gradient(smooth)
+    if not edge.any() or float(np.hypot(gy, gx)[edge].mean()) < PAGE_EDGE * contrast:
+        return None  # a smooth shading split by the threshold, not the edge of a sheet
+    margin = max(2, round(0.01 * max(bottom - top, right - left)))  # past the blurred edge
+    inner = ndimage.binary_erosion(page, iterations=margin)
+    box = _bounding_box(inner)
+    if box is None:
+        return None
+    rows, cols = slice(box[0], box[1]), slice(box[2], box[3])
+    return Page(rows=rows, cols=cols, inside=inner[rows, cols])
+
+
+def _page_gray(gray: np.ndarray, page: Page) -> np.ndarray:
+    """The page cut out, the desk in its box (a rotated page's corners) replaced by the nearest paper."""
+    from scipy import ndimage
+
+    crop = gray[page.rows, page.cols]
+    if page.inside.all():
+        return crop
+    _, (rows, cols) = ndimage.distance_transform_edt(~page.inside, return_indices=True)
+    return crop[rows, cols]
+
+
 def ink_map(gray: np.ndarray, *, invert: Invert = "auto", name: str = "image") -> tuple[np.ndarray, bool]:
-    """Grayscale 0..255 -> (ink in [0, 1] with background 0, whether it was inverted).
+    """Grayscale 0..255 -> (ink in [0, 1] with background 0, same shape, whether it was inverted).
+
+    The ink is judged against its own background: when the photo shows a sheet of paper lying on something
+    darker (:func:`find_page`), only the page is read, as dark ink on light paper, and everything off the page
+    is background; otherwise the frame's border is the background and the ink is whichever side of it
+    (darker or brighter) reaches further (``invert="auto"``; ``"yes"``/``"no"`` force it).
+    """
+    page = find_page(gray) if invert != "no" else None
+    if page is None:
+        return _frame_ink_map(gray, invert=invert, name=name)
+    inside, _ = _frame_ink_map(_page_gray(gray, page), invert="yes", name=name)
+    values = np.zeros(gray.shape, dtype=np.float32)
+    values[page.rows, page.cols] = np.where(page.inside, inside, 0.0)
+    return values, True
+
+
+def _frame_ink_map(gray: np.ndarray, *, invert: Invert = "auto", name: str = "image") -> tuple[np.ndarray, bool]:
+    """:func:`ink_map` of an image whose border is the digit's background.
 
     The background level is the median of the border. With ``invert="auto"`` the ink is whichever side of the
     background reaches further (darkest vs brightest 0.1%), so black-on-white paper, white-on-black MNIST and
@@ -467,7 +630,7 @@ def prepare_image(
         img = decode_image(read_image_file(source, max_bytes=max_bytes), name=label, max_bytes=max_bytes,
                            max_pixels=max_pixels)
     try:
-        gray = to_grayscale(img)
+        gray = to_grayscale(img, name=label)
     except (ValueError, OSError) as exc:  # Pillow cannot convert some modes (LAB, some CMYK/TIFF variants)
         raise UnreadableImage(f"{label}: cannot convert its {img.mode} colour mode to grayscale ({exc}); "
                               "export it as an RGB or grayscale PNG or JPEG") from None
