@@ -220,7 +220,8 @@ def to_grayscale(img: Image.Image, *, name: str = "image") -> np.ndarray:
         img = img.convert("RGBA" if img.has_transparency_data else "RGB")
     elif img.mode in ("L", "RGB") and "transparency" in img.info:  # a PNG tRNS colour key
         img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "La", "RGBa") and img.getchannel("A").getextrema()[0] < 255:
+    alpha_low = img.getchannel("A").getextrema()[0] if img.mode in ("RGBA", "LA", "La", "RGBa") else 255
+    if isinstance(alpha_low, int | float) and alpha_low < 255:  # a single band's extrema are two numbers
         gray_alpha = img.convert("LA")
         luma, alpha = gray_alpha.split()
         luma, alpha = _shrink_image(luma), _shrink_image(alpha)
@@ -594,7 +595,7 @@ def pixels_from_array(array: Any, *, name: str = "pixels") -> np.ndarray:
 
 
 def prepare_image(
-    source: bytes | str | os.PathLike[str] | np.ndarray | Image.Image,
+    source: bytes | str | os.PathLike[str] | np.ndarray | list[Any] | Image.Image,
     *,
     invert: Invert = "auto",
     name: str | None = None,
