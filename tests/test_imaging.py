@@ -349,3 +349,20 @@ def test_non_finite_float_pixels_are_an_error_naming_the_file(tmp_path: Path, ba
         prepare_image(path)
     with pytest.raises(UnreadableImage, match=r"^upload\.tif: the image holds NaN or infinite"):
         prepare_image(path.read_bytes(), name="upload.tif")
+
+
+def test_a_fifo_is_refused_instead_of_hanging(tmp_path) -> None:
+    """`predict RUN fifo` used to block forever on the read; it is one line now, in a real process."""
+    import os
+    import subprocess
+    import sys
+
+    from mnistlab.imaging import read_image_file
+
+    fifo = tmp_path / "digit.png"
+    os.mkfifo(fifo)
+    with pytest.raises(MnistlabError, match="not a regular file"):
+        read_image_file(fifo)
+    code = "import sys\nfrom mnistlab.imaging import prepare_image\nprepare_image(sys.argv[1])\n"
+    done = subprocess.run([sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "not a regular file" in done.stderr

@@ -107,6 +107,9 @@ def read_image_file(path: str | os.PathLike[str], *, max_bytes: int = MAX_IMAGE_
         raise MnistlabError(f"{path}: cannot read it ({exc.strerror})") from None
     if path.is_dir():
         raise MnistlabError(f"{path}: is a folder, not an image")
+    if not path.is_file():
+        # A FIFO, socket or device would block the read forever (or never end): only regular files are read.
+        raise MnistlabError(f"{path}: not a regular file (a pipe, socket or device); pass an image file")
     if size > max_bytes:
         raise ImageTooLarge(f"{path}: {size:,} bytes is over the {max_bytes:,}-byte limit; "
                             "resize or crop the image first")
