@@ -163,10 +163,10 @@ def test_ctrl_c_during_a_checkpoint_waits_for_it(tmp_path: Path, tiny_data_dir: 
     complete = fit(tiny_config(epochs=2), run_dir=tmp_path / "two", dataset=dataset)
     original = train._save_epoch
 
-    def save_with_signal(run_dir, model, history):
-        if len(history) == 2:
+    def save_with_signal(run_dir, loop, progress):
+        if len(progress.history) == 2:
             signal.raise_signal(signal.SIGINT)   # arrives between the weights and the history files
-        original(run_dir, model, history)
+        original(run_dir, loop, progress)
 
     monkeypatch.setattr(train, "_save_epoch", save_with_signal)
     with pytest.raises(TrainingInterrupted) as caught:
