@@ -355,8 +355,9 @@ def resume_config(stored: TrainConfig, changes: dict[str, Any]) -> tuple[TrainCo
             continue
         current = stored.model if key == "model" else getattr(stored, key, None)
         if value != current:
-            raise MnistlabError(f"`{key}` {value!r} differs from the run's {current!r}: resuming would change the "
-                                f"run; leave `{key}` out to continue it, or train a new run")
+            name = "model" if key == "model" else f"`{key}`"  # a positional argument in the CLI, not a flag
+            raise MnistlabError(f"{name} {value!r} differs from the run's {current!r}: resuming would change the "
+                                f"run; leave {name} out to continue it, or train a new run")
     allowed = {key: changes[key] for key in _SAFE_CHANGES if changes.get(key) is not None}
     epochs = allowed.get("epochs")
     if epochs is not None and epochs != stored.epochs and stored.schedule == "onecycle":
