@@ -177,7 +177,7 @@ def test_sigkill_in_the_first_epoch_leaves_a_folder_resume_restarts(lab: Lab, re
 
 
 # ------------------------------------------------------------------------------------ SIGTERM, SIGHUP
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda s: s.name)
 def test_stop_signals_leave_an_interrupted_run_that_resumes_exactly(lab: Lab, reference: dict[str, object],
                                                                     signum: signal.Signals) -> None:
     out = lab.root / f"signal-{signum.name}"
