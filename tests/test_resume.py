@@ -219,3 +219,15 @@ def test_resume_of_a_finished_run_with_more_epochs_extends_it(lab: Lab, referenc
     lab.resume(out, "--epochs", str(EPOCHS), "--threads", "1")
     found = fingerprint(out)
     assert found == reference
+
+
+def test_a_run_stopped_after_its_last_epoch_is_scored_by_resume(lab: Lab, reference: dict[str, object]) -> None:
+    """A signal during the final test pass leaves all epochs but no test figures: --resume only scores it."""
+    out = lab.root / "unscored"
+    shutil.copytree(lab.root / "reference", out)
+    metrics = json.loads((out / runs.METRICS_FILE).read_text())
+    runs.write_json_atomic(out / runs.METRICS_FILE, {"status": "interrupted", "epochs_completed": EPOCHS,
+                                                     "environment": metrics["environment"]})
+    done = lab.resume(out)
+    assert "test accuracy" in done.stdout
+    assert fingerprint(out) == reference

@@ -134,6 +134,7 @@ def train(
     (see :func:`resume`); the settings given here (other than their defaults) must then match the run's.
     """
     if resume is not None:
+        # Settings left at their defaults are not compared with the run's (they were not asked for).
         given = {"model": model if model != "cnn" else None, "batch_size": batch_size, "optimizer": optimizer,
                  "lr": lr, "seed": seed or None, "val_split": val_split or None, "precision": precision,
                  "schedule": schedule, "label_smoothing": label_smoothing,

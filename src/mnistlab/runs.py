@@ -153,6 +153,8 @@ def prepare_run_dir(path: str | os.PathLike[str]) -> Path:
         raise MnistlabError(f"`run_dir` {path}: exists and is not a folder; choose a new folder name")
     if path.is_dir() and any(path.iterdir()) and _abandoned_before_first_epoch(path):
         # Killed (SIGKILL, power loss) during its first epoch: nothing worth keeping; reuse the folder.
+        for leftover in path.glob(".*.tmp"):  # a temporary file the kill interrupted
+            leftover.unlink(missing_ok=True)
         discard_folder(path, names=(*RUN_FILES, STALE_OWNER_FILE))
         _discard_checkpoint(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -225,11 +227,14 @@ def owner_alive(path: Path) -> bool | None:
 
 
 def _abandoned_before_first_epoch(path: Path) -> bool:
-    """A run folder whose training died (its owner is gone) before committing an epoch."""
+    """A run folder whose training died (its owner is gone) before committing an epoch, holding only
+    mnistlab's own files."""
     from mnistlab.checkpoint import CHECKPOINT_DIR, MANIFEST
 
-    return ((path / CONFIG_FILE).is_file() and not (path / WEIGHTS_FILE).exists()
-            and not (path / CHECKPOINT_DIR / MANIFEST).exists() and owner_alive(path) is False)
+    ours = {*RUN_FILES, STALE_OWNER_FILE, CHECKPOINT_DIR}
+    return (all(child.name in ours or child.name.endswith(".tmp") for child in path.iterdir())
+            and not (path / WEIGHTS_FILE).exists() and not (path / CHECKPOINT_DIR / MANIFEST).exists()
+            and owner_alive(path) is False)
 
 
 def _discard_checkpoint(path: Path) -> None:

@@ -268,7 +268,9 @@ def resume(
     try:
         saved = checkpoint.load(path)
         done = saved.epoch if saved is not None else 0
-        if done >= config.epochs:
+        finished = _status(path) in ("completed", "stopped")
+        # A run killed after its last epoch but before its test figures resumes with no epoch left: it is scored.
+        if done > config.epochs or (done == config.epochs and finished):
             raise MnistlabError(f"{path} already holds {done} of its {config.epochs} epochs; pass `epochs` "
                                 f"above {done} to train it further")
     except BaseException:
@@ -328,6 +330,15 @@ def _run(config: TrainConfig, *, path: Path, dataset: Dataset, hooks: CallbackLi
     finally:
         runs.release_run_dir(path)  # the claim lasts while this process trains: a later --resume may take it
     return dataclasses.replace(result, metrics=metrics)
+
+
+def _status(path: Path) -> str | None:
+    """The status metrics.json records (None without one)."""
+    try:
+        metrics = runs.read_json(path / runs.METRICS_FILE)
+    except MnistlabError:
+        return None
+    return metrics.get("status") if isinstance(metrics, dict) else None
 
 
 def _stored_config(path: Path) -> TrainConfig:
@@ -518,12 +529,13 @@ def _fit_network(config: TrainConfig, *, run_dir: Path, dataset: Dataset, hooks:
             if hooks.on_epoch_end(row) and epoch < config.epochs:
                 stopped_by = epoch
                 break
+        # Inside the try: a signal during the test pass still leaves an `interrupted` run (resume scores it).
+        return _finish_network(loop, dataset, progress.history, record, env, progress.train_seconds, run_dir,
+                               stopped_by)
     except KeyboardInterrupt as exc:
         _stop_early(run_dir, config, progress.history, env, progress.train_seconds, status="interrupted")
         raise TrainingInterrupted(run_dir=run_dir, epochs_completed=len(progress.history),
                                   signum=getattr(exc, "signum", signal.SIGINT)) from None
-    return _finish_network(loop, dataset, progress.history, record, env, progress.train_seconds, run_dir,
-                           stopped_by)
 
 
 def _one_epoch(loop: _Loop, epoch: int, progress: _Progress, hooks: Callback, *, run_dir: Path,
