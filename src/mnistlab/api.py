@@ -123,6 +123,8 @@ def train(
     progress: Progress = "auto",
     registry: RegistryChoice = None,
     resume: str | int | os.PathLike[str] | None = None,
+    early_stop: int | None = None,
+    monitor: Literal["val_loss", "val_accuracy"] = "val_loss",
 ) -> Run:
     """Train a model (a name such as ``"cnn"``, a registered model, or a builder function) and return its Run.
 
@@ -132,6 +134,8 @@ def train(
     epoch and may stop the run; ``progress`` picks the display. A Ctrl-C, SIGTERM or SIGHUP keeps and records
     the epochs done (``TrainingInterrupted`` says where they are). ``resume=RUN`` continues that run instead
     (see :func:`resume`); the settings given here (other than their defaults) must then match the run's.
+    ``early_stop=PATIENCE`` stops once ``monitor`` has not improved for that many epochs (Keras' EarlyStopping;
+    needs ``val_split``) and keeps the best epoch's weights in ``best.safetensors``.
     """
     if resume is not None:
         # Settings left at their defaults are not compared with the run's (they were not asked for).
@@ -161,7 +165,8 @@ def train(
     hooks = [*progress_callbacks(progress), *callbacks]
     try:
         data = loaded if loaded is not None else pending.result()  # type: ignore[union-attr]
-        result = _fit_and_record(config, path=path, dataset=data, hooks=hooks, registry=registry)
+        result = _fit_and_record(config, path=path, dataset=data, hooks=hooks, registry=registry,
+                                 early_stop=early_stop, monitor=monitor)
     except BaseException:
         if run_dir is None:  # the default folder was reserved here: a failed run leaves nothing behind
             _remove_if_empty(path)
@@ -175,12 +180,13 @@ def train(
 
 
 def _fit_and_record(config: TrainConfig, *, path: Path, dataset: Dataset, hooks: list[Callback],
-                    registry: RegistryChoice) -> Run:
+                    registry: RegistryChoice, early_stop: int | None = None, monitor: str = "val_loss") -> Run:
     """Fit into ``path`` and record the run; an interrupted run with completed epochs is recorded too."""
-    from mnistlab.training import fit
+    from mnistlab.training import EarlyStop, fit
 
-    return _recorded(lambda recorder: fit(config, run_dir=path, dataset=dataset, callbacks=[*hooks, recorder]),
-                     path=path, registry=registry)
+    rule = EarlyStop(patience=early_stop, monitor=monitor) if early_stop is not None else None  # type: ignore[arg-type]
+    return _recorded(lambda recorder: fit(config, run_dir=path, dataset=dataset, callbacks=[*hooks, recorder],
+                                          early_stop=rule), path=path, registry=registry)
 
 
 def _recorded(train: Callable[[Callback], Any], *, path: Path, registry: RegistryChoice) -> Run:

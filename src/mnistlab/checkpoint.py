@@ -42,6 +42,7 @@ MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 STATE = "state.json"
+BEST = "best.safetensors"   # the best epoch's weights, for a run with early stopping
 FORMAT = 1
 # Test hook: seconds to sleep after an epoch's files are written and before the manifest commits them, so
 # that a test's SIGKILL can land inside a checkpoint write.
@@ -57,6 +58,7 @@ class Checkpoint:
     weights: dict[str, torch.Tensor]
     tensors: dict[str, torch.Tensor]   # optimizer buffers ("optimizer/NAME.i") and RNG states ("rng/NAME")
     state: dict[str, Any]
+    best: bytes | None = None          # best.safetensors, when the run has early stopping
 
 
 def sha256(data: bytes) -> str:
@@ -113,7 +115,7 @@ def epoch_folder(run_dir: Path, epoch: int) -> Path:
 
 
 def commit(run_dir: Path, *, epoch: int, weights: bytes, tensors: dict[str, torch.Tensor],
-           state: dict[str, Any]) -> dict[str, Any]:
+           state: dict[str, Any], best: bytes | None = None) -> dict[str, Any]:
     """Write epoch ``epoch``'s files, then publish them with the manifest (the one commit point); returns it.
 
     Call with interrupts deferred: the files of one epoch are written together.
@@ -125,7 +127,8 @@ def commit(run_dir: Path, *, epoch: int, weights: bytes, tensors: dict[str, torc
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     blobs = {WEIGHTS: weights, OPTIMIZER: save(tensors, metadata={"format": "mnistlab-optimizer"}),
-             STATE: (runs.json_text({**state, "format": FORMAT, "epoch": epoch}) + "\n").encode("utf-8")}
+             STATE: (runs.json_text({**state, "format": FORMAT, "epoch": epoch}) + "\n").encode("utf-8"),
+             **({BEST: best} if best is not None else {})}
     for name, data in blobs.items():
         runs.write_bytes_atomic(folder / name, data)
     pause = float(os.environ.get(PAUSE_ENV, "0") or 0)
@@ -198,5 +201,6 @@ def load(run_dir: Path) -> Checkpoint | None:
         tensors = load_file(str(committed_file(run_dir, manifest, OPTIMIZER)))
     except SafetensorError as exc:
         raise MnistlabError(f"{run_dir / CHECKPOINT_DIR}: not readable safetensors ({exc}); retrain the run") from None
+    best = committed_file(run_dir, manifest, BEST).read_bytes() if BEST in manifest["files"] else None
     return Checkpoint(epoch=manifest["epoch"], folder=run_dir / CHECKPOINT_DIR / manifest["folder"],
-                      weights=weights, tensors=tensors, state=state)
+                      weights=weights, tensors=tensors, state=state, best=best)

@@ -270,7 +270,9 @@ def release_run_dir(path: Path) -> None:
 
 OWNER_FILE = ".owner"
 STALE_OWNER_FILE = ".owner.stale"
-RUN_FILES = (CONFIG_FILE, MODEL_FILE, WEIGHTS_FILE, HISTORY_JSON, HISTORY_CSV, CURVES_PNG, METRICS_FILE, OWNER_FILE)
+BEST_FILE = "best.safetensors"  # = checkpoint.BEST: the best epoch's weights of a run with early stopping
+RUN_FILES = (CONFIG_FILE, MODEL_FILE, WEIGHTS_FILE, HISTORY_JSON, HISTORY_CSV, CURVES_PNG, METRICS_FILE, OWNER_FILE,
+             BEST_FILE)
 
 
 def discard_folder(path: str | os.PathLike[str], *, names: tuple[str, ...]) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -178,8 +178,12 @@ def _save_epoch(run_dir: Path, loop: _Loop, progress: _Progress) -> None:
     rows = [record.to_dict() for record in progress.history]
     state = {"history": rows, "best": progress.best, "train_seconds": progress.train_seconds,
              "optimizer": optimizer_numbers, "schedule": loop.schedule.state_dict() if loop.schedule else None,
-             "rng": checkpoint.rng_numbers(), "data_sha256": loop.data_sha256, "config": loop.config.to_dict()}
-    checkpoint.commit(run_dir, epoch=len(rows), weights=weights, tensors=tensors, state=state)
+             "rng": checkpoint.rng_numbers(), "data_sha256": loop.data_sha256, "config": loop.config.to_dict(),
+             "early_stop": dataclasses.asdict(progress.early_stop) if progress.early_stop else None}
+    checkpoint.commit(run_dir, epoch=len(rows), weights=weights, tensors=tensors, state=state,
+                      best=progress.best_weights)
+    if progress.best_weights is not None:
+        runs.write_bytes_atomic(run_dir / checkpoint.BEST, progress.best_weights)
     runs.write_bytes_atomic(run_dir / runs.WEIGHTS_FILE, weights)
     runs.write_json_atomic(run_dir / runs.HISTORY_JSON, rows)
     runs.write_text_atomic(run_dir / runs.HISTORY_CSV, runs.history_csv_text(rows))
@@ -206,6 +210,8 @@ def _restore(loop: _Loop, saved: checkpoint.Checkpoint, progress: _Progress) -> 
     progress.history[:] = [EpochRecord(**{k: v for k, v in row.items() if k in fields}) for row in state["history"]]
     progress.best = state.get("best")
     progress.train_seconds = float(state.get("train_seconds", 0.0))
+    progress.early_stop = EarlyStop(**state["early_stop"]) if state.get("early_stop") else None
+    progress.best_weights = saved.best
 
 
 def _write_curves(run_dir: Path, history: Sequence[EpochRecord], title: str) -> None:
@@ -221,6 +227,7 @@ def fit(
     dataset: Dataset | None = None,
     callbacks: Sequence[Callback] = (),
     observer: Callback | None = None,
+    early_stop: EarlyStop | None = None,
 ) -> TrainResult:
     """Train (or, for a classical model, fit) ``config.model`` into a new run directory at ``run_dir``.
 
@@ -230,15 +237,19 @@ def fit(
     checkpoint (:mod:`mnistlab.checkpoint`), so Ctrl-C, SIGTERM or SIGHUP (raised as
     :class:`TrainingInterrupted`) leave a valid run of the last completed epoch that :func:`resume` continues.
     ``callbacks`` (and ``observer``, one more) hear about progress and may stop the run after an epoch.
+    ``early_stop`` stops it once its monitored validation figure has not improved for ``patience`` epochs
+    (Keras' EarlyStopping); ``best.safetensors`` then holds the best epoch's weights.
     Same config and seed on the CPU give the same numbers.
     """
     hooks = CallbackList([*callbacks, *([observer] if observer is not None else [])])
     device = _prepare_device(config)
+    if early_stop is not None:
+        early_stop.check(config)
     config, dataset = _with_dataset(config, dataset)
     train_idx, val_idx = _split(config, dataset)
     path = runs.prepare_run_dir(run_dir)
     return _run(config, path=path, dataset=dataset, hooks=hooks, device=device, train_idx=train_idx,
-                val_idx=val_idx, saved=None, resumed=False)
+                val_idx=val_idx, saved=None, resumed=False, early_stop=early_stop)
 
 
 def resume(
@@ -269,6 +280,9 @@ def resume(
         saved = checkpoint.load(path)
         done = saved.epoch if saved is not None else 0
         finished = _status(path) in ("completed", "stopped")
+        if saved is not None and saved.state.get("early_stop") and _status(path) == "stopped":
+            raise MnistlabError(f"{path}: early stopping ended it after epoch {done}; it does not continue "
+                                "(its best weights are in best.safetensors); train a new run")
         # A run killed after its last epoch but before its test figures resumes with no epoch left: it is scored.
         if done > config.epochs or (done == config.epochs and finished):
             raise MnistlabError(f"{path} already holds {done} of its {config.epochs} epochs; pass `epochs` "
@@ -279,7 +293,7 @@ def resume(
     for note in notes:
         hooks.on_message(note)
     return _run(config, path=path, dataset=dataset, hooks=hooks, device=device, train_idx=train_idx,
-                val_idx=val_idx, saved=saved, resumed=True)
+                val_idx=val_idx, saved=saved, resumed=True, early_stop=None)
 
 
 def _prepare_device(config: TrainConfig) -> torch.device | None:
@@ -302,7 +316,7 @@ def _with_dataset(config: TrainConfig, dataset: Dataset | None) -> tuple[TrainCo
 
 def _run(config: TrainConfig, *, path: Path, dataset: Dataset, hooks: CallbackList, device: torch.device | None,
          train_idx: np.ndarray, val_idx: np.ndarray, saved: checkpoint.Checkpoint | None,
-         resumed: bool) -> TrainResult:
+         resumed: bool, early_stop: EarlyStop | None) -> TrainResult:
     """Fit into the claimed ``path``; a new run that ends before its first checkpoint leaves nothing."""
     started = time.perf_counter()
     try:
@@ -314,7 +328,7 @@ def _run(config: TrainConfig, *, path: Path, dataset: Dataset, hooks: CallbackLi
                                        fit_indices=train_idx, val_indices=val_idx)
             else:
                 result = _fit_network(config, run_dir=path, dataset=dataset, hooks=hooks, device=device,
-                                      train_idx=train_idx, val_idx=val_idx, saved=saved)
+                                      train_idx=train_idx, val_idx=val_idx, saved=saved, early_stop=early_stop)
     except BaseException:
         # Stopped before the first epoch completed: nothing is worth keeping, and the leftovers would block
         # reusing the folder. (A resumed run keeps its config, so --resume can restart it.)
@@ -460,6 +474,45 @@ def _data_sha256(dataset: Dataset) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class EarlyStop:
+    """Keras' ``EarlyStopping(monitor, patience)``: stop once ``monitor`` has not improved (strictly) for
+    ``patience`` epochs in a row. Needs a validation split."""
+
+    patience: int
+    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+
+    def check(self, config: TrainConfig) -> None:
+        """Refuse settings it cannot work with, before anything is written."""
+        if self.monitor not in ("val_loss", "val_accuracy"):
+            raise MnistlabError(f"`monitor` {self.monitor!r} is not one of val_loss, val_accuracy")
+        if not isinstance(self.patience, int) or self.patience < 1:
+            raise MnistlabError(f"`early_stop` must be a whole number of epochs >= 1, got {self.patience}")
+        if config.val_split <= 0:
+            raise MnistlabError(f"`early_stop` watches {self.monitor}, which needs a validation split; "
+                                "pass `val_split`, e.g. 0.1")
+
+    def improved(self, value: float, best: float | None) -> bool:
+        """Whether ``value`` beats ``best`` (lower loss, higher accuracy)."""
+        if best is None:
+            return True
+        return value > best if self.monitor == "val_accuracy" else value < best
+
+
+def early_stop_epoch(values: Sequence[float], rule: EarlyStop) -> int | None:
+    """The 1-based epoch after which ``rule`` stops a run whose monitored figures are ``values``, if any."""
+    best: float | None = None
+    wait = 0
+    for epoch, value in enumerate(values, start=1):
+        if rule.improved(value, best):
+            best, wait = value, 0
+        else:
+            wait += 1
+            if wait >= rule.patience:
+                return epoch
+    return None
+
+
 @dataclass
 class _Progress:
     """What a run has done so far: the checkpointed part of its state that is not model or optimizer."""
@@ -467,13 +520,28 @@ class _Progress:
     history: list[EpochRecord] = dataclasses.field(default_factory=list)
     best: dict[str, Any] | None = None
     train_seconds: float = 0.0
+    early_stop: EarlyStop | None = None
+    best_weights: bytes | None = None   # the best epoch's weights (safetensors), once a run monitors one
 
-    def note_best(self, row: EpochRecord) -> None:
-        """Keep the best epoch so far by validation loss (training loss without a validation split)."""
-        monitor = "val_loss" if row.val_loss is not None else "loss"
+    def note_best(self, row: EpochRecord) -> bool:
+        """Keep the best epoch so far by the early-stop monitor, else by validation loss (training loss without a
+        validation split); True when ``row`` is the new best."""
+        monitor = self.early_stop.monitor if self.early_stop else ("val_loss" if row.val_loss is not None else "loss")
+        rule = self.early_stop or EarlyStop(patience=1)
         value = getattr(row, monitor)
-        if value is not None and math.isfinite(value) and (self.best is None or value < self.best["value"]):
+        if value is None or not math.isfinite(value):
+            return False
+        if rule.improved(value, None if self.best is None else self.best["value"]):
             self.best = {"monitor": monitor, "epoch": row.epoch, "value": value}
+            return self.early_stop is not None
+        return False
+
+    def should_stop(self) -> bool:
+        """Whether the early-stop rule ends the run after the last recorded epoch."""
+        if self.early_stop is None:
+            return False
+        values = [getattr(row, self.early_stop.monitor) for row in self.history]
+        return early_stop_epoch(values, self.early_stop) == len(self.history)
 
 
 def _train_epoch(loop: _Loop, hooks: Callback) -> tuple[float, float]:
@@ -502,10 +570,11 @@ def _train_epoch(loop: _Loop, hooks: Callback) -> tuple[float, float]:
 
 
 def _fit_network(config: TrainConfig, *, run_dir: Path, dataset: Dataset, hooks: Callback, device: torch.device,
-                 train_idx: np.ndarray, val_idx: np.ndarray, saved: checkpoint.Checkpoint | None) -> TrainResult:
+                 train_idx: np.ndarray, val_idx: np.ndarray, saved: checkpoint.Checkpoint | None,
+                 early_stop: EarlyStop | None) -> TrainResult:
     """The epochs of a network run, once the run directory is claimed; metrics.json is left to :func:`fit`."""
     loop = _setup(config, dataset, device, train_idx, val_idx, hooks)
-    progress = _Progress()
+    progress = _Progress(early_stop=early_stop)
     if saved is not None:
         _restore(loop, saved, progress)
     env = runs.environment()
@@ -524,9 +593,11 @@ def _fit_network(config: TrainConfig, *, run_dir: Path, dataset: Dataset, hooks:
             # Everything of the epoch is committed together: signals wait until the checkpoint is published.
             with interrupts_deferred():
                 progress.history.append(row)
-                progress.note_best(row)
+                if progress.note_best(row):
+                    progress.best_weights = weights_bytes(loop.model)
                 _save_epoch(run_dir, loop, progress)
-            if hooks.on_epoch_end(row) and epoch < config.epochs:
+            stop = hooks.on_epoch_end(row) or progress.should_stop()
+            if stop and epoch < config.epochs:
                 stopped_by = epoch
                 break
         # Inside the try: a signal during the test pass still leaves an `interrupted` run (resume scores it).

@@ -98,7 +98,7 @@ def train(args: argparse.Namespace) -> int:
         seed=args.seed or 0, val_split=args.val_split or 0.0, device=args.device or "auto", threads=args.threads,
         dataset=args.dataset or "mnist", data_dir=args.data_dir, precision=args.precision, schedule=args.schedule,
         label_smoothing=args.label_smoothing, options=options or None, run_dir=args.out,
-        registry=args.registry, progress="auto",
+        registry=args.registry, progress="auto", early_stop=args.early_stop, monitor=args.monitor,
     )
     render.train_result(console, run)
     return 0
@@ -108,8 +108,9 @@ def _train_resume(args: argparse.Namespace) -> int:
     """``train --resume RUN``: every flag given besides --epochs/--threads/--device must match the run's."""
     from mnistlab import api
 
-    if args.out is not None or args.option:
-        raise MnistlabError("--resume continues the run in its own folder; leave out --out and --option")
+    if args.out is not None or args.option or args.early_stop is not None:
+        raise MnistlabError("--resume continues the run in its own folder with its own early stopping; "
+                            "leave out --out, --option and --early-stop")
     changes = {"model": args.model, "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": args.lr,
                "seed": args.seed, "val_split": args.val_split, "precision": args.precision,
                "schedule": args.schedule, "label_smoothing": args.label_smoothing, "dataset": args.dataset}

@@ -103,6 +103,11 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--schedule", help="learning-rate schedule: constant or onecycle (default: the recipe's)")
     train.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing in [0, 1)")
     train.add_argument("--out", help="run directory to create (default runs/MODEL-TIMESTAMP)")
+    train.add_argument("--early-stop", type=int, metavar="PATIENCE",
+                       help="stop once --monitor has not improved for PATIENCE epochs (needs --val-split); "
+                            "the best epoch's weights are kept in RUN/best.safetensors")
+    train.add_argument("--monitor", choices=("val_loss", "val_accuracy"), default="val_loss",
+                       help="the figure --early-stop watches (default val_loss)")
     _add_dataset_flags(train)
     _add_registry_flag(train)
     train.set_defaults(handler=cmd.train, dataset=None)
