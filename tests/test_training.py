@@ -116,3 +116,21 @@ def test_an_interrupted_early_stopping_run_resumes_to_the_same_stop_and_best(tmp
     assert [r.epoch for r in again.history] == [r.epoch for r in alone.history]
     for name in (runs.WEIGHTS_FILE, runs.BEST_FILE):
         assert (again.run_dir / name).read_bytes() == (alone.run_dir / name).read_bytes()
+
+
+def test_api_resume_extends_a_run_and_refuses_a_changed_setting(tmp_path: Path, tiny_data_dir: Path) -> None:
+    import mnistlab
+    from mnistlab import api
+
+    registry = tmp_path / "registry.sqlite"
+    settings = {"batch_size": 32, "device": "cpu", "threads": 1, "data_dir": tiny_data_dir, "progress": False,
+                "registry": registry}
+    four = mnistlab.train("mlp", epochs=4, run_dir=tmp_path / "four", **settings)  # type: ignore[arg-type]
+    two = mnistlab.train("mlp", epochs=2, run_dir=tmp_path / "two", **settings)  # type: ignore[arg-type]
+    with pytest.raises(MnistlabError, match=r"^`batch_size` 64 differs from the run's 32"):
+        mnistlab.train("mlp", resume=two.path, batch_size=64, progress=False, registry=registry)
+    extended = mnistlab.train("mlp", resume=two.id, epochs=4, progress=False, registry=registry)
+    assert extended.path == two.path and extended.status == "completed" and len(extended.epochs) == 4
+    assert (two.path / runs.WEIGHTS_FILE).read_bytes() == (four.path / runs.WEIGHTS_FILE).read_bytes()
+    with pytest.raises(MnistlabError, match="already holds 4 of its 4 epochs"):
+        api.resume(two.path, progress=False, registry=registry)

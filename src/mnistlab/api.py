@@ -138,13 +138,7 @@ def train(
     needs ``val_split``) and keeps the best epoch's weights in ``best.safetensors``.
     """
     if resume is not None:
-        # Settings left at their defaults are not compared with the run's (they were not asked for).
-        given = {"model": model if model != "cnn" else None, "batch_size": batch_size, "optimizer": optimizer,
-                 "lr": lr, "seed": seed or None, "val_split": val_split or None, "precision": precision,
-                 "schedule": schedule, "label_smoothing": label_smoothing,
-                 "dataset": dataset if isinstance(dataset, str) and dataset != "mnist" else None}
-        return _resume(resume, epochs=epochs, threads=threads, device=None if device == "auto" else device,
-                       data_dir=data_dir, changes=given, callbacks=callbacks, progress=progress, registry=registry)
+        return _resume_from_train(resume, dict(locals()))
     from mnistlab.data import Dataset, load_dataset_in_background
     from mnistlab.runs import default_run_dir
 
@@ -177,6 +171,25 @@ def train(
         for hook in hooks:
             getattr(hook, "close", lambda: None)()  # a live progress bar left open by Ctrl-C
     return result
+
+
+def _resume_from_train(run: str | int | os.PathLike[str], given: dict[str, Any]) -> Run:
+    """``train(resume=RUN, ...)``: the settings passed (those not left at their defaults) must match the run's."""
+    import inspect
+
+    defaults = {name: p.default for name, p in inspect.signature(train).parameters.items()}
+    asked = {key: value for key, value in given.items() if value is not None and value is not defaults.get(key)
+             and value != defaults.get(key)}
+    if not isinstance(asked.get("dataset", ""), str):
+        raise MnistlabError("train(resume=...): the run reloads its own dataset; leave `dataset` out")
+    if asked.get("early_stop") is not None or "options" in asked or "run_dir" in asked:
+        raise MnistlabError("train(resume=...): the run continues in its own folder with its own early stopping; "
+                            "leave out `run_dir`, `options` and `early_stop`")
+    keep = ("callbacks", "progress", "registry", "resume", "epochs", "threads", "device", "data_dir", "monitor")
+    changes = {key: value for key, value in asked.items() if key not in keep}
+    return _resume(run, epochs=given["epochs"], threads=given["threads"], device=asked.get("device"),
+                   data_dir=given["data_dir"], changes=changes, callbacks=given["callbacks"],
+                   progress=given["progress"], registry=given["registry"])
 
 
 def _fit_and_record(config: TrainConfig, *, path: Path, dataset: Dataset, hooks: list[Callback],
