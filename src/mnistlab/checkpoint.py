@@ -81,7 +81,7 @@ def rng_tensors(shuffle: torch.Generator, device: torch.device) -> dict[str, tor
     states = {"rng/torch_cpu": torch.get_rng_state(), "rng/shuffle": shuffle.get_state()}
     if device.type == "cuda":
         states["rng/cuda"] = torch.cuda.get_rng_state(device)
-    keys = np.random.get_state()[1]  # (624,) uint32
+    keys = np.random.get_state(legacy=True)[1]  # type: ignore[index]  # the legacy tuple: (624,) uint32 keys
     states["rng/numpy_keys"] = torch.from_numpy(np.ascontiguousarray(keys).view(np.uint8).copy())
     return {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in states.items()}
 

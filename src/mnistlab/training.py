@@ -134,8 +134,8 @@ def interrupts_deferred() -> Iterator[None]:
         yield
         return
     received: list[int] = []
-    previous = {signum: signal.signal(signum, lambda signum, _frame: received.append(signum))
-                for signum in STOP_SIGNALS}
+    previous: dict[int, Any] = {signum: signal.signal(signum, lambda signum, _frame: received.append(signum))
+                                for signum in STOP_SIGNALS}
     try:
         yield
     finally:
