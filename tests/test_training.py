@@ -134,3 +134,46 @@ def test_api_resume_extends_a_run_and_refuses_a_changed_setting(tmp_path: Path, 
     assert (two.path / runs.WEIGHTS_FILE).read_bytes() == (four.path / runs.WEIGHTS_FILE).read_bytes()
     with pytest.raises(MnistlabError, match="already holds 4 of its 4 epochs"):
         api.resume(two.path, progress=False, registry=registry)
+
+
+def test_a_onecycle_run_resumes_exactly_and_refuses_a_new_length(tmp_path: Path, tiny_data_dir: Path) -> None:
+    """The schedule's position and Adam's cycled beta1 travel in the checkpoint; its length cannot change."""
+    from mnistlab.callbacks import Callback
+    from mnistlab.errors import TrainingInterrupted
+    from mnistlab.training import resume
+
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    config = tiny(epochs=4, optimizer="adam", schedule="onecycle", lr=5e-3)
+    alone = fit(config, run_dir=tmp_path / "alone", dataset=dataset)
+
+    class CtrlCInEpoch3(Callback):
+        epoch = 0
+
+        def on_epoch_start(self, *, epoch, epochs, steps):  # type: ignore[no-untyped-def]
+            self.epoch = epoch
+
+        def on_step(self, *, step, steps, running):  # type: ignore[no-untyped-def]
+            if self.epoch == 3 and step == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted):
+        fit(config, run_dir=tmp_path / "cut", dataset=dataset, observer=CtrlCInEpoch3())
+    with pytest.raises(MnistlabError, match="onecycle schedule spans the run's 4 epochs"):
+        resume(tmp_path / "cut", changes={"epochs": 6}, dataset=dataset)
+    again = resume(tmp_path / "cut", dataset=dataset)
+    assert [r.lr for r in again.history] == [r.lr for r in alone.history]
+    assert (again.run_dir / runs.WEIGHTS_FILE).read_bytes() == (alone.run_dir / runs.WEIGHTS_FILE).read_bytes()
+
+
+def test_a_run_without_checkpoints_is_not_restarted_by_resume(tmp_path: Path, tiny_data_dir: Path) -> None:
+    import shutil
+
+    from mnistlab.training import resume
+
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    run = fit(tiny(epochs=1), run_dir=tmp_path / "old", dataset=dataset).run_dir
+    shutil.rmtree(run / checkpoint.CHECKPOINT_DIR)   # as a run trained before full checkpoints
+    before = (run / runs.WEIGHTS_FILE).read_bytes()
+    with pytest.raises(MnistlabError, match="without full checkpoints"):
+        resume(run, changes={"epochs": 3}, dataset=dataset)
+    assert (run / runs.WEIGHTS_FILE).read_bytes() == before

@@ -278,6 +278,10 @@ def resume(
     runs.reclaim_run_dir(path)
     try:
         saved = checkpoint.load(path)
+        if saved is None and (path / runs.HISTORY_JSON).exists():
+            raise MnistlabError(f"{path}: trained by an mnistlab without full checkpoints (no "
+                                f"{checkpoint.CHECKPOINT_DIR}/{checkpoint.MANIFEST}), so it cannot continue exactly; "
+                                "train a new run")
         done = saved.epoch if saved is not None else 0
         finished = _status(path) in ("completed", "stopped")
         if saved is not None and saved.state.get("early_stop") and _status(path) == "stopped":

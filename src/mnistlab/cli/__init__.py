@@ -57,8 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)
         # 128 + the signal, as a shell reports a process a signal ended (130 for Ctrl-C, 143 SIGTERM, 129 SIGHUP).
         return 128 + exc.signum
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # SIGTERM/SIGHUP during training arrive as a KeyboardInterrupt with signum
         print("mnistlab: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return 128 + int(getattr(exc, "signum", EXIT_INTERRUPTED - 128))
     except BrokenPipeError:
         return _quiet_broken_pipe()
