@@ -183,6 +183,7 @@ def test_stop_signals_leave_an_interrupted_run_that_resumes_exactly(lab: Lab, re
     out = lab.root / f"signal-{signum.name}"
     proc = lab.start(lab.args(out))
     wait_until(proc, lambda: committed_epoch(out) >= 2)
+    assert registry_state(lab, out) == "running"   # recorded when it started, its process alive
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signum, err
