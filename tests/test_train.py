@@ -256,10 +256,10 @@ def test_ctrl_c_during_a_checkpoint_waits_for_it(tmp_path: Path, tiny_data_dir: 
     complete = fit(tiny_config(epochs=2), run_dir=tmp_path / "two", dataset=dataset)
     original = train._save_epoch
 
-    def save_with_signal(run_dir, model, history):
-        if len(history) == 2:
-            signal.raise_signal(signal.SIGINT)   # arrives before either file of epoch 2 is written
-        original(run_dir, model, history)
+    def save_with_signal(run_dir, loop, progress):
+        if len(progress.history) == 2:
+            signal.raise_signal(signal.SIGINT)   # arrives before any file of epoch 2's checkpoint is written
+        original(run_dir, loop, progress)
 
     monkeypatch.setattr(train, "_save_epoch", save_with_signal)
     with pytest.raises(TrainingInterrupted) as caught:
@@ -362,13 +362,18 @@ def test_two_trainings_on_one_out_folder_cannot_both_claim_it(tmp_path: Path) ->
     import subprocess
     import sys
 
+    # Each claimant stays alive until both have answered, as a training would: a folder whose claimant died
+    # before writing a run is abandoned, and may be claimed again (tests/test_resume.py).
     code = ("import sys\nfrom mnistlab.runs import prepare_run_dir\nfrom mnistlab.errors import MnistlabError\n"
-            "try:\n    prepare_run_dir(sys.argv[1]); print('won')\nexcept MnistlabError:\n    print('lost')\n")
+            "try:\n    prepare_run_dir(sys.argv[1]); print('won', flush=True)\n"
+            "except MnistlabError:\n    print('lost', flush=True)\nsys.stdin.read()\n")
     for attempt in range(3):
         target = tmp_path / f"race-{attempt}"
-        procs = [subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True)
-                 for _ in range(2)]
-        results = sorted(proc.communicate()[0].strip() for proc in procs)
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(target)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True) for _ in range(2)]
+        results = sorted(proc.stdout.readline().strip() for proc in procs)  # type: ignore[union-attr]
+        for proc in procs:
+            proc.communicate()
         assert results == ["lost", "won"]
 
 

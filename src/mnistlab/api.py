@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from mnistlab.callbacks import Callback
 from mnistlab.config import TrainConfig
-from mnistlab.errors import MnistlabError
+from mnistlab.errors import MnistlabError, TrainingInterrupted
 from mnistlab.results import EpochRecord, EvalResult
 
 if TYPE_CHECKING:  # torch and the heavier modules load only when a Run needs them
@@ -123,15 +123,23 @@ def train(
     callbacks: Sequence[Callback] = (),
     progress: Progress = "auto",
     registry: RegistryChoice = None,
+    resume: str | int | os.PathLike[str] | None = None,
+    early_stop: int | None = None,
+    monitor: Literal["val_loss", "val_accuracy"] = "val_loss",
 ) -> Run:
     """Train a model (a name such as ``"cnn"``, a registered model, or a builder function) and return its Run.
 
     Unset hyper-parameters come from the model's recipe (the tutorial's for softmax/mlp/cnn). ``dataset`` is a
     registry name or an already loaded :class:`mnistlab.data.Dataset`. The run goes to ``run_dir`` (default
     ``runs/<model>-<time>``) and into the registry (``registry=False`` skips it). ``callbacks`` hear each
-    epoch and may stop the run; ``progress`` picks the display. A Ctrl-C keeps and records the epochs done
-    (``TrainingInterrupted`` says where they are).
+    epoch and may stop the run; ``progress`` picks the display. A Ctrl-C, SIGTERM or SIGHUP keeps and records
+    the epochs done (``TrainingInterrupted`` says where they are). ``resume=RUN`` continues that run instead
+    (see :func:`resume`); the settings given here (other than their defaults) must then match the run's.
+    ``early_stop=PATIENCE`` stops once ``monitor`` has not improved for that many epochs (Keras' EarlyStopping;
+    needs ``val_split``) and keeps the best epoch's weights in ``best.safetensors``.
     """
+    if resume is not None:
+        return _resume_from_train(resume, dict(locals()))
     from mnistlab.data import Dataset, load_dataset_in_background
     from mnistlab.runs import default_run_dir
 
@@ -152,7 +160,8 @@ def train(
     path = Path(run_dir) if run_dir is not None else default_run_dir(config.model, root=runs_root)
     try:
         data = loaded if loaded is not None else pending.result()  # type: ignore[union-attr]
-        result = _fit_and_record(config, path=path, dataset=data, hooks=hooks, registry=registry)
+        result = _fit_and_record(config, path=path, dataset=data, hooks=hooks, registry=registry,
+                                 early_stop=early_stop, monitor=monitor)
     except BaseException:
         if run_dir is None:  # the default folder was reserved here: a failed run leaves nothing behind
             _remove_if_empty(path)
@@ -175,17 +184,55 @@ def _checked_callbacks(callbacks: Sequence[Callback]) -> list[Callback]:
     return list(callbacks)
 
 
-def _fit_and_record(config: TrainConfig, *, path: Path, dataset: Dataset, hooks: list[Callback],
-                    registry: RegistryChoice) -> Run:
-    """Fit into ``path`` and record the run; an interrupted run with completed epochs is recorded too."""
-    from mnistlab.training import fit
+def _resume_from_train(run: str | int | os.PathLike[str], given: dict[str, Any]) -> Run:
+    """``train(resume=RUN, ...)``: the settings passed (those not left at their defaults) must match the run's."""
+    import inspect
 
+    defaults = {name: p.default for name, p in inspect.signature(train).parameters.items()}
+    asked = {key: value for key, value in given.items() if value is not None and value is not defaults.get(key)
+             and value != defaults.get(key)}
+    if not isinstance(asked.get("dataset", ""), str):
+        raise MnistlabError("train(resume=...): the run reloads its own dataset; leave `dataset` out")
+    if asked.get("early_stop") is not None or "options" in asked or "run_dir" in asked:
+        raise MnistlabError("train(resume=...): the run continues in its own folder with its own early stopping; "
+                            "leave out `run_dir`, `options` and `early_stop`")
+    keep = ("callbacks", "progress", "registry", "resume", "epochs", "threads", "device", "data_dir", "monitor")
+    changes = {key: value for key, value in asked.items() if key not in keep}
+    return _resume(run, epochs=given["epochs"], threads=given["threads"], device=asked.get("device"),
+                   data_dir=given["data_dir"], changes=changes, callbacks=given["callbacks"],
+                   progress=given["progress"], registry=given["registry"])
+
+
+def _fit_and_record(config: TrainConfig, *, path: Path, dataset: Dataset, hooks: list[Callback],
+                    registry: RegistryChoice, early_stop: int | None = None, monitor: str = "val_loss") -> Run:
+    """Fit into ``path`` and record the run; an interrupted run with completed epochs is recorded too."""
+    from mnistlab.training import EarlyStop, fit
+
+    rule = EarlyStop(patience=early_stop, monitor=monitor) if early_stop is not None else None  # type: ignore[arg-type]
+    return _recorded(lambda recorder: fit(config, run_dir=path, dataset=dataset, callbacks=[*hooks, recorder],
+                                          early_stop=rule), path=path, registry=registry)
+
+
+def _recorded(train: Callable[[Callback], Any], *, path: Path, registry: RegistryChoice) -> Run:
+    """Run ``train`` with a callback that records the run as it starts (``running``), then record its end.
+
+    A run stopped by a signal is recorded as interrupted; one without a completed epoch was discarded, so its
+    start record is forgotten.
+    """
+    recorder = _StartRecorder(registry)
     try:
-        result = fit(config, run_dir=path, dataset=dataset, callbacks=hooks)
+        result = train(recorder)
+    except TrainingInterrupted as stop:
+        if stop.epochs_completed or recorder.resumed:  # a partial run is still a run: listed as interrupted
+            record_runs([path], source="train", registry=registry)
+        else:
+            recorder.forget()
+        raise
     except BaseException:
-        # A partial run (interrupted, diverged, failed after an epoch) is still a run: the registry lists it
-        # with its status. A folder fit() removed (nothing completed) is not recorded.
-        if (path / "history.json").is_file() and (path / "metrics.json").is_file():
+        if not Path(path, "config.json").is_file():  # discarded: nothing left to list
+            recorder.forget()
+        elif Path(path, "metrics.json").is_file():
+            # Diverged or failed after an epoch: still a run, listed with its status.
             with contextlib.suppress(MnistlabError):
                 record_runs([path], source="train", registry=registry)
         raise
@@ -193,6 +240,83 @@ def _fit_and_record(config: TrainConfig, *, path: Path, dataset: Dataset, hooks:
     # The live training module is not handed out: it may sit on a GPU and in training mode. Run.model loads the
     # saved weights (eval mode, CPU), exactly what load(run) gives.
     return Run(result.run_dir, run_id=records[0].id if records else None)
+
+
+class _StartRecorder(Callback):
+    """Records a network run in the registry the moment it starts (state ``running``, pid, host)."""
+
+    def __init__(self, registry: RegistryChoice) -> None:
+        self.registry = registry
+        self.path: Path | None = None
+        self.resumed = False
+
+    def on_train_start(self, *, config: TrainConfig, run_dir: Path, steps_per_epoch: int, samples: int,
+                       device: str = "cpu", precision: str = "fp32") -> None:
+        if config.family != "network":
+            return
+        from mnistlab.runs import HISTORY_JSON, read_json
+
+        self.path = Path(run_dir)
+        history = read_json(self.path / HISTORY_JSON) if (self.path / HISTORY_JSON).is_file() else []
+        self.resumed = bool(history)
+        opened = _open_registry(self.registry)
+        if opened is not None:
+            with opened:
+                opened.record_start(run_dir, config=config.to_dict(), model=config.model, dataset=config.dataset,
+                                    history=history)
+
+    def forget(self) -> None:
+        """Drop the start record of a run that left nothing behind."""
+        opened = _open_registry(self.registry) if self.path is not None else None
+        if opened is not None:
+            with opened, contextlib.suppress(MnistlabError):
+                opened.remove([str(self.path.resolve())])  # type: ignore[union-attr]
+
+
+def resume(
+    run: str | int | os.PathLike[str],
+    *,
+    epochs: int | None = None,
+    threads: int | None = None,
+    device: str | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    changes: dict[str, Any] | None = None,
+    callbacks: Sequence[Callback] = (),
+    progress: Progress = "auto",
+    registry: RegistryChoice = None,
+) -> Run:
+    """Continue a stopped, interrupted, crashed or finished network run (a directory or a registry id) from its
+    last checkpoint: to its configured epochs, or to ``epochs``. On the CPU the result is bit-identical to the
+    run left alone. ``threads`` and ``device`` may change (a device change gives up bit-exactness); any
+    setting in ``changes`` that differs from the run's is refused with one line naming it.
+    """
+    from mnistlab.training import resume as resume_fit
+
+    path = _resume_dir(run, registry=registry)
+    asked = {**(changes or {}), "epochs": epochs, "threads": threads, "device": device,
+             "data_dir": None if data_dir is None else str(data_dir)}
+    check_registry(registry)
+    hooks = [*progress_callbacks(progress), *callbacks]
+    try:
+        return _recorded(lambda recorder: resume_fit(path, changes=asked, callbacks=[*hooks, recorder]),
+                         path=path, registry=registry)
+    finally:
+        for hook in hooks:
+            getattr(hook, "close", lambda: None)()
+
+
+_resume = resume  # train() has a parameter of that name
+
+
+def _resume_dir(run: str | int | os.PathLike[str], *, registry: RegistryChoice) -> Path:
+    """The folder of the run to resume: a directory (even one without a completed epoch) or a registry id."""
+    text = str(run)
+    if Path(text).is_dir() or not (isinstance(run, int) or text.isdigit()):
+        return Path(text)
+    opened = _open_registry(registry if registry is not False else None, create=False)
+    assert opened is not None
+    with opened:
+        return Path(opened.get(int(text)).path)
 
 
 def _remove_if_empty(path: Path) -> None:
@@ -272,8 +396,11 @@ class Run:
 
     @property
     def status(self) -> str:
-        """``completed``, ``stopped`` (by a callback), ``interrupted``, ``diverged``, or ``unknown``."""
-        return str(self.metrics.get("status", "unknown"))
+        """``completed``, ``stopped`` (by a callback), ``interrupted``, ``diverged``, ``running``, ``crashed``
+        (its process is gone without finishing), or ``unknown``."""
+        from mnistlab.runs import run_status
+
+        return run_status(self.path, self.metrics)
 
     @property
     def epochs(self) -> tuple[EpochRecord, ...]:

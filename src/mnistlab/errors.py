@@ -10,13 +10,15 @@ class MnistlabError(Exception):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped by Ctrl-C; ``run_dir`` still holds a valid run of the last completed epoch.
+    """Training stopped by Ctrl-C, SIGTERM or SIGHUP (``signum``); ``run_dir`` still holds a valid, resumable
+    run of the last completed epoch.
 
     A KeyboardInterrupt, so that a notebook's or a sweep's ``except Exception`` does not swallow the user's
     Ctrl-C and carry on.
     """
 
-    def __init__(self, *, run_dir: object, epochs_completed: int) -> None:
+    def __init__(self, *, run_dir: object, epochs_completed: int, signum: int = 2) -> None:
         super().__init__(f"interrupted: {run_dir} holds {epochs_completed} completed epoch(s)")
         self.run_dir = run_dir
         self.epochs_completed = epochs_completed
+        self.signum = int(signum)

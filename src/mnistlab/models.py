@@ -324,7 +324,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], *, model_name: 
 def load_trained_model(run_dir: str | os.PathLike[str], *, device: torch.device | str = "cpu"
                        ) -> tuple[nn.Module, Any]:
     """Rebuild a run's model from ``model.json`` and load ``model.safetensors``; returns (model, RunFiles)."""
-    from mnistlab.runs import WEIGHTS_FILE, read_run
+    from mnistlab.runs import read_run
 
     run = read_run(run_dir)
     name = run.model["name"]
@@ -337,7 +337,7 @@ def load_trained_model(run_dir: str | os.PathLike[str], *, device: torch.device 
                 if custom else f"known: {', '.join(BUILDERS)}")
         raise MnistlabError(f"{run.path}: model {name!r} is not one this mnistlab knows; {hint}")
     model = BUILDERS[name](num_classes=int(run.model.get("num_classes", NUM_CLASSES)))
-    load_weights(model, run.path / WEIGHTS_FILE, model_name=name)
+    load_weights(model, run.weights, model_name=name)
     return to_device(model, device).eval(), run
 
 

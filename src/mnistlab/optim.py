@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -45,12 +46,52 @@ class Optimizer:
         """Apply the rule to ``params`` (the parameters at positions ``chosen``) given their ``grads``."""
         raise NotImplementedError
 
+    # What a checkpoint needs: every per-parameter buffer (tensors) and every number (JSON).
+    SCALARS: tuple[str, ...] = ("lr", "steps")
+    BUFFERS: tuple[str, ...] = ()
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(tensors, scalars): ``BUFFER.i`` -> contiguous CPU copy (absent for a buffer not created yet), and
+        the rule's numbers (lr, step count, betas...), so that :meth:`load_state_dict` continues exactly."""
+        tensors: dict[str, torch.Tensor] = {}
+        for name in self.BUFFERS:
+            for i, buffer in enumerate(getattr(self, name)):
+                if buffer is not None:
+                    tensors[f"{name}.{i}"] = buffer.detach().to("cpu").contiguous().clone()
+        scalars = {"class": type(self).__name__, **{key: getattr(self, key) for key in self.SCALARS}}
+        return tensors, scalars
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], scalars: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output; a buffer keeps its parameter's device and memory layout."""
+        if scalars.get("class") != type(self).__name__:
+            raise ValueError(f"optimizer state of {scalars.get('class')}, not {type(self).__name__}")
+        expected = {f"{name}.{i}" for name in self.BUFFERS for i in range(len(self.params))}
+        if not set(tensors) <= expected:
+            raise ValueError(f"unexpected optimizer tensors {sorted(set(tensors) - expected)[:3]}")
+        for name in self.BUFFERS:
+            buffers = getattr(self, name)
+            for i, param in enumerate(self.params):
+                saved = tensors.get(f"{name}.{i}")
+                if saved is None:
+                    if buffers[i] is not None:
+                        raise ValueError(f"optimizer tensor {name}.{i} is missing")
+                    continue
+                if tuple(saved.shape) != tuple(param.shape):
+                    raise ValueError(f"optimizer tensor {name}.{i} has shape {tuple(saved.shape)}")
+                target = torch.empty_like(param) if buffers[i] is None else buffers[i]
+                buffers[i] = target.copy_(saved)
+        for key in self.SCALARS:
+            setattr(self, key, type(getattr(self, key))(scalars[key]))
+
 
 class KerasRMSprop(Optimizer):
     """``v = rho v + (1 - rho) g^2;  w -= lr g / (sqrt(v) + eps)`` with Keras' rho 0.9 and eps 1e-7.
 
     (``torch.optim.RMSprop``'s defaults, alpha 0.99 and eps 1e-8, are not Keras'.)
     """
+
+    SCALARS = ("lr", "steps", "rho", "eps")
+    BUFFERS = ("square_avg",)
 
     def __init__(self, params: Iterable[torch.nn.Parameter], *, lr: float = 1e-3, rho: float = 0.9,
                  eps: float = 1e-7) -> None:
@@ -71,6 +112,9 @@ class Adam(Optimizer):
     """Adam with bias correction; ``eps`` 1e-7 as in Keras. ``beta1`` may be changed between steps (the
     one-cycle schedule cycles it), with the bias correction using the current value, as ``torch.optim`` does.
     """
+
+    SCALARS = ("lr", "steps", "beta1", "beta2", "eps")
+    BUFFERS = ("exp_avg", "exp_avg_sq")
 
     def __init__(self, params: Iterable[torch.nn.Parameter], *, lr: float = 1e-3, beta1: float = 0.9,
                  beta2: float = 0.999, eps: float = 1e-7) -> None:
@@ -95,6 +139,9 @@ class Adam(Optimizer):
 
 class SGDMomentum(Optimizer):
     """``buf = momentum buf + g;  w -= lr buf`` (the first step's buffer is the gradient itself)."""
+
+    SCALARS = ("lr", "steps", "momentum")
+    BUFFERS = ("buffers",)
 
     def __init__(self, params: Iterable[torch.nn.Parameter], *, lr: float = 1e-2, momentum: float = 0.9) -> None:
         super().__init__(params, lr=lr)
@@ -160,4 +207,16 @@ class OneCycle:
     def step(self) -> None:
         """Advance one step (clamped at the last step, so an extra call is harmless)."""
         self.step_count = min(self.step_count + 1, self.total_steps - 1)
+        self._apply()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The schedule's position and shape (JSON numbers)."""
+        return {"class": "OneCycle", "step_count": self.step_count, "total_steps": self.total_steps,
+                "max_lr": self.max_lr}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s position (the optimizer's lr/beta1 are set from it)."""
+        if state.get("total_steps") != self.total_steps or state.get("max_lr") != self.max_lr:
+            raise ValueError(f"schedule state for {state.get('total_steps')} steps, not {self.total_steps}")
+        self.step_count = int(state["step_count"])
         self._apply()

@@ -146,7 +146,19 @@ class RunRecord:
         """``ok``, ``missing`` (directory deleted) or the run's own status when not completed."""
         if not self.exists:
             return "missing"
+        if self.status == "running":
+            from mnistlab.runs import process_alive
+
+            # Recorded when it started; if its process is gone without recording an end, it crashed.
+            return "crashed" if process_alive(self.metrics) is False else "running"
         return "ok" if self.status in (None, "completed") else str(self.status)
+
+    @property
+    def resume_command(self) -> str | None:
+        """The command that continues the run, for one that crashed or was interrupted (networks only)."""
+        if self.family != "network" or self.state not in ("crashed", "interrupted"):
+            return None
+        return f"mnistlab train --resume {self.path}"
 
     def latest_evaluation(self, split: str = "test") -> EvaluationRecord | None:
         """The run's most recent evaluation on ``split``, if any."""
@@ -403,6 +415,21 @@ class Registry:
         fields = run_fields(run_dir)
         with self._transaction():
             run_id = self._upsert(fields, source=source)
+        return self.get(run_id)
+
+    def record_start(self, run_dir: str | os.PathLike[str], *, config: Mapping[str, Any], model: str,
+                     dataset: str, history: list[dict[str, Any]]) -> RunRecord:
+        """Record a training as it starts (state ``running``, with this process's pid and host), so that a run
+        killed before it could record its end is still listed (as ``crashed``)."""
+        from mnistlab import __version__
+        from mnistlab.runs import process_identity
+
+        fields = {"path": str(Path(run_dir).resolve()), "model": model, "family": "network", "dataset": dataset,
+                  "status": "running", "config": json.dumps(dict(config)), "history": json.dumps(history),
+                  "metrics": json.dumps({"status": "running", **process_identity()}), "git_commit": None,
+                  "versions": json.dumps({"mnistlab": __version__})}
+        with self._transaction():
+            run_id = self._upsert(fields, source="train")
         return self.get(run_id)
 
     def record_evaluation(self, run_dir: str | os.PathLike[str], evaluation: Mapping[str, Any], *,

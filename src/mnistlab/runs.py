@@ -151,6 +151,13 @@ def prepare_run_dir(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise MnistlabError(f"`run_dir` {path}: exists and is not a folder; choose a new folder name")
+    if path.is_dir() and any(path.iterdir()) and _abandoned_before_first_epoch(path):
+        # Killed (SIGKILL, power loss) during its first epoch: nothing worth keeping; reuse the folder.
+        for leftover in path.glob(".*.tmp"):  # a temporary file the kill interrupted
+            leftover.unlink(missing_ok=True)
+        discard_folder(path, names=(*RUN_FILES, STALE_OWNER_FILE))
+        _discard_checkpoint(path)
+        path.mkdir(parents=True, exist_ok=True)
     if path.is_dir() and any(path.iterdir()):
         what = "a run" if (path / CONFIG_FILE).exists() else "files"
         raise MnistlabError(f"`run_dir` {path}: already holds {what}; choose a new folder (runs are never overwritten)")
@@ -178,12 +185,94 @@ def claim_run_dir(path: Path) -> None:
     except OSError as exc:
         raise MnistlabError(f"`run_dir` {path}: cannot write it ({exc.strerror}); choose a writable folder") from None
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump({"pid": os.getpid(), "host": platform.node(), "claimed": _dt.datetime.now(_dt.UTC).isoformat()},
-                  handle)
+        json.dump({**process_identity(), "claimed": _dt.datetime.now(_dt.UTC).isoformat()}, handle)
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` in clock ticks since boot (Linux), which tells a reused pid apart."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[19] if len(fields) > 19 else None
+
+
+def process_identity() -> dict[str, Any]:
+    """This process as a run's owner: pid, host, and the pid's start time."""
+    return {"pid": os.getpid(), "host": platform.node(), "pid_start": _process_start(os.getpid())}
+
+
+def process_alive(identity: dict[str, Any]) -> bool | None:
+    """Whether the process ``identity`` names still runs: None when it ran on another host (cannot tell)."""
+    pid = identity.get("pid")
+    if not isinstance(pid, int) or identity.get("host") != platform.node():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    started = identity.get("pid_start")
+    return started is None or _process_start(pid) in (None, started)
+
+
+def owner_alive(path: Path) -> bool | None:
+    """Whether the process that claimed the run folder ``path`` still runs (None: unknown)."""
+    try:
+        identity = json.loads((path / OWNER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return process_alive(identity) if isinstance(identity, dict) else None
+
+
+def _abandoned_before_first_epoch(path: Path) -> bool:
+    """A run folder whose training died (its owner is gone) before committing an epoch, holding only
+    mnistlab's own files."""
+    from mnistlab.checkpoint import CHECKPOINT_DIR, MANIFEST
+
+    ours = {*RUN_FILES, STALE_OWNER_FILE, CHECKPOINT_DIR}
+    return (all(child.name in ours or child.name.endswith(".tmp") for child in path.iterdir())
+            and not (path / WEIGHTS_FILE).exists() and not (path / CHECKPOINT_DIR / MANIFEST).exists()
+            and owner_alive(path) is False)
+
+
+def _discard_checkpoint(path: Path) -> None:
+    import shutil
+
+    from mnistlab.checkpoint import CHECKPOINT_DIR
+
+    shutil.rmtree(path / CHECKPOINT_DIR, ignore_errors=True)
+
+
+def reclaim_run_dir(path: Path) -> None:
+    """Take over the run folder ``path`` to resume it: refused while its owner still runs.
+
+    The stale ``.owner`` is renamed away first (only one of two racing resumers' renames succeeds), then the
+    folder is claimed with the same exclusive create as a new run.
+    """
+    alive = owner_alive(path)
+    if alive:
+        raise MnistlabError(f"`resume` {path}: still being trained by another process; wait for it or stop it")
+    try:
+        os.replace(path / OWNER_FILE, path / STALE_OWNER_FILE)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise MnistlabError(f"`resume` {path}: cannot take it over ({exc.strerror}); check its permissions") from None
+    claim_run_dir(path)
+
+
+def release_run_dir(path: Path) -> None:
+    """Give back the claim of a run folder (training ended, or a resume was refused before it began)."""
+    (path / OWNER_FILE).unlink(missing_ok=True)
 
 
 OWNER_FILE = ".owner"
-RUN_FILES = (CONFIG_FILE, MODEL_FILE, WEIGHTS_FILE, HISTORY_JSON, HISTORY_CSV, CURVES_PNG, METRICS_FILE, OWNER_FILE)
+STALE_OWNER_FILE = ".owner.stale"
+BEST_FILE = "best.safetensors"  # = checkpoint.BEST: the best epoch's weights of a run with early stopping
+RUN_FILES = (CONFIG_FILE, MODEL_FILE, WEIGHTS_FILE, HISTORY_JSON, HISTORY_CSV, CURVES_PNG, METRICS_FILE, OWNER_FILE,
+             BEST_FILE)
 
 
 def discard_folder(path: str | os.PathLike[str], *, names: tuple[str, ...]) -> None:
@@ -209,6 +298,9 @@ def check_run_dir(path: str | os.PathLike[str]) -> Path:
     if not path.is_dir():
         raise MnistlabError(f"{path}: no such run directory; pass a folder written by `mnistlab train`")
     missing = [name for name in (CONFIG_FILE, MODEL_FILE, WEIGHTS_FILE) if not (path / name).is_file()]
+    if missing == [WEIGHTS_FILE]:
+        raise MnistlabError(f"{path}: a run without a completed epoch yet (still in its first, or killed there); "
+                            f"`mnistlab train --resume {path}` restarts it")
     if missing:
         raise MnistlabError(f"{path}: not a run directory (no {', '.join(missing)}); "
                             "pass a folder written by `mnistlab train`")
@@ -224,6 +316,8 @@ class RunFiles:
     model: dict[str, Any]
     metrics: dict[str, Any] | None
     history: list[dict[str, Any]]
+    # The weights that belong to ``history``: the committed checkpoint's when there is one.
+    weights: Path = Path()
 
 
 def read_run(path: str | os.PathLike[str]) -> RunFiles:
@@ -233,6 +327,12 @@ def read_run(path: str | os.PathLike[str]) -> RunFiles:
     model = read_json(path / MODEL_FILE)
     metrics = read_json(path / METRICS_FILE) if (path / METRICS_FILE).is_file() else None
     history = read_json(path / HISTORY_JSON) if (path / HISTORY_JSON).is_file() else []
+    weights = path / WEIGHTS_FILE
+    committed = _committed(path, history)
+    if committed is not None:
+        # The manifest is the commit point: its history and weights always belong together, while the
+        # top-level copies lag by one epoch if a kill landed between the commit and their update.
+        history, weights = committed
     problems = []
     if not isinstance(config, dict) or not isinstance(config.get("val_split", 0.0), int | float):
         problems.append("config.json")
@@ -246,7 +346,37 @@ def read_run(path: str | os.PathLike[str]) -> RunFiles:
     if problems:
         raise MnistlabError(f"{path}: {', '.join(problems)} {'is' if len(problems) == 1 else 'are'} not what "
                             "mnistlab writes (edited or damaged); restore the file(s) or retrain")
-    return RunFiles(path=path, config=config, model=model, metrics=metrics, history=history)
+    return RunFiles(path=path, config=config, model=model, metrics=metrics, history=history, weights=weights)
+
+
+def _committed(path: Path, top_history: Any) -> tuple[Any, Path] | None:
+    """(history, weights file) from the run's committed checkpoint, or None for a run without one.
+
+    The top-level weights are used when their SHA-256 is the committed one. When the top-level history is
+    behind the manifest (a kill between the commit and the copies), the checkpoint's own weights are used.
+    Otherwise (history current, weights different) the file was replaced after training: it is loaded as it is,
+    and checked as any weights file is.
+    """
+    from mnistlab import checkpoint
+
+    manifest = checkpoint.read_manifest(path)
+    if manifest is None:
+        return None
+    state = checkpoint.committed_state(path, manifest)
+    top = path / WEIGHTS_FILE
+    if top.is_file() and checkpoint.file_sha256(top) == manifest["files"].get(checkpoint.WEIGHTS):
+        return state.get("history"), top
+    if isinstance(top_history, list) and len(top_history) < manifest["epoch"]:
+        return state.get("history"), checkpoint.committed_file(path, manifest, checkpoint.WEIGHTS)
+    return state.get("history"), top
+
+
+def run_status(path: Path, metrics: dict[str, Any] | None) -> str:
+    """The run's status; ``running`` becomes ``crashed`` when the process that trained it is gone."""
+    status = str((metrics or {}).get("status", "unknown"))
+    if status == "running" and process_alive(metrics or {}) is False:
+        return "crashed"
+    return status
 
 
 # -------------------------------------------------------------------------------------------- environment

@@ -11,22 +11,23 @@ test figures are full passes in eval mode.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnistlab import runs
+from mnistlab import checkpoint, runs
 from mnistlab.augment import AugmentSpec, augment_batch, spec_for
 from mnistlab.callbacks import Callback, CallbackList
 from mnistlab.config import TrainConfig
@@ -93,24 +94,62 @@ def build_optimizer(name: str, params: Any, *, lr: float) -> Optimizer:
     raise MnistlabError(f"`optimizer` {name!r} is not one of rmsprop, adam, sgd")
 
 
+# The signals that stop a run the way Ctrl-C does: a terminal closing (SIGHUP), `timeout`, `docker stop` or a
+# cluster scheduler (SIGTERM).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class StopSignal(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP received during training; ``signum`` says which."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stop(signum: int, _frame: object) -> None:
+    raise StopSignal(signum)
+
+
+@contextmanager
+def stop_signals_handled() -> Iterator[None]:
+    """While training, SIGTERM and SIGHUP (and SIGINT) raise :class:`StopSignal`, so each leaves a consistent,
+    resumable run marked ``interrupted``. Outside the main thread (no signal handling there) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, _raise_stop) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 @contextmanager
 def interrupts_deferred() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) until the block ends, then deliver it: files that belong together are written
-    together. Outside the main thread (where signals cannot be handled) it does nothing."""
+    """Hold SIGINT, SIGTERM and SIGHUP until the block ends, then deliver the first one received to the handler
+    that was in place: files that belong together are written together. Outside the main thread it does
+    nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    previous: dict[int, Any] = {signum: signal.signal(signum, lambda signum, _frame: received.append(signum))
+                                for signum in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         if received:
-            if callable(previous):
-                previous(signal.SIGINT, None)
-            elif previous == signal.SIG_DFL:
+            handler = previous[received[0]]
+            if callable(handler):
+                handler(received[0], None)
+            elif received[0] == signal.SIGINT and handler == signal.SIG_DFL:
                 raise KeyboardInterrupt
+            else:
+                signal.raise_signal(received[0])
 
 
 def _write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
@@ -119,22 +158,65 @@ def _write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
 
 
 def _stop_early(run_dir: Path, config: TrainConfig, history: list[EpochRecord], env: dict[str, Any],
-                train_seconds: float, *, status: str, where: dict[str, str]) -> None:
-    """Record why a run stopped before its last epoch; its files still describe the last completed epoch."""
-    if not history:
-        return  # fit() discards a run directory without a single completed epoch
+                train_seconds: float, *, status: str, where: dict[str, str] | None = None) -> None:
+    """Record why a run stopped before its last epoch; its files still describe the last completed epoch.
+
+    (A new run without a completed epoch is then discarded by :func:`fit`; a resumed one keeps the record.)
+    """
     _write_metrics(run_dir, {"status": status, "model": config.model, "epochs_completed": len(history),
-                             "epochs": config.epochs, "train_seconds": round(train_seconds, 3), **where,
+                             "epochs": config.epochs, "train_seconds": round(train_seconds, 3), **(where or {}),
                              "environment": env})
-    _write_curves(run_dir, history, title=f"{config.model} ({status})")
+    if history:
+        _write_curves(run_dir, history, title=f"{config.model} ({status})")
 
 
-def _save_epoch(run_dir: Path, model: nn.Module, history: list[EpochRecord]) -> None:
-    """Checkpoint weights and history; each file is replaced atomically, weights first."""
-    runs.write_bytes_atomic(run_dir / runs.WEIGHTS_FILE, weights_bytes(model))
-    rows = [record.to_dict() for record in history]
+def _save_epoch(run_dir: Path, loop: _Loop, progress: _Progress) -> None:
+    """The epoch's complete checkpoint (one commit point, :mod:`mnistlab.checkpoint`), then the top-level copies
+    of weights and history that other tools read. Call with interrupts deferred."""
+    weights = weights_bytes(loop.model)
+    optimizer_tensors, optimizer_numbers = loop.optimizer.state_dict()
+    tensors = {**{f"optimizer/{k}": v for k, v in optimizer_tensors.items()},
+               **checkpoint.rng_tensors(loop.shuffle, loop.device),
+               "rng/augment": loop.augment_rng.get_state().clone()}
+    rows = [record.to_dict() for record in progress.history]
+    state = {"history": rows, "best": progress.best, "train_seconds": progress.train_seconds,
+             "optimizer": optimizer_numbers, "schedule": loop.schedule.state_dict() if loop.schedule else None,
+             "rng": checkpoint.rng_numbers(), "data_sha256": loop.data_sha256, "config": loop.config.to_dict(),
+             "early_stop": dataclasses.asdict(progress.early_stop) if progress.early_stop else None}
+    checkpoint.commit(run_dir, epoch=len(rows), weights=weights, tensors=tensors, state=state,
+                      best=progress.best_weights)
+    if progress.best_weights is not None:
+        runs.write_bytes_atomic(run_dir / checkpoint.BEST, progress.best_weights)
+    runs.write_bytes_atomic(run_dir / runs.WEIGHTS_FILE, weights)
     runs.write_json_atomic(run_dir / runs.HISTORY_JSON, rows)
     runs.write_text_atomic(run_dir / runs.HISTORY_CSV, runs.history_csv_text(rows))
+
+
+def _restore(loop: _Loop, saved: checkpoint.Checkpoint, progress: _Progress) -> None:
+    """Put model, optimizer, schedule, RNGs and progress back exactly as the checkpoint recorded them."""
+    state = saved.state
+    if state.get("data_sha256") != loop.data_sha256:
+        raise MnistlabError(f"{saved.folder.parent.parent}: the training data differ from the run's "
+                            "(SHA-256 of the images and labels); resume with the run's dataset files")
+    try:
+        loop.model.load_state_dict(saved.weights)
+        if loop.schedule is not None:  # first: it sets lr/beta1, which the optimizer's own numbers then confirm
+            loop.schedule.load_state_dict(state["schedule"])
+        prefix = "optimizer/"
+        loop.optimizer.load_state_dict({k[len(prefix):]: v for k, v in saved.tensors.items() if k.startswith(prefix)},
+                                       state["optimizer"])
+        checkpoint.restore_rng(saved.tensors, state["rng"], loop.shuffle, loop.device)
+        if "rng/augment" in saved.tensors:  # the augmentation stream continues where it stopped
+            loop.augment_rng.set_state(saved.tensors["rng/augment"])
+    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+        raise MnistlabError(f"{saved.folder}: the checkpoint does not fit this run ({str(exc).splitlines()[0]}); "
+                            "retrain the run") from None
+    fields = EpochRecord.__dataclass_fields__
+    progress.history[:] = [EpochRecord(**{k: v for k, v in row.items() if k in fields}) for row in state["history"]]
+    progress.best = state.get("best")
+    progress.train_seconds = float(state.get("train_seconds", 0.0))
+    progress.early_stop = EarlyStop(**state["early_stop"]) if state.get("early_stop") else None
+    progress.best_weights = saved.best
 
 
 def _write_curves(run_dir: Path, history: Sequence[EpochRecord], title: str) -> None:
@@ -150,51 +232,175 @@ def fit(
     dataset: Dataset | None = None,
     callbacks: Sequence[Callback] = (),
     observer: Callback | None = None,
+    early_stop: EarlyStop | None = None,
 ) -> TrainResult:
     """Train (or, for a classical model, fit) ``config.model`` into a new run directory at ``run_dir``.
 
     ``fit`` owns the directory's lifecycle for every kind of model: it claims ``run_dir`` (created; must be new
     or empty), and if the run stops before its first epoch completes (an error, Ctrl-C, divergence), it removes
-    what it wrote, so the folder can be reused. After every epoch the directory holds that epoch's weights and
-    history, so Ctrl-C (raised as :class:`TrainingInterrupted`) leaves a valid run of the last completed
-    epoch. ``callbacks`` (and ``observer``, one more) hear about progress and may stop the run after an epoch.
+    what it wrote, so the folder can be reused. After every epoch the directory holds that epoch's complete
+    checkpoint (:mod:`mnistlab.checkpoint`), so Ctrl-C, SIGTERM or SIGHUP (raised as
+    :class:`TrainingInterrupted`) leave a valid run of the last completed epoch that :func:`resume` continues.
+    ``callbacks`` (and ``observer``, one more) hear about progress and may stop the run after an epoch.
+    ``early_stop`` stops it once its monitored validation figure has not improved for ``patience`` epochs
+    (Keras' EarlyStopping); ``best.safetensors`` then holds the best epoch's weights.
     Same config and seed on the CPU give the same numbers.
     """
     hooks = CallbackList([*callbacks, *([observer] if observer is not None else [])])
-    started = time.perf_counter()
-    device = None
-    if config.family == "network":
-        # Everything that can be refused is checked before the run directory exists.
-        device = resolve_device(config.device)
-        # Set every time (not only when given): the thread count is process-wide, and a previous run in this
-        # process (e.g. reproduce's single-threaded MLP) must not leave the CNN on one thread.
-        torch.set_num_threads(config.threads or DEFAULT_THREADS)
-    if dataset is None:
-        dataset = load_dataset(config.dataset, data_dir=config.data_dir)
-    else:
-        # Record where the data really came from, so evaluate/predict reload the same files.
-        config = dataclasses.replace(config, dataset=dataset.name, data_dir=dataset.data_dir)
+    device = _prepare_device(config)
+    if early_stop is not None:
+        early_stop.check(config)
+    config, dataset = _with_dataset(config, dataset)
     train_idx, val_idx = _split(config, dataset)
     path = runs.prepare_run_dir(run_dir)
-    try:
-        if device is None:
-            from mnistlab.baselines import fit_classical
+    return _run(config, path=path, dataset=dataset, hooks=hooks, device=device, train_idx=train_idx,
+                val_idx=val_idx, saved=None, resumed=False, early_stop=early_stop)
 
-            result = fit_classical(config, run_dir=path, dataset=dataset, callback=hooks,
-                                   fit_indices=train_idx, val_indices=val_idx)
-        else:
-            result = _fit_network(config, run_dir=path, dataset=dataset, hooks=hooks, device=device,
-                                  train_idx=train_idx, val_idx=val_idx)
+
+def resume(
+    run_dir: str | Path,
+    *,
+    changes: Mapping[str, Any] | None = None,
+    dataset: Dataset | None = None,
+    callbacks: Sequence[Callback] = (),
+    observer: Callback | None = None,
+) -> TrainResult:
+    """Continue the network run in ``run_dir`` (stopped, interrupted, crashed or finished) from its last
+    checkpoint to its configured epochs, or to ``changes["epochs"]``.
+
+    ``changes`` holds the settings the caller asked for: each must equal the run's own, except ``epochs``
+    (more), ``threads`` and ``device`` (a note says a device change breaks bit-exactness); anything else is
+    refused with one line naming the difference. On the CPU the result is bit-identical to the run left alone.
+    A run killed in its first epoch (no checkpoint yet) restarts from its seed.
+    """
+    hooks = CallbackList([*callbacks, *([observer] if observer is not None else [])])
+    path = Path(run_dir)
+    stored = _stored_config(path)
+    config, notes = resume_config(stored, dict(changes or {}))
+    device = _prepare_device(config)
+    config, dataset = _with_dataset(config, dataset)
+    train_idx, val_idx = _split(config, dataset)
+    runs.reclaim_run_dir(path)
+    try:
+        saved = checkpoint.load(path)
+        if saved is None and (path / runs.HISTORY_JSON).exists():
+            raise MnistlabError(f"{path}: trained by an mnistlab without full checkpoints (no "
+                                f"{checkpoint.CHECKPOINT_DIR}/{checkpoint.MANIFEST}), so it cannot continue exactly; "
+                                "train a new run")
+        done = saved.epoch if saved is not None else 0
+        finished = _status(path) in ("completed", "stopped")
+        if saved is not None and saved.state.get("early_stop") and _status(path) == "stopped":
+            raise MnistlabError(f"{path}: early stopping ended it after epoch {done}; it does not continue "
+                                "(its best weights are in best.safetensors); train a new run")
+        # A run killed after its last epoch but before its test figures resumes with no epoch left: it is scored.
+        if done > config.epochs or (done == config.epochs and finished):
+            raise MnistlabError(f"{path} already holds {done} of its {config.epochs} epochs; pass `epochs` "
+                                f"above {done} to train it further")
+    except BaseException:
+        runs.release_run_dir(path)
+        raise
+    for note in notes:
+        hooks.on_message(note)
+    return _run(config, path=path, dataset=dataset, hooks=hooks, device=device, train_idx=train_idx,
+                val_idx=val_idx, saved=saved, resumed=True, early_stop=None)
+
+
+def _prepare_device(config: TrainConfig) -> torch.device | None:
+    """The device of a network run (checked before any folder is touched); None for a classical model."""
+    if config.family != "network":
+        return None
+    device = resolve_device(config.device)
+    # Set every time (not only when given): the thread count is process-wide, and a previous run in this
+    # process (e.g. reproduce's single-threaded MLP) must not leave the CNN on one thread.
+    torch.set_num_threads(config.threads or DEFAULT_THREADS)
+    return device
+
+
+def _with_dataset(config: TrainConfig, dataset: Dataset | None) -> tuple[TrainConfig, Dataset]:
+    if dataset is None:
+        return config, load_dataset(config.dataset, data_dir=config.data_dir)
+    # Record where the data really came from, so evaluate/predict reload the same files.
+    return dataclasses.replace(config, dataset=dataset.name, data_dir=dataset.data_dir), dataset
+
+
+def _run(config: TrainConfig, *, path: Path, dataset: Dataset, hooks: CallbackList, device: torch.device | None,
+         train_idx: np.ndarray, val_idx: np.ndarray, saved: checkpoint.Checkpoint | None,
+         resumed: bool, early_stop: EarlyStop | None) -> TrainResult:
+    """Fit into the claimed ``path``; a new run that ends before its first checkpoint leaves nothing."""
+    started = time.perf_counter()
+    try:
+        with stop_signals_handled():
+            if device is None:
+                from mnistlab.baselines import fit_classical
+
+                result = fit_classical(config, run_dir=path, dataset=dataset, callback=hooks,
+                                       fit_indices=train_idx, val_indices=val_idx)
+            else:
+                result = _fit_network(config, run_dir=path, dataset=dataset, hooks=hooks, device=device,
+                                      train_idx=train_idx, val_idx=val_idx, saved=saved, early_stop=early_stop)
     except BaseException:
         # Stopped before the first epoch completed: nothing is worth keeping, and the leftovers would block
-        # reusing the folder.
-        if not (path / runs.HISTORY_JSON).exists():
+        # reusing the folder. (A resumed run keeps its config, so --resume can restart it.)
+        if not resumed and checkpoint.read_manifest(path) is None and not (path / runs.HISTORY_JSON).exists():
+            checkpoint.discard(path)
             runs.discard_run_dir(path)
+        runs.release_run_dir(path)
         raise
     metrics = {**result.metrics, "total_seconds": round(time.perf_counter() - started, 3)}
-    _write_curves(path, result.history, title=f"{config.model} on {dataset.name}")
-    _write_metrics(path, metrics)
+    try:
+        _write_curves(path, result.history, title=f"{config.model} on {dataset.name}")
+        _write_metrics(path, metrics)
+    finally:
+        runs.release_run_dir(path)  # the claim lasts while this process trains: a later --resume may take it
     return dataclasses.replace(result, metrics=metrics)
+
+
+def _status(path: Path) -> str | None:
+    """The status metrics.json records (None without one)."""
+    try:
+        metrics = runs.read_json(path / runs.METRICS_FILE)
+    except MnistlabError:
+        return None
+    return metrics.get("status") if isinstance(metrics, dict) else None
+
+
+def _stored_config(path: Path) -> TrainConfig:
+    """The config of the run to resume, refused with one line when there is nothing resumable."""
+    if not (path / runs.CONFIG_FILE).is_file():
+        raise MnistlabError(f"`resume` {path}: no run there (no {runs.CONFIG_FILE}); pass a folder written by "
+                            "`mnistlab train`")
+    data = runs.read_json(path / runs.CONFIG_FILE)
+    config = TrainConfig.from_dict({k: v for k, v in data.items() if k != "environment"})
+    if config.family != "network":
+        raise MnistlabError(f"`resume` {path}: a classical {config.model} model is fitted in one step; "
+                            "there is nothing to resume (train it again)")
+    return config
+
+
+# Settings a resumed run may change: they do not change what it computes (device: not bit for bit).
+_SAFE_CHANGES = ("epochs", "threads", "device", "data_dir")
+
+
+def resume_config(stored: TrainConfig, changes: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
+    """The config to continue with, and notes; refuses (one line) any change that would alter the run."""
+    notes: list[str] = []
+    for key, value in changes.items():
+        if value is None or key in _SAFE_CHANGES:
+            continue
+        current = stored.model if key == "model" else getattr(stored, key, None)
+        if value != current:
+            name = "model" if key == "model" else f"`{key}`"  # a positional argument in the CLI, not a flag
+            raise MnistlabError(f"{name} {value!r} differs from the run's {current!r}: resuming would change the "
+                                f"run; leave {name} out to continue it, or train a new run")
+    allowed = {key: changes[key] for key in _SAFE_CHANGES if changes.get(key) is not None}
+    epochs = allowed.get("epochs")
+    if epochs is not None and epochs != stored.epochs and stored.schedule == "onecycle":
+        raise MnistlabError(f"`epochs` {epochs}: a onecycle schedule spans the run's {stored.epochs} epochs "
+                            "(its total steps are fixed at the start); resume without `epochs`, or train a new run")
+    if allowed.get("device", stored.device) != stored.device:
+        notes.append(f"resuming on {allowed['device']} (the run trained on {stored.device}): the result will "
+                     "not be bit-identical to the run left alone")
+    return dataclasses.replace(stored, **allowed), notes
 
 
 def _split(config: TrainConfig, dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -233,6 +439,7 @@ class _Loop:
     augment: AugmentSpec
     # Its own stream, so turning augmentation on does not change the shuffle order or the initial weights.
     augment_rng: torch.Generator
+    data_sha256: str               # of the images and labels: a resumed run must train on the same data
 
     @property
     def steps(self) -> int:
@@ -268,7 +475,87 @@ def _setup(config: TrainConfig, dataset: Dataset, device: torch.device, train_id
                  x_val=x_val, y_val=y_val, model=model, optimizer=optimizer, schedule=schedule,
                  shuffle=torch.Generator(device=device).manual_seed(config.seed), channels_last=channels_last,
                  augment=spec_for(config.augment),
-                 augment_rng=torch.Generator(device=device).manual_seed(config.seed + 1))
+                 augment_rng=torch.Generator(device=device).manual_seed(config.seed + 1),
+                 data_sha256=_data_sha256(dataset))
+
+
+def _data_sha256(dataset: Dataset) -> str:
+    """SHA-256 over the train and test images and labels as loaded (whatever file format they came in)."""
+    digest = hashlib.sha256()
+    for split in (dataset.train, dataset.test):
+        for array in (split.images, split.labels):
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    """Keras' ``EarlyStopping(monitor, patience)``: stop once ``monitor`` has not improved (strictly) for
+    ``patience`` epochs in a row. Needs a validation split."""
+
+    patience: int
+    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+
+    def check(self, config: TrainConfig) -> None:
+        """Refuse settings it cannot work with, before anything is written."""
+        if self.monitor not in ("val_loss", "val_accuracy"):
+            raise MnistlabError(f"`monitor` {self.monitor!r} is not one of val_loss, val_accuracy")
+        if not isinstance(self.patience, int) or self.patience < 1:
+            raise MnistlabError(f"`early_stop` must be a whole number of epochs >= 1, got {self.patience}")
+        if config.val_split <= 0:
+            raise MnistlabError(f"`early_stop` watches {self.monitor}, which needs a validation split; "
+                                "pass `val_split`, e.g. 0.1")
+
+    def improved(self, value: float, best: float | None) -> bool:
+        """Whether ``value`` beats ``best`` (lower loss, higher accuracy)."""
+        if best is None:
+            return True
+        return value > best if self.monitor == "val_accuracy" else value < best
+
+
+def early_stop_epoch(values: Sequence[float], rule: EarlyStop) -> int | None:
+    """The 1-based epoch after which ``rule`` stops a run whose monitored figures are ``values``, if any."""
+    best: float | None = None
+    wait = 0
+    for epoch, value in enumerate(values, start=1):
+        if rule.improved(value, best):
+            best, wait = value, 0
+        else:
+            wait += 1
+            if wait >= rule.patience:
+                return epoch
+    return None
+
+
+@dataclass
+class _Progress:
+    """What a run has done so far: the checkpointed part of its state that is not model or optimizer."""
+
+    history: list[EpochRecord] = dataclasses.field(default_factory=list)
+    best: dict[str, Any] | None = None
+    train_seconds: float = 0.0
+    early_stop: EarlyStop | None = None
+    best_weights: bytes | None = None   # the best epoch's weights (safetensors), once a run monitors one
+
+    def note_best(self, row: EpochRecord) -> bool:
+        """Keep the best epoch so far by the early-stop monitor, else by validation loss (training loss without a
+        validation split); True when ``row`` is the new best."""
+        monitor = self.early_stop.monitor if self.early_stop else ("val_loss" if row.val_loss is not None else "loss")
+        rule = self.early_stop or EarlyStop(patience=1)
+        value = getattr(row, monitor)
+        if value is None or not math.isfinite(value):
+            return False
+        if rule.improved(value, None if self.best is None else self.best["value"]):
+            self.best = {"monitor": monitor, "epoch": row.epoch, "value": value}
+            return self.early_stop is not None
+        return False
+
+    def should_stop(self) -> bool:
+        """Whether the early-stop rule ends the run after the last recorded epoch."""
+        if self.early_stop is None:
+            return False
+        values = [getattr(row, self.early_stop.monitor) for row in self.history]
+        return early_stop_epoch(values, self.early_stop) == len(self.history)
 
 
 def _train_epoch(loop: _Loop, hooks: Callback) -> tuple[float, float]:
@@ -298,55 +585,88 @@ def _train_epoch(loop: _Loop, hooks: Callback) -> tuple[float, float]:
 
 
 def _fit_network(config: TrainConfig, *, run_dir: Path, dataset: Dataset, hooks: Callback, device: torch.device,
-                 train_idx: np.ndarray, val_idx: np.ndarray) -> TrainResult:
+                 train_idx: np.ndarray, val_idx: np.ndarray, saved: checkpoint.Checkpoint | None,
+                 early_stop: EarlyStop | None) -> TrainResult:
     """The epochs of a network run, once the run directory is claimed; metrics.json is left to :func:`fit`."""
     loop = _setup(config, dataset, device, train_idx, val_idx, hooks)
+    progress = _Progress(early_stop=early_stop)
+    if saved is not None:
+        _restore(loop, saved, progress)
     env = runs.environment()
     runs.write_json_atomic(run_dir / runs.CONFIG_FILE, {**config.to_dict(), "environment": env})
     record = model_record(config.model, loop.model, class_names=dataset.class_names, dataset=dataset.name,
                           precision=loop.precision)
     runs.write_json_atomic(run_dir / runs.MODEL_FILE, record)
+    _write_metrics(run_dir, {"status": "running", **runs.process_identity(), "model": config.model,
+                             "epochs_completed": len(progress.history), "epochs": config.epochs})
     hooks.on_train_start(config=config, run_dir=run_dir, steps_per_epoch=loop.steps,
                          samples=int(loop.x_train.shape[0]), device=str(device), precision=loop.precision)
-    history: list[EpochRecord] = []
-    train_seconds, stopped_by = 0.0, None
-    where = {"device": str(device), "precision": loop.precision}
+    stopped_by = None
     try:
-        for epoch in range(1, config.epochs + 1):
-            hooks.on_epoch_start(epoch=epoch, epochs=config.epochs, steps=loop.steps)
-            epoch_start = time.perf_counter()
-            train_loss, train_acc = _train_epoch(loop, hooks)
-            epoch_seconds = time.perf_counter() - epoch_start
-            train_seconds += epoch_seconds
-            if not math.isfinite(train_loss):
-                _stop_early(run_dir, config, history, env, train_seconds, status="diverged", where=where)
-                kept = f"{run_dir} keeps epoch {len(history)}" if history else "nothing was kept"
-                raise MnistlabError(f"training diverged in epoch {epoch} (the loss became {train_loss}); "
-                                    f"lower `lr` (it was {config.lr:g}); {kept}")
-            val = None
-            if loop.x_val is not None and loop.y_val is not None:
-                val = evaluate_model(loop.model, loop.x_val, loop.y_val, batch_size=config.eval_batch_size,
-                                     device=device, precision=loop.precision)
-            row = EpochRecord(epoch=epoch, loss=train_loss, accuracy=train_acc,
-                              val_loss=val.loss if val else None, val_accuracy=val.accuracy if val else None,
-                              seconds=round(epoch_seconds, 4), lr=float(loop.optimizer.lr))
-            # Weights and history change together: Ctrl-C waits until both files are replaced.
+        for epoch in range(len(progress.history) + 1, config.epochs + 1):
+            row = _one_epoch(loop, epoch, progress, hooks, run_dir=run_dir, env=env)
+            # Everything of the epoch is committed together: signals wait until the checkpoint is published.
             with interrupts_deferred():
-                history.append(row)
-                _save_epoch(run_dir, loop.model, history)
-            if hooks.on_epoch_end(row) and epoch < config.epochs:
+                progress.history.append(row)
+                if progress.note_best(row):
+                    progress.best_weights = weights_bytes(loop.model)
+                _save_epoch(run_dir, loop, progress)
+            stop = hooks.on_epoch_end(row) or progress.should_stop()
+            if stop and epoch < config.epochs:
                 stopped_by = epoch
                 break
-    except KeyboardInterrupt:
-        _stop_early(run_dir, config, history, env, train_seconds, status="interrupted", where=where)
-        raise TrainingInterrupted(run_dir=run_dir, epochs_completed=len(history)) from None
+        # Inside the try: a signal during the test pass still leaves an `interrupted` run (resume scores it).
+        return _finish_network(loop, dataset, progress.history, record, env, progress.train_seconds, run_dir,
+                               stopped_by)
+    except KeyboardInterrupt as exc:
+        _stop_early(run_dir, config, progress.history, env, progress.train_seconds, status="interrupted",
+                    where=_where(loop))
+        raise TrainingInterrupted(run_dir=run_dir, epochs_completed=len(progress.history),
+                                  signum=getattr(exc, "signum", signal.SIGINT)) from None
     except Exception:
         # Any other failure after an epoch (a callback's bug, a full disk): the run keeps its completed epochs
         # and says it failed, instead of a folder with no metrics.json. Divergence has written its own.
-        if not (run_dir / runs.METRICS_FILE).exists():
-            _stop_early(run_dir, config, history, env, train_seconds, status="failed", where=where)
+        if progress.history and _recorded_status(run_dir) == "running":
+            _stop_early(run_dir, config, progress.history, env, progress.train_seconds, status="failed",
+                        where=_where(loop))
         raise
-    return _finish_network(loop, dataset, history, record, env, train_seconds, run_dir, stopped_by)
+
+
+def _recorded_status(run_dir: Path) -> str | None:
+    try:
+        metrics = runs.read_json(run_dir / runs.METRICS_FILE)
+    except MnistlabError:
+        return None
+    return metrics.get("status") if isinstance(metrics, dict) else None
+
+
+def _where(loop: _Loop) -> dict[str, str]:
+    """Device and precision a run used, for the records of a run that stopped early."""
+    return {"device": str(loop.device), "precision": loop.precision}
+
+
+def _one_epoch(loop: _Loop, epoch: int, progress: _Progress, hooks: Callback, *, run_dir: Path,
+               env: dict[str, Any]) -> EpochRecord:
+    """Train and validate epoch ``epoch``; a diverged loss stops the run with a clear error."""
+    config = loop.config
+    hooks.on_epoch_start(epoch=epoch, epochs=config.epochs, steps=loop.steps)
+    epoch_start = time.perf_counter()
+    train_loss, train_acc = _train_epoch(loop, hooks)
+    epoch_seconds = time.perf_counter() - epoch_start
+    progress.train_seconds += epoch_seconds
+    history = progress.history
+    if not math.isfinite(train_loss):
+        _stop_early(run_dir, config, history, env, progress.train_seconds, status="diverged", where=_where(loop))
+        kept = f"{run_dir} keeps epoch {len(history)}" if history else "nothing was kept"
+        raise MnistlabError(f"training diverged in epoch {epoch} (the loss became {train_loss}); "
+                            f"lower `lr` (it was {config.lr:g}); {kept}")
+    val = None
+    if loop.x_val is not None and loop.y_val is not None:
+        val = evaluate_model(loop.model, loop.x_val, loop.y_val, batch_size=config.eval_batch_size,
+                             device=loop.device, precision=loop.precision)
+    return EpochRecord(epoch=epoch, loss=train_loss, accuracy=train_acc,
+                       val_loss=val.loss if val else None, val_accuracy=val.accuracy if val else None,
+                       seconds=round(epoch_seconds, 4), lr=float(loop.optimizer.lr))
 
 
 def _finish_network(loop: _Loop, dataset: Dataset, history: list[EpochRecord], record: dict[str, Any],

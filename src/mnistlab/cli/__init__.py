@@ -50,13 +50,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except TrainingInterrupted as exc:
         if exc.epochs_completed:
-            print(f"mnistlab: {exc}; `mnistlab evaluate {exc.run_dir}` scores it", file=sys.stderr)
+            print(f"mnistlab: {exc}; `mnistlab evaluate {exc.run_dir}` scores it, "
+                  f"`mnistlab train --resume {exc.run_dir}` continues it", file=sys.stderr)
         else:
             print(f"mnistlab: interrupted before the first epoch completed; {exc.run_dir} was not kept",
                   file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except KeyboardInterrupt:
+        # 128 + the signal, as a shell reports a process a signal ended (130 for Ctrl-C, 143 SIGTERM, 129 SIGHUP).
+        return 128 + exc.signum
+    except KeyboardInterrupt as exc:  # SIGTERM/SIGHUP during training arrive as a KeyboardInterrupt with signum
         print("mnistlab: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return 128 + int(getattr(exc, "signum", EXIT_INTERRUPTED - 128))
     except BrokenPipeError:
         return _quiet_broken_pipe()

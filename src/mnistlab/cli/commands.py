@@ -81,9 +81,14 @@ def summary(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------------------- training
 def train(args: argparse.Namespace) -> int:
-    """``mnistlab train MODEL``: train (or fit) a model into a new run directory and record it."""
+    """``mnistlab train MODEL``: train (or fit) a model into a new run directory and record it;
+    ``mnistlab train --resume RUN``: continue a run from its last checkpoint."""
     from mnistlab.config import parse_option
 
+    if args.resume is not None:
+        return _train_resume(args)
+    if args.model is None:
+        raise MnistlabError("train: name the MODEL to train, or pass --resume RUN to continue a run")
     options = dict(parse_option(args.model, text) for text in args.option or [])
     from mnistlab import api
     from mnistlab.cli import flag_text
@@ -95,11 +100,29 @@ def train(args: argparse.Namespace) -> int:
         progress.translate = flag_text
     run = api.train(
         args.model, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-        seed=args.seed, val_split=args.val_split, device=args.device, threads=args.threads,
-        dataset=args.dataset, data_dir=args.data_dir, precision=args.precision, schedule=args.schedule,
+        seed=args.seed or 0, val_split=args.val_split or 0.0, device=args.device or "auto", threads=args.threads,
+        dataset=args.dataset or "mnist", data_dir=args.data_dir, precision=args.precision, schedule=args.schedule,
         label_smoothing=args.label_smoothing, augment=args.augment, options=options or None, run_dir=args.out,
-        registry=args.registry, progress=False, callbacks=[progress],
+        registry=args.registry, progress=False, callbacks=[progress], early_stop=args.early_stop,
+        monitor=args.monitor,
     )
+    render.train_result(console, run)
+    return 0
+
+
+def _train_resume(args: argparse.Namespace) -> int:
+    """``train --resume RUN``: every flag given besides --epochs/--threads/--device must match the run's."""
+    from mnistlab import api
+
+    if args.out is not None or args.option or args.early_stop is not None:
+        raise MnistlabError("--resume continues the run in its own folder with its own early stopping; "
+                            "leave out --out, --option and --early-stop")
+    changes = {"model": args.model, "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": args.lr,
+               "seed": args.seed, "val_split": args.val_split, "precision": args.precision,
+               "schedule": args.schedule, "label_smoothing": args.label_smoothing, "dataset": args.dataset}
+    console = render.console()
+    run = api.resume(args.resume, epochs=args.epochs, threads=args.threads, device=args.device,
+                     data_dir=args.data_dir, changes=changes, registry=args.registry, progress="auto")
     render.train_result(console, run)
     return 0
 

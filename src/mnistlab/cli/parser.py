@@ -82,17 +82,21 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="train a model and write a run directory",
                                 description="Unset options take the model's recipe; `mnistlab summary MODEL` "
                                             "shows each model's effective defaults.")
-    train.add_argument("model", metavar="MODEL", help=f"a network ({', '.join(MODEL_NAMES)}) or a classical "
-                                                      f"baseline ({', '.join(CLASSICAL_NAMES)})")
+    train.add_argument("model", metavar="MODEL", nargs="?", help=f"a network ({', '.join(MODEL_NAMES)}) or a "
+                                                                 f"classical baseline ({', '.join(CLASSICAL_NAMES)})")
+    train.add_argument("--resume", metavar="RUN", help="continue this run (a folder or run id) from its last "
+                                                       "checkpoint, to its epochs or to --epochs N; other settings "
+                                                       "given must match the run's")
     train.add_argument("--option", action="append", metavar="KEY=VALUE",
                        help="a classical model's hyper-parameter, e.g. k=5 for knn (repeatable)")
     train.add_argument("--epochs", type=int, help="default: the model's recipe (softmax/mlp/cnn: the tutorial's 30)")
     train.add_argument("--batch-size", type=int, help="default: the recipe's (softmax 128, mlp/cnn 200, fast 256)")
     train.add_argument("--optimizer", help=f"one of {', '.join(OPTIMIZER_NAMES)} (default: the recipe's)")
     train.add_argument("--lr", type=float, help="learning rate (default: the recipe's, else Keras' for the optimizer)")
-    train.add_argument("--seed", type=int, default=0, help="seed for weights, shuffling and splits (default 0)")
-    train.add_argument("--val-split", type=float, default=0.0, help="fraction of train held out, in [0, 1)")
-    train.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_NAMES)} (default auto)")
+    # Defaults None (filled in by the handler) so that --resume can tell a given setting from a default.
+    train.add_argument("--seed", type=int, help="seed for weights, shuffling and splits (default 0)")
+    train.add_argument("--val-split", type=float, help="fraction of train held out, in [0, 1) (default 0)")
+    train.add_argument("--device", help=f"one of {', '.join(DEVICE_NAMES)} (default auto)")
     train.add_argument("--threads", type=int, help="CPU threads for torch (default: the recipe's, else all cores)")
     train.add_argument("--precision", help="auto (bf16 where the hardware has it), fp32 or bf16 "
                                            "(default: the recipe's)")
@@ -102,9 +106,14 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
                        help="random warps of each batch: light (slant, size, position), strong (+ elastic, "
                             "stroke width); default none")
     train.add_argument("--out", help="run directory to create (default runs/MODEL-TIMESTAMP)")
+    train.add_argument("--early-stop", type=int, metavar="PATIENCE",
+                       help="stop once --monitor has not improved for PATIENCE epochs (needs --val-split); "
+                            "the best epoch's weights are kept in RUN/best.safetensors")
+    train.add_argument("--monitor", choices=("val_loss", "val_accuracy"), default="val_loss",
+                       help="the figure --early-stop watches (default val_loss)")
     _add_dataset_flags(train)
     _add_registry_flag(train)
-    train.set_defaults(handler=cmd.train)
+    train.set_defaults(handler=cmd.train, dataset=None)
 
 
 def _evaluate_parser(commands: argparse._SubParsersAction) -> None:

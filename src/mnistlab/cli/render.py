@@ -230,6 +230,9 @@ def runs_list(out: Console, records: Sequence[RunRecord], *, registry_path: Any,
             cells.append(fmt(figures.get(sort_column), ".4g"))
         rows.append([*cells, r.state, r.path])
     table(out, headers, rows, title=f"runs in {registry_path}")
+    for r in records:
+        if r.resume_command:
+            out.print(f"run {r.id} {r.state}: `{esc(r.resume_command)}` continues it")
 
 
 def runs_show(out: Console, record: RunRecord) -> None:
