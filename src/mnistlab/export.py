@@ -129,6 +129,8 @@ def export_run(
     if quantize not in QUANTIZE_CHOICES:
         raise MnistlabError(f"--quantize {quantize!r}: choose from {', '.join(QUANTIZE_CHOICES)}")
     check_opset(opset)
+    require("onnx")
+    require("onnxruntime")
     run = read_run(run_dir)
     default_name = "model.int8.onnx" if quantize == "int8" else CACHE_FILE
     if out is None:
@@ -295,12 +297,21 @@ def _with_metadata(data: bytes, metadata: dict[str, str]) -> bytes:
 
 def _quantize_int8(data: bytes) -> bytes:
     """Dynamic int8 quantization (weights int8, activations quantized on the fly) by onnxruntime's tool."""
+    import logging
+
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory(prefix="mnistlab-quant-") as folder:
         source, target = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
         source.write_bytes(data)
-        quantize_dynamic(source, target, weight_type=QuantType.QInt8)
+        # The tool logs advice ("consider pre-processing") on the root logger; it is not a problem here.
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)
+        try:
+            quantize_dynamic(source, target, weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
         return target.read_bytes()
 
 
@@ -324,9 +335,20 @@ def to_input(images: np.ndarray) -> np.ndarray:
     return (np.asarray(images, dtype=np.uint8).astype(np.float32) / np.float32(255.0))[:, None]
 
 
+def require(module: str) -> Any:
+    """Import an optional dependency (onnx, onnxruntime), or say in one line how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MnistlabError(f"{module} is not installed; `pip install 'mnistlab[onnx]'` adds onnx and "
+                            "onnxruntime") from None
+
+
 def _session(data: bytes | str, *, where: str, threads: int | None = None) -> Any:
     """An onnxruntime CPU session; an unreadable model is one line naming the file."""
-    import onnxruntime as ort
+    ort = require("onnxruntime")
 
     options = ort.SessionOptions()
     if threads is not None:
