@@ -151,7 +151,9 @@ def test_linear_baselines_export_as_matmul_add(name: str, classical_runs, tmp_pa
     from mnistlab.export import export_run
     from mnistlab.predict import OnnxPredictor
 
-    path = export_run(classical_runs[name], out=tmp_path / f"{name}.onnx", card=False).path
+    path = export_run(classical_runs[name], out=tmp_path / f"{name}.onnx").path
+    card = (tmp_path / "MODEL_CARD.md").read_text()
+    assert "Fitted with scikit-learn" in card and "| 9 |" in card and "max_train=3000" in card
     assert [node.op_type for node in onnx.load(str(path)).graph.node] == ["Flatten", "MatMul", "Add"]
     model, _ = load_classical_model(classical_runs[name])
     decision = linear_scores(flatten_scaled(mnist.test.images), model.arrays["coef"], model.arrays["intercept"])
@@ -169,11 +171,17 @@ def test_other_classical_models_refuse_in_one_line(classical_runs, tmp_path: Pat
 # ----------------------------------------------------------------------------------------- the command
 def test_export_command_defaults_and_flags(runs, tmp_path: Path, capsys) -> None:
     """Default path RUN/export/model.onnx; --opset is written into the file; bad flags are one line."""
+    from mnistlab import api
+    from mnistlab.export import read_metadata
+
+    record = api.record_runs([runs["softmax"]], source="train")[0]  # given by path, the file names its id
     code, out, err = run_cli(capsys, "export", str(runs["softmax"]), "--opset", "15")
     assert code == 0, err
     target = runs["softmax"] / "export" / "model.onnx"
     assert str(target) in out and "MODEL_CARD.md" in out
     assert onnx.load(str(target)).opset_import[0].version == 15
+    assert read_metadata(target)["run_id"] == str(record.id)
+    assert "Trained 1 epoch, batch" in target.with_name("MODEL_CARD.md").read_text()
     code, _, err = run_cli(capsys, "export", str(runs["softmax"]), "--opset", "5")
     assert_one_line_error(code, err, "--opset", "13..20")
     code, _, err = run_cli(capsys, "export", str(runs["softmax"]), "--out", str(tmp_path))

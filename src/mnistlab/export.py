@@ -453,9 +453,7 @@ def model_card(run: RunFiles, path: Path, metadata: dict[str, str]) -> str:
         + (f" (registry id {metadata['run_id']})" if metadata["run_id"] else "") + ".", "",
         "## What it is", "",
         f"A {metadata['family']} classifier of 28x28 grayscale images into {len(names)} classes "
-        f"({', '.join(names)}); {metadata['params']} parameters. Trained {config.get('epochs')} epochs, batch "
-        f"{config.get('batch_size')}, optimizer {config.get('optimizer')}, seed {config.get('seed')}, "
-        f"in {metadata['trained_precision']} (the export holds the fp32 master weights). "
+        f"({', '.join(names)}); {metadata['params']} parameters. {_training_text(config, metadata)} "
         f"Weights SHA-256 `{metadata['weights_sha256']}`.", "",
         "## Data", "",
         f"Dataset `{metadata['dataset']}` (checksum status at training: {metadata['data_checksums']}). "
@@ -484,6 +482,16 @@ def model_card(run: RunFiles, path: Path, metadata: dict[str, str]) -> str:
         *onnx_example(path.name).splitlines(), "```", "",
     ]
     return "\n".join(lines)
+
+
+def _training_text(config: dict[str, Any], metadata: dict[str, str]) -> str:
+    if metadata["family"] == "classical":
+        options = ", ".join(f"{k}={v}" for k, v in (config.get("options") or {}).items())
+        return f"Fitted with scikit-learn ({options or 'default options'}), seed {config.get('seed')}."
+    epochs = config.get("epochs")
+    return (f"Trained {epochs} epoch{'' if epochs == 1 else 's'}, batch {config.get('batch_size')}, optimizer "
+            f"{config.get('optimizer')}, seed {config.get('seed')}, in {metadata['trained_precision']} (the export "
+            "holds the fp32 master weights).")
 
 
 def _evaluation_lines(evaluation: dict[str, Any], names: list[str]) -> list[str]:

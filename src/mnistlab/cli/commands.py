@@ -337,11 +337,27 @@ def model_source(args: argparse.Namespace) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ export
+def _registered_id(path: Path, registry: str | None) -> int | None:
+    """The registry id of the run at ``path``, or None (not recorded, no registry, or an unreadable one)."""
+    from mnistlab.registry import Registry, default_registry_path
+
+    location = default_registry_path(registry)
+    if not location.is_file() or location.stat().st_size == 0:
+        return None
+    try:
+        with Registry.open(registry, create=False) as opened:
+            return opened.resolve(str(path)).id
+    except MnistlabError:
+        return None
+
+
 def export(args: argparse.Namespace) -> int:
     """``mnistlab export RUN``: the run as an ONNX file with its contract as metadata, and a model card."""
     from mnistlab import api
 
     run = api.load(args.run_dir, registry=args.registry)
+    if run.id is None:  # given by its path: the file still names its registry id, when it has one
+        run.id = _registered_id(run.path, args.registry)
     result = run.export(format=args.format, out=args.out, opset=args.opset, quantize=args.quantize,
                         card=not args.no_card)
     render.export_result(render.console(), result)
