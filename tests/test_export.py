@@ -391,3 +391,25 @@ def test_readme_onnxruntime_example_runs(exported) -> None:
                           check=False)
     assert done.returncode == 0, done.stderr
     assert re.fullmatch(r"\[\d\]", done.stdout.strip())
+
+
+def test_backend_onnx_cache_is_reused_and_rebuilt(runs, tmp_path: Path) -> None:
+    """RUN/export/model.onnx is reused while it matches the weights, and rebuilt when broken or stale."""
+    from mnistlab.export import cached_onnx, file_sha256, read_metadata
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs["softmax"], run_dir, ignore=shutil.ignore_patterns("export", "eval"))
+    first = cached_onnx(run_dir)
+    stamp = first.stat().st_mtime_ns
+    assert cached_onnx(run_dir) == first and first.stat().st_mtime_ns == stamp  # reused, not rewritten
+    first.write_bytes(b"broken")
+    assert read_metadata(cached_onnx(run_dir))["weights_sha256"] == file_sha256(run_dir / "model.safetensors")
+    # New weights (the bias shifted) make the cache stale: it is exported again, from them.
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(run_dir / "model.safetensors"))
+    bias = next(key for key in tensors if key.endswith("bias"))
+    tensors[bias] = tensors[bias] + np.float32(0.5)
+    save_file(tensors, str(run_dir / "model.safetensors"), metadata={"format": "pt"})
+    rebuilt = cached_onnx(run_dir)
+    assert read_metadata(rebuilt)["weights_sha256"] == file_sha256(run_dir / "model.safetensors")

@@ -164,7 +164,6 @@ def export_run(
 def _network_onnx(run: RunFiles, *, opset: int, model: nn.Module | None) -> tuple[bytes, Any]:
     """The network's ONNX bytes (fp32 weights, contiguous layout) and a torch fp32 reference scorer."""
     import copy
-    import io
 
     import torch
 
@@ -176,26 +175,29 @@ def _network_onnx(run: RunFiles, *, opset: int, model: nn.Module | None) -> tupl
     # A copy in fp32, on the CPU, in the default memory layout: the exported graph must not depend on how the
     # run is scored here (channels-last, bf16 autocast), only on its weights. bf16-trained runs keep fp32
     # master weights, so this is the exact function the optimizer produced.
-    module = copy.deepcopy(model).to("cpu", dtype=torch.float32, memory_format=torch.contiguous_format).eval()
+    # torch's type stubs omit Module.to's memory_format keyword, which it accepts (nn.Module.to docs).
+    module = copy.deepcopy(model).to("cpu", dtype=torch.float32,  # type: ignore[call-overload]
+                                     memory_format=torch.contiguous_format).eval()
     example = torch.zeros((2, 1, 28, 28), dtype=torch.float32)
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
+    with tempfile.TemporaryDirectory(prefix="mnistlab-export-") as folder, warnings.catch_warnings():
+        written = Path(folder) / "model.onnx"
         # The TorchScript exporter is deprecated in favour of dynamo (which needs onnxscript); it still
         # writes a plain, exact graph for these feed-forward networks.
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=opset,
+            torch.onnx.export(module, (example,), str(written), dynamo=False, opset_version=opset,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_axes={INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}}, do_constant_folding=True)
         except Exception as exc:  # the exporter's own errors (unsupported op...) have many types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise MnistlabError(f"{run.path}: torch.onnx.export could not export model {run.model['name']!r} "
                                 f"({first}); try another --opset") from None
+        data = written.read_bytes()
 
     def reference(images: np.ndarray) -> np.ndarray:
         return predict_logits(module, images, device="cpu", precision="fp32").numpy()
 
-    return buffer.getvalue(), reference
+    return data, reference
 
 
 def _linear_onnx(run: RunFiles, *, opset: int) -> tuple[bytes, Any]:
