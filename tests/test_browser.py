@@ -39,15 +39,18 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def server_url(trained_cnn_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The real command, `mnistlab serve RUN --port P`, in a subprocess; terminated afterwards."""
+@pytest.fixture(scope="module", params=["torch", "onnx"])
+def server_url(trained_cnn_run: Path, tmp_path_factory: pytest.TempPathFactory,
+               request: pytest.FixtureRequest) -> Iterator[str]:
+    """The real command, `mnistlab serve RUN --port P --backend B`, in a subprocess; terminated afterwards.
+
+    Both backends: the page must work unchanged on torch and on the exported ONNX model (issue 12)."""
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log.open("w") as out:
         process = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", str(trained_cnn_run),
-                                    "--host", "127.0.0.1", "--port", str(port)],
+                                    "--host", "127.0.0.1", "--port", str(port), "--backend", request.param],
                                    stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # torch and the heavier modules load only when a Run needs th
 
     from mnistlab.analysis import Evaluation
     from mnistlab.data import Dataset
+    from mnistlab.export import ExportFormat, ExportResult, Quantize
     from mnistlab.models import ModelSummary
     from mnistlab.predict import Prediction, Predictor
     from mnistlab.registry import Registry, RunRecord
@@ -485,6 +486,17 @@ class Run:
 
             self._predictors[device] = Predictor(self.path, device=device)
         return self._predictors[device]
+
+    def export(self, out: str | os.PathLike[str] | None = None, *, format: ExportFormat = "onnx",
+               opset: int = 17, quantize: Quantize = "none", card: bool = True) -> ExportResult:
+        """Export to ONNX (default ``RUN/export/model.onnx``) with its contract as metadata and MODEL_CARD.md
+        beside it; see :func:`mnistlab.export.export_run`. A network already loaded here (a registered custom
+        model, say) is exported as it is."""
+        from mnistlab.export import export_run
+
+        model = self._model if self.is_network else None
+        return export_run(self.path, out=out, format=format, opset=opset, quantize=quantize, card=card,
+                          run_id=self.id, model=model)
 
     def predict(self, images: Any, *, invert: str = "auto", device: str = "cpu") -> list[Prediction]:
         """Read digits: ``images`` is one image or a list of them: file paths, PIL images, image bytes, or

@@ -1,5 +1,9 @@
 """Prediction: 28x28 uint8 images (from :mod:`mnistlab.imaging`) -> a run's class probabilities.
 
+Two backends with one interface (``predict``, ``probabilities``, ``info``, ``num_classes``, ``class_names``):
+:class:`Predictor` (torch, a run directory) and :class:`OnnxPredictor` (onnxruntime, a file written by
+``mnistlab export``; it never imports torch). :func:`open_predictor` picks one.
+
 :class:`Predictor` loads a run once and scores batches through :func:`mnistlab.inference.predict_logits`, the
 same function (same precision, same batching) that ``evaluate`` uses, so ``predict``/``serve`` and
 ``evaluate`` agree on every image. Softmax is applied here, where probabilities are shown.
@@ -10,12 +14,17 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal, get_args
 
 import numpy as np
 
 from mnistlab.config import EVAL_BATCH_SIZE
+from mnistlab.errors import MnistlabError
 from mnistlab.imaging import SIZE, BadPixels
+
+Backend = Literal["auto", "torch", "onnx"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
 
 
 # ----------------------------------------------------------------------------------------------- predictor
@@ -74,21 +83,14 @@ class Predictor:
         """
         from mnistlab.metrics import softmax
 
-        images = np.asarray(images)
-        if images.ndim == 2:
-            images = images[None]
-        if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (SIZE, SIZE):
-            raise BadPixels(f"images must be uint8 (N, 28, 28), got {images.dtype} {images.shape}")
+        images = _checked_images(images)
         logits = self.network.logits(images, batch_size=self.batch_size)
         return softmax(logits.cpu().numpy().astype(np.float64))
 
     def predict(self, images: np.ndarray | Sequence[np.ndarray]) -> list[Prediction]:
         """One :class:`Prediction` per uint8 28x28 image."""
         batch = np.stack(list(images)) if not isinstance(images, np.ndarray) else images
-        probs = self.probabilities(batch)
-        return [Prediction(label=int(row.argmax()), name=self.class_names[int(row.argmax())],
-                           probabilities=tuple(float(p) for p in row), class_names=self.class_names)
-                for row in probs]
+        return _predictions(self.probabilities(batch), self.class_names)
 
     def info(self) -> dict[str, Any]:
         """What is loaded: model, dataset, classes, parameters, and the run's recorded test accuracy."""
@@ -106,7 +108,128 @@ class Predictor:
             "status": metrics.get("status", "unknown"),
             "device": str(self.device),
             "precision": self.precision,
+            "backend": "torch",
         }
+
+
+def _checked_images(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim == 2:
+        images = images[None]
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (SIZE, SIZE):
+        raise BadPixels(f"images must be uint8 (N, 28, 28), got {images.dtype} {images.shape}")
+    return images
+
+
+def _predictions(probs: np.ndarray, class_names: tuple[str, ...]) -> list[Prediction]:
+    return [Prediction(label=int(row.argmax()), name=class_names[int(row.argmax())],
+                       probabilities=tuple(float(p) for p in row), class_names=class_names)
+            for row in probs]
+
+
+class OnnxPredictor:
+    """An exported ``.onnx`` file (``mnistlab export``) run by onnxruntime, with :class:`Predictor`'s interface.
+
+    Never imports torch: the whole path (image -> 28x28 -> float32 / 255 -> logits -> softmax) is numpy and
+    onnxruntime. onnxruntime sessions are safe to call from several threads at once (the server does).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, batch_size: int = EVAL_BATCH_SIZE,
+                 threads: int | None = None) -> None:
+        from mnistlab.export import load_onnx
+
+        self.path = Path(path)
+        self.batch_size = batch_size
+        self.session, self.metadata = load_onnx(self.path, threads=threads)
+        self.device = "cpu"
+        self.precision = "int8" if self.metadata.get("exported_precision", "").startswith("int8") else "fp32"
+        self.class_names: tuple[str, ...] = tuple(str(n) for n in _json_list(self.metadata.get("class_names")))
+
+    @property
+    def num_classes(self) -> int:
+        """How many classes the loaded model predicts."""
+        return len(self.class_names)
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """float32 logits (N, classes) for uint8 images (N, 28, 28), in batches of ``batch_size``."""
+        from mnistlab.export import INPUT_NAME, OUTPUT_NAME, to_input
+
+        images = _checked_images(images)
+        chunks = [self.session.run([OUTPUT_NAME], {INPUT_NAME: to_input(images[i:i + self.batch_size])})[0]
+                  for i in range(0, len(images), self.batch_size)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.num_classes), np.float32)
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """float64 (N, classes) softmax probabilities for uint8 images (N, 28, 28)."""
+        from mnistlab.metrics import softmax
+
+        return softmax(self.logits(images).astype(np.float64))
+
+    def predict(self, images: np.ndarray | Sequence[np.ndarray]) -> list[Prediction]:
+        """One :class:`Prediction` per uint8 28x28 image."""
+        batch = np.stack(list(images)) if not isinstance(images, np.ndarray) else images
+        return _predictions(self.probabilities(batch), self.class_names)
+
+    def info(self) -> dict[str, Any]:
+        """What is loaded, from the file's metadata (the same keys as :meth:`Predictor.info`)."""
+        meta = self.metadata
+        accuracy = meta.get("test_accuracy")
+        return {
+            "run": Path(meta.get("run_path") or self.path.stem).name,
+            "model": meta.get("model"),
+            "dataset": meta.get("dataset"),
+            "class_names": list(self.class_names),
+            "params": int(meta["params"]) if meta.get("params", "").isdigit() else None,
+            "test_accuracy": float(accuracy) if accuracy else None,
+            "test_count": int(meta["test_count"]) if meta.get("test_count", "").isdigit() else None,
+            "epochs_completed": None,
+            "status": "exported",
+            "device": "cpu (onnxruntime)",
+            "precision": self.precision,
+            "backend": "onnx",
+            "file": str(self.path),
+        }
+
+
+def _json_list(text: str | None) -> list[Any]:
+    import json
+
+    try:
+        value = json.loads(text or "")
+    except ValueError:
+        value = None
+    return value if isinstance(value, list) and value else [str(i) for i in range(10)]
+
+
+AnyPredictor = Predictor | OnnxPredictor
+
+
+def is_onnx_path(source: str | os.PathLike[str]) -> bool:
+    """True for a path naming an exported ONNX file (by its extension)."""
+    return str(source).lower().endswith(".onnx")
+
+
+def open_predictor(source: str | os.PathLike[str], *, backend: Backend = "auto", device: str = "cpu",
+                   threads: int | None = None) -> AnyPredictor:
+    """The predictor for ``source``: a ``.onnx`` file (onnxruntime) or a run directory (torch, or with
+    ``backend="onnx"`` its export, made on first use in a child process and cached in ``RUN/export/``).
+
+    The onnx paths never import torch in this process.
+    """
+    if backend not in BACKENDS:
+        raise MnistlabError(f"--backend {backend!r}: choose from {', '.join(BACKENDS)}")
+    if is_onnx_path(source):
+        if backend == "torch":
+            raise MnistlabError(f"{source}: an ONNX file runs on --backend onnx (or auto), not torch; "
+                                "pass the run directory for torch")
+        return OnnxPredictor(source, threads=threads)
+    if backend == "onnx":
+        if device not in ("cpu", "auto"):
+            raise MnistlabError(f"--device {device}: the onnx backend runs on the CPU; use --backend torch")
+        from mnistlab.export import cached_onnx
+
+        return OnnxPredictor(cached_onnx(source), threads=threads)
+    return Predictor(source, device=device)
 
 
 def format_percent(p: float) -> str:

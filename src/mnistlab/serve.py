@@ -49,7 +49,7 @@ from mnistlab.imaging import (
     UnreadableImage,
     prepare_image,
 )
-from mnistlab.predict import Predictor
+from mnistlab.predict import AnyPredictor, Predictor, open_predictor
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundary lines and part headers on top of the image itself
 BODY_READ_SECONDS = 30.0        # a client that trickles its upload slower than this gets 408
@@ -115,7 +115,7 @@ def status_for(exc: MnistlabError) -> int:
 def create_app(
     *,
     run_dir: str | os.PathLike[str] | None = None,
-    predictor: Predictor | None = None,
+    predictor: AnyPredictor | None = None,
     device: str = "cpu",
     limits: ServeLimits | None = None,
 ) -> FastAPI:
@@ -332,19 +332,22 @@ def check_port(host: str, port: int) -> None:
 
 
 def serve(*, run_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
-          access_log: bool = True, threads: int | None = 1) -> None:
-    """Load ``run_dir`` and serve the page and API with uvicorn until Ctrl-C.
+          access_log: bool = True, threads: int | None = 1, backend: str = "auto") -> None:
+    """Load ``run_dir`` (a run, or a ``.onnx`` file) and serve the page and API with uvicorn until Ctrl-C.
 
-    ``threads`` caps torch's intra-op threads: one image is too small to split, and on a small machine the
-    HTTP loop needs the other cores.
+    ``threads`` caps the engine's intra-op threads: one image is too small to split, and on a small machine
+    the HTTP loop needs the other cores. ``backend``: see :func:`mnistlab.predict.open_predictor` (the onnx
+    backend never imports torch).
     """
-    import torch
     import uvicorn
 
     check_port(host, port)
-    if threads is not None:
+    predictor = open_predictor(run_dir, backend=backend, device=device, threads=threads)  # type: ignore[arg-type]
+    if threads is not None and isinstance(predictor, Predictor):
+        import torch
+
         torch.set_num_threads(threads)
-    app = create_app(run_dir=run_dir, device=device)
+    app = create_app(predictor=predictor)
     shown_host = f"[{host}]" if ":" in host else host
     print(f"mnistlab: serving {Path(run_dir)} on http://{shown_host}:{port}/  "
           "(API docs: /docs; Ctrl-C stops)", flush=True)

@@ -300,12 +300,11 @@ def predict(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from mnistlab import api
     from mnistlab.imaging import encode_png, expand_image_paths, prepare_image
-    from mnistlab.predict import Predictor, format_percent
+    from mnistlab.predict import format_percent, open_predictor
     from mnistlab.runs import write_bytes_atomic
 
-    run_dir = api.resolve_run_dir(args.run_dir, registry=args.registry)
+    run_dir = model_source(args)
     if args.top < 1:
         raise MnistlabError(f"--top must be >= 1, got {args.top}")
     paths = expand_image_paths(args.images)
@@ -319,7 +318,7 @@ def predict(args: argparse.Namespace) -> int:
             failed[path] = str(exc)
     if len(paths) == 1 and failed:
         raise MnistlabError(failed[paths[0]])
-    predictor = Predictor(run_dir, device=args.device)
+    predictor = open_predictor(run_dir, backend=args.backend, device=args.device)
     if args.top > predictor.num_classes:
         raise MnistlabError(f"--top must be at most {predictor.num_classes} (the model's classes), got {args.top}")
     good = list(prepared)
@@ -352,9 +351,48 @@ def predict(args: argparse.Namespace) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     """``mnistlab serve RUN``: the draw-a-digit page and the JSON API, until Ctrl-C."""
-    from mnistlab import api
     from mnistlab.serve import serve as run_server
 
-    run_dir = api.resolve_run_dir(args.run_dir, registry=args.registry)
-    run_server(run_dir=run_dir, host=args.host, port=args.port, device=args.device, access_log=not args.quiet)
+    run_dir = model_source(args)
+    run_server(run_dir=run_dir, host=args.host, port=args.port, device=args.device, access_log=not args.quiet,
+               backend=args.backend)
+    return 0
+
+
+def model_source(args: argparse.Namespace) -> Path:
+    """``predict``/``serve``'s MODEL: a .onnx file as given, else a run directory (a path or a registry id)."""
+    from mnistlab.predict import is_onnx_path
+
+    if is_onnx_path(args.run_dir):
+        return Path(args.run_dir)
+    from mnistlab import api
+
+    return api.resolve_run_dir(args.run_dir, registry=args.registry)
+
+
+# ------------------------------------------------------------------------------------------------ export
+def _registered_id(path: Path, registry: str | None) -> int | None:
+    """The registry id of the run at ``path``, or None (not recorded, no registry, or an unreadable one)."""
+    from mnistlab.registry import Registry, default_registry_path
+
+    location = default_registry_path(registry)
+    if not location.is_file() or location.stat().st_size == 0:
+        return None
+    try:
+        with Registry.open(registry, create=False) as opened:
+            return opened.resolve(str(path)).id
+    except MnistlabError:
+        return None
+
+
+def export(args: argparse.Namespace) -> int:
+    """``mnistlab export RUN``: the run as an ONNX file with its contract as metadata, and a model card."""
+    from mnistlab import api
+
+    run = api.load(args.run_dir, registry=args.registry)
+    if run.id is None:  # given by its path: the file still names its registry id, when it has one
+        run.id = _registered_id(run.path, args.registry)
+    result = run.export(format=args.format, out=args.out, opset=args.opset, quantize=args.quantize,
+                        card=not args.no_card)
+    render.export_result(render.console(), result)
     return 0

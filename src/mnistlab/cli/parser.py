@@ -133,11 +133,35 @@ def _evaluate_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(handler=cmd.evaluate)
 
 
+BACKEND_CHOICES = ("auto", "torch", "onnx")  # = mnistlab.predict.BACKENDS (kept here so --help stays light)
+_MODEL_HELP = ("a run directory, a run id from `mnistlab runs list`, or a .onnx file from `mnistlab export` "
+               "(runs on onnxruntime, without torch)")
+_BACKEND_HELP = ("auto (default): onnxruntime for a .onnx file, torch for a run; onnx: export the run once "
+                 "(cached in RUN/export/) and run it on onnxruntime, without torch")
+
+
+def _export_parser(commands: argparse._SubParsersAction) -> None:
+    from mnistlab.cli import commands as cmd
+
+    export = commands.add_parser("export", help="export a run to ONNX (with its contract as metadata) and write "
+                                                "a model card beside it")
+    _add_run_argument(export)
+    export.add_argument("--format", default="onnx", choices=("onnx",), help="file format (default onnx)")
+    export.add_argument("--out", metavar="PATH", help="the .onnx file to write (default RUN/export/model.onnx)")
+    export.add_argument("--opset", type=int, default=17, help="ONNX opset, 13..20 (default 17)")
+    export.add_argument("--quantize", default="none", choices=("none", "int8"),
+                        help="int8: dynamic int8 quantization by onnxruntime (smaller; slightly different "
+                             "logits)")
+    export.add_argument("--no-card", action="store_true", help="do not write MODEL_CARD.md beside the file")
+    _add_registry_flag(export)
+    export.set_defaults(handler=cmd.export)
+
+
 def _predict_parsers(commands: argparse._SubParsersAction) -> None:
     from mnistlab.cli import commands as cmd
 
     predict = commands.add_parser("predict", help="read the digit in image files with a trained run")
-    _add_run_argument(predict)
+    predict.add_argument("run_dir", metavar="MODEL", help=_MODEL_HELP)
     predict.add_argument("images", metavar="IMAGE", nargs="+", help="image files; a folder means its images")
     predict.add_argument("--top", type=int, default=3, help="how many classes to list per image (default 3)")
     predict.add_argument("--json", action="store_true", help="print JSON (all probabilities) for scripts")
@@ -147,15 +171,17 @@ def _predict_parsers(commands: argparse._SubParsersAction) -> None:
                          help="auto (default): detect dark ink on light paper; yes: force it; "
                               "no: the image is already light ink on dark")
     predict.add_argument("--device", default="cpu", help=f"one of {', '.join(DEVICE_NAMES)} (default cpu)")
+    predict.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help=_BACKEND_HELP)
     _add_registry_flag(predict)
     predict.set_defaults(handler=cmd.predict)
 
     serve = commands.add_parser("serve", help="serve the draw-a-digit page and a JSON API for a trained run")
-    _add_run_argument(serve)
+    serve.add_argument("run_dir", metavar="MODEL", help=_MODEL_HELP)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--device", default="cpu", help=f"one of {', '.join(DEVICE_NAMES)} (default cpu)")
     serve.add_argument("--quiet", action="store_true", help="no access log (one line per request)")
+    serve.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help=_BACKEND_HELP)
     _add_registry_flag(serve)
     serve.set_defaults(handler=cmd.serve)
 
@@ -214,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="mnistlab", description="MNIST done properly: data, models, training, evaluation.")
     parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
-    for add in (_data_parsers, _train_parser, _evaluate_parser, _predict_parsers, _reproduce_parser, _runs_parsers):
+    for add in (_data_parsers, _train_parser, _evaluate_parser, _predict_parsers, _export_parser, _reproduce_parser,
+                _runs_parsers):
         add(commands)
     return parser

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from mnistlab.api import Run
     from mnistlab.compare import Comparison
     from mnistlab.config import ModelInfo, TrainConfig
+    from mnistlab.export import ExportResult
     from mnistlab.models import ModelSummary
     from mnistlab.registry import RunRecord
     from mnistlab.reproduce import ExperimentResult, ReproduceResult
@@ -272,3 +273,17 @@ def comparison(out: Console, result: Comparison) -> None:
             out.print(f"[yellow]{esc(column.label)}[/yellow]: {esc(column.note)}")
     out.print(f"curves: {esc(result.files.get('curves_png', '(no history)'))}")
     out.print(f"report: {esc(result.html)}")
+
+
+# ------------------------------------------------------------------------------------------------ export
+def export_result(out: Console, result: ExportResult) -> None:
+    """``export``: the file written, its size and check, the model card."""
+    kind = "int8 (dynamic quantization)" if result.quantize == "int8" else "fp32"
+    check = (f"differs from fp32 by at most {result.self_check_max_abs_diff:.3g} in logits" if result.quantize == "int8"
+             else f"matches the run's scorer to {result.self_check_max_abs_diff:.2g} in logits")
+    out.print(f"wrote {esc(result.path)} ({result.size_bytes / 1024:,.1f} KiB, {kind}, ONNX opset {result.opset}; "
+              f"onnxruntime {check})")
+    out.print(f"input {result.metadata['input_name']} float32 N x 1 x 28 x 28 in [0, 1] -> "
+              f"{result.metadata['output_name']} N x {len(result.metadata['class_names'].split(','))}")
+    if result.card is not None:
+        out.print(f"model card: {esc(result.card)}")
