@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnistlab.data import FILE_STEMS, write_idx
+from mnistlab.config import TrainConfig
+from mnistlab.data import FILE_STEMS, load_dataset, write_idx
+from mnistlab.training import fit
 from tests.systemdeps import CheckoutGuard, SystemDependencies
 
 CHECKOUT = Path(__file__).resolve().parents[1]
@@ -103,4 +105,12 @@ def trained_cnn_run(tmp_path_factory: pytest.TempPathFactory, mnist) -> Path:
 
     run_dir = tmp_path_factory.mktemp("runs") / "cnn"
     fit(TrainConfig.for_model("cnn", epochs=1, device="cpu"), run_dir=run_dir, dataset=mnist)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def mlp_run(tmp_path_factory: pytest.TempPathFactory, tiny_data_dir_shared: Path) -> Path:
+    run_dir = tmp_path_factory.mktemp("edge") / "mlp"
+    fit(TrainConfig.for_model("mlp", epochs=1, batch_size=64, device="cpu"), run_dir=run_dir,
+        dataset=load_dataset(data_dir=tiny_data_dir_shared))
     return run_dir

@@ -16,6 +16,9 @@ import pytest
 from PIL import Image
 
 from mnistlab import runs
+from mnistlab.cli import main
+from mnistlab.config import TrainConfig
+from mnistlab.errors import MnistlabError
 from tests.clitools import assert_one_line_error, run_cli
 
 
@@ -230,3 +233,27 @@ def test_a_refused_reproduce_leaves_no_folder(capsys, tmp_path: Path, monkeypatc
     code, _, err = run_cli(capsys, "reproduce", "--quick", "--device", "bogus", "--out", str(tmp_path / "r"))
     assert code == 2
     assert list(tmp_path.iterdir()) == []
+
+
+def test_negative_seed_is_a_flag_error_and_leaves_nothing(capsys, tmp_path: Path, tiny_data_dir: Path) -> None:
+    code, _, err = run_cli(capsys, "train", "mlp", "--seed", "-1", "--data-dir", str(tiny_data_dir),
+                           "--out", str(tmp_path / "r"))
+    assert_one_line_error(code, err, "--seed")
+    assert not (tmp_path / "r").exists()
+
+
+def test_output_path_that_is_a_folder(capsys, tmp_path: Path) -> None:
+    (tmp_path / "folder").mkdir()
+    code, _, err = run_cli(capsys, "data", "show", "--out", str(tmp_path / "folder"))
+    assert_one_line_error(code, err, "is a folder")
+    code, _, err = run_cli(capsys, "data", "show", "--out", "")
+    assert_one_line_error(code, err)
+
+
+def test_invalid_precision_and_schedule_flags(capsys) -> None:
+    assert main(["train", "fast", "--precision", "fp8"]) == 2
+    assert "--precision 'fp8'" in capsys.readouterr().err
+    assert main(["train", "fast", "--schedule", "cosine"]) == 2
+    assert "--schedule 'cosine'" in capsys.readouterr().err
+    with pytest.raises(MnistlabError, match="`label_smoothing`"):
+        TrainConfig.for_model("fast", label_smoothing=1.0)

@@ -87,3 +87,9 @@ def test_published_figures_name_the_nearest_method() -> None:
 def test_wrong_types_from_python_callers_are_one_clear_error(overrides: dict, message: str) -> None:
     with pytest.raises(MnistlabError, match=message):
         TrainConfig.for_model("mlp", **overrides)
+
+
+def test_fast_recipe_is_fixed_in_code() -> None:
+    config = TrainConfig.for_model("fast")
+    assert (config.epochs, config.batch_size, config.optimizer, config.schedule) == (1, 256, "adam", "onecycle")
+    assert config.lr == 1.6e-2 and config.label_smoothing == 0.1

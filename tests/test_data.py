@@ -484,3 +484,39 @@ def test_data_info_on_a_bomb_folder_in_a_real_process(tmp_path: Path, case: str,
     peak = int(rss_file.read_text())
     # The goal: peak RSS <= the declared data size + 200 MB (the interpreter, numpy and the other files).
     assert peak <= declared + 200_000_000, f"peak RSS {peak:,} bytes"
+
+
+def test_sha256sums_of_the_gz_files_are_verified(tmp_path: Path) -> None:
+    directory = write_dataset_dir(tmp_path / "d")
+    lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}" for p in sorted(directory.glob("*.gz"))]
+    (directory / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+    assert load_dataset(data_dir=directory).checksums == "verified"
+    path = directory / (FILE_STEMS["train_labels"] + ".gz")
+    raw = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(raw, compresslevel=1))   # same content, other bytes: the file sum catches it
+    with pytest.raises(MnistlabError, match="SHA-256 of the file"):
+        load_dataset(data_dir=directory)
+
+
+def test_partial_sha256sums_is_not_called_verified(tmp_path: Path) -> None:
+    directory = write_dataset_dir(tmp_path / "d")
+    one = directory / (FILE_STEMS["test_labels"] + ".gz")
+    (directory / "SHA256SUMS").write_text(f"{hashlib.sha256(one.read_bytes()).hexdigest()}  {one.name}\n")
+    assert load_dataset(data_dir=directory).checksums == "partly verified"
+    (directory / "SHA256SUMS").write_text("00" * 32 + "  something-else\n")
+    assert load_dataset(data_dir=directory).checksums == "no checksums"
+
+
+def test_unreadable_sha256sums(tmp_path: Path) -> None:
+    directory = write_dataset_dir(tmp_path / "d")
+    (directory / "SHA256SUMS").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(MnistlabError, match="SHA256SUMS: not a readable sha256sum list"):
+        load_dataset(data_dir=directory)
+
+
+def test_empty_idx_files_are_rejected(tmp_path: Path) -> None:
+    directory = write_dataset_dir(tmp_path / "d")
+    write_idx(directory / (FILE_STEMS["test_images"] + ".gz"), np.zeros((0, 28, 28), np.uint8))
+    write_idx(directory / (FILE_STEMS["test_labels"] + ".gz"), np.zeros(0, np.uint8))
+    with pytest.raises(MnistlabError, match="hold no images"):
+        load_dataset(data_dir=directory)

@@ -3,10 +3,15 @@ replacing torch's CUDA queries, since CI has no GPU)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
-from mnistlab import device
+from mnistlab import device, runs
+from mnistlab.cli import main
+from mnistlab.device import resolve_precision
 from mnistlab.errors import MnistlabError
 
 CPU = torch.device("cpu")
@@ -65,3 +70,35 @@ def test_devices() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(MnistlabError, match="no CUDA GPU is available"):
             device.resolve_device("cuda")
+
+
+CPU = torch.device("cpu")
+
+
+def test_precision_fp32_is_always_honoured() -> None:
+    assert resolve_precision("fp32", CPU) == ("fp32", None)
+
+
+def test_precision_auto_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("auto", CPU) == ("bf16", None)
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
+    assert resolve_precision("auto", CPU) == ("fp32", None)
+
+
+def test_bf16_without_hardware_support_falls_back_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
+    precision, note = resolve_precision("bf16", CPU)
+    assert precision == "fp32"
+    assert note is not None and "no native bf16" in note and "fp32" in note
+
+
+def test_cli_prints_the_fallback_note_and_records_fp32(monkeypatch, capsys, tmp_path: Path,
+                                                        tiny_data_dir: Path) -> None:
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
+    code = main(["train", "softmax", "--epochs", "1", "--precision", "bf16", "--device", "cpu",
+                 "--data-dir", str(tiny_data_dir), "--out", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert code == 0 and "no native bf16" in out
+    assert json.loads((tmp_path / "r" / runs.METRICS_FILE).read_text())["precision"] == "fp32"
+    assert json.loads((tmp_path / "r" / runs.MODEL_FILE).read_text())["precision"] == "fp32"

@@ -366,3 +366,19 @@ def test_a_fifo_is_refused_instead_of_hanging(tmp_path) -> None:
     code = "import sys\nfrom mnistlab.imaging import prepare_image\nprepare_image(sys.argv[1])\n"
     done = subprocess.run([sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "not a regular file" in done.stderr
+
+
+def _tiff(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="TIFF")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("payload", "message"), [
+    (_tiff(Image.new("LAB", (40, 40))), "LAB colour mode"),
+    (_tiff(Image.fromarray(np.full((40, 40), np.nan, np.float32), mode="F")), "NaN"),
+    ([[10**400] * 28] * 28, "too large"),
+])
+def test_odd_images_and_arrays_are_user_errors(payload, message: str) -> None:
+    with pytest.raises(MnistlabError, match=message):
+        prepare_image(payload)

@@ -152,3 +152,15 @@ def test_sgd_momentum_matches_the_formula() -> None:
 def test_unknown_optimizer() -> None:
     with pytest.raises(MnistlabError, match="`optimizer` 'lion'"):
         build_optimizer("lion", [nn.Parameter(torch.zeros(1))], lr=0.1)
+
+
+def test_fast_model_shapes_and_size() -> None:
+    model = build_model("fast")
+    summary = summarize(model, name="fast")
+    convs = [row.output_shape for row in summary.layers if row.kind == "Conv2d"]
+    assert convs == [(None, 16, 14, 14), (None, 32, 14, 14), (None, 64, 7, 7)]
+    assert summary.layers[-1].output_shape == (None, 10)
+    # convs without bias (BatchNorm follows), BatchNorm scale+shift, the classifier.
+    expected = (16 * 16) + (32 * 16 * 9) + (64 * 32 * 9) + 2 * (16 + 32 + 64) + (576 * 10 + 10)
+    assert count_parameters(model) == expected
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 3

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import itertools
 import json
 import sys
 from collections.abc import Callable, Iterable
@@ -24,8 +25,10 @@ import pytest
 import torch
 from torch import nn
 
+from mnistlab.errors import MnistlabError
+from mnistlab.models import build_model
 from mnistlab.optim import KerasRMSprop
-from mnistlab.training import build_optimizer
+from mnistlab.training import build_optimizer, build_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "keras_legacy_rmsprop.json"
@@ -143,3 +146,86 @@ def test_live_against_tf_keras() -> None:
     assert max_gap(ours, recorder.keras3_trajectory(initial, grads), ["tiny"]) > 1000 * TOLERANCE
     rerun = recorder.legacy_trajectory(arrays(fixture()["initial"]), arrays(fixture()["gradients"]))
     assert max_gap(rerun, arrays(fixture()["trajectories"]["legacy"]), rerun) <= TOLERANCE
+
+
+def test_onecycle_schedule_shape() -> None:
+    """Warm-up over the first 25% of steps to the peak lr, then annealing to (almost) zero."""
+    param = nn.Parameter(torch.zeros(1))
+    optimizer = build_optimizer("adam", [param], lr=5e-3)
+    schedule = build_schedule("onecycle", optimizer, lr=5e-3, total_steps=100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(optimizer.lr)
+        param.grad = torch.ones(1)
+        optimizer.step()
+        schedule.step()
+    peak = max(range(100), key=lrs.__getitem__)
+    assert abs(peak - 25) <= 1
+    assert lrs[peak] == pytest.approx(5e-3)
+    assert lrs[0] == pytest.approx(5e-3 / 25)       # OneCycle's default div_factor
+    assert lrs[-1] < 1e-5
+    assert all(a <= b for a, b in itertools.pairwise(lrs[:peak + 1]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[peak:]))
+
+
+@pytest.mark.parametrize("total", [7, 40, 235])
+def test_onecycle_matches_torch_onecycle_lr(total: int) -> None:
+    """Same learning rates and Adam beta1 as torch.optim.lr_scheduler.OneCycleLR at every step."""
+    ours_param, torch_param = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(3))
+    ours = build_optimizer("adam", [ours_param], lr=0.016)
+    schedule = build_schedule("onecycle", ours, lr=0.016, total_steps=total)
+    reference = torch.optim.Adam([torch_param], lr=0.016)
+    torch_schedule = torch.optim.lr_scheduler.OneCycleLR(reference, max_lr=0.016, total_steps=total,
+                                                         pct_start=0.25)
+    for _ in range(total):
+        assert ours.lr == pytest.approx(reference.param_groups[0]["lr"], rel=1e-12)
+        assert ours.beta1 == pytest.approx(reference.param_groups[0]["betas"][0], rel=1e-12)
+        for param in (ours_param, torch_param):
+            param.grad = torch.ones(3)
+        ours.step()
+        reference.step()
+        schedule.step()
+        if torch_schedule.last_epoch < total - 1:
+            torch_schedule.step()
+
+
+@pytest.mark.parametrize(("name", "make_reference"), [
+    ("rmsprop", lambda ps: torch.optim.RMSprop(ps, lr=1e-3, alpha=0.9, eps=1e-7)),
+    ("adam", lambda ps: torch.optim.Adam(ps, lr=1e-3, betas=(0.9, 0.999), eps=1e-7)),
+    ("sgd", lambda ps: torch.optim.SGD(ps, lr=1e-2, momentum=0.9)),
+])
+def test_optimizers_match_torch_optim(name: str, make_reference) -> None:
+    """Our fused optimizers against torch.optim configured the same way, on a real model's gradients."""
+    torch.manual_seed(0)
+    model = build_model("cnn")
+    twin = build_model("cnn")
+    twin.load_state_dict(model.state_dict())
+    ours = build_optimizer(name, model.parameters(), lr={"sgd": 1e-2}.get(name, 1e-3))
+    reference = make_reference(twin.parameters())
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    for _ in range(5):
+        for net, optimizer in ((model, ours), (twin, reference)):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            optimizer.step()
+    for (key, mine), theirs in zip(model.state_dict().items(), twin.state_dict().values(), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_optimizer_skips_parameters_without_gradients() -> None:
+    used, unused = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(2))
+    optimizer = build_optimizer("adam", [used, unused], lr=0.1)
+    used.grad = torch.ones(2)
+    optimizer.step()
+    assert torch.all(used < 1) and torch.equal(unused.detach(), torch.ones(2))
+
+
+def test_constant_schedule_is_none() -> None:
+    optimizer = build_optimizer("sgd", [nn.Parameter(torch.zeros(1))], lr=0.1)
+    assert build_schedule("constant", optimizer, lr=0.1, total_steps=10) is None
+
+
+def test_bad_schedule_name_in_library() -> None:
+    with pytest.raises(MnistlabError, match="`schedule`"):
+        build_schedule("cosine", build_optimizer("sgd", [nn.Parameter(torch.zeros(1))], lr=0.1), lr=0.1,
+                       total_steps=5)

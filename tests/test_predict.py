@@ -16,8 +16,12 @@ from PIL import Image
 
 from mnistlab.cli import INVERT_CHOICES as CLI_INVERT_CHOICES
 from mnistlab.cli import main
+from mnistlab.config import TrainConfig
+from mnistlab.data import load_dataset
 from mnistlab.imaging import INVERT_CHOICES, prepare_image
 from mnistlab.predict import Predictor
+from mnistlab.training import fit
+from tests.clitools import assert_one_line_error, run_cli
 from tests.imagekit import digit_strokes, encode, mnist_on_paper, photo_of, render_strokes
 from tests.photokit import page_photo, photo_specs
 from tests.test_imaging import seven
@@ -192,3 +196,23 @@ def test_one_bad_file_in_a_folder_does_not_hide_the_others(capsys, trained_cnn_r
     errors = [r for r in document["results"] if "error" in r]
     assert len(errors) == 1 and errors[0]["image"].endswith("broken.png")
     assert sum("prediction" in r for r in document["results"]) == 3
+
+
+def test_show_input_never_overwrites_an_input(capsys, tmp_path: Path, mlp_run: Path) -> None:
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.pad(np.full((10, 10), 255, np.uint8), 9)).save(image)
+    before = image.read_bytes()
+    code, _, err = run_cli(capsys, "predict", str(mlp_run), str(image), "--show-input", str(image))
+    assert_one_line_error(code, err, "would overwrite the input image")
+    assert image.read_bytes() == before
+    code, _, err = run_cli(capsys, "predict", str(mlp_run), str(image), "--show-input", str(tmp_path / "seen"))
+    assert_one_line_error(code, err, "name a .png file")
+
+
+def test_classical_run_in_predict_says_what_to_do(capsys, tmp_path: Path, tiny_data_dir_shared: Path) -> None:
+    run = fit(TrainConfig.for_model("logreg", device="cpu"), run_dir=tmp_path / "lr",
+              dataset=load_dataset(data_dir=tiny_data_dir_shared)).run_dir
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.pad(np.full((10, 10), 255, np.uint8), 9)).save(image)
+    code, _, err = run_cli(capsys, "predict", str(run), str(image))
+    assert_one_line_error(code, err, "classical logreg model", "network run")

@@ -17,6 +17,7 @@ import pytest
 from mnistlab import runs
 from mnistlab.errors import MnistlabError
 from mnistlab.registry import REGISTRY_FILE, Registry, default_registry_path
+from tests.clitools import assert_one_line_error, run_cli
 
 
 def fake_run(root: Path, name: str, *, model: str = "mlp", dataset: str = "mnist", accuracy: float = 0.9,
@@ -307,3 +308,37 @@ def test_two_processes_writing_at_once(tmp_path: Path, registry_path: Path) -> N
     for record in records:
         on_disk = json.loads((Path(record.path) / runs.METRICS_FILE).read_text())
         assert record.metrics["test_accuracy"] == on_disk["test_accuracy"]
+
+
+def test_registry_list_edge_cases(capsys, tmp_path: Path, mlp_run: Path) -> None:
+    registry = tmp_path / "reg.sqlite"
+    code, out, _ = run_cli(capsys, "runs", "list", "--json", "--registry", str(registry))
+    assert code == 0 and json.loads(out) == []
+    registry.write_bytes(b"")
+    code, out, err = run_cli(capsys, "runs", "list", "--registry", str(registry))
+    assert (code, err) == (0, "") and "no runs yet" in out   # an empty registry is not an error
+    assert registry.read_bytes() == b""      # reading never initialises the file
+    registry.unlink()
+    code, _, err = run_cli(capsys, "evaluate", str(mlp_run), "--registry", str(registry))
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "runs", "list", "--limit", "-1", "--registry", str(registry))
+    assert_one_line_error(code, err, "--limit must be >= 1")
+    code, out, err = run_cli(capsys, "runs", "rm", "1", "1", "--registry", str(registry))
+    assert code == 0, err
+    assert out.count("forgot run 1") == 1
+
+
+def test_damaged_registry_rows_are_one_line(capsys, tmp_path: Path, mlp_run: Path) -> None:
+    registry = tmp_path / "reg.sqlite"
+    code, _, err = run_cli(capsys, "evaluate", str(mlp_run), "--registry", str(registry))
+    assert code == 0, err
+    with sqlite3.connect(registry) as db:
+        db.execute("UPDATE runs SET history = '{not json'")
+    code, _, err = run_cli(capsys, "runs", "show", "1", "--registry", str(registry))
+    assert_one_line_error(code, err, "damaged record")
+    with sqlite3.connect(registry) as db:
+        db.execute("UPDATE meta SET value = 'x' WHERE key = 'schema_version'")
+    before = registry.read_bytes()
+    code, _, err = run_cli(capsys, "runs", "list", "--registry", str(registry))
+    assert_one_line_error(code, err, "schema version")
+    assert registry.read_bytes() == before

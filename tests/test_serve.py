@@ -319,3 +319,14 @@ def test_serve_command_refuses_a_busy_port_and_a_bad_run(trained_cnn_run: Path, 
     assert "not a run directory" in capsys.readouterr().err
     assert main(["serve", str(trained_cnn_run), "--port", "70000"]) == 2
     assert "--port must be in 1..65535" in capsys.readouterr().err
+
+
+def test_server_answers_422_for_a_huge_number(mlp_run: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from mnistlab.serve import create_app
+
+    client = TestClient(create_app(run_dir=mlp_run))
+    body = '{"pixels": [' + ",".join(["[" + ",".join(["1" + "0" * 400] * 28) + "]"] * 28) + "]}"
+    response = client.post("/api/predict", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "0..255" in response.json()["detail"]

@@ -1,20 +1,394 @@
-"""Early stopping (Keras' EarlyStopping semantics) and the best weights it keeps, and the optimizer state's
-round trip through a checkpoint."""
+"""The training loop on tiny synthetic data: run files, reproducibility, interruption, loading back."""
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import hashlib
 import json
+import os
+import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from mnistlab import checkpoint, runs
+from mnistlab.analysis import evaluate_run
+from mnistlab.callbacks import Callback as TrainObserver
 from mnistlab.config import TrainConfig
-from mnistlab.data import load_dataset
-from mnistlab.errors import MnistlabError
+from mnistlab.data import Split, load_dataset
+from mnistlab.errors import MnistlabError, TrainingInterrupted
+from mnistlab.inference import evaluate_model
+from mnistlab.models import build_model, load_trained_model, weights_bytes
 from mnistlab.optim import Adam, KerasRMSprop, SGDMomentum
 from mnistlab.training import EarlyStop, early_stop_epoch, fit
+
+
+def tiny_config(model: str = "mlp", **overrides) -> TrainConfig:
+    return TrainConfig.for_model(model, **{"epochs": 3, "batch_size": 32, "device": "cpu", **overrides})
+
+
+def test_fit_writes_a_complete_consistent_run(tmp_path: Path, tiny_data_dir: Path) -> None:
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    result = fit(tiny_config(val_split=0.25), run_dir=tmp_path / "run", dataset=dataset)
+    run = result.run_dir
+    for name in (runs.CONFIG_FILE, runs.MODEL_FILE, runs.WEIGHTS_FILE, runs.HISTORY_JSON, runs.HISTORY_CSV,
+                 runs.CURVES_PNG, runs.METRICS_FILE):
+        assert (run / name).is_file(), name
+    assert not list(run.glob(".*.tmp"))  # no temporary files left behind
+    config = json.loads((run / runs.CONFIG_FILE).read_text())
+    assert TrainConfig.from_dict(config) == result.config
+    assert config["environment"]["torch"] == torch.__version__
+    history = json.loads((run / runs.HISTORY_JSON).read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    with (run / runs.HISTORY_CSV).open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [float(r["loss"]) for r in rows] == pytest.approx([h["loss"] for h in history])
+    # 25% of 256 held out: the validation figures exist and are probabilities.
+    assert all(0.0 <= row["val_accuracy"] <= 1.0 for row in history)
+    metrics = json.loads((run / runs.METRICS_FILE).read_text())
+    assert metrics["status"] == "completed" and metrics["epochs_completed"] == 3
+    assert metrics["test_count"] == 64
+    assert metrics["train_seconds"] == pytest.approx(sum(h["seconds"] for h in history), abs=0.01)
+    # The synthetic classes are separable: three epochs of an MLP learn them.
+    assert metrics["test_accuracy"] >= 0.9
+    # Reloading the weights gives exactly the recorded test figure.
+    model, files = load_trained_model(run)
+    assert files.model["precision"] == metrics["precision"] in ("fp32", "bf16")
+    again = evaluate_model(model, dataset.test.images, dataset.test.labels, precision=metrics["precision"])
+    assert again.accuracy == metrics["test_accuracy"]
+    assert again.loss == pytest.approx(metrics["test_loss"], rel=1e-6)
+
+
+def test_running_epoch_metrics_are_sample_weighted_means(tmp_path: Path, tiny_data_dir: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The epoch's loss is the mean over samples of the per-batch losses, as Keras reports it.
+
+    Oracle: every training batch's loss and size, recorded as the real cross-entropy returns them, weighted
+    here by batch size. The last batch is smaller (56 of 100), so an unweighted mean of batch losses differs.
+    """
+    from mnistlab import training as train
+
+    batches: list[tuple[float, int]] = []
+    real_cross_entropy = train.F.cross_entropy
+
+    def recording_cross_entropy(logits, targets, **kwargs):
+        loss = real_cross_entropy(logits, targets, **kwargs)
+        if logits.requires_grad:   # training steps only; validation/test passes run without grad
+            batches.append((float(loss.detach().float()), int(targets.shape[0])))
+        return loss
+
+    monkeypatch.setattr(train.F, "cross_entropy", recording_cross_entropy)
+    seen: list[tuple[int, float]] = []
+
+    class Spy(TrainObserver):
+        def on_step(self, *, step, steps, running):
+            seen.append((step, running()[0]))
+
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    # 256 samples at batch 100: steps of 100, 100, 56.
+    result = fit(tiny_config(epochs=1, batch_size=100), run_dir=tmp_path / "r", dataset=dataset, observer=Spy())
+    assert [s for s, _ in seen] == [1, 2, 3]
+    assert [n for _, n in batches] == [100, 100, 56]
+    losses = np.array([loss for loss, _ in batches], dtype=np.float64)
+    sizes = np.array([n for _, n in batches], dtype=np.float64)
+    weighted = [float((losses[:k] * sizes[:k]).sum() / sizes[:k].sum()) for k in (1, 2, 3)]
+    # The batches' losses differ enough that the two means are told apart by the tolerance below.
+    assert abs(weighted[-1] - losses.mean()) > 1e-3
+    assert [value for _, value in seen] == pytest.approx(weighted, rel=1e-5)
+    assert result.history[0].loss == pytest.approx(weighted[-1], rel=1e-5)
+
+
+@pytest.mark.parametrize("model", ["softmax", "mlp", "cnn"])
+def test_same_seed_same_numbers(tmp_path: Path, tiny_data_dir: Path, model: str) -> None:
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    a = fit(tiny_config(model, epochs=2), run_dir=tmp_path / "a", dataset=dataset)
+    b = fit(tiny_config(model, epochs=2), run_dir=tmp_path / "b", dataset=dataset)
+    assert [(h.loss, h.accuracy) for h in a.history] == [(h.loss, h.accuracy) for h in b.history]
+    assert (a.run_dir / runs.WEIGHTS_FILE).read_bytes() == (b.run_dir / runs.WEIGHTS_FILE).read_bytes()
+    c = fit(tiny_config(model, epochs=2, seed=1), run_dir=tmp_path / "c", dataset=dataset)
+    assert [h.loss for h in c.history] != [h.loss for h in a.history]
+
+
+class InterruptAt(TrainObserver):
+    """Simulates Ctrl-C in the middle of an epoch."""
+
+    def __init__(self, epoch: int, step: int) -> None:
+        self.target, self.epoch = (epoch, step), 0
+
+    def on_epoch_start(self, *, epoch, epochs, steps):
+        self.epoch = epoch
+
+    def on_step(self, *, step, steps, running):
+        if (self.epoch, step) == self.target:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_keeps_the_last_completed_epoch(tmp_path: Path, tiny_data_dir: Path) -> None:
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    complete = fit(tiny_config(epochs=2), run_dir=tmp_path / "complete", dataset=dataset)
+    with pytest.raises(TrainingInterrupted) as caught:
+        fit(tiny_config(epochs=5), run_dir=tmp_path / "cut", dataset=dataset, observer=InterruptAt(3, 2))
+    assert caught.value.epochs_completed == 2
+    cut = tmp_path / "cut"
+    metrics = json.loads((cut / runs.METRICS_FILE).read_text())
+    assert metrics["status"] == "interrupted" and metrics["epochs_completed"] == 2
+    assert len(json.loads((cut / runs.HISTORY_JSON).read_text())) == 2
+    assert (cut / runs.CURVES_PNG).is_file()
+    # The saved weights are exactly epoch 2's: the same as a run that stopped there on purpose.
+    assert (cut / runs.WEIGHTS_FILE).read_bytes() == (complete.run_dir / runs.WEIGHTS_FILE).read_bytes()
+    result, recorded = evaluate_run(cut, device="cpu")
+    assert result.count == 64 and recorded["status"] == "interrupted"
+
+
+def test_interrupt_in_first_epoch_keeps_nothing(tmp_path: Path, tiny_data_dir: Path) -> None:
+    """No completed epoch means no weights worth keeping: the folder is removed, so --out can be reused."""
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    with pytest.raises(TrainingInterrupted) as caught:
+        fit(tiny_config(), run_dir=tmp_path / "r", dataset=dataset, observer=InterruptAt(1, 1))
+    assert caught.value.epochs_completed == 0
+    assert not (tmp_path / "r").exists()
+    fit(tiny_config(epochs=1), run_dir=tmp_path / "r", dataset=dataset)
+    assert (tmp_path / "r" / runs.WEIGHTS_FILE).is_file()
+
+
+def test_failure_before_the_first_epoch_leaves_no_directory(tmp_path: Path, tiny_data_dir: Path) -> None:
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    with pytest.raises(MnistlabError, match="leaves none of the 256 training images"):
+        fit(tiny_config(val_split=0.999), run_dir=tmp_path / "r", dataset=dataset)
+    assert not (tmp_path / "r").exists()
+    (tmp_path / "mine").mkdir()
+
+    class Boom(TrainObserver):
+        def on_train_start(self, **_):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(tiny_config(), run_dir=tmp_path / "mine", dataset=dataset, observer=Boom())
+    # config.json and model.json were written, then removed with the (now empty) folder.
+    assert not (tmp_path / "mine").exists()
+
+
+def test_a_failed_run_removes_only_its_own_files(tmp_path: Path, tiny_data_dir: Path) -> None:
+    """discard_run_dir deletes mnistlab's file names only: a file someone put in the folder meanwhile survives,
+    and so does the folder holding it."""
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    run = tmp_path / "r"
+
+    class NotesThenBoom(TrainObserver):
+        def on_train_start(self, *, run_dir, **_):
+            (run_dir / "notes.txt").write_text("mine")
+            (run_dir / "weights-backup.safetensors").write_bytes(b"also mine")
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(tiny_config(), run_dir=run, dataset=dataset, observer=NotesThenBoom())
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt", "weights-backup.safetensors"]
+    assert (run / "notes.txt").read_text() == "mine"
+
+
+def test_out_that_is_a_file_is_refused_before_anything_is_written(capsys, tmp_path: Path,
+                                                                  tiny_data_dir: Path) -> None:
+    from tests.clitools import assert_one_line_error, run_cli
+
+    target = tmp_path / "taken.txt"
+    target.write_text("not a folder")
+    code, _, err = run_cli(capsys, "train", "softmax", "--epochs", "1", "--device", "cpu",
+                           "--data-dir", str(tiny_data_dir), "--out", str(target))
+    assert_one_line_error(code, err, f"--out {target}: exists and is not a folder; choose a new folder name")
+    assert target.read_text() == "not a folder"
+
+
+def test_divergence_in_the_first_epoch_keeps_nothing(tmp_path: Path, tiny_data_dir: Path) -> None:
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    with pytest.raises(MnistlabError, match=r"diverged in epoch 1 .*lower `lr` .*nothing was kept"):
+        fit(tiny_config(optimizer="sgd", lr=1e6), run_dir=tmp_path / "r", dataset=dataset)
+    assert not (tmp_path / "r").exists()
+
+
+def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_epoch(tmp_path: Path, tiny_data_dir: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Epoch 1 trains normally; the learning rate then jumps to 1e6, so epoch 2 diverges and epoch 1 is kept."""
+    from mnistlab import training as train
+
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    one_epoch = fit(tiny_config(optimizer="sgd", lr=0.01, epochs=1), run_dir=tmp_path / "one", dataset=dataset)
+    optimizers = []
+    real_build_optimizer = train.build_optimizer
+
+    def keep_optimizer(*args, **kwargs):
+        optimizers.append(real_build_optimizer(*args, **kwargs))
+        return optimizers[-1]
+
+    class LrJump(TrainObserver):
+        def on_epoch_start(self, *, epoch, epochs, steps):
+            if epoch == 2:
+                optimizers[-1].lr = 1e6
+
+    monkeypatch.setattr(train, "build_optimizer", keep_optimizer)
+    run = tmp_path / "r"
+    with pytest.raises(MnistlabError) as caught:
+        fit(tiny_config(optimizer="sgd", lr=0.01, epochs=3), run_dir=run, dataset=dataset, observer=LrJump())
+    message = str(caught.value)
+    assert "diverged in epoch 2 " in message and "lower `lr` (it was 0.01)" in message
+    assert f"{run} keeps epoch 1" in message and "\n" not in message
+    metrics = json.loads((run / runs.METRICS_FILE).read_text())
+    assert metrics["status"] == "diverged" and metrics["epochs_completed"] == 1 and metrics["epochs"] == 3
+    history = json.loads((run / runs.HISTORY_JSON).read_text())
+    assert [row["epoch"] for row in history] == [1] and np.isfinite(history[0]["loss"])
+    assert (run / runs.CURVES_PNG).is_file()
+    # The kept weights are epoch 1's, not the diverged ones: the same bytes as a run that stopped there.
+    assert (run / runs.WEIGHTS_FILE).read_bytes() == (one_epoch.run_dir / runs.WEIGHTS_FILE).read_bytes()
+    result, recorded = evaluate_run(run, device="cpu")
+    assert result.count == 64 and np.isfinite(result.loss) and recorded["status"] == "diverged"
+
+
+def test_ctrl_c_during_a_checkpoint_waits_for_it(tmp_path: Path, tiny_data_dir: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGINT raised at the start of epoch 2's checkpoint (before its weights and history are written) is held
+    until both are, so the interrupted run holds epoch 2's weights with epoch 2's history."""
+    import signal
+
+    from mnistlab import training as train
+
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    complete = fit(tiny_config(epochs=2), run_dir=tmp_path / "two", dataset=dataset)
+    original = train._save_epoch
+
+    def save_with_signal(run_dir, loop, progress):
+        if len(progress.history) == 2:
+            signal.raise_signal(signal.SIGINT)   # arrives before any file of epoch 2's checkpoint is written
+        original(run_dir, loop, progress)
+
+    monkeypatch.setattr(train, "_save_epoch", save_with_signal)
+    with pytest.raises(TrainingInterrupted) as caught:
+        fit(tiny_config(epochs=4), run_dir=tmp_path / "r", dataset=dataset)
+    assert caught.value.epochs_completed == 2
+    assert len(json.loads((tmp_path / "r" / runs.HISTORY_JSON).read_text())) == 2
+    assert (tmp_path / "r" / runs.WEIGHTS_FILE).read_bytes() == (complete.run_dir / runs.WEIGHTS_FILE).read_bytes()
+
+
+def test_refuses_to_overwrite_a_run(tmp_path: Path, tiny_data_dir: Path) -> None:
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    fit(tiny_config(epochs=1), run_dir=tmp_path / "r", dataset=dataset)
+    before = (tmp_path / "r" / runs.WEIGHTS_FILE).read_bytes()
+    with pytest.raises(MnistlabError, match="already holds a run"):
+        fit(tiny_config(epochs=1, seed=3), run_dir=tmp_path / "r", dataset=dataset)
+    assert (tmp_path / "r" / runs.WEIGHTS_FILE).read_bytes() == before
+
+
+def test_cuda_request_without_gpu_is_a_clear_error(tmp_path: Path, tiny_data_dir: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU; the error path is for CPU-only machines")
+    with pytest.raises(MnistlabError, match="`device` cuda: no CUDA GPU"):
+        fit(tiny_config(device="cuda"), run_dir=tmp_path / "r", dataset=load_dataset(data_dir=tiny_data_dir))
+
+
+# ------------------------------------------------------------------------------------ loading run dirs
+def test_not_a_run_directory(tmp_path: Path) -> None:
+    with pytest.raises(MnistlabError, match="no such run directory"):
+        load_trained_model(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MnistlabError, match="not a run directory"):
+        load_trained_model(tmp_path / "empty")
+
+
+def _small_run(tmp_path: Path, tiny_data_dir: Path, model: str = "softmax") -> Path:
+    return fit(tiny_config(model, epochs=1), run_dir=tmp_path / model,
+               dataset=load_dataset(data_dir=tiny_data_dir)).run_dir
+
+
+def test_weights_of_another_model_are_rejected(tmp_path: Path, tiny_data_dir: Path) -> None:
+    run = _small_run(tmp_path, tiny_data_dir)
+    runs.write_bytes_atomic(run / runs.WEIGHTS_FILE, weights_bytes(build_model("mlp")))
+    with pytest.raises(MnistlabError, match="weights do not match model 'softmax'"):
+        load_trained_model(run)
+
+
+def test_corrupt_weights_are_rejected(tmp_path: Path, tiny_data_dir: Path) -> None:
+    run = _small_run(tmp_path, tiny_data_dir)
+    (run / runs.WEIGHTS_FILE).write_bytes(b"\x00" * 40)
+    with pytest.raises(MnistlabError, match="not a readable safetensors file"):
+        load_trained_model(run)
+
+
+def test_malformed_config_is_rejected(tmp_path: Path, tiny_data_dir: Path) -> None:
+    run = _small_run(tmp_path, tiny_data_dir)
+    (run / runs.MODEL_FILE).write_text("{not json")
+    with pytest.raises(MnistlabError, match="not readable JSON"):
+        load_trained_model(run)
+
+
+def test_weights_are_safetensors_not_pickle(tmp_path: Path, tiny_data_dir: Path) -> None:
+    run = _small_run(tmp_path, tiny_data_dir, "cnn")
+    raw = (run / runs.WEIGHTS_FILE).read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + header_len])
+    assert header["0.weight"]["shape"] == [32, 1, 3, 3] and header["0.weight"]["dtype"] == "F32"
+    assert not raw.startswith(b"\x80")  # not a pickle stream
+    assert np.prod(header["9.weight"]["shape"]) == 5760
+
+
+def test_each_run_sets_its_own_thread_count(tmp_path: Path, tiny_data_dir: Path) -> None:
+    from mnistlab.training import DEFAULT_THREADS
+
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    fit(tiny_config("mlp", epochs=1), run_dir=tmp_path / "a", dataset=dataset)
+    assert torch.get_num_threads() == 1
+    fit(tiny_config("cnn", epochs=1), run_dir=tmp_path / "b", dataset=dataset)
+    assert torch.get_num_threads() == DEFAULT_THREADS
+
+
+def test_run_files_get_ordinary_permissions(tmp_path: Path) -> None:
+    """Atomic writes go through mkstemp (mode 0600); the final file gets the mode open() would give it."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    path = runs.write_text_atomic(tmp_path / "x.json", "{}")
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~umask
+
+
+def test_two_trainings_on_one_out_folder_cannot_both_claim_it(tmp_path: Path) -> None:
+    """The claim is an exclusive create: the second claimant of an empty folder is refused before writing."""
+    from mnistlab.runs import OWNER_FILE, claim_run_dir, prepare_run_dir
+
+    first = prepare_run_dir(tmp_path / "out")
+    assert (first / OWNER_FILE).is_file()
+    with pytest.raises(MnistlabError, match="another run is being written there"):
+        claim_run_dir(first)
+    # Two real processes racing for one fresh folder: exactly one wins.
+    import subprocess
+    import sys
+
+    # Each claimant stays alive until both have answered, as a training would: a folder whose claimant died
+    # before writing a run is abandoned, and may be claimed again (tests/test_checkpoint.py).
+    code = ("import sys\nfrom mnistlab.runs import prepare_run_dir\nfrom mnistlab.errors import MnistlabError\n"
+            "try:\n    prepare_run_dir(sys.argv[1]); print('won', flush=True)\n"
+            "except MnistlabError:\n    print('lost', flush=True)\nsys.stdin.read()\n")
+    for attempt in range(3):
+        target = tmp_path / f"race-{attempt}"
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(target)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True) for _ in range(2)]
+        results = sorted(proc.stdout.readline().strip() for proc in procs)  # type: ignore[union-attr]
+        for proc in procs:
+            proc.communicate()
+        assert results == ["lost", "won"]
+
+
+def test_augmentation_trains_reproducibly_and_leaves_the_rest_of_the_run_alone(tmp_path: Path,
+                                                                              tiny_data_dir: Path) -> None:
+    """Same seed + augment: the same weights. Augmentation draws from its own generator, so the initial weights
+    and the shuffle order are those of the plain run (only what the model sees differs)."""
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    plain = fit(tiny_config(epochs=1), run_dir=tmp_path / "plain", dataset=dataset)
+    runs_ = [fit(dataclasses.replace(tiny_config(epochs=1), augment="strong"), run_dir=tmp_path / f"aug{i}",
+                 dataset=dataset) for i in range(2)]
+    digests = [hashlib.sha256((r.run_dir / "model.safetensors").read_bytes()).hexdigest() for r in (plain, *runs_)]
+    assert digests[1] == digests[2] and digests[0] != digests[1]
+    assert json.loads((runs_[0].run_dir / "config.json").read_text())["augment"] == "strong"
 
 
 @pytest.mark.parametrize(("values", "rule", "expected"), [
@@ -177,3 +551,50 @@ def test_a_run_without_checkpoints_is_not_restarted_by_resume(tmp_path: Path, ti
     with pytest.raises(MnistlabError, match="without full checkpoints"):
         resume(run, changes={"epochs": 3}, dataset=dataset)
     assert (run / runs.WEIGHTS_FILE).read_bytes() == before
+
+
+def test_training_never_imports_torch_dynamo(tiny_data_dir: Path, tmp_path: Path) -> None:
+    """torch.optim's first optimizer imports torch._dynamo (1.5 s); mnistlab's training must not."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from mnistlab.cli import main\n"
+            f"assert main(['train', 'fast', '--epochs', '1', '--batch-size', '64',"
+            f" '--data-dir', {str(tiny_data_dir)!r}, '--out', {str(tmp_path / 'r')!r}]) == 0\n"
+            "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo was imported'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_fast_on_a_fraction_of_an_epoch_of_real_mnist(tmp_path: Path, mnist) -> None:
+    """A fifth of the training set in one one-cycle pass (batch 64, so that the schedule still has ~190 steps):
+    the recipe is already far past what a linear model reaches."""
+    subset = mnist.train.subset(slice(0, 12_000))
+    small = dataclasses.replace(mnist, splits={"train": Split(subset.images, subset.labels), "test": mnist.test})
+    result = fit(TrainConfig.for_model("fast", batch_size=64, device="cpu"), run_dir=tmp_path / "fast",
+                 dataset=small)
+    assert result.history[0].epoch == 1
+    assert result.test.accuracy >= 0.96
+
+
+def test_channels_last_and_bf16_eval_agree_with_plain_fp32(tmp_path: Path, tiny_data_dir: Path) -> None:
+    """The fast layout/precision path computes the same predictions as a plain fp32 pass (up to bf16 noise).
+
+    The plain pass shares nothing with the fast one: weights read by hand from weights.safetensors, contiguous
+    NCHW input, a functional fp32 forward (tests/reference.py), no autocast, no prepare_batch.
+    """
+    from mnistlab.inference import predict_logits
+    from mnistlab.models import load_trained_model
+    from tests.reference import cnn_logits, read_safetensors
+
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    run = fit(TrainConfig.for_model("cnn", epochs=1, batch_size=32, device="cpu"), run_dir=tmp_path / "r",
+              dataset=dataset).run_dir
+    model, _ = load_trained_model(run)
+    plain = cnn_logits(read_safetensors(run / runs.WEIGHTS_FILE), dataset.test.images)
+    fast = predict_logits(model, dataset.test.images, precision="bf16")
+    assert (fast.argmax(1) == plain.argmax(1)).float().mean() >= 0.98
+    torch.testing.assert_close(fast, plain, atol=0.1, rtol=0.05)
+    # And the channels-last fp32 path matches it to float rounding.
+    torch.testing.assert_close(predict_logits(model, dataset.test.images, precision="fp32"), plain,
+                               atol=1e-4, rtol=1e-4)

@@ -19,10 +19,12 @@ from PIL import Image
 from mnistlab import runs
 from mnistlab.analysis import GALLERY_SIZE, cached_evaluation, check_html_path, evaluate_report
 from mnistlab.config import EVAL_BATCH_SIZE, TrainConfig
-from mnistlab.data import train_val_indices
+from mnistlab.data import load_dataset, train_val_indices
 from mnistlab.errors import MnistlabError
 from mnistlab.models import load_trained_model, prepare_batch
 from mnistlab.training import fit
+from tests.clitools import assert_one_line_error, run_cli
+from tests.conftest import write_dataset_dir
 
 
 class PageParser(HTMLParser):
@@ -406,3 +408,17 @@ def test_html_escapes_run_paths_and_class_names(tiny_softmax_run: Path, tmp_path
     assert_self_contained(page)
     per_class = table_after(page, "class")
     assert [row[0] for row in per_class[1:11]] == names   # the parser unescapes: the names come back exact
+
+
+def test_evaluate_after_the_data_moved(capsys, tmp_path: Path) -> None:
+    data = write_dataset_dir(tmp_path / "data")
+    run = fit(TrainConfig.for_model("softmax", epochs=1, device="cpu"), run_dir=tmp_path / "run",
+              dataset=load_dataset(data_dir=data)).run_dir
+    data.rename(tmp_path / "moved")
+    registry = str(tmp_path / "reg.sqlite")
+    code, _, err = run_cli(capsys, "evaluate", str(run), "--registry", registry)
+    assert_one_line_error(code, err, "pass --data-dir")
+    code, out, err = run_cli(capsys, "evaluate", str(run), "--json", "--registry", registry,
+                             "--data-dir", str(tmp_path / "moved"))
+    assert code == 0, err
+    assert json.loads(out)["count"] == 64
