@@ -257,3 +257,22 @@ def test_invalid_precision_and_schedule_flags(capsys) -> None:
     assert "--schedule 'cosine'" in capsys.readouterr().err
     with pytest.raises(MnistlabError, match="`label_smoothing`"):
         TrainConfig.for_model("fast", label_smoothing=1.0)
+
+
+def test_data_show_writes_the_format_its_extension_names(capsys, tmp_path: Path) -> None:
+    from PIL import Image
+
+    for name, kind in (("grid.jpg", "JPEG"), ("grid.png", "PNG"), ("grid.webp", "WEBP")):
+        code, _, err = run_cli(capsys, "data", "show", "--count", "4", "--out", str(tmp_path / name))
+        assert code == 0, err
+        with Image.open(tmp_path / name) as img:
+            assert img.format == kind
+    code, _, err = run_cli(capsys, "data", "show", "--out", str(tmp_path / "grid.txt"))
+    assert_one_line_error(code, err, "grid.txt", "name an image file ending in")
+
+
+def test_summary_shows_the_effective_recipe(capsys) -> None:
+    code, out, _ = run_cli(capsys, "summary", "fast")
+    assert code == 0 and "recipe: 1 epochs, batch 256, adam lr 0.016, schedule onecycle" in out
+    code, out, _ = run_cli(capsys, "summary", "softmax")
+    assert "rmsprop lr 0.001" in out and "precision fp32, threads 1" in out
