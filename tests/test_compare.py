@@ -115,6 +115,8 @@ def test_evaluate_records_and_show(capsys, tmp_path: Path, tiny_data_dir_shared:
     assert shown["config"]["val_split"] == 0.25 and len(shown["history"]) == 2
     code, out, err = run_cli(capsys, "runs", "show", str(run), "--registry", str(registry))
     assert code == 0 and "evaluations" in out and "history" in out
+    ran = json.loads((run / "metrics.json").read_text())
+    assert f"ran on     {ran['device']} in {ran['precision']}" in out   # what ran, not just "precision=auto"
     code, out, err = run_cli(capsys, "runs", "list", "--registry", str(registry), "--sort", "test_ece", "--json")
     assert code == 0, err
     [listed] = json.loads(out)
