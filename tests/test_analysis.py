@@ -422,3 +422,34 @@ def test_evaluate_after_the_data_moved(capsys, tmp_path: Path) -> None:
                              "--data-dir", str(tmp_path / "moved"))
     assert code == 0, err
     assert json.loads(out)["count"] == 64
+
+
+def test_scoring_on_other_data_is_labelled_and_never_the_runs_score(capsys, tmp_path: Path,
+                                                                    tiny_data_dir_shared: Path) -> None:
+    """evaluate --data-dir with files other than the run's: said in every output and kept out of runs list."""
+    from mnistlab.cli import main
+    from mnistlab.registry import Registry
+    from tests.conftest import write_dataset_dir
+
+    registry = tmp_path / "registry.sqlite"
+    run = tmp_path / "run"
+    assert main(["train", "softmax", "--epochs", "1", "--device", "cpu", "--data-dir", str(tiny_data_dir_shared),
+                 "--out", str(run), "--registry", str(registry)]) == 0
+    capsys.readouterr()
+    other = write_dataset_dir(tmp_path / "other", seed=5)          # same format, other images
+    assert main(["evaluate", str(run), "--device", "cpu", "--data-dir", str(other), "--registry", str(registry),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["same_data"] is False
+    assert main(["evaluate", str(run), "--device", "cpu", "--data-dir", str(other), "--registry",
+                 str(registry)]) == 0
+    out = capsys.readouterr().out
+    assert "other data:" in out and "(matches)" not in out
+    page = (run / "eval" / "test" / "report.html").read_text()
+    assert "OTHER DATA" in page
+    assert main(["evaluate", str(run), "--device", "cpu", "--registry", str(registry), "--json"]) == 0
+    own = json.loads(capsys.readouterr().out)
+    assert own["same_data"] is True
+    with Registry.open(registry) as opened:
+        [record] = opened.list_runs()
+    assert record.latest_evaluation("test").accuracy == own["accuracy"]
+    assert record.figures()["test_accuracy"] == json.loads((run / "metrics.json").read_text())["test_accuracy"]

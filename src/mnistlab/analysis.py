@@ -53,6 +53,9 @@ class RunScores:
     scores: np.ndarray          # float64 (N, K)
     score_kind: ScoreKind
     seconds: float
+    # True: the split's data are those the run recorded at training; False: other data (not the run's own
+    # score); None: the run recorded no digest (made before mnistlab recorded them).
+    same_data: bool | None = None
 
     @property
     def probabilities(self) -> np.ndarray | None:
@@ -138,7 +141,16 @@ def run_scores(run_dir: str | os.PathLike[str], *, split: str = "test", device: 
                             "retrain it with a lower `lr`")
     return RunScores(run=run, split=split, dataset=dataset.name, class_names=class_names, images=images,
                      labels=labels, indices=indices, source_split=source, scores=np.asarray(scores, np.float64),
-                     score_kind=kind, seconds=time.perf_counter() - started)
+                     score_kind=kind, seconds=time.perf_counter() - started,
+                     same_data=_same_data(run, dataset.split(source), source))
+
+
+def _same_data(run: RunFiles, data: Any, source: str) -> bool | None:
+    """Whether ``data`` is the split the run recorded (by SHA-256 of its arrays), or None if none recorded."""
+    from mnistlab.data import split_sha256
+
+    recorded = ((run.metrics or {}).get("data_sha256") or {}).get(source)
+    return None if recorded is None else split_sha256(data) == recorded
 
 
 def evaluate_run(run_dir: str | os.PathLike[str], *, split: str = "test", device: str = "auto",
@@ -205,6 +217,7 @@ class Evaluation:
     recorded: dict[str, Any] = field(default_factory=dict)
     # How the model was made: the run's settings, status and per-epoch history (config.json, history.json).
     training: dict[str, Any] = field(default_factory=dict)
+    same_data: bool | None = None     # see RunScores.same_data
     # Where it was written (evaluation.json, PNGs, report.html) and its registry ids, once saved.
     files: dict[str, Path] = field(default_factory=dict, compare=False, repr=False)
     html_path: Path | None = field(default=None, compare=False, repr=False)
@@ -235,6 +248,7 @@ class Evaluation:
             mistakes=[Mistake(**mistake) for mistake in data["worst_mistakes"]],
             weights_sha256=str(data["weights_sha256"]), seconds=float(data["seconds"]),
             recorded={"test_accuracy": data.get("recorded_test_accuracy")}, training=dict(data.get("training") or {}),
+            same_data=data.get("same_data"),
         )
 
     def with_files(self, files: dict[str, Path], *, html: Path | None = None,
@@ -284,6 +298,7 @@ class Evaluation:
             "recorded_test_accuracy": self.recorded.get("test_accuracy"),
             "weights_sha256": self.weights_sha256, "seconds": round(self.seconds, 3),
             "training": self.training,
+            "same_data": self.same_data,
         }
 
 
@@ -320,6 +335,7 @@ def evaluate_scores(scored: RunScores, *, gallery: int = GALLERY_SIZE, pairs: in
         confusion=confusion, pairs=metrics.most_confused_pairs(confusion, top=pairs),
         calibration=calibration, mistakes=mistakes, weights_sha256=weights_sha256(scored.run.path),
         seconds=scored.seconds, recorded=dict(scored.run.metrics or {}), training=training_record(scored.run),
+        same_data=scored.same_data,
     )
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from mnistlab import runs
 from mnistlab.callbacks import Callback
 from mnistlab.config import TrainConfig
-from mnistlab.data import Dataset, load_run_dataset, train_val_indices
+from mnistlab.data import Dataset, load_run_dataset, split_sha256, train_val_indices
 from mnistlab.errors import MnistlabError
 from mnistlab.metrics import softmax
 from mnistlab.results import EpochRecord, EvalResult, TrainResult
@@ -487,7 +487,8 @@ def fit_classical(config: TrainConfig, *, run_dir: Path, dataset: Dataset, callb
         "val_loss": val_loss, "val_accuracy": val_accuracy,
         "train_samples": len(fit_indices), "val_samples": len(val_indices), "options": dict(config.options), **meta,
         "train_seconds": round(fit_seconds, 3), "seconds_per_epoch": round(fit_seconds, 4),
-        "eval_seconds": round(eval_seconds, 3), "device": "cpu", "checksums": dataset.checksums, "environment": env,
+        "eval_seconds": round(eval_seconds, 3), "device": "cpu", "checksums": dataset.checksums,
+        "data_sha256": {name: split_sha256(dataset.split(name)) for name in ("train", "test")}, "environment": env,
     }
     test = EvalResult(loss=float("nan") if test_loss is None else test_loss, accuracy=test_accuracy,
                       count=len(dataset.test))

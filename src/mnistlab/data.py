@@ -679,3 +679,12 @@ def dataset_info(dataset: Dataset) -> dict[str, object]:
         "class_names": list(dataset.class_names),
         "splits": splits,
     }
+
+
+def split_sha256(split: Split) -> str:
+    """SHA-256 of a loaded split's images and labels (as arrays, whatever files they came from): what a run
+    records so that scoring it on other data can be told apart from its own test score."""
+    digest = hashlib.sha256()
+    for array in (split.images, split.labels):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()

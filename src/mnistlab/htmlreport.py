@@ -85,8 +85,11 @@ def summary_rows(data: Mapping[str, Any]) -> list[tuple[str, str]]:
     if published and data["split"] == "test":
         rows.append((f"published: {published['method']}", f"{pct(published['test_error'])} error "
                                                            f"({published['source']})"))
+    if data.get("same_data") is False:
+        rows.append(("data", "OTHER DATA: not the images this run was trained and tested on (SHA-256 differs); "
+                             "this is not the run's own score"))
     recorded = data.get("recorded_test_accuracy")
-    if recorded is not None and data["split"] == "test":
+    if recorded is not None and data["split"] == "test" and data.get("same_data") is not False:
         same = abs(recorded - data["accuracy"]) < 1e-12
         rows.append(("test accuracy recorded at training", f"{pct(recorded)} ({'matches' if same else 'differs'})"))
     return rows

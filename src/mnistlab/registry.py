@@ -161,8 +161,9 @@ class RunRecord:
         return f"mnistlab train --resume {self.path}"
 
     def latest_evaluation(self, split: str = "test") -> EvaluationRecord | None:
-        """The run's most recent evaluation on ``split``, if any."""
-        found = [e for e in self.evaluations if e.split == split]
+        """The run's most recent evaluation on ``split`` of the run's own data, if any (an evaluation on other
+        data, ``evaluate --data-dir`` with different files, is kept but never stands for the run's score)."""
+        found = [e for e in self.evaluations if e.split == split and e.summary.get("same_data") is not False]
         return found[-1] if found else None
 
     def figures(self) -> dict[str, float]:
@@ -244,6 +245,7 @@ def evaluation_summary(evaluation: Mapping[str, Any]) -> dict[str, Any]:
         "most_confused": list(evaluation.get("most_confused", []))[:5],
         "weights_sha256": evaluation.get("weights_sha256"),
         "class_names": list(names),
+        "same_data": evaluation.get("same_data"),  # False: scored on other data than the run's own
     }
 
 

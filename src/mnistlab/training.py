@@ -31,7 +31,7 @@ from mnistlab import checkpoint, runs
 from mnistlab.augment import AugmentSpec, augment_batch, spec_for
 from mnistlab.callbacks import Callback, CallbackList
 from mnistlab.config import TrainConfig
-from mnistlab.data import Dataset, load_dataset, train_val_indices
+from mnistlab.data import Dataset, load_dataset, split_sha256, train_val_indices
 from mnistlab.device import Precision, resolve_device, resolve_precision, tune_cpu_allocator
 from mnistlab.errors import MnistlabError, TrainingInterrupted
 from mnistlab.inference import as_uint8_tensor, evaluate_model
@@ -688,7 +688,9 @@ def _finish_network(loop: _Loop, dataset: Dataset, history: list[EpochRecord], r
         "train_seconds": round(train_seconds, 3), "seconds_per_epoch": round(train_seconds / len(history), 4),
         "eval_seconds": round(time.perf_counter() - eval_start, 3),
         "device": str(loop.device), "precision": loop.precision,
-        "checksums": dataset.checksums, "environment": env,
+        "checksums": dataset.checksums, "data_sha256": {name: split_sha256(dataset.split(name))
+                                                         for name in ("train", "test")},
+        "environment": env,
     }
     return TrainResult(run_dir=run_dir, config=config, history=tuple(history), test=test,
                        train_seconds=train_seconds, metrics=metrics, model=loop.model)

@@ -154,8 +154,11 @@ def evaluation(out: Console, ev: Evaluation) -> None:
     loss = "n/a (no probabilities)" if ev.loss is None else f"{ev.loss:.4f}"
     out.print(f"[bold]{esc(ev.model)}[/bold] on {esc(ev.dataset)} {ev.split}: accuracy {ev.accuracy:.4f}  "
               f"error {100 * ev.error:.2f}%  loss {loss}  ({ev.count:,} images)")
+    if ev.same_data is False:
+        out.print(f"[yellow]other data:[/yellow] these {ev.split} images are not the ones this run was trained and "
+                  "tested on (SHA-256 differs): this is not the run's own score")
     recorded = data["recorded_test_accuracy"]
-    if ev.split == "test" and recorded is not None:
+    if ev.split == "test" and recorded is not None and ev.same_data is not False:
         same = abs(float(recorded) - ev.accuracy) < 1e-9
         out.print(f"recorded at training: accuracy {recorded:.4f}"
                   + ("  (matches)" if same else "  (differs: the weights, the data or the arithmetic "
