@@ -495,10 +495,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """``mnistlab serve RUN``: the draw-a-digit page and the JSON API, until Ctrl-C."""
+    import os
+
     from mnistlab.serve import serve
 
     serve(run_dir=args.run_dir, host=args.host, port=args.port, device=args.device,
-          access_log=not args.quiet)
+          access_log=not args.quiet, token=args.token or os.environ.get("MNISTLAB_TOKEN") or None)
     return 0
 
 
@@ -591,6 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--device", default="cpu", help=f"one of {', '.join(DEVICE_NAMES)} (default cpu)")
     serve.add_argument("--quiet", action="store_true", help="no access log (one line per request)")
+    serve.add_argument("--token", help="require `Authorization: Bearer TOKEN` on /api/* (the page takes it "
+                       "from the URL printed at start); default: $MNISTLAB_TOKEN, else none")
     serve.set_defaults(handler=cmd_serve)
 
     repro = commands.add_parser("reproduce", help="rerun the seed tutorial's four experiments and write a report")
