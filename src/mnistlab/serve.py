@@ -330,10 +330,12 @@ def create_app(
             "milliseconds": round(1000 * (time.perf_counter() - started), 3),
         }
 
+    predict_spec = predict_openapi(limits, num_classes=predictor.num_classes, token=token is not None)
+
     @app.post(
         "/api/predict", tags=["predict"], summary="Predict the digit in an image or a 28x28 array",
-        openapi_extra=predict_openapi(limits, num_classes=predictor.num_classes, token=token is not None),
-        dependencies=api_guard,
+        # The answers go in `responses` (not openapi_extra): FastAPI then adds no 422 of its own format.
+        responses=predict_spec.pop("responses"), openapi_extra=predict_spec, dependencies=api_guard,
     )
     async def api_predict(
         request: Request,
