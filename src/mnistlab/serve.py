@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from functools import partial
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import anyio
 from fastapi import Depends, FastAPI, Query, Request
@@ -319,7 +319,9 @@ def create_app(
 
     def work(payload: bytes | bytearray | list[Any], *, invert: Invert, top: int, name: str) -> dict[str, Any]:
         started = time.perf_counter()
-        prepared = prepare_image(payload, invert=invert, name=name, max_bytes=limits.max_bytes,
+        # cast: prepare_image takes bytearray and lists (its isinstance checks) though its annotation names
+        # neither; copying the upload to bytes would double its memory.
+        prepared = prepare_image(cast(Any, payload), invert=invert, name=name, max_bytes=limits.max_bytes,
                                  max_pixels=limits.max_pixels)
         prediction = predictor.predict(prepared.pixels[None])[0]
         return {
