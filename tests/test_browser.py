@@ -5,6 +5,10 @@ digit with the highest probability bar. An upload and a bad upload go through th
 request the page makes must stay on the local server (the page works offline). Screenshots are saved under
 ``test-artifacts/``.
 
+The API docs page (/docs) must render its operation list with the network blocked; probabilities are shown
+with one rule (no "0.0%" beside "<0.1%", never "100.0% sure"); a server started with a token works from the
+URL it prints (the token in the fragment) and asks for the token when the URL has none.
+
 Chromium missing is a failure, not a skip: CI installs it (.ci/run) and this test is how we know the page
 works. ``playwright install`` cannot download browsers here, so the system chromium is always used.
 """
@@ -12,13 +16,16 @@ works. ``playwright install`` cannot download browsers here, so the system chrom
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -39,18 +46,14 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture(scope="module", params=["torch", "onnx"])
-def server_url(trained_cnn_run: Path, tmp_path_factory: pytest.TempPathFactory,
-               request: pytest.FixtureRequest) -> Iterator[str]:
-    """The real command, `mnistlab serve RUN --port P --backend B`, in a subprocess; terminated afterwards.
-
-    Both backends: the page must work unchanged on torch and on the exported ONNX model (issue 12)."""
+@contextmanager
+def running_server(run_dir: Path, log: Path, *extra: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """The real command, `mnistlab serve RUN --port P`, in a subprocess; terminated afterwards."""
     port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with log.open("w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", str(trained_cnn_run),
-                                    "--host", "127.0.0.1", "--port", str(port), "--backend", request.param],
+        process = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", str(run_dir),
+                                    "--host", "127.0.0.1", "--port", str(port), *extra],
                                    stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -77,6 +80,16 @@ def server_url(trained_cnn_run: Path, tmp_path_factory: pytest.TempPathFactory,
             process.wait()
 
 
+@pytest.fixture(scope="module", params=["torch", "onnx"])
+def server_url(trained_cnn_run: Path, tmp_path_factory: pytest.TempPathFactory,
+               request: pytest.FixtureRequest) -> Iterator[str]:
+    """`mnistlab serve RUN --backend B` for both backends: the page must work unchanged on torch and on the
+    exported ONNX model (issue 12)."""
+    with running_server(trained_cnn_run, tmp_path_factory.mktemp("serve") / "serve.log",
+                        "--backend", request.param) as url:
+        yield url
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: install Debian's chromium (see .ci/run)"
@@ -88,8 +101,10 @@ def browser() -> Iterator[object]:
         instance.close()
 
 
-def open_page(browser, url: str, **context_options):
-    """A fresh page on the app that records console errors and any request leaving the local server."""
+def open_page(browser, url: str, *, path: str = "/", ready: str = "document.body.dataset.state === 'empty'",
+              **context_options):
+    """A fresh page on the app that records console errors and any request leaving the local server (and
+    blocks it: the network is unreachable for the page)."""
     context = browser.new_context(**context_options)
     page = context.new_page()
     page.problems = []  # type: ignore[attr-defined]
@@ -107,8 +122,8 @@ def open_page(browser, url: str, **context_options):
     page.on("console", lambda msg: msg.type == "error" and not msg.text.startswith("Failed to load resource")
             and page.problems.append(f"console {msg.text}"))
     page.on("response", lambda r: r.status >= 500 and page.problems.append(f"{r.status} from {r.url}"))
-    page.goto(url + "/")
-    page.wait_for_function("document.body.dataset.state === 'empty'", timeout=30_000)  # model info loaded
+    page.goto(url + path)
+    page.wait_for_function(ready, timeout=30_000)  # the page: model info loaded
     return page
 
 
@@ -222,3 +237,97 @@ def test_draw_a_seven_with_touch_on_a_phone(browser, server_url: str) -> None:
     page.click("#clear")
     page.wait_for_function("document.body.dataset.state === 'empty'")
     assert page.problems == []  # type: ignore[attr-defined]
+
+
+PERCENT = re.compile(r"(<0\.1%|>99\.9%|\d{1,2}\.\d%)")
+
+
+def test_percentages_follow_one_rule(browser, server_url: str) -> None:
+    """The page's display of a crafted answer (an exact 0, underflows, a saturated 1): one rule in one list."""
+    page = open_page(browser, server_url, viewport={"width": 1100, "height": 760})
+    probabilities = [1.0, 0.0, 1e-9, 0.0004, 0.0006, 0.0, 0.0, 0.0, 0.0, 0.0]
+    answer = {"prediction": 0, "label": "0", "probabilities": probabilities,
+              "top": [{"class": 0, "label": "0", "probability": 1.0},
+                      {"class": 4, "label": "4", "probability": 0.0006}],
+              "inverted": True, "source_size": [280, 280], "input": [[0] * 28] * 28, "milliseconds": 1.0}
+    page.route("**/api/predict*", lambda route: route.fulfill(status=200, content_type="application/json",
+                                                              body=json.dumps(answer)))
+    before = results(page)
+    points = stroke_points(page, [(0.5, 0.2), (0.5, 0.8)])
+    page.mouse.move(*points[0])
+    page.mouse.down()
+    page.mouse.move(*points[1], steps=5)
+    page.mouse.up()
+    settle(page, results_before=before)
+    values = page.locator("#bars li .value").all_inner_texts()
+    assert values == [">99.9%", "<0.1%", "<0.1%", "<0.1%", "0.1%", "<0.1%", "<0.1%", "<0.1%", "<0.1%", "<0.1%"]
+    assert all(PERCENT.fullmatch(value) for value in values)
+    assert page.locator("#confidence").inner_text() == ">99.9% sure"
+    assert page.locator("#status").inner_text() == "next best: 4 (0.1%)"
+    # A real answer follows the same rule.
+    page.unroute("**/api/predict*")
+    before = results(page)
+    page.click("#undo")
+    for stroke in digit_strokes(3):
+        points = stroke_points(page, stroke)
+        page.mouse.move(*points[0])
+        page.mouse.down()
+        for x, y in points[1:]:
+            page.mouse.move(x, y, steps=2)
+        page.mouse.up()
+    settle(page, results_before=before)
+    values = page.locator("#bars li .value").all_inner_texts()
+    assert all(PERCENT.fullmatch(value) for value in values), values
+    assert "100.0%" not in page.locator("#confidence").inner_text()
+    assert page.problems == []  # type: ignore[attr-defined]
+
+
+def test_api_docs_render_with_the_network_blocked(browser, server_url: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = open_page(browser, server_url, path="/docs", ready="document.body.dataset.state === 'ready'",
+                     viewport={"width": 1100, "height": 900})
+    predict = page.locator('article.operation[data-path="/api/predict"][data-method="post"]')
+    assert predict.is_visible()
+    assert "/api/predict" in predict.locator("h2").inner_text()
+    statuses = predict.locator("tr[data-status]").evaluate_all("rows => rows.map(r => r.dataset.status)")
+    assert {"200", "400", "413", "415", "422"} <= set(statuses)
+    assert "multipart/form-data" in predict.inner_text() and "application/json" in predict.inner_text()
+    assert page.locator('article.operation[data-path="/healthz"]').is_visible()
+    page.screenshot(path=str(ARTIFACTS / "browser-docs.png"), full_page=True)
+    assert page.problems == []  # type: ignore[attr-defined]
+
+
+TOKEN = "page-token-0123456789abcdef"
+
+
+def test_the_page_works_with_a_token(browser, trained_cnn_run: Path, tmp_path: Path) -> None:
+    with running_server(trained_cnn_run, tmp_path / "serve.log", env={"MNISTLAB_TOKEN": TOKEN}) as url:
+        assert f"#token={TOKEN}" in (tmp_path / "serve.log").read_text()
+        # The URL the server prints: the page takes the token from the fragment, then drops it from the URL.
+        page = open_page(browser, url, path=f"/#token={TOKEN}", viewport={"width": 1100, "height": 760})
+        assert "#" not in page.url and "cnn trained on mnist" in page.locator("#model-info").inner_text()
+        before = results(page)
+        for stroke in digit_strokes(3):
+            points = stroke_points(page, stroke)
+            page.mouse.move(*points[0])
+            page.mouse.down()
+            for x, y in points[1:]:
+                page.mouse.move(x, y, steps=2)
+            page.mouse.up()
+        settle(page, results_before=before)
+        assert shown_answer(page)[0] == "3"
+        assert page.problems == []  # type: ignore[attr-defined]
+        # Without the fragment the page asks for the token (the API said 401), then works.
+        asked: list[str] = []
+        context = browser.new_context()
+        plain = context.new_page()
+
+        def answer(dialog) -> None:
+            asked.append(dialog.message)
+            dialog.accept(TOKEN)
+
+        plain.on("dialog", answer)
+        plain.goto(url + "/")
+        plain.wait_for_function("document.body.dataset.state === 'empty'", timeout=30_000)
+        assert len(asked) == 1 and "access token" in asked[0]
+        assert "cnn trained on mnist" in plain.locator("#model-info").inner_text()

@@ -233,6 +233,13 @@ def open_predictor(source: str | os.PathLike[str], *, backend: Backend = "auto",
 
 
 def format_percent(p: float) -> str:
-    """A probability as a short percentage (``97.1%``, ``<0.1%``)."""
-    return "<0.1%" if 0 < p < 0.0005 else f"{100 * p:.1f}%"
+    """A probability as a short percentage: ``97.1%``; ``<0.1%`` and ``>99.9%`` for what would round to 0.0%
+    or 100.0% (a softmax output is never exactly 0 or 1: no "0.0%" beside "<0.1%", no "100.0% sure").
+    The page (static/app.js) applies the same rule."""
+    shown = f"{100 * p:.1f}"
+    if shown in ("0.0", "-0.0") or p <= 0:
+        return "<0.1%"
+    if shown == "100.0" or p >= 1:
+        return ">99.9%"
+    return f"{shown}%"
 

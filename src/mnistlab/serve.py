@@ -1,18 +1,32 @@
 """The draw-a-digit server: a FastAPI app over one trained run, and the page in ``static/``.
 
-Endpoints (OpenAPI docs at ``/docs``)::
+Endpoints (API docs at ``/docs``, a page in ``static/`` that renders ``/openapi.json`` with no network)::
 
     GET  /               the page: draw (mouse/touch), live probability bars, the 28x28 the model sees, upload
     GET  /healthz        {"status": "ok"}
     GET  /api/model      what is loaded: model, dataset, classes, recorded test accuracy, upload limits
     POST /api/predict    an image (multipart field "image", or a raw image/* body) or JSON {"pixels": 28x28}
 
-Every request is size-capped before anything is decoded: Content-Length is checked first, then the body is
-read in chunks and abandoned as soon as it passes the cap (chunked uploads have no Content-Length). Image
-decoding, preprocessing and inference run in worker threads behind a small limiter, so a large photo never
-blocks the event loop and at most ``concurrency`` images are in memory at once (a 28x28 JSON array is so
-cheap that it is predicted inline). Every user-caused problem is a 4xx with
-``{"detail": "one line"}``; a 500 would be a bug.
+Memory and time are bounded on every request, in this order:
+
+1. Connections: at most ``max_connections`` open sockets (more get a 503 and are closed), and a connection
+   that has not sent a whole request header within ``header_seconds`` is closed (uvicorn has no header
+   timeout of its own; :class:`BoundedH11Protocol` adds it).
+2. Before a body is read, the upload reserves its size (Content-Length, or the cap when chunked) from a budget
+   of ``buffered_bytes`` shared by all requests; an upload that does not fit waits (its bytes stay in the
+   client's socket: uvicorn stops reading a connection after 64 KiB that nobody asked for) and is refused
+   with 503 after ``queue_seconds``. So N stalled max-size uploads hold at most ``buffered_bytes``, not N
+   times the limit.
+3. The body is then read in chunks, capped (413) and timed (408 after ``body_seconds``); a multipart body is
+   streamed into the form parser, which spools files over 1 MB to disk.
+4. Decoding, preprocessing and inference run in worker threads behind a limiter of ``concurrency``, so a
+   large photo never blocks the event loop (``/healthz`` is answered on the loop itself). A 28x28 JSON array
+   is so cheap that it is predicted inline.
+
+Every user-caused problem is a 4xx (503 when busy) with ``{"detail": "one line"}``; a 500 would be a bug. A
+client that goes away mid-upload is one info line in the log. With a token (``--token``/``MNISTLAB_TOKEN``)
+every ``/api/*`` request needs ``Authorization: Bearer TOKEN``; the page takes the token from its URL's
+fragment (``/#token=...``, never sent to the server or its logs) or asks for it.
 
 FastAPI is imported at module level (it reads the endpoints' annotations from this module's globals); the CLI
 imports this module only inside ``mnistlab serve``.
@@ -20,23 +34,34 @@ imports this module only inside ``mnistlab serve``.
 
 # No `from __future__ import annotations`: FastAPI must evaluate the endpoints' annotations, and the `top`
 # parameter's bound (the model's number of classes) is a local of create_app.
+import asyncio
+import errno
+import hmac
+import ipaddress
 import json
+import logging
 import os
+import re
 import socket
+import sys
 import time
+from collections.abc import AsyncIterator, MutableMapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, cast
 
 import anyio
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from mnistlab.errors import MnistlabError
 from mnistlab.imaging import (
@@ -52,14 +77,24 @@ from mnistlab.imaging import (
 from mnistlab.predict import AnyPredictor, Predictor, open_predictor
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundary lines and part headers on top of the image itself
-BODY_READ_SECONDS = 30.0        # a client that trickles its upload slower than this gets 408
+JSON_MAX_BYTES = 1024 * 1024    # 28x28 numbers fit in a few KB; 1 MB leaves room for whitespace, stops JSON bombs
+TOKEN_ENV = "MNISTLAB_TOKEN"
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._~-]{16,256}")  # URL-fragment and header safe, long enough to guess
 STATUS_FOR_ERROR: tuple[tuple[type[MnistlabError], int], ...] = (
     (ImageTooLarge, 413),
     (UnreadableImage, 422),
     (BlankImage, 422),
     (BadPixels, 422),
 )
+# uvicorn's own logger: its handler prints at the --quiet-dependent level, next to the access log.
+LOG = logging.getLogger("uvicorn.error")
+BodyKind = Literal["multipart", "json", "image"]
 
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["detail"],
+    "properties": {"detail": {"type": "string", "description": "one line: what was wrong and what to do"}},
+}
 PIXELS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["pixels"],
@@ -70,37 +105,71 @@ PIXELS_SCHEMA: dict[str, Any] = {
                   "items": {"type": "integer", "minimum": 0, "maximum": 255}},
     }},
 }
-PREDICT_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "description": "An image file (PNG, JPEG, BMP, GIF, WebP, TIFF, PNM), as a multipart field `image` "
-                       "or as the raw body with an image/* Content-Type; or JSON with a 28x28 `pixels` array",
-        "content": {
-            "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
-                "image": {"type": "string", "format": "binary"}}}},
-            "image/png": {"schema": {"type": "string", "format": "binary"}},
-            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-            "application/json": {"schema": PIXELS_SCHEMA},
-        },
-    },
-}
 
 
 @dataclass(frozen=True)
 class ServeLimits:
-    """Upload limits: bytes of one image, pixels of one decoded image, images processed at once."""
+    """Every bound the server keeps: bytes and pixels of one image, images decoded at once, bytes buffered
+    by all uploads together, open connections, and the seconds a client gets for headers, queue and body."""
 
     max_bytes: int = MAX_IMAGE_BYTES
     max_pixels: int = MAX_IMAGE_PIXELS
     concurrency: int = 4
+    # Six max-size uploads at once: enough to keep 4 decoders busy, and what 60 stalled uploads can hold.
+    buffered_bytes: int = 64 * 1024 * 1024
+    max_connections: int = 256
+    header_seconds: float = 10.0
+    queue_seconds: float = 30.0
+    body_seconds: float = 30.0  # a client that trickles its upload slower than this gets 408
 
     def __post_init__(self) -> None:
-        if self.max_bytes < 1 or self.max_pixels < 1 or self.concurrency < 1:
-            raise MnistlabError(f"server limits must be >= 1, got {self}")
+        counts = (self.max_bytes, self.max_pixels, self.concurrency, self.max_connections)
+        seconds = (self.header_seconds, self.queue_seconds, self.body_seconds)
+        if min(counts) < 1 or min(seconds) <= 0:
+            raise MnistlabError(f"server limits must be >= 1 (seconds > 0), got {self}")
+        if self.buffered_bytes < self.max_bytes + MULTIPART_OVERHEAD:
+            # One max-size upload must fit in the budget, or it would wait for ever.
+            raise MnistlabError(f"buffered_bytes must be >= max_bytes + {MULTIPART_OVERHEAD:,}, got {self}")
+
+
+class ByteBudget:
+    """Bytes that uploads may hold in memory together; a reservation waits until it fits.
+
+    Not FIFO: a small upload (a drawing, a few KB) passes while a large one waits for room, which is what a
+    page that predicts while you draw needs; the large one's wait is bounded by the queue timeout.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.free = total
+        self._changed: anyio.Condition | None = None  # created inside the event loop
+
+    @asynccontextmanager
+    async def hold(self, amount: int, *, wait_seconds: float) -> AsyncIterator[None]:
+        """Reserve ``amount`` bytes for the block; 503 when they are not free within ``wait_seconds``."""
+        if self._changed is None:
+            self._changed = anyio.Condition()
+        changed = self._changed
+        try:
+            with anyio.fail_after(wait_seconds):
+                async with changed:
+                    while self.free < amount:
+                        await changed.wait()
+                    self.free -= amount
+        except TimeoutError:
+            raise HTTPException(503, "the server is busy receiving other uploads; try again shortly",
+                                headers={"Retry-After": "10", "Connection": "close"}) from None
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                async with changed:
+                    self.free += amount
+                    changed.notify_all()
 
 
 def static_dir() -> Path:
-    """The packaged ``static/`` folder holding the page (index.html, app.js, style.css)."""
+    """The packaged ``static/`` folder holding the page (index.html, app.js, style.css) and the docs page."""
     return Path(str(resources.files("mnistlab") / "static"))
 
 
@@ -112,21 +181,89 @@ def status_for(exc: MnistlabError) -> int:
     return 400
 
 
+def check_token(token: str | None) -> str | None:
+    """``token`` itself when it is usable as a bearer token (16..256 URL-safe characters), else one-line error."""
+    if token is None:
+        return None
+    if not TOKEN_PATTERN.fullmatch(token):
+        raise MnistlabError(f"--token (or {TOKEN_ENV}) must be 16..256 characters of A-Z a-z 0-9 . _ ~ -, got "
+                            f"{len(token)} characters; make one with: python -c "
+                            "\"import secrets; print(secrets.token_urlsafe())\"")
+    return token
+
+
+def predict_openapi(limits: ServeLimits, *, num_classes: int, token: bool) -> dict[str, Any]:
+    """The request body and every answer of ``POST /api/predict``, with the limits in force, for OpenAPI."""
+    binary = {"type": "string", "format": "binary", "maxLength": limits.max_bytes}
+    image_text = (f"at most {limits.max_bytes:,} bytes and {limits.max_pixels:,} pixels "
+                  "(width x height, read from the header before decoding)")
+    content: dict[str, Any] = {
+        "multipart/form-data": {"schema": {
+            "type": "object", "required": ["image"],
+            "properties": {"image": {**binary, "description": f"the image file; {image_text}"}},
+            "description": "the file field `image` (or the form's only file field)",
+        }},
+        "image/png": {"schema": binary},
+        "image/jpeg": {"schema": binary},
+        "image/*": {"schema": binary, "description": "BMP, GIF, WebP, TIFF, PNM: whatever Pillow reads"},
+        "application/octet-stream": {"schema": binary, "description": "an image file, its type sniffed"},
+        "application/json": {"schema": {**PIXELS_SCHEMA, "description": f"at most {JSON_MAX_BYTES:,} bytes"}},
+    }
+    error = {"application/json": {"schema": ERROR_SCHEMA}}
+    answers: dict[int, str] = {
+        400: "malformed body: bad JSON, a multipart body without a boundary or without an image file, or a "
+             "non-numeric Content-Length",
+        408: f"the upload took over {limits.body_seconds:g} s to arrive",
+        413: f"over a limit: the body over {limits.max_bytes:,} bytes (JSON: {JSON_MAX_BYTES:,}), or the "
+             f"image over {limits.max_pixels:,} pixels",
+        415: "a Content-Type other than multipart/form-data, image/*, application/octet-stream, "
+             "application/json",
+        422: f"not a readable image, a blank image, a bad pixels array (shape, range), or a bad query "
+             f"parameter (top outside 1..{num_classes}, invert not auto/yes/no)",
+        503: f"busy: other uploads hold the {limits.buffered_bytes:,}-byte upload budget for over "
+             f"{limits.queue_seconds:g} s, or over {limits.max_connections} connections are open",
+    }
+    if token:
+        answers[401] = "no or wrong `Authorization: Bearer TOKEN` (the server was started with --token)"
+    responses: dict[str, Any] = {
+        "200": {"description": "prediction, every class's probability, top-k, the 28x28 the model saw"},
+        **{str(code): {"description": text, "content": error} for code, text in sorted(answers.items())},
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "description": f"An image ({image_text}) as a multipart field `image` or as the raw body with "
+                           "an image/* or application/octet-stream Content-Type; or JSON with a 28x28 "
+                           "`pixels` array",
+            "content": content,
+        },
+        "responses": responses,
+        "x-limits": {"max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels,
+                     "json_max_bytes": JSON_MAX_BYTES},
+    }
+
+
 def create_app(
     *,
     run_dir: str | os.PathLike[str] | None = None,
     predictor: AnyPredictor | None = None,
     device: str = "cpu",
     limits: ServeLimits | None = None,
+    token: str | None = None,
 ) -> FastAPI:
-    """A FastAPI app serving ``run_dir``'s model (loaded once, here) or an already loaded ``predictor``."""
+    """A FastAPI app serving ``run_dir``'s model (loaded once, here) or an already loaded ``predictor``.
+
+    With ``token``, every ``/api/*`` request needs ``Authorization: Bearer <token>`` (401 otherwise).
+    """
     if predictor is None:
         if run_dir is None:
             raise MnistlabError("create_app needs run_dir (a folder written by `mnistlab train`) "
                                 "or a predictor")
         predictor = Predictor(run_dir, device=device)
     limits = limits or ServeLimits()
+    token = check_token(token)
     model_info = predictor.info()
+    budget = ByteBudget(limits.buffered_bytes)
     # Created lazily inside the event loop (anyio requires a running loop on some backends).
     limiter_box: list[anyio.CapacityLimiter] = []
 
@@ -134,7 +271,7 @@ def create_app(
         title="mnistlab",
         version=_version(),
         summary=f"Draw a digit and see {model_info['model']} ({model_info['dataset']}) read it.",
-        docs_url="/docs",
+        docs_url=None,  # FastAPI's page loads swagger-ui from a CDN: blank offline; ours is in static/
         redoc_url=None,
     )
 
@@ -154,19 +291,37 @@ def create_app(
     async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
+    bearer = HTTPBearer(auto_error=False, description="the token `mnistlab serve` was started with")
+
+    async def require_token(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> None:
+        given = credentials.credentials if credentials is not None else ""
+        # compare_digest: the time taken does not tell how much of a guess was right.
+        if token is not None and not hmac.compare_digest(given.encode(), token.encode()):
+            shown = "a wrong token" if credentials is not None else "no Authorization: Bearer token"
+            raise HTTPException(401, f"{shown}: this server needs the token it was started with "
+                                     f"(--token or {TOKEN_ENV})",
+                                headers={"WWW-Authenticate": "Bearer", "Connection": "close"})
+
+    api_guard = [Depends(require_token)] if token is not None else []
+
     @app.get("/healthz", tags=["service"], summary="Liveness check")
-    def healthz() -> dict[str, str]:
-        """Liveness: answers while the server runs."""
+    async def healthz() -> dict[str, str]:
+        """Liveness: answers while the server runs (on the event loop: never queued behind uploads)."""
         return {"status": "ok"}
 
-    @app.get("/api/model", tags=["service"], summary="What is loaded, and its recorded test accuracy")
+    @app.get("/api/model", tags=["service"], summary="What is loaded, and its recorded test accuracy",
+             dependencies=api_guard)
     def api_model() -> dict[str, Any]:
         """What is loaded, its recorded test accuracy, and the upload limits."""
         return {**model_info, "limits": {"max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels}}
 
-    def work(payload: bytes | list[Any], *, invert: Invert, top: int, name: str) -> dict[str, Any]:
+    def work(payload: bytes | bytearray | list[Any], *, invert: Invert, top: int, name: str) -> dict[str, Any]:
         started = time.perf_counter()
-        prepared = prepare_image(payload, invert=invert, name=name, max_bytes=limits.max_bytes,
+        # cast: prepare_image takes bytearray and lists (its isinstance checks) though its annotation names
+        # neither; copying the upload to bytes would double its memory.
+        prepared = prepare_image(cast(Any, payload), invert=invert, name=name, max_bytes=limits.max_bytes,
                                  max_pixels=limits.max_pixels)
         prediction = predictor.predict(prepared.pixels[None])[0]
         return {
@@ -177,51 +332,58 @@ def create_app(
             "milliseconds": round(1000 * (time.perf_counter() - started), 3),
         }
 
+    predict_spec = predict_openapi(limits, num_classes=predictor.num_classes, token=token is not None)
+
     @app.post(
         "/api/predict", tags=["predict"], summary="Predict the digit in an image or a 28x28 array",
-        openapi_extra=PREDICT_BODY,
-        responses={
-            200: {"description": "prediction, every class's probability, top-k, the 28x28 the model saw"},
-            400: {"description": "malformed JSON or multipart body, or no image in it"},
-            408: {"description": "the upload arrived too slowly"},
-            413: {"description": "the upload or the decoded image is over the size limit"},
-            415: {"description": "a Content-Type other than multipart/form-data, image/*, application/json"},
-            422: {"description": "not a readable image, a blank image, or a bad pixels array (shape/range)"},
-        },
+        # The answers go in `responses` (not openapi_extra): FastAPI then adds no 422 of its own format.
+        responses=predict_spec.pop("responses"), openapi_extra=predict_spec, dependencies=api_guard,
     )
     async def api_predict(
         request: Request,
         top: Annotated[int, Query(ge=1, le=predictor.num_classes, description="classes to list")] = 3,
         invert: Annotated[Invert, Query(description="auto: detect dark-on-light; yes/no: force it")] = "auto",
-    ) -> JSONResponse:
+    ) -> Response:
         """Predict the digit in an uploaded image or a 28x28 pixel array."""
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        payload: bytes | list[Any]
-        if content_type == "multipart/form-data":
-            body = await _read_capped(request, limits.max_bytes + MULTIPART_OVERHEAD)
-            payload, name = await _image_from_form(request, body, limits.max_bytes)
-        elif content_type == "application/json":
-            # 28x28 numbers fit in a few KB; 1 MB leaves room for whitespace and stops JSON bombs early.
-            body = await _read_capped(request, 1024 * 1024)
-            payload, name = _pixels_from_json(body), "pixels"
-        elif content_type.startswith("image/") or content_type == "application/octet-stream":
-            payload, name = await _read_capped(request, limits.max_bytes), "image"
-        else:
-            shown = content_type or "none"
-            raise HTTPException(415, f"Content-Type {shown} is not accepted; send multipart/form-data with "
-                                     "an `image` file, a raw image/* body, or application/json "
-                                     '{"pixels": 28x28}')
-        if isinstance(payload, list):
-            # A 28x28 array is validated and predicted in well under a millisecond: a thread hop would cost
-            # more than it saves, so it runs right here.
-            result = work(payload, invert=invert, top=top, name=name)
-        else:
-            # Decoding an upload can take tens of milliseconds (a 12 Mpx photo): worker threads keep the
-            # event loop answering, and the limiter bounds how many images are decoded at once.
-            if not limiter_box:
-                limiter_box.append(anyio.CapacityLimiter(limits.concurrency))
-            result = await anyio.to_thread.run_sync(
-                partial(work, payload, invert=invert, top=top, name=name), limiter=limiter_box[0])
+        kind = _body_kind(request.headers.get("content-type", ""))
+        cap = {"multipart": limits.max_bytes + MULTIPART_OVERHEAD, "json": JSON_MAX_BYTES,
+               "image": limits.max_bytes}[kind]
+        declared = _declared_length(request, cap)
+        received = [0]
+        try:
+            # The reservation comes first: until it is granted, nothing of the body is read.
+            async with budget.hold(cap if declared is None else declared, wait_seconds=limits.queue_seconds):
+                payload: bytearray | bytes | list[Any]
+                try:
+                    with anyio.fail_after(limits.body_seconds):
+                        if kind == "multipart":
+                            payload, name = await _image_from_form(request, cap, limits.max_bytes, received)
+                        elif kind == "json":
+                            payload = _pixels_from_json(await _read_capped(request, cap, received))
+                            name = "pixels"
+                        else:
+                            payload, name = await _read_capped(request, cap, received), "image"
+                except TimeoutError:
+                    raise HTTPException(408, f"the upload took over {limits.body_seconds:g} s; try again",
+                                        headers={"Connection": "close"}) from None
+                if isinstance(payload, list):
+                    # A 28x28 array is validated and predicted in well under a millisecond: a thread hop
+                    # would cost more than it saves, so it runs right here.
+                    result = work(payload, invert=invert, top=top, name=name)
+                else:
+                    # Decoding an upload can take tens of milliseconds (a 12 Mpx photo): worker threads keep
+                    # the event loop answering, and the limiter bounds how many images are decoded at once.
+                    if not limiter_box:
+                        limiter_box.append(anyio.CapacityLimiter(limits.concurrency))
+                    result = await anyio.to_thread.run_sync(
+                        partial(work, payload, invert=invert, top=top, name=name), limiter=limiter_box[0])
+        except ClientDisconnect:
+            client = request.client
+            who = f"{client.host}:{client.port}" if client else "a client"
+            expected = f" of {declared:,}" if declared is not None else ""
+            LOG.info("%s went away during its upload to /api/predict (%s%s bytes received); nothing answered",
+                     who, f"{received[0]:,}", expected)
+            return Response(status_code=400)  # nobody is there to read it; uvicorn drops it
         return JSONResponse(result)
 
     static = static_dir()
@@ -232,47 +394,69 @@ def create_app(
         """The draw-a-digit page."""
         return FileResponse(static / "index.html", media_type="text/html")
 
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> FileResponse:
+        """The API docs: a page that renders /openapi.json with nothing from the network."""
+        return FileResponse(static / "docs.html", media_type="text/html")
+
     return app
 
 
-async def _read_capped(request: Request, cap: int) -> bytes:
-    """The request body, refusing (413) anything over ``cap`` bytes before reading it all."""
+def _body_kind(content_type: str) -> BodyKind:
+    """What the body is, from its Content-Type; 415 for anything the endpoint does not take."""
+    media = content_type.split(";")[0].strip().lower()
+    if media == "multipart/form-data":
+        return "multipart"
+    if media == "application/json":
+        return "json"
+    if media.startswith("image/") or media == "application/octet-stream":
+        return "image"
+    raise HTTPException(415, f"Content-Type {media or 'none'} is not accepted; send multipart/form-data with "
+                             'an `image` file, a raw image/* body, or application/json {"pixels": 28x28}',
+                        headers={"Connection": "close"})
+
+
+def _declared_length(request: Request, cap: int) -> int | None:
+    """The body's Content-Length (None when chunked); 400 when it is not a number, 413 when over ``cap``."""
     declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.strip().isdigit():
-            raise HTTPException(400, f"Content-Length {declared!r} is not a number")
-        if int(declared) > cap:
-            raise HTTPException(413, f"the upload is {int(declared):,} bytes, over the {cap:,}-byte limit; "
-                                     "send a smaller image")
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        with anyio.fail_after(BODY_READ_SECONDS):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > cap:
-                    raise HTTPException(413, f"the upload is over the {cap:,}-byte limit; "
-                                             "send a smaller image")
-                chunks.append(chunk)
-    except TimeoutError:
-        raise HTTPException(408, f"the upload took over {BODY_READ_SECONDS:.0f} s; try again") from None
-    return b"".join(chunks)
+    if declared is None:
+        return None
+    # Connection: close on refusals: the unread body would otherwise keep arriving on a kept-alive connection.
+    if not declared.strip().isdigit():
+        raise HTTPException(400, f"Content-Length {declared!r} is not a number", headers={"Connection": "close"})
+    if int(declared) > cap:
+        raise HTTPException(413, f"the upload is {int(declared):,} bytes, over the {cap:,}-byte limit; "
+                                 "send a smaller image", headers={"Connection": "close"})
+    return int(declared)
 
 
-async def _image_from_form(request: Request, body: bytes, max_bytes: int) -> tuple[bytes, str]:
-    """The image bytes of a multipart body's ``image`` field (or its only file field)."""
-    sent = False
+def _capped_request(request: Request, cap: int, received: list[int]) -> Request:
+    """``request`` whose body stream counts into ``received[0]`` and fails with 413 past ``cap`` bytes."""
+    receive = request.receive
 
-    async def replay() -> dict[str, Any]:
-        # The body was already read under the cap; hand it to Starlette's multipart parser once.
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
+    async def capped() -> MutableMapping[str, Any]:
+        message = await receive()
+        if message["type"] == "http.request":
+            received[0] += len(message.get("body", b""))
+            if received[0] > cap:
+                raise HTTPException(413, f"the upload is over the {cap:,}-byte limit; send a smaller image",
+                                    headers={"Connection": "close"})
+        return message
 
-    replayed = Request(request.scope, receive=replay)
-    form = await replayed.form(max_files=2, max_fields=8, max_part_size=64 * 1024)
+    return Request(request.scope, receive=capped)
+
+
+async def _read_capped(request: Request, cap: int, received: list[int]) -> bytearray:
+    """The request body, refusing (413) anything over ``cap`` bytes as soon as it passes it."""
+    body = bytearray()  # extended in place: no list of chunks and no join, one buffer the size of the body
+    async for chunk in _capped_request(request, cap, received).stream():
+        body += chunk
+    return body
+
+
+async def _image_from_form(request: Request, cap: int, max_bytes: int, received: list[int]) -> tuple[bytes, str]:
+    """The image bytes of a multipart body's ``image`` field (or its only file field), streamed and capped."""
+    form = await _capped_request(request, cap, received).form(max_files=2, max_fields=8, max_part_size=64 * 1024)
     try:
         files = [(key, value) for key, value in form.multi_items() if isinstance(value, UploadFile)]
         only = files[0][1] if len(files) == 1 else None
@@ -289,7 +473,7 @@ async def _image_from_form(request: Request, body: bytes, max_bytes: int) -> tup
         await form.close()
 
 
-def _pixels_from_json(body: bytes) -> list[Any]:
+def _pixels_from_json(body: bytes | bytearray) -> list[Any]:
     """The ``pixels`` array of a JSON body (shape and range are checked by prepare_image)."""
     try:
         document = json.loads(body)
@@ -311,8 +495,107 @@ def _version() -> str:
     return __version__
 
 
+def _raw_json_response(status: int, detail: str) -> bytes:
+    """A complete HTTP/1.1 answer with ``{"detail": ...}``, written before any request was parsed."""
+    body = json.dumps({"detail": detail}).encode()
+    phrase = {408: "Request Timeout", 503: "Service Unavailable"}[status]
+    head = (f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n")
+    return head.encode() + body
+
+
+def bounded_protocol(limits: ServeLimits) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol with a cap on open connections and a time limit on receiving a request header.
+
+    uvicorn closes idle kept-alive connections (``timeout_keep_alive``) but never one that is sending a header
+    slowly (or sends nothing at all), so a few thousand half-headers would hold sockets for ever.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class BoundedH11Protocol(H11Protocol):
+        """H11Protocol that closes connections whose request header does not arrive in time."""
+
+        header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(self.connections) > limits.max_connections:
+                LOG.warning("refused a connection: %d are open (the limit)", limits.max_connections)
+                transport.write(_raw_json_response(503, f"the server has {limits.max_connections} connections "
+                                                        "open, its limit; try again"))
+                transport.close()
+                return
+            self._watch_header()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self._watch_header()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._watch_header()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_watching()
+            super().connection_lost(exc)
+
+        def _watch_header(self) -> None:
+            # h11 says IDLE for "their request header has not been received yet" (first or next request).
+            waiting = self.conn.their_state is h11.IDLE and not self.transport.is_closing()
+            if waiting and self.header_timer is None:
+                self.header_timer = self.loop.call_later(limits.header_seconds, self._header_timeout)
+            elif not waiting:
+                self._stop_watching()
+
+        def _stop_watching(self) -> None:
+            if self.header_timer is not None:
+                self.header_timer.cancel()
+                self.header_timer = None
+
+        def _header_timeout(self) -> None:
+            self.header_timer = None
+            if self.conn.their_state is not h11.IDLE or self.transport.is_closing():
+                return
+            if self.conn.our_state is h11.IDLE and self.conn.trailing_data[0]:
+                # Part of a header arrived: say why before closing. (A silent idle keep-alive is just closed.)
+                who = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+                LOG.info("closed a connection from %s: no complete request header within %g s", who,
+                         limits.header_seconds)
+                self.transport.write(_raw_json_response(
+                    408, f"the request header took over {limits.header_seconds:g} s"))
+            self.transport.close()
+
+    return BoundedH11Protocol
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) only ever means this machine (127.0.0.0/8, ::1)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except socket.gaierror:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+
+
+def exposure_warning(host: str, *, token: bool) -> str | None:
+    """The warning to print when ``host`` lets other machines reach the server; None on loopback."""
+    if is_loopback(host):
+        return None
+    if token:
+        return (f"mnistlab: note: listening on {host}: other machines can reach the page; the API needs the "
+                "token (plain HTTP: anyone on the network path can read it)")
+    return (f"mnistlab: WARNING: listening on {host}: anyone who can reach this machine can use the API, with no "
+            f"password; pass --token TOKEN (or set {TOKEN_ENV}) to require one, or --host 127.0.0.1")
+
+
 def check_port(host: str, port: int) -> None:
-    """Fail early, in one line, when ``host:port`` cannot be bound (in use, or not an address here)."""
+    """Fail early, in one line, when ``host:port`` cannot be bound: port in use, no permission, or an address
+    this machine does not have."""
     if not 0 < port < 65536:
         raise MnistlabError(f"--port must be in 1..65535, got {port}")
     try:
@@ -327,29 +610,48 @@ def check_port(host: str, port: int) -> None:
         try:
             probe.bind(address)
         except OSError as exc:
-            raise MnistlabError(f"cannot listen on {host}:{port} ({exc.strerror}); "
-                                "pass another --port (or stop the program using it)") from None
+            where = f"cannot listen on {host}:{port} ({exc.strerror})"
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise MnistlabError(f"{where}: {host} is not an address of this machine; pass --host 127.0.0.1 "
+                                    "(this machine only), 0.0.0.0 (every network), or one of its own "
+                                    "addresses (`ip addr` lists them)") from None
+            if exc.errno == errno.EACCES:
+                raise MnistlabError(f"{where}: ports below 1024 need root; pass a --port above 1023") from None
+            if exc.errno == errno.EADDRINUSE:
+                raise MnistlabError(f"{where}: another program uses the port; pass another --port "
+                                    "(or stop the program using it)") from None
+            raise MnistlabError(f"{where}; check --host and --port") from None
 
 
 def serve(*, run_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
-          access_log: bool = True, threads: int | None = 1, backend: str = "auto") -> None:
+          access_log: bool = True, threads: int | None = 1, backend: str = "auto", token: str | None = None,
+          limits: ServeLimits | None = None) -> None:
     """Load ``run_dir`` (a run, or a ``.onnx`` file) and serve the page and API with uvicorn until Ctrl-C.
 
     ``threads`` caps the engine's intra-op threads: one image is too small to split, and on a small machine
     the HTTP loop needs the other cores. ``backend``: see :func:`mnistlab.predict.open_predictor` (the onnx
-    backend never imports torch).
+    backend never imports torch). ``token`` makes ``/api/*`` require ``Authorization: Bearer <token>``.
     """
     import uvicorn
 
+    limits = limits or ServeLimits()
+    token = check_token(token)
     check_port(host, port)
     predictor = open_predictor(run_dir, backend=backend, device=device, threads=threads)  # type: ignore[arg-type]
     if threads is not None and isinstance(predictor, Predictor):
         import torch
 
         torch.set_num_threads(threads)
-    app = create_app(predictor=predictor)
+    app = create_app(predictor=predictor, limits=limits, token=token)
+    warning = exposure_warning(host, token=token is not None)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     shown_host = f"[{host}]" if ":" in host else host
-    print(f"mnistlab: serving {Path(run_dir)} on http://{shown_host}:{port}/  "
-          "(API docs: /docs; Ctrl-C stops)", flush=True)
+    # The token goes in the URL's fragment: the browser keeps it (the page reads it) and never sends it.
+    page = f"http://{shown_host}:{port}/" + (f"#token={token}" if token else "")
+    print(f"mnistlab: serving {Path(run_dir)} on {page}  (API docs: /docs; Ctrl-C stops)", flush=True)
+    # http= the bounded protocol explicitly: with httptools installed, "auto" would pick a protocol without the
+    # header timeout. backlog: connections the kernel queues before accept; more are refused by it.
     uvicorn.run(app, host=host, port=port, log_level="info" if access_log else "warning",
-                access_log=access_log)
+                access_log=access_log, http=bounded_protocol(limits), backlog=limits.max_connections,
+                timeout_keep_alive=5)

@@ -351,11 +351,13 @@ def predict(args: argparse.Namespace) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     """``mnistlab serve RUN``: the draw-a-digit page and the JSON API, until Ctrl-C."""
+    import os
+
     from mnistlab.serve import serve as run_server
 
     run_dir = model_source(args)
     run_server(run_dir=run_dir, host=args.host, port=args.port, device=args.device, access_log=not args.quiet,
-               backend=args.backend)
+               backend=args.backend, token=args.token or os.environ.get("MNISTLAB_TOKEN") or None)
     return 0
 
 

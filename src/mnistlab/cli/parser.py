@@ -181,6 +181,8 @@ def _predict_parsers(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--device", default="cpu", help=f"one of {', '.join(DEVICE_NAMES)} (default cpu)")
     serve.add_argument("--quiet", action="store_true", help="no access log (one line per request)")
+    serve.add_argument("--token", help="require `Authorization: Bearer TOKEN` on /api/* (the page takes it "
+                       "from the URL printed at start); default: $MNISTLAB_TOKEN, else none")
     serve.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help=_BACKEND_HELP)
     _add_registry_flag(serve)
     serve.set_defaults(handler=cmd.serve)

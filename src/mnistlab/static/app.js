@@ -28,8 +28,40 @@
   let results = 0;
   let pending = 0;               // requests being prepared or on their way (tests wait for 0)
 
+  // One rule for every figure on the page (and format_percent in predict.py): one decimal, except what would
+  // round to 0.0% (a softmax is never exactly 0) or to 100.0% (nor exactly 1: never claim certainty).
   function percent(p) {
-    return p > 0 && p < 0.0005 ? "<0.1%" : `${(100 * p).toFixed(1)}%`;
+    const shown = (100 * p).toFixed(1);
+    if (shown === "0.0" || p <= 0) return "<0.1%";
+    if (shown === "100.0" || p >= 1) return ">99.9%";
+    return `${shown}%`;
+  }
+
+  // ------------------------------------------------------------------------------------------ token
+  // A server started with --token wants `Authorization: Bearer TOKEN` on /api/*. The URL it prints carries the
+  // token in the fragment (#token=...): browsers never send fragments, so it stays out of requests and logs.
+  // It is kept for this tab (sessionStorage) and removed from the address bar; without one, the page asks.
+  const TOKEN_KEY = "mnistlab-token";
+  let token = null;
+  try { token = sessionStorage.getItem(TOKEN_KEY); } catch (_) { token = null; }
+  const fromUrl = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (fromUrl) {
+    token = fromUrl;
+    try { sessionStorage.setItem(TOKEN_KEY, token); } catch (_) { /* private mode: kept in memory only */ }
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+
+  async function api(path, options = {}) {
+    for (let attempt = 0; ; attempt++) {
+      const headers = token ? { Authorization: `Bearer ${token}` } : {};
+      const response = await fetch(path, { ...options, headers });
+      if (response.status !== 401 || attempt >= 2) return response;
+      const given = window.prompt("This server needs its access token (printed by `mnistlab serve` where it " +
+                                  "was started, after #token=):");
+      if (!given) return response;
+      token = given.trim();
+      try { sessionStorage.setItem(TOKEN_KEY, token); } catch (_) { /* kept in memory only */ }
+    }
   }
 
   // ----------------------------------------------------------------------------------------- drawing
@@ -150,7 +182,7 @@
     body.dataset.state = "busy";
     let response, data;
     try {
-      response = await fetch("/api/predict?top=3", { method: "POST", body: form });
+      response = await api("/api/predict?top=3", { method: "POST", body: form });
       data = await response.json().catch(() => ({ detail: `${response.status} ${response.statusText}` }));
     } catch (error) {
       if (id >= shown) { shown = id; showError(`cannot reach the server (${error.message})`); }
@@ -260,15 +292,16 @@
   // --------------------------------------------------------------------------------------------- start
   async function loadModel() {
     try {
-      const response = await fetch("/api/model");
+      const response = await api("/api/model");
       const info = await response.json();
+      if (!response.ok) throw new Error(info.detail || `${response.status} ${response.statusText}`);
       classNames = info.class_names.map(String);
       maxBytes = info.limits.max_bytes;
       const accuracy = info.test_accuracy === null ? "test accuracy not recorded"
         : `test accuracy ${(100 * info.test_accuracy).toFixed(2)}%`;
       modelInfoEl.textContent = `${info.model} trained on ${info.dataset} · ${accuracy} · run ${info.run}`;
     } catch (error) {
-      modelInfoEl.textContent = `cannot reach the server (${error.message})`;
+      modelInfoEl.textContent = `cannot load the model's description (${error.message})`;
     }
     renderBars(null);
     showEmpty();
