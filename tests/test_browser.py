@@ -3,7 +3,7 @@
 A "3" is drawn with mouse events and a "7" with touch events on a phone-sized screen; the page must show the
 digit with the highest probability bar. An upload and a bad upload go through the page's file input. Every
 request the page makes must stay on the local server (the page works offline). Screenshots are saved under
-``test-artifacts/``.
+``$MNISTLAB_TEST_ARTIFACTS`` (default: the system's temporary folder).
 
 The API docs page (/docs) must render its operation list with the network blocked; probabilities are shown
 with one rule (no "0.0%" beside "<0.1%", never "100.0% sure"); a server started with a token works from the
@@ -22,6 +22,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -36,7 +37,9 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+# Screenshots for a human to look at: a folder named by MNISTLAB_TEST_ARTIFACTS, else the system's temporary
+# folder, so the suite never writes into the checkout (tests/systemdeps.py checks that).
+ARTIFACTS = Path(os.environ.get("MNISTLAB_TEST_ARTIFACTS") or Path(tempfile.gettempdir()) / "mnistlab-test-artifacts")
 PAD_BOX = (40 / 280, 40 / 280, 200 / 280)  # where digits are drawn on the pad: left, top, side (fractions)
 
 
@@ -161,7 +164,7 @@ def input_ink(page) -> int:
 
 
 def test_draw_a_three_with_the_mouse_and_see_three(browser, server_url: str, mnist, tmp_path: Path) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page = open_page(browser, server_url, viewport={"width": 1100, "height": 760})
     assert "cnn trained on mnist" in page.locator("#model-info").inner_text()
     before = results(page)
@@ -211,7 +214,7 @@ def test_draw_a_three_with_the_mouse_and_see_three(browser, server_url: str, mni
 
 
 def test_draw_a_seven_with_touch_on_a_phone(browser, server_url: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page = open_page(browser, server_url, viewport={"width": 390, "height": 844}, device_scale_factor=2,
                      is_mobile=True, has_touch=True)
     # Phone layout: nothing wider than the screen, the pad fills most of the width.
@@ -283,7 +286,7 @@ def test_percentages_follow_one_rule(browser, server_url: str) -> None:
 
 
 def test_api_docs_render_with_the_network_blocked(browser, server_url: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page = open_page(browser, server_url, path="/docs", ready="document.body.dataset.state === 'ready'",
                      viewport={"width": 1100, "height": 900})
     predict = page.locator('article.operation[data-path="/api/predict"][data-method="post"]')
