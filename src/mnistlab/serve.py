@@ -275,6 +275,85 @@ def create_app(
         redoc_url=None,
     )
 
+    _install_error_handlers(app)
+    api_guard = _token_guard(token)
+
+    _add_service_routes(app, model_info=model_info, limits=limits, api_guard=api_guard)
+
+    work = partial(_predict_one, predictor, limits)
+
+    predict_spec = predict_openapi(limits, num_classes=predictor.num_classes, token=token is not None)
+
+    @app.post(
+        "/api/predict", tags=["predict"], summary="Predict the digit in an image or a 28x28 array",
+        # The answers go in `responses` (not openapi_extra): FastAPI then adds no 422 of its own format.
+        responses=predict_spec.pop("responses"), openapi_extra=predict_spec, dependencies=api_guard,
+    )
+    async def api_predict(
+        request: Request,
+        top: Annotated[int, Query(ge=1, le=predictor.num_classes, description="classes to list")] = 3,
+        invert: Annotated[Invert, Query(description="auto: detect dark-on-light; yes/no: force it")] = "auto",
+    ) -> Response:
+        """Predict the digit in an uploaded image or a 28x28 pixel array."""
+        return await _answer_predict(request, top=top, invert=invert, limits=limits, budget=budget,
+                                     limiter_box=limiter_box, work=work)
+
+    _add_pages(app)
+    return app
+
+
+async def _answer_predict(request: Request, *, top: int, invert: Invert, limits: ServeLimits, budget: ByteBudget,
+                          limiter_box: list[anyio.CapacityLimiter], work: Any) -> Response:
+    """``POST /api/predict``: reserve the upload's bytes, read it within its limits, predict, answer."""
+    kind = _body_kind(request.headers.get("content-type", ""))
+    cap = {"multipart": limits.max_bytes + MULTIPART_OVERHEAD, "json": JSON_MAX_BYTES,
+           "image": limits.max_bytes}[kind]
+    declared = _declared_length(request, cap)
+    received = [0]
+    try:
+        # The reservation comes first: until it is granted, nothing of the body is read.
+        async with budget.hold(cap if declared is None else declared, wait_seconds=limits.queue_seconds):
+            payload, name = await _read_payload(request, kind, cap, limits, received)
+            if isinstance(payload, list):
+                # A 28x28 array is validated and predicted in well under a millisecond: a thread hop
+                # would cost more than it saves, so it runs right here.
+                result = work(payload, invert=invert, top=top, name=name)
+            else:
+                # Decoding an upload can take tens of milliseconds (a 12 Mpx photo): worker threads keep
+                # the event loop answering, and the limiter bounds how many images are decoded at once.
+                if not limiter_box:
+                    limiter_box.append(anyio.CapacityLimiter(limits.concurrency))
+                result = await anyio.to_thread.run_sync(
+                    partial(work, payload, invert=invert, top=top, name=name), limiter=limiter_box[0])
+    except ClientDisconnect:
+        client = request.client
+        who = f"{client.host}:{client.port}" if client else "a client"
+        expected = f" of {declared:,}" if declared is not None else ""
+        LOG.info("%s went away during its upload to /api/predict (%s%s bytes received); nothing answered",
+                 who, f"{received[0]:,}", expected)
+        return Response(status_code=400)  # nobody is there to read it; uvicorn drops it
+    return JSONResponse(result)
+
+
+def _add_service_routes(app: FastAPI, *, model_info: dict[str, Any], limits: ServeLimits,
+                        api_guard: list[Any]) -> None:
+    """``/healthz`` (always open) and ``/api/model`` (behind the token, if any)."""
+
+    @app.get("/healthz", tags=["service"], summary="Liveness check")
+    async def healthz() -> dict[str, str]:
+        """Liveness: answers while the server runs (on the event loop: never queued behind uploads)."""
+        return {"status": "ok"}
+
+    @app.get("/api/model", tags=["service"], summary="What is loaded, and its recorded test accuracy",
+             dependencies=api_guard)
+    def api_model() -> dict[str, Any]:
+        """What is loaded, its recorded test accuracy, and the upload limits."""
+        return {**model_info, "limits": {"max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels}}
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every refusal is ``{"detail": "one line"}`` with its 4xx (FastAPI's own 422 format included)."""
+
     @app.exception_handler(MnistlabError)
     async def _user_error(_request: Request, exc: MnistlabError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=status_for(exc))
@@ -291,6 +370,11 @@ def create_app(
     async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
+
+def _token_guard(token: str | None) -> list[Any]:
+    """The dependencies that make ``/api/*`` need ``Authorization: Bearer <token>`` (none without a token)."""
+    if token is None:
+        return []
     bearer = HTTPBearer(auto_error=False, description="the token `mnistlab serve` was started with")
 
     async def require_token(
@@ -298,94 +382,50 @@ def create_app(
     ) -> None:
         given = credentials.credentials if credentials is not None else ""
         # compare_digest: the time taken does not tell how much of a guess was right.
-        if token is not None and not hmac.compare_digest(given.encode(), token.encode()):
+        if not hmac.compare_digest(given.encode(), token.encode()):
             shown = "a wrong token" if credentials is not None else "no Authorization: Bearer token"
             raise HTTPException(401, f"{shown}: this server needs the token it was started with "
                                      f"(--token or {TOKEN_ENV})",
                                 headers={"WWW-Authenticate": "Bearer", "Connection": "close"})
 
-    api_guard = [Depends(require_token)] if token is not None else []
+    return [Depends(require_token)]
 
-    @app.get("/healthz", tags=["service"], summary="Liveness check")
-    async def healthz() -> dict[str, str]:
-        """Liveness: answers while the server runs (on the event loop: never queued behind uploads)."""
-        return {"status": "ok"}
 
-    @app.get("/api/model", tags=["service"], summary="What is loaded, and its recorded test accuracy",
-             dependencies=api_guard)
-    def api_model() -> dict[str, Any]:
-        """What is loaded, its recorded test accuracy, and the upload limits."""
-        return {**model_info, "limits": {"max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels}}
+def _predict_one(predictor: AnyPredictor, limits: ServeLimits, payload: bytes | bytearray | list[Any], *,
+                 invert: Invert, top: int, name: str) -> dict[str, Any]:
+    """Prepare one upload (or 28x28 array) and predict it: the answer of ``POST /api/predict``."""
+    started = time.perf_counter()
+    # cast: prepare_image takes bytearray and lists (its isinstance checks) though its annotation names
+    # neither; copying the upload to bytes would double its memory.
+    prepared = prepare_image(cast(Any, payload), invert=invert, name=name, max_bytes=limits.max_bytes,
+                             max_pixels=limits.max_pixels)
+    prediction = predictor.predict(prepared.pixels[None])[0]
+    return {
+        **prediction.to_dict(top=top),
+        "inverted": prepared.inverted,
+        "source_size": list(prepared.source_size),
+        "input": prepared.pixels.tolist(),
+        "milliseconds": round(1000 * (time.perf_counter() - started), 3),
+    }
 
-    def work(payload: bytes | bytearray | list[Any], *, invert: Invert, top: int, name: str) -> dict[str, Any]:
-        started = time.perf_counter()
-        # cast: prepare_image takes bytearray and lists (its isinstance checks) though its annotation names
-        # neither; copying the upload to bytes would double its memory.
-        prepared = prepare_image(cast(Any, payload), invert=invert, name=name, max_bytes=limits.max_bytes,
-                                 max_pixels=limits.max_pixels)
-        prediction = predictor.predict(prepared.pixels[None])[0]
-        return {
-            **prediction.to_dict(top=top),
-            "inverted": prepared.inverted,
-            "source_size": list(prepared.source_size),
-            "input": prepared.pixels.tolist(),
-            "milliseconds": round(1000 * (time.perf_counter() - started), 3),
-        }
 
-    predict_spec = predict_openapi(limits, num_classes=predictor.num_classes, token=token is not None)
+async def _read_payload(request: Request, kind: BodyKind, cap: int, limits: ServeLimits,
+                        received: list[int]) -> tuple[bytearray | bytes | list[Any], str]:
+    """The body as image bytes (multipart field or raw) or a 28x28 list, within the cap and the time limit."""
+    try:
+        with anyio.fail_after(limits.body_seconds):
+            if kind == "multipart":
+                return await _image_from_form(request, cap, limits.max_bytes, received)
+            if kind == "json":
+                return _pixels_from_json(await _read_capped(request, cap, received)), "pixels"
+            return await _read_capped(request, cap, received), "image"
+    except TimeoutError:
+        raise HTTPException(408, f"the upload took over {limits.body_seconds:g} s; try again",
+                            headers={"Connection": "close"}) from None
 
-    @app.post(
-        "/api/predict", tags=["predict"], summary="Predict the digit in an image or a 28x28 array",
-        # The answers go in `responses` (not openapi_extra): FastAPI then adds no 422 of its own format.
-        responses=predict_spec.pop("responses"), openapi_extra=predict_spec, dependencies=api_guard,
-    )
-    async def api_predict(
-        request: Request,
-        top: Annotated[int, Query(ge=1, le=predictor.num_classes, description="classes to list")] = 3,
-        invert: Annotated[Invert, Query(description="auto: detect dark-on-light; yes/no: force it")] = "auto",
-    ) -> Response:
-        """Predict the digit in an uploaded image or a 28x28 pixel array."""
-        kind = _body_kind(request.headers.get("content-type", ""))
-        cap = {"multipart": limits.max_bytes + MULTIPART_OVERHEAD, "json": JSON_MAX_BYTES,
-               "image": limits.max_bytes}[kind]
-        declared = _declared_length(request, cap)
-        received = [0]
-        try:
-            # The reservation comes first: until it is granted, nothing of the body is read.
-            async with budget.hold(cap if declared is None else declared, wait_seconds=limits.queue_seconds):
-                payload: bytearray | bytes | list[Any]
-                try:
-                    with anyio.fail_after(limits.body_seconds):
-                        if kind == "multipart":
-                            payload, name = await _image_from_form(request, cap, limits.max_bytes, received)
-                        elif kind == "json":
-                            payload = _pixels_from_json(await _read_capped(request, cap, received))
-                            name = "pixels"
-                        else:
-                            payload, name = await _read_capped(request, cap, received), "image"
-                except TimeoutError:
-                    raise HTTPException(408, f"the upload took over {limits.body_seconds:g} s; try again",
-                                        headers={"Connection": "close"}) from None
-                if isinstance(payload, list):
-                    # A 28x28 array is validated and predicted in well under a millisecond: a thread hop
-                    # would cost more than it saves, so it runs right here.
-                    result = work(payload, invert=invert, top=top, name=name)
-                else:
-                    # Decoding an upload can take tens of milliseconds (a 12 Mpx photo): worker threads keep
-                    # the event loop answering, and the limiter bounds how many images are decoded at once.
-                    if not limiter_box:
-                        limiter_box.append(anyio.CapacityLimiter(limits.concurrency))
-                    result = await anyio.to_thread.run_sync(
-                        partial(work, payload, invert=invert, top=top, name=name), limiter=limiter_box[0])
-        except ClientDisconnect:
-            client = request.client
-            who = f"{client.host}:{client.port}" if client else "a client"
-            expected = f" of {declared:,}" if declared is not None else ""
-            LOG.info("%s went away during its upload to /api/predict (%s%s bytes received); nothing answered",
-                     who, f"{received[0]:,}", expected)
-            return Response(status_code=400)  # nobody is there to read it; uvicorn drops it
-        return JSONResponse(result)
 
+def _add_pages(app: FastAPI) -> None:
+    """The draw-a-digit page, its assets, and the offline API docs page."""
     static = static_dir()
     app.mount("/static", StaticFiles(directory=static), name="static")
 
@@ -398,8 +438,6 @@ def create_app(
     def docs() -> FileResponse:
         """The API docs: a page that renders /openapi.json with nothing from the network."""
         return FileResponse(static / "docs.html", media_type="text/html")
-
-    return app
 
 
 def _body_kind(content_type: str) -> BodyKind:
@@ -504,6 +542,7 @@ def _raw_json_response(status: int, detail: str) -> bytes:
     return head.encode() + body
 
 
+# Over 60 lines because it defines the protocol class inside (it closes over the limits): one unit to read.
 def bounded_protocol(limits: ServeLimits) -> type[asyncio.Protocol]:
     """uvicorn's h11 protocol with a cap on open connections and a time limit on receiving a request header.
 
