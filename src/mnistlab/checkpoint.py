@@ -22,7 +22,6 @@ safetensors and JSON only: nothing here ever unpickles.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import shutil
@@ -37,11 +36,19 @@ import torch
 from mnistlab import runs
 from mnistlab.errors import MnistlabError
 
-CHECKPOINT_DIR = "checkpoint"
-MANIFEST = "manifest.json"
-WEIGHTS = "weights.safetensors"
+# The names a reader needs live in mnistlab.runs (torch-free); this module writes what they name.
+from mnistlab.runs import (
+    CHECKPOINT_DIR,
+    MANIFEST,
+    STATE,
+    WEIGHTS,
+    committed_file,
+    committed_state,
+    read_manifest,
+    sha256,
+)
+
 OPTIMIZER = "optimizer.safetensors"
-STATE = "state.json"
 BEST = "best.safetensors"   # the best epoch's weights, for a run with early stopping
 FORMAT = 1
 # Test hook: seconds to sleep after an epoch's files are written and before the manifest commits them, so
@@ -59,20 +66,6 @@ class Checkpoint:
     tensors: dict[str, torch.Tensor]   # optimizer buffers ("optimizer/NAME.i") and RNG states ("rng/NAME")
     state: dict[str, Any]
     best: bytes | None = None          # best.safetensors, when the run has early stopping
-
-
-def sha256(data: bytes) -> str:
-    """Hex SHA-256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------- RNG states
@@ -155,38 +148,6 @@ def discard(run_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def read_manifest(run_dir: Path) -> dict[str, Any] | None:
-    """The committed manifest, or None when the run has not committed an epoch (or predates checkpoints)."""
-    path = run_dir / CHECKPOINT_DIR / MANIFEST
-    if not path.is_file():
-        return None
-    manifest = runs.read_json(path)
-    if (not isinstance(manifest, dict) or not isinstance(manifest.get("epoch"), int)
-            or not isinstance(manifest.get("files"), dict) or not isinstance(manifest.get("folder"), str)):
-        raise MnistlabError(f"{path}: not a manifest mnistlab writes (edited or damaged); retrain the run")
-    return manifest
-
-
-def committed_file(run_dir: Path, manifest: dict[str, Any], name: str, *, verify: bool = True) -> Path:
-    """The path of the committed ``name`` (checked against the manifest's SHA-256 unless ``verify`` is off)."""
-    path = run_dir / CHECKPOINT_DIR / manifest["folder"] / name
-    if not path.is_file():
-        raise MnistlabError(f"{path}: missing, though {run_dir / CHECKPOINT_DIR / MANIFEST} names it; "
-                            "the checkpoint was damaged: retrain the run")
-    if verify and file_sha256(path) != manifest["files"].get(name):
-        raise MnistlabError(f"{path}: SHA-256 differs from the manifest's (changed after it was written); "
-                            "restore it or retrain the run")
-    return path
-
-
-def committed_state(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """The committed state.json (digest-checked)."""
-    state = runs.read_json(committed_file(run_dir, manifest, STATE))
-    if not isinstance(state, dict) or state.get("epoch") != manifest["epoch"]:
-        raise MnistlabError(f"{run_dir / CHECKPOINT_DIR}: state.json does not match the manifest; retrain the run")
-    return state
-
-
 def load(run_dir: Path) -> Checkpoint | None:
     """The last committed checkpoint of ``run_dir``, every file digest-checked; None if there is none."""
     from safetensors import SafetensorError

@@ -19,6 +19,7 @@ import contextlib
 import csv
 import datetime as _dt
 import functools
+import hashlib
 import io
 import json
 import math
@@ -229,8 +230,6 @@ def owner_alive(path: Path) -> bool | None:
 def _abandoned_before_first_epoch(path: Path) -> bool:
     """A run folder whose training died (its owner is gone) before committing an epoch, holding only
     mnistlab's own files."""
-    from mnistlab.checkpoint import CHECKPOINT_DIR, MANIFEST
-
     ours = {*RUN_FILES, STALE_OWNER_FILE, CHECKPOINT_DIR}
     return (all(child.name in ours or child.name.endswith(".tmp") for child in path.iterdir())
             and not (path / WEIGHTS_FILE).exists() and not (path / CHECKPOINT_DIR / MANIFEST).exists()
@@ -239,8 +238,6 @@ def _abandoned_before_first_epoch(path: Path) -> bool:
 
 def _discard_checkpoint(path: Path) -> None:
     import shutil
-
-    from mnistlab.checkpoint import CHECKPOINT_DIR
 
     shutil.rmtree(path / CHECKPOINT_DIR, ignore_errors=True)
 
@@ -357,17 +354,15 @@ def _committed(path: Path, top_history: Any) -> tuple[Any, Path] | None:
     Otherwise (history current, weights different) the file was replaced after training: it is loaded as it is,
     and checked as any weights file is.
     """
-    from mnistlab import checkpoint
-
-    manifest = checkpoint.read_manifest(path)
+    manifest = read_manifest(path)
     if manifest is None:
         return None
-    state = checkpoint.committed_state(path, manifest)
+    state = committed_state(path, manifest)
     top = path / WEIGHTS_FILE
-    if top.is_file() and checkpoint.file_sha256(top) == manifest["files"].get(checkpoint.WEIGHTS):
+    if top.is_file() and file_sha256(top) == manifest["files"].get(WEIGHTS):
         return state.get("history"), top
     if isinstance(top_history, list) and len(top_history) < manifest["epoch"]:
-        return state.get("history"), checkpoint.committed_file(path, manifest, checkpoint.WEIGHTS)
+        return state.get("history"), committed_file(path, manifest, WEIGHTS)
     return state.get("history"), top
 
 
@@ -377,6 +372,61 @@ def run_status(path: Path, metrics: dict[str, Any] | None) -> str:
     if status == "running" and process_alive(metrics or {}) is False:
         return "crashed"
     return status
+
+
+# ------------------------------------------------------------------------------- committed checkpoints
+# What mnistlab.checkpoint writes after every epoch, read here without torch: readers of a run directory
+# (read_run, the registry, reports) need the committed history and weights, not the training machinery.
+CHECKPOINT_DIR = "checkpoint"
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.safetensors"
+STATE = "state.json"
+
+
+def sha256(data: bytes) -> str:
+    """Hex SHA-256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any] | None:
+    """The committed manifest, or None when the run has not committed an epoch (or predates checkpoints)."""
+    path = run_dir / CHECKPOINT_DIR / MANIFEST
+    if not path.is_file():
+        return None
+    manifest = read_json(path)
+    if (not isinstance(manifest, dict) or not isinstance(manifest.get("epoch"), int)
+            or not isinstance(manifest.get("files"), dict) or not isinstance(manifest.get("folder"), str)):
+        raise MnistlabError(f"{path}: not a manifest mnistlab writes (edited or damaged); retrain the run")
+    return manifest
+
+
+def committed_file(run_dir: Path, manifest: dict[str, Any], name: str, *, verify: bool = True) -> Path:
+    """The path of the committed ``name`` (checked against the manifest's SHA-256 unless ``verify`` is off)."""
+    path = run_dir / CHECKPOINT_DIR / manifest["folder"] / name
+    if not path.is_file():
+        raise MnistlabError(f"{path}: missing, though {run_dir / CHECKPOINT_DIR / MANIFEST} names it; "
+                            "the checkpoint was damaged: retrain the run")
+    if verify and file_sha256(path) != manifest["files"].get(name):
+        raise MnistlabError(f"{path}: SHA-256 differs from the manifest's (changed after it was written); "
+                            "restore it or retrain the run")
+    return path
+
+
+def committed_state(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The committed state.json (digest-checked)."""
+    state = read_json(committed_file(run_dir, manifest, STATE))
+    if not isinstance(state, dict) or state.get("epoch") != manifest["epoch"]:
+        raise MnistlabError(f"{run_dir / CHECKPOINT_DIR}: state.json does not match the manifest; retrain the run")
+    return state
 
 
 # -------------------------------------------------------------------------------------------- environment
