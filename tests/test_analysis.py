@@ -444,12 +444,36 @@ def test_scoring_on_other_data_is_labelled_and_never_the_runs_score(capsys, tmp_
                  str(registry)]) == 0
     out = capsys.readouterr().out
     assert "other data:" in out and "(matches)" not in out
-    page = (run / "eval" / "test" / "report.html").read_text()
-    assert "OTHER DATA" in page
+    [other_folder] = (run / "eval").glob("test-other-*")        # never over the run's own evaluation
+    assert "OTHER DATA" in (other_folder / "report.html").read_text()
     assert main(["evaluate", str(run), "--device", "cpu", "--registry", str(registry), "--json"]) == 0
     own = json.loads(capsys.readouterr().out)
-    assert own["same_data"] is True
+    assert own["same_data"] is True and own["html"] == str(run / "eval" / "test" / "report.html")
+    assert "OTHER DATA" not in (run / "eval" / "test" / "report.html").read_text()
+    assert main(["runs", "show", str(run), "--registry", str(registry)]) == 0
+    shown = capsys.readouterr().out
+    assert "OTHER" in shown and " own " in shown
     with Registry.open(registry) as opened:
         [record] = opened.list_runs()
     assert record.latest_evaluation("test").accuracy == own["accuracy"]
     assert record.figures()["test_accuracy"] == json.loads((run / "metrics.json").read_text())["test_accuracy"]
+
+
+
+def test_an_interrupted_run_scored_on_other_data_is_labelled_too(tmp_path: Path, tiny_data_dir: Path) -> None:
+    from mnistlab.callbacks import Callback
+    from mnistlab.data import load_dataset
+    from mnistlab.errors import TrainingInterrupted
+    from tests.conftest import write_dataset_dir
+
+    class CtrlC(Callback):
+        def on_epoch_end(self, record):
+            raise KeyboardInterrupt
+
+    run_dir = tmp_path / "cut"
+    with pytest.raises(TrainingInterrupted):
+        fit(TrainConfig.for_model("softmax", epochs=3, device="cpu"), run_dir=run_dir,
+            dataset=load_dataset(data_dir=tiny_data_dir), callbacks=[CtrlC()])
+    assert set(json.loads((run_dir / "metrics.json").read_text())["data_sha256"]) == {"train", "test"}
+    other = load_dataset(data_dir=write_dataset_dir(tmp_path / "other", seed=9))
+    assert evaluate_report(run_dir, device="cpu", dataset=other).evaluation.same_data is False

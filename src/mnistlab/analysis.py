@@ -56,6 +56,7 @@ class RunScores:
     # True: the split's data are those the run recorded at training; False: other data (not the run's own
     # score); None: the run recorded no digest (made before mnistlab recorded them).
     same_data: bool | None = None
+    data_sha256: str = ""       # of the source split's arrays, as scored
 
     @property
     def probabilities(self) -> np.ndarray | None:
@@ -142,7 +143,14 @@ def run_scores(run_dir: str | os.PathLike[str], *, split: str = "test", device: 
     return RunScores(run=run, split=split, dataset=dataset.name, class_names=class_names, images=images,
                      labels=labels, indices=indices, source_split=source, scores=np.asarray(scores, np.float64),
                      score_kind=kind, seconds=time.perf_counter() - started,
-                     same_data=_same_data(run, dataset.split(source), source))
+                     same_data=_same_data(run, dataset.split(source), source),
+                     data_sha256=_digest(dataset.split(source)))
+
+
+def _digest(data: Any) -> str:
+    from mnistlab.data import split_sha256
+
+    return split_sha256(data)
 
 
 def _same_data(run: RunFiles, data: Any, source: str) -> bool | None:
@@ -462,7 +470,9 @@ def evaluate_report(run_dir: str | os.PathLike[str], *, split: str = "test", dev
         check_html_path(html)   # fail before minutes of work, not after
     scored = run_scores(run_dir, split=split, device=device, batch_size=batch_size, dataset=dataset)
     evaluation = evaluate_scores(scored)
-    return write_evaluation(evaluation, scored, out_dir=evaluation_dir(scored.run.path, split), html=html)
+    # Other data never overwrites the run's own evaluation: it gets a folder of its own, named by its digest.
+    folder = split if scored.same_data is not False else f"{split}-other-{scored.data_sha256[:8]}"
+    return write_evaluation(evaluation, scored, out_dir=evaluation_dir(scored.run.path, folder), html=html)
 
 
 def cached_evaluation(run_dir: str | os.PathLike[str], split: str = "test") -> dict[str, Any] | None:

@@ -158,7 +158,7 @@ def _write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
 
 
 def _stop_early(run_dir: Path, config: TrainConfig, history: list[EpochRecord], env: dict[str, Any],
-                train_seconds: float, *, status: str, where: dict[str, str] | None = None) -> None:
+                train_seconds: float, *, status: str, where: dict[str, Any] | None = None) -> None:
     """Record why a run stopped before its last epoch; its files still describe the last completed epoch.
 
     (A new run without a completed epoch is then discarded by :func:`fit`; a resumed one keeps the record.)
@@ -440,6 +440,7 @@ class _Loop:
     # Its own stream, so turning augmentation on does not change the shuffle order or the initial weights.
     augment_rng: torch.Generator
     data_sha256: str               # of the images and labels: a resumed run must train on the same data
+    split_digests: dict[str, str]  # per split (data.split_sha256), recorded in metrics.json by every path
 
     @property
     def steps(self) -> int:
@@ -476,7 +477,8 @@ def _setup(config: TrainConfig, dataset: Dataset, device: torch.device, train_id
                  shuffle=torch.Generator(device=device).manual_seed(config.seed), channels_last=channels_last,
                  augment=spec_for(config.augment),
                  augment_rng=torch.Generator(device=device).manual_seed(config.seed + 1),
-                 data_sha256=_data_sha256(dataset))
+                 data_sha256=_data_sha256(dataset),
+                 split_digests={name: split_sha256(dataset.split(name)) for name in ("train", "test")})
 
 
 def _data_sha256(dataset: Dataset) -> str:
@@ -640,9 +642,9 @@ def _recorded_status(run_dir: Path) -> str | None:
     return metrics.get("status") if isinstance(metrics, dict) else None
 
 
-def _where(loop: _Loop) -> dict[str, str]:
+def _where(loop: _Loop) -> dict[str, Any]:
     """Device and precision a run used, for the records of a run that stopped early."""
-    return {"device": str(loop.device), "precision": loop.precision}
+    return {"device": str(loop.device), "precision": loop.precision, "data_sha256": loop.split_digests}
 
 
 def _one_epoch(loop: _Loop, epoch: int, progress: _Progress, hooks: Callback, *, run_dir: Path,
@@ -688,8 +690,7 @@ def _finish_network(loop: _Loop, dataset: Dataset, history: list[EpochRecord], r
         "train_seconds": round(train_seconds, 3), "seconds_per_epoch": round(train_seconds / len(history), 4),
         "eval_seconds": round(time.perf_counter() - eval_start, 3),
         "device": str(loop.device), "precision": loop.precision,
-        "checksums": dataset.checksums, "data_sha256": {name: split_sha256(dataset.split(name))
-                                                         for name in ("train", "test")},
+        "checksums": dataset.checksums, "data_sha256": loop.split_digests,
         "environment": env,
     }
     return TrainResult(run_dir=run_dir, config=config, history=tuple(history), test=test,

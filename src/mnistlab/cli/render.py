@@ -261,9 +261,10 @@ def runs_show(out: Console, record: RunRecord) -> None:
                 fmt(row.get("val_accuracy")), fmt(row.get("seconds"), ".2f")] for row in record.history],
               title="history")
     if record.evaluations:
-        table(out, ["id", "recorded", "split", "images", "accuracy", "loss", "ECE %", "report"],
-              [[str(e.id), e.created, e.split, f"{e.count:,}", fmt(e.accuracy), fmt(e.loss),
-                fmt(None if e.ece is None else 100 * e.ece, ".2f"), e.report or ""] for e in record.evaluations],
+        table(out, ["id", "recorded", "split", "data", "images", "accuracy", "loss", "ECE %", "report"],
+              [[str(e.id), e.created, e.split, "OTHER" if e.summary.get("same_data") is False else "own",
+                f"{e.count:,}", fmt(e.accuracy), fmt(e.loss), fmt(None if e.ece is None else 100 * e.ece, ".2f"),
+                e.report or ""] for e in record.evaluations],
               title="evaluations")
 
 
