@@ -137,6 +137,17 @@ def stroke_points(page, stroke: list[tuple[float, float]]) -> list[tuple[float, 
             for x, y in stroke]
 
 
+def draw_with_mouse(page, digit: int) -> None:
+    """Draw ``digit``'s strokes on the pad with real mouse events (press, move, release per stroke)."""
+    for stroke in digit_strokes(digit):
+        points = stroke_points(page, stroke)
+        page.mouse.move(*points[0])
+        page.mouse.down()
+        for x, y in points[1:]:
+            page.mouse.move(x, y, steps=2)
+        page.mouse.up()
+
+
 def settle(page, *, results_before: int) -> None:
     """Wait until every request the page started has been answered and a new answer is shown."""
     page.wait_for_function(
@@ -271,13 +282,7 @@ def test_percentages_follow_one_rule(browser, server_url: str) -> None:
     page.unroute("**/api/predict*")
     before = results(page)
     page.click("#undo")
-    for stroke in digit_strokes(3):
-        points = stroke_points(page, stroke)
-        page.mouse.move(*points[0])
-        page.mouse.down()
-        for x, y in points[1:]:
-            page.mouse.move(x, y, steps=2)
-        page.mouse.up()
+    draw_with_mouse(page, 3)
     settle(page, results_before=before)
     values = page.locator("#bars li .value").all_inner_texts()
     assert all(PERCENT.fullmatch(value) for value in values), values
@@ -310,13 +315,7 @@ def test_the_page_works_with_a_token(browser, trained_cnn_run: Path, tmp_path: P
         page = open_page(browser, url, path=f"/#token={TOKEN}", viewport={"width": 1100, "height": 760})
         assert "#" not in page.url and "cnn trained on mnist" in page.locator("#model-info").inner_text()
         before = results(page)
-        for stroke in digit_strokes(3):
-            points = stroke_points(page, stroke)
-            page.mouse.move(*points[0])
-            page.mouse.down()
-            for x, y in points[1:]:
-                page.mouse.move(x, y, steps=2)
-            page.mouse.up()
+        draw_with_mouse(page, 3)
         settle(page, results_before=before)
         assert shown_answer(page)[0] == "3"
         assert page.problems == []  # type: ignore[attr-defined]

@@ -123,6 +123,9 @@ def run_scores(run_dir: str | os.PathLike[str], *, split: str = "test", device: 
     if len(class_names) != len(dataset.class_names):
         raise MnistlabError(f"{run.path}: the model has {len(class_names)} classes but {dataset.name} has "
                             f"{len(dataset.class_names)}; is this run from a different dataset?")
+    from mnistlab.data import split_sha256
+
+    digest = split_sha256(dataset.split(source))  # which data these scores are of (hashed once)
     started = time.perf_counter()
     if run.model.get("family") == "classical":
         from mnistlab.baselines import load_classical_model
@@ -143,22 +146,13 @@ def run_scores(run_dir: str | os.PathLike[str], *, split: str = "test", device: 
     return RunScores(run=run, split=split, dataset=dataset.name, class_names=class_names, images=images,
                      labels=labels, indices=indices, source_split=source, scores=np.asarray(scores, np.float64),
                      score_kind=kind, seconds=time.perf_counter() - started,
-                     same_data=_same_data(run, dataset.split(source), source),
-                     data_sha256=_digest(dataset.split(source)))
+                     same_data=_same_data(run, digest, source), data_sha256=digest)
 
 
-def _digest(data: Any) -> str:
-    from mnistlab.data import split_sha256
-
-    return split_sha256(data)
-
-
-def _same_data(run: RunFiles, data: Any, source: str) -> bool | None:
-    """Whether ``data`` is the split the run recorded (by SHA-256 of its arrays), or None if none recorded."""
-    from mnistlab.data import split_sha256
-
+def _same_data(run: RunFiles, digest: str, source: str) -> bool | None:
+    """Whether ``digest`` is the split the run recorded (SHA-256 of its arrays), or None if none recorded."""
     recorded = ((run.metrics or {}).get("data_sha256") or {}).get(source)
-    return None if recorded is None else split_sha256(data) == recorded
+    return None if recorded is None else digest == recorded
 
 
 def evaluate_run(run_dir: str | os.PathLike[str], *, split: str = "test", device: str = "auto",

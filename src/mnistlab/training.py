@@ -472,22 +472,18 @@ def _setup(config: TrainConfig, dataset: Dataset, device: torch.device, train_id
     optimizer = build_optimizer(config.optimizer, model.parameters(), lr=config.lr)
     steps = math.ceil(int(x_train.shape[0]) / config.batch_size)
     schedule = build_schedule(config.schedule, optimizer, lr=config.lr, total_steps=config.epochs * steps)
+    digests = {name: split_sha256(dataset.split(name)) for name in ("train", "test")}
     return _Loop(config=config, device=device, precision=precision, x_train=x_train, y_train=y_train,
                  x_val=x_val, y_val=y_val, model=model, optimizer=optimizer, schedule=schedule,
                  shuffle=torch.Generator(device=device).manual_seed(config.seed), channels_last=channels_last,
                  augment=spec_for(config.augment),
                  augment_rng=torch.Generator(device=device).manual_seed(config.seed + 1),
-                 data_sha256=_data_sha256(dataset),
-                 split_digests={name: split_sha256(dataset.split(name)) for name in ("train", "test")})
+                 data_sha256=_data_sha256(digests), split_digests=digests)
 
 
-def _data_sha256(dataset: Dataset) -> str:
-    """SHA-256 over the train and test images and labels as loaded (whatever file format they came in)."""
-    digest = hashlib.sha256()
-    for split in (dataset.train, dataset.test):
-        for array in (split.images, split.labels):
-            digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
+def _data_sha256(split_digests: dict[str, str]) -> str:
+    """One SHA-256 for the whole dataset, from the per-split digests (each split is hashed once per run)."""
+    return hashlib.sha256("".join(split_digests[name] for name in ("train", "test")).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -628,18 +624,10 @@ def _fit_network(config: TrainConfig, *, run_dir: Path, dataset: Dataset, hooks:
     except Exception:
         # Any other failure after an epoch (a callback's bug, a full disk): the run keeps its completed epochs
         # and says it failed, instead of a folder with no metrics.json. Divergence has written its own.
-        if progress.history and _recorded_status(run_dir) == "running":
+        if progress.history and _status(run_dir) == "running":
             _stop_early(run_dir, config, progress.history, env, progress.train_seconds, status="failed",
                         where=_where(loop))
         raise
-
-
-def _recorded_status(run_dir: Path) -> str | None:
-    try:
-        metrics = runs.read_json(run_dir / runs.METRICS_FILE)
-    except MnistlabError:
-        return None
-    return metrics.get("status") if isinstance(metrics, dict) else None
 
 
 def _where(loop: _Loop) -> dict[str, Any]:
