@@ -280,3 +280,28 @@ def test_re_running_a_notebook_cell_re_registers_the_same_model() -> None:
         exec("from torch import nn\n@mnistlab.register_model('rerun_cell')\n"
              "def rerun_cell(num_classes=10):\n    return nn.Linear(784, num_classes)\n",
              {"mnistlab": mnistlab, "__name__": "__main__"})
+
+
+def test_a_new_run_in_a_deleted_runs_folder_gets_a_new_registry_row(tmp_path: Path, tiny_data_dir_shared: Path
+                                                                       ) -> None:
+    """The folder of run A is deleted and run B is trained at the same path: B must not inherit A's id (and A's
+    evaluations), or `runs show ID` would describe a training that never happened."""
+    import shutil
+
+    registry = tmp_path / "registry.db"
+    out = tmp_path / "run"
+    first = mnistlab.train("softmax", epochs=1, batch_size=128, data_dir=tiny_data_dir_shared, device="cpu",
+                           precision="fp32", run_dir=out, registry=registry, progress=False)
+    first.evaluate(registry=registry)
+    shutil.rmtree(out)
+    second = mnistlab.train("mlp", epochs=1, batch_size=128, data_dir=tiny_data_dir_shared, device="cpu",
+                            precision="fp32", run_dir=out, registry=registry, progress=False)
+    assert first.id is not None and second.id is not None and second.id != first.id
+    with pytest.raises(mnistlab.MnistlabError):
+        mnistlab.load(first.id, registry=registry)
+    from mnistlab.registry import Registry
+
+    with Registry.open(registry) as opened:
+        record = opened.get(second.id)
+        assert record.model == "mlp" and record.evaluations == ()
+        assert opened.count() == 1

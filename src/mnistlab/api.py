@@ -211,16 +211,17 @@ def _fit_and_record(config: TrainConfig, *, path: Path, dataset: Dataset, hooks:
 
     rule = EarlyStop(patience=early_stop, monitor=monitor) if early_stop is not None else None  # type: ignore[arg-type]
     return _recorded(lambda recorder: fit(config, run_dir=path, dataset=dataset, callbacks=[*hooks, recorder],
-                                          early_stop=rule), path=path, registry=registry)
+                                          early_stop=rule), path=path, registry=registry, fresh=True)
 
 
-def _recorded(train: Callable[[Callback], Any], *, path: Path, registry: RegistryChoice) -> Run:
+def _recorded(train: Callable[[Callback], Any], *, path: Path, registry: RegistryChoice, fresh: bool = False) -> Run:
     """Run ``train`` with a callback that records the run as it starts (``running``), then record its end.
 
     A run stopped by a signal is recorded as interrupted; one without a completed epoch was discarded, so its
-    start record is forgotten.
+    start record is forgotten. ``fresh``: a new run (not a resume), so a registry row left at the same path by an
+    earlier run whose folder was deleted belongs to that other run and is replaced, never reused.
     """
-    recorder = _StartRecorder(registry)
+    recorder = _StartRecorder(registry, fresh=fresh)
     try:
         result = train(recorder)
     except TrainingInterrupted as stop:
@@ -246,8 +247,9 @@ def _recorded(train: Callable[[Callback], Any], *, path: Path, registry: Registr
 class _StartRecorder(Callback):
     """Records a network run in the registry the moment it starts (state ``running``, pid, host)."""
 
-    def __init__(self, registry: RegistryChoice) -> None:
+    def __init__(self, registry: RegistryChoice, *, fresh: bool = False) -> None:
         self.registry = registry
+        self.fresh = fresh
         self.path: Path | None = None
         self.resumed = False
 
@@ -264,7 +266,7 @@ class _StartRecorder(Callback):
         if opened is not None:
             with opened:
                 opened.record_start(run_dir, config=config.to_dict(), model=config.model, dataset=config.dataset,
-                                    history=history)
+                                    history=history, fresh=self.fresh)
 
     def forget(self) -> None:
         """Drop the start record of a run that left nothing behind."""

@@ -420,9 +420,13 @@ class Registry:
         return self.get(run_id)
 
     def record_start(self, run_dir: str | os.PathLike[str], *, config: Mapping[str, Any], model: str,
-                     dataset: str, history: list[dict[str, Any]]) -> RunRecord:
+                     dataset: str, history: list[dict[str, Any]], fresh: bool = False) -> RunRecord:
         """Record a training as it starts (state ``running``, with this process's pid and host), so that a run
-        killed before it could record its end is still listed (as ``crashed``)."""
+        killed before it could record its end is still listed (as ``crashed``).
+
+        ``fresh``: a new run, not a resume. A row already at its path then belonged to an earlier run whose
+        folder was deleted; that row and its evaluations are dropped and the new run gets a new id, so an id
+        never names two different trainings."""
         from mnistlab import __version__
         from mnistlab.runs import process_identity
 
@@ -431,6 +435,8 @@ class Registry:
                   "metrics": json.dumps({"status": "running", **process_identity()}), "git_commit": None,
                   "versions": json.dumps({"mnistlab": __version__})}
         with self._transaction():
+            if fresh:
+                self._db.execute("DELETE FROM runs WHERE path = ?", (fields["path"],))
             run_id = self._upsert(fields, source="train")
         return self.get(run_id)
 
