@@ -305,3 +305,75 @@ def test_a_new_run_in_a_deleted_runs_folder_gets_a_new_registry_row(tmp_path: Pa
         record = opened.get(second.id)
         assert record.model == "mlp" and record.evaluations == ()
         assert opened.count() == 1
+
+
+# ------------------------------------------------------------------------------------ --weights best|last
+@pytest.fixture(scope="module")
+def early_stopped(tmp_path_factory: pytest.TempPathFactory, tiny_data_dir_shared: Path) -> mnistlab.Run:
+    """A run whose best epoch (by val_accuracy) is not its last, so best and last weights differ."""
+    out = tmp_path_factory.mktemp("es") / "mlp"
+    return mnistlab.train("mlp", epochs=12, batch_size=32, data_dir=tiny_data_dir_shared, val_split=0.25,
+                          device="cpu", precision="fp32", run_dir=out, registry=False, progress=False, early_stop=2,
+                          monitor="val_accuracy")
+
+
+def test_evaluate_and_predict_use_best_weights_by_default_and_last_on_request(early_stopped: mnistlab.Run,
+                                                                              tiny_data_dir_shared: Path) -> None:
+    from safetensors.torch import load_file
+
+    path = early_stopped.path
+    best_epoch = json.loads((path / "checkpoint" / "manifest.json").read_text())["epoch"]  # the stop epoch
+    assert (path / "best.safetensors").is_file()
+    by_default = mnistlab.load(path, registry=False)
+    last = mnistlab.load(path, registry=False, weights="last")
+    assert by_default.weights_used == "best" and last.weights_used == "last"
+    test = mnistlab.datasets.load(data_dir=tiny_data_dir_shared).test
+
+    def accuracy_of(file: str) -> float:  # oracle: a plain fp32 forward of that weights file
+        model = mnistlab.models.build("mlp")
+        model.load_state_dict(load_file(str(path / file)))
+        with torch.no_grad():
+            logits = model(torch.from_numpy(test.images).float().div(255).unsqueeze(1))
+        return float((logits.argmax(1).numpy() == test.labels).mean())
+
+    best_eval = by_default.evaluate(registry=False)
+    last_eval = last.evaluate(registry=False)
+    assert best_eval.weights_used == "best" and best_eval.best is not None and best_eval.best["epoch"] < best_epoch
+    assert best_eval.accuracy == pytest.approx(accuracy_of("best.safetensors"), abs=1e-12)
+    assert last_eval.accuracy == pytest.approx(accuracy_of("model.safetensors"), abs=1e-12)
+    assert last_eval.weights_used == "last" and last_eval.accuracy == early_stopped.metrics["test_accuracy"]
+    # Each choice has its own folder: neither overwrites the other.
+    assert best_eval.files["json"].parent.name == "test" and last_eval.files["json"].parent.name == "test-last"
+    from mnistlab.analysis import cached_evaluation
+
+    assert cached_evaluation(path, "test")["weights_used"] == "best"
+    assert cached_evaluation(path, "test", weights="last")["weights_used"] == "last"
+    best_model = by_default.model
+    reference = load_file(str(path / "best.safetensors"))
+    assert all(torch.equal(best_model.state_dict()[k], reference[k]) for k in reference)
+    pred = by_default.predict(test.images[:5])
+    assert [p.label for p in pred] == [p.label for p in by_default.predictor().predict(test.images[:5])]
+    assert by_default.predictor().run.weights_used == "best"
+
+
+def test_weights_best_of_a_run_without_them_is_one_line(api_run: mnistlab.Run, capsys, tmp_path: Path) -> None:
+    from tests.clitools import assert_one_line_error, run_cli
+
+    with pytest.raises(MnistlabError, match="kept no best-epoch weights"):
+        mnistlab.load(api_run.path, registry=False, weights="best")
+    assert mnistlab.load(api_run.path, registry=False).weights_used == "last"   # auto falls back
+    code, _, err = run_cli(capsys, "evaluate", str(api_run.path), "--weights", "best", "--registry",
+                             str(tmp_path / "r.db"))
+    assert_one_line_error(code, err, "kept no best-epoch weights", "--weights last")
+
+
+def test_evaluate_cli_says_which_weights(early_stopped: mnistlab.Run, capsys, tmp_path: Path) -> None:
+    from tests.clitools import run_cli
+
+    registry = str(tmp_path / "r.db")
+    code, out, err = run_cli(capsys, "evaluate", str(early_stopped.path), "--registry", registry)
+    assert code == 0, err
+    assert "weights: best (epoch" in out and "val_accuracy" in out and "recorded at training" not in out
+    code, out, err = run_cli(capsys, "evaluate", str(early_stopped.path), "--weights", "last", "--registry", registry)
+    assert code == 0, err
+    assert "weights: last (epoch" in out and "recorded at training: accuracy" in out and "(matches)" in out

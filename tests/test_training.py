@@ -598,3 +598,39 @@ def test_channels_last_and_bf16_eval_agree_with_plain_fp32(tmp_path: Path, tiny_
     # And the channels-last fp32 path matches it to float rounding.
     torch.testing.assert_close(predict_logits(model, dataset.test.images, precision="fp32"), plain,
                                atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------ --init-from
+def test_init_from_starts_from_the_other_runs_weights(tmp_path: Path, tiny_data_dir: Path) -> None:
+    """Oracle: with a learning rate of 1e-12 one epoch cannot move the weights, so a fine-tuned run's weights
+    equal its source's; a fresh run with the same seed does not."""
+    from safetensors.torch import load_file
+
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    source = fit(tiny_config(epochs=2), run_dir=tmp_path / "source", dataset=dataset)
+    still = dataclasses.replace(tiny_config(epochs=1, lr=1e-12, seed=5), init_from=str(source.run_dir))
+    tuned = fit(still, run_dir=tmp_path / "tuned", dataset=dataset)
+    fresh = fit(dataclasses.replace(still, init_from=None), run_dir=tmp_path / "fresh", dataset=dataset)
+    src, got, new = (load_file(str(r.run_dir / runs.WEIGHTS_FILE)) for r in (source, tuned, fresh))
+    assert all(torch.allclose(got[k], src[k], atol=1e-6) for k in src)
+    assert not all(torch.allclose(new[k], src[k], atol=1e-3) for k in src)
+    record = json.loads((tuned.run_dir / runs.CONFIG_FILE).read_text())
+    assert record["init_from"] == str(source.run_dir)
+    assert record["init_weights"]["sha256"] == runs.file_sha256(source.run_dir / runs.WEIGHTS_FILE)
+    assert record["init_weights"]["weights_used"] == "last"
+    # It really trains from there: the tuned run's first-epoch loss is the source's level, not a fresh start's.
+    assert tuned.history[0].loss < fresh.history[0].loss
+
+
+def test_init_from_another_architecture_is_one_line_and_leaves_nothing(tmp_path: Path, tiny_data_dir: Path) -> None:
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    source = fit(tiny_config("softmax", epochs=1), run_dir=tmp_path / "softmax", dataset=dataset)
+    with pytest.raises(MnistlabError, match=r"`init_from` .*do not fit this network.*same architecture") as info:
+        fit(dataclasses.replace(tiny_config(epochs=1), init_from=str(source.run_dir)), run_dir=tmp_path / "mlp",
+            dataset=dataset)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "mlp").exists() or not any((tmp_path / "mlp").iterdir())
+    with pytest.raises(MnistlabError, match="`init_from`.*no such run directory"):
+        fit(dataclasses.replace(tiny_config(epochs=1), init_from=str(tmp_path / "nothing")),
+            run_dir=tmp_path / "mlp2", dataset=dataset)
+    assert not (tmp_path / "mlp2").exists()

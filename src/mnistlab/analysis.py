@@ -25,7 +25,15 @@ from mnistlab import metrics
 from mnistlab.config import EVAL_BATCH_SIZE
 from mnistlab.errors import MnistlabError
 from mnistlab.results import EvalResult
-from mnistlab.runs import CURVES_PNG, WEIGHTS_FILE, RunFiles, read_json, read_run, write_json_atomic, write_text_atomic
+from mnistlab.runs import (
+    CURVES_PNG,
+    RunFiles,
+    WeightsChoice,
+    read_json,
+    read_run,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 EvalSplit = Literal["test", "val", "train"]
 EVAL_SPLITS: tuple[str, ...] = get_args(EvalSplit)
@@ -114,10 +122,11 @@ def _load_split(run: RunFiles, split: str, dataset: Any = None) -> tuple[Any, np
 
 
 def run_scores(run_dir: str | os.PathLike[str], *, split: str = "test", device: str = "auto",
-               batch_size: int = EVAL_BATCH_SIZE, dataset: Any = None) -> RunScores:
-    """Load a run (network or classical) and score every image of ``split`` (test, val or train)."""
+               batch_size: int = EVAL_BATCH_SIZE, dataset: Any = None, weights: WeightsChoice = "auto") -> RunScores:
+    """Load a run (network or classical) and score every image of ``split`` (test, val or train) with its
+    ``weights`` (``auto``: the best epoch's where the run kept them, else the last's)."""
     check_split(split)
-    run = read_run(run_dir)
+    run = read_run(run_dir, weights=weights)
     dataset, images, labels, indices, source = _load_split(run, split, dataset)
     class_names = tuple(run.model.get("class_names") or dataset.class_names)
     if len(class_names) != len(dataset.class_names):
@@ -137,7 +146,7 @@ def run_scores(run_dir: str | os.PathLike[str], *, split: str = "test", device: 
         from mnistlab.inference import load_network
 
         # Scored in the precision the run was trained and scored in (bf16 autocast where it ran bf16).
-        network = load_network(run.path, device=device)
+        network = load_network(run.path, device=device, weights=run.weights_used)
         scores = network.logits(images, batch_size=batch_size).cpu().numpy()
         kind = "logits"
     if not np.isfinite(np.asarray(scores, np.float64)).all():
@@ -156,12 +165,14 @@ def _same_data(run: RunFiles, digest: str, source: str) -> bool | None:
 
 
 def evaluate_run(run_dir: str | os.PathLike[str], *, split: str = "test", device: str = "auto",
+                 weights: WeightsChoice = "auto",
                  batch_size: int = EVAL_BATCH_SIZE, dataset: Any = None) -> tuple[EvalResult, dict[str, Any]]:
     """Loss and accuracy of a saved run (network or classical) on ``split``, and its recorded metrics.json.
 
     The loss of a model without probabilities (sgd, svm) is NaN. Empty dict: the run never finished.
     """
-    scored = run_scores(run_dir, split=split, device=device, batch_size=batch_size, dataset=dataset)
+    scored = run_scores(run_dir, split=split, device=device, batch_size=batch_size, dataset=dataset,
+                        weights=weights)
     if scored.score_kind == "logits":
         loss = metrics.cross_entropy_from_logits(scored.scores, scored.labels)
     elif scored.probabilities is not None:
@@ -172,10 +183,10 @@ def evaluate_run(run_dir: str | os.PathLike[str], *, split: str = "test", device
     return EvalResult(loss=loss, accuracy=accuracy, count=len(scored.labels)), dict(scored.run.metrics or {})
 
 
-def weights_sha256(run_dir: str | os.PathLike[str]) -> str:
-    """SHA-256 of a run's model.safetensors: an evaluation belongs to exactly these weights."""
+def weights_sha256(weights_file: str | os.PathLike[str]) -> str:
+    """SHA-256 of a weights file: an evaluation belongs to exactly these weights."""
     digest = hashlib.sha256()
-    with open(Path(run_dir) / WEIGHTS_FILE, "rb") as handle:
+    with open(weights_file, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -220,6 +231,8 @@ class Evaluation:
     # How the model was made: the run's settings, status and per-epoch history (config.json, history.json).
     training: dict[str, Any] = field(default_factory=dict)
     same_data: bool | None = None     # see RunScores.same_data
+    weights_used: str = "last"        # which of the run's weights were scored: "last" or "best"
+    best: dict[str, Any] | None = None  # for "best": the epoch and the monitor that chose it
     # Where it was written (evaluation.json, PNGs, report.html) and its registry ids, once saved.
     files: dict[str, Path] = field(default_factory=dict, compare=False, repr=False)
     html_path: Path | None = field(default=None, compare=False, repr=False)
@@ -250,7 +263,8 @@ class Evaluation:
             mistakes=[Mistake(**mistake) for mistake in data["worst_mistakes"]],
             weights_sha256=str(data["weights_sha256"]), seconds=float(data["seconds"]),
             recorded={"test_accuracy": data.get("recorded_test_accuracy")}, training=dict(data.get("training") or {}),
-            same_data=data.get("same_data"),
+            same_data=data.get("same_data"), weights_used=str(data.get("weights_used", "last")),
+            best=data.get("best_epoch"),
         )
 
     def with_files(self, files: dict[str, Path], *, html: Path | None = None,
@@ -301,6 +315,7 @@ class Evaluation:
             "weights_sha256": self.weights_sha256, "seconds": round(self.seconds, 3),
             "training": self.training,
             "same_data": self.same_data,
+            "weights_used": self.weights_used, "best_epoch": self.best,
         }
 
 
@@ -335,14 +350,15 @@ def evaluate_scores(scored: RunScores, *, gallery: int = GALLERY_SIZE, pairs: in
         top_k={k: metrics.top_k_accuracy(scores, labels, k=k) for k in TOP_K if k <= num_classes},
         report=metrics.report_from_confusion(confusion, class_names=scored.class_names),
         confusion=confusion, pairs=metrics.most_confused_pairs(confusion, top=pairs),
-        calibration=calibration, mistakes=mistakes, weights_sha256=weights_sha256(scored.run.path),
+        calibration=calibration, mistakes=mistakes, weights_sha256=weights_sha256(scored.run.weights),
         seconds=scored.seconds, recorded=dict(scored.run.metrics or {}), training=training_record(scored.run),
-        same_data=scored.same_data,
+        same_data=scored.same_data, weights_used=scored.run.weights_used,
+        best=scored.run.best if scored.run.weights_used == "best" else None,
     )
 
 
 TRAINING_SETTINGS = ("epochs", "batch_size", "optimizer", "lr", "schedule", "label_smoothing", "seed", "val_split",
-                     "precision", "device", "threads", "options", "dataset", "data_dir")
+                     "precision", "device", "threads", "options", "dataset", "data_dir", "init_from")
 
 
 def training_record(run: RunFiles) -> dict[str, Any]:
@@ -455,24 +471,38 @@ def evaluation_dir(run_dir: str | os.PathLike[str], split: str) -> Path:
     return Path(run_dir) / EVAL_DIR / split
 
 
+def _weights_folder(split: str, run: RunFiles) -> str:
+    """The eval folder name for ``run``'s chosen weights: ``<split>`` for the default choice (best where the run
+    kept them), ``<split>-last`` for the last epoch's weights of a run that also has best ones."""
+    return f"{split}-last" if run.has_best and run.weights_used == "last" else split
+
+
 def evaluate_report(run_dir: str | os.PathLike[str], *, split: str = "test", device: str = "auto",
                     html: str | os.PathLike[str] | None = None, dataset: Any = None,
-                    batch_size: int = EVAL_BATCH_SIZE) -> EvaluationFiles:
-    """Score ``run_dir`` on ``split``, compute every metric, write ``RUN/eval/<split>/`` (and ``html``)."""
+                    batch_size: int = EVAL_BATCH_SIZE, weights: WeightsChoice = "auto") -> EvaluationFiles:
+    """Score ``run_dir`` on ``split`` with its ``weights``, compute every metric, write ``RUN/eval/<split>/``
+    (``<split>-last`` for the last weights of a run that kept best ones) and ``html``."""
     check_split(split)
     if html is not None:
         check_html_path(html)   # fail before minutes of work, not after
-    scored = run_scores(run_dir, split=split, device=device, batch_size=batch_size, dataset=dataset)
+    scored = run_scores(run_dir, split=split, device=device, batch_size=batch_size, dataset=dataset, weights=weights)
     evaluation = evaluate_scores(scored)
     # Other data never overwrites the run's own evaluation: it gets a folder of its own, named by its digest.
-    folder = split if scored.same_data is not False else f"{split}-other-{scored.data_sha256[:8]}"
+    folder = _weights_folder(split, scored.run)
+    if scored.same_data is False:
+        folder = f"{folder}-other-{scored.data_sha256[:8]}"
     return write_evaluation(evaluation, scored, out_dir=evaluation_dir(scored.run.path, folder), html=html)
 
 
-def cached_evaluation(run_dir: str | os.PathLike[str], split: str = "test") -> dict[str, Any] | None:
-    """The saved evaluation.json of ``split`` if it belongs to the run's current weights, else None."""
-    path = evaluation_dir(run_dir, split) / EVALUATION_JSON
-    if not path.is_file() or not (Path(run_dir) / WEIGHTS_FILE).is_file():
+def cached_evaluation(run_dir: str | os.PathLike[str], split: str = "test", *,
+                      weights: WeightsChoice = "auto") -> dict[str, Any] | None:
+    """The saved evaluation.json of ``split`` if it belongs to the run's current ``weights``, else None."""
+    try:
+        run = read_run(run_dir, weights=weights)
+    except MnistlabError:
+        return None
+    path = evaluation_dir(run_dir, _weights_folder(split, run)) / EVALUATION_JSON
+    if not path.is_file() or not run.weights.is_file():
         return None
     try:
         data = read_json(path)
@@ -480,4 +510,4 @@ def cached_evaluation(run_dir: str | os.PathLike[str], split: str = "test") -> d
         return None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         return None
-    return data if data.get("weights_sha256") == weights_sha256(run_dir) else None
+    return data if data.get("weights_sha256") == weights_sha256(run.weights) else None

@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # torch and the heavier modules load only when a Run needs th
     from mnistlab.models import ModelSummary
     from mnistlab.predict import Prediction, Predictor
     from mnistlab.registry import Registry, RunRecord
+    from mnistlab.runs import WeightsChoice
 
 # ``registry=None``: the default registry ($MNISTLAB_HOME or the user's data folder); a path: that file;
 # ``False``: do not record.
@@ -120,6 +121,7 @@ def train(
     label_smoothing: float | None = None,
     augment: str | None = None,
     options: dict[str, Any] | None = None,
+    init_from: str | int | os.PathLike[str] | None = None,
     run_dir: str | os.PathLike[str] | None = None,
     callbacks: Sequence[Callback] = (),
     progress: Progress = "auto",
@@ -137,7 +139,9 @@ def train(
     the epochs done (``TrainingInterrupted`` says where they are). ``resume=RUN`` continues that run instead
     (see :func:`resume`); the settings given here (other than their defaults) must then match the run's.
     ``early_stop=PATIENCE`` stops once ``monitor`` has not improved for that many epochs (Keras' EarlyStopping;
-    needs ``val_split``) and keeps the best epoch's weights in ``best.safetensors``.
+    needs ``val_split``) and keeps the best epoch's weights in ``best.safetensors``. ``init_from=RUN`` (a run
+    directory or id) fine-tunes: the network starts from that run's weights (best where it kept them) instead of
+    its seeded initialisation; the architecture must be the same, the data and recipe may differ.
     """
     if resume is not None:
         return _resume_from_train(resume, dict(locals()))
@@ -151,6 +155,7 @@ def train(
         dataset=loaded.name if loaded else str(dataset), data_dir=str(data_dir) if data_dir is not None else None,
         device=device, threads=threads, precision=precision, schedule=schedule, label_smoothing=label_smoothing,
         augment=augment, **({"options": options} if options else {}),
+        init_from=None if init_from is None else str(resolve_run_dir(init_from, registry=registry).resolve()),
     )
     check_registry(registry)
     # Reading and verifying the files overlaps the torch import that fit() triggers.
@@ -194,9 +199,9 @@ def _resume_from_train(run: str | int | os.PathLike[str], given: dict[str, Any])
              and value != defaults.get(key)}
     if not isinstance(asked.get("dataset", ""), str):
         raise MnistlabError("train(resume=...): the run reloads its own dataset; leave `dataset` out")
-    if asked.get("early_stop") is not None or "options" in asked or "run_dir" in asked:
-        raise MnistlabError("train(resume=...): the run continues in its own folder with its own early stopping; "
-                            "leave out `run_dir`, `options` and `early_stop`")
+    if asked.get("early_stop") is not None or {"options", "run_dir", "init_from"} & set(asked):
+        raise MnistlabError("train(resume=...): the run continues in its own folder from its own weights with its "
+                            "own early stopping; leave out `run_dir`, `options`, `init_from` and `early_stop`")
     keep = ("callbacks", "progress", "registry", "resume", "epochs", "threads", "device", "data_dir", "monitor")
     changes = {key: value for key, value in asked.items() if key not in keep}
     return _resume(run, epochs=given["epochs"], threads=given["threads"], device=asked.get("device"),
@@ -327,12 +332,23 @@ def _remove_if_empty(path: Path) -> None:
         path.rmdir()
 
 
-def load(run: str | int | os.PathLike[str], *, registry: RegistryChoice = None) -> Run:
+def load(run: str | int | os.PathLike[str], *, registry: RegistryChoice = None, weights: WeightsChoice = "auto"
+         ) -> Run:
     """A saved run, by its registry id (``7`` or ``"7"``) or by its directory (``./7`` for a folder named 7).
 
     The same rule as ``mnistlab runs show``: digits are always an id, so ``evaluate 3`` and ``runs rm 3``
-    mean the same run.
+    mean the same run. ``weights``: which weights its model, evaluations and predictions use: ``best`` (the
+    best epoch's, kept by runs trained with ``early_stop``), ``last`` (the last completed epoch's), or ``auto``
+    (best where the run kept them, else last).
     """
+    found = _load(run, registry=registry)
+    if weights != "auto":
+        found = Run(found.path, run_id=found.id, weights=weights)
+        found.files  # noqa: B018  # read now: a bad choice (best of a run without them) fails here, in one line
+    return found
+
+
+def _load(run: str | int | os.PathLike[str], *, registry: RegistryChoice = None) -> Run:
     from mnistlab.registry import is_run_id
     from mnistlab.runs import check_run_dir
 
@@ -354,7 +370,7 @@ def load(run: str | int | os.PathLike[str], *, registry: RegistryChoice = None) 
 
 def resolve_run_dir(run: str | int | os.PathLike[str], *, registry: RegistryChoice = None) -> Path:
     """The directory of a run given as a path or a registry id (what every command that takes a run accepts)."""
-    return load(run, registry=registry).path
+    return _load(run, registry=registry).path
 
 
 class Run:
@@ -364,9 +380,11 @@ class Run:
     them (torch is imported then).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, run_id: int | None = None, model: Any = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, run_id: int | None = None, model: Any = None,
+                 weights: WeightsChoice = "auto") -> None:
         self.path = Path(path)
         self.id = run_id
+        self.weights = weights
         self._model = model
         self._predictors: dict[str, Predictor] = {}
 
@@ -380,7 +398,12 @@ class Run:
         """The run's JSON files, read and checked (:class:`mnistlab.runs.RunFiles`)."""
         from mnistlab.runs import read_run
 
-        return read_run(self.path)
+        return read_run(self.path, weights=self.weights)
+
+    @property
+    def weights_used(self) -> str:
+        """Which weights :attr:`model`, :meth:`evaluate` and :meth:`predict` use: ``best`` or ``last``."""
+        return str(self.files.weights_used)
 
     @property
     def name(self) -> str:
@@ -433,11 +456,12 @@ class Run:
 
     @property
     def model(self) -> nn.Module:
-        """The trained torch module (networks only), loaded from model.safetensors on first use."""
+        """The trained torch module (networks only) with the run's chosen weights (:attr:`weights_used`), loaded
+        on first use."""
         if self._model is None:
             from mnistlab.models import load_trained_model
 
-            self._model = load_trained_model(self.path, device="cpu")[0]
+            self._model = load_trained_model(self.path, device="cpu", weights=self.weights_used)[0]
         return self._model
 
     def summary(self) -> ModelSummary:
@@ -450,7 +474,7 @@ class Run:
         """Loss and accuracy on ``split`` (test, val or train): quick, writes nothing."""
         from mnistlab.analysis import evaluate_run
 
-        return evaluate_run(self.path, split=split, device=device)[0]
+        return evaluate_run(self.path, split=split, device=device, weights=self.weights)[0]
 
     def evaluate(self, *, split: str = "test", device: str = "auto", html: str | os.PathLike[str] | None = None,
                  data_dir: str | os.PathLike[str] | None = None, registry: RegistryChoice = None) -> Evaluation:
@@ -472,7 +496,8 @@ class Run:
             from mnistlab.data import load_run_dataset
 
             dataset = load_run_dataset(self.files.config, data_dir=data_dir, run_name=str(self.path))
-        out = evaluate_report(self.path, split=split, device=device, html=html, dataset=dataset)
+        out = evaluate_report(self.path, split=split, device=device, html=html, dataset=dataset,
+                              weights=self.weights)
         opened = _open_registry(registry)
         if opened is not None:
             with opened:
@@ -486,7 +511,7 @@ class Run:
         if device not in self._predictors:
             from mnistlab.predict import Predictor
 
-            self._predictors[device] = Predictor(self.path, device=device)
+            self._predictors[device] = Predictor(self.path, device=device, weights=self.weights_used)
         return self._predictors[device]
 
     def export(self, out: str | os.PathLike[str] | None = None, *, format: ExportFormat = "onnx",

@@ -250,6 +250,8 @@ def _check_types(config: TrainConfig) -> None:
     for name in _TEXT_FIELDS:
         if not isinstance(getattr(config, name), str):
             raise MnistlabError(f"`{name}` must be a string, got {getattr(config, name)!r}")
+    if config.init_from is not None and not isinstance(config.init_from, str):
+        raise MnistlabError(f"`init_from` must be a run directory, got {config.init_from!r}")
     if config.data_dir is not None and not isinstance(config.data_dir, str):
         raise MnistlabError(f"`data_dir` must be a folder path, got {config.data_dir!r}")
     if config.threads is not None and config.threads > 4 * (os.cpu_count() or 1):
@@ -280,13 +282,19 @@ class TrainConfig:
     options: dict[str, Any] = field(default_factory=dict)
     val_method: ValMethod = "mnistlab"
     augment: AugmentName = "none"
+    # Fine-tuning: start from this run's weights (its directory; best where it kept them) instead of the seed's
+    # initialisation. Same architecture; the data and recipe may differ.
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         _check_types(self)
         info = model_info(self.model)
         if info.family == "classical":
             object.__setattr__(self, "options", _check_options(self.model, self.options))
-        elif self.options:
+        if self.init_from is not None and info.family == "classical":
+            raise MnistlabError(f"`init_from` starts a network from another run's weights; {self.model} is a "
+                                "classical model fitted in one go")
+        if self.options and info.family != "classical":
             raise MnistlabError(f"{self.model} is a network and takes no `options`; "
                                 f"options are for {', '.join(CLASSICAL_MODELS)}")
         _choice(self.val_method, VAL_METHODS, "val_method")

@@ -108,9 +108,10 @@ class LoadedNetwork:
                               precision=self.precision)
 
 
-def load_network(run_dir: Any, *, device: str = "auto") -> LoadedNetwork:
-    """Load a network run for scoring, in the precision it was trained in (resolved for ``device``)."""
+def load_network(run_dir: Any, *, device: str = "auto", weights: str = "last") -> LoadedNetwork:
+    """Load a network run for scoring, in the precision it was trained in (resolved for ``device``), with its
+    ``weights`` (last, best or auto: :func:`mnistlab.runs.read_run`)."""
     torch_device = resolve_device(device)
-    model, run = load_trained_model(run_dir, device=torch_device)
+    model, run = load_trained_model(run_dir, device=torch_device, weights=weights)
     precision, _ = resolve_precision(str(run.model.get("precision", "fp32")), torch_device)
     return LoadedNetwork(model=model, run=run, device=torch_device, precision=precision)

@@ -321,12 +321,13 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], *, model_name: 
     return model
 
 
-def load_trained_model(run_dir: str | os.PathLike[str], *, device: torch.device | str = "cpu"
-                       ) -> tuple[nn.Module, Any]:
-    """Rebuild a run's model from ``model.json`` and load ``model.safetensors``; returns (model, RunFiles)."""
+def load_trained_model(run_dir: str | os.PathLike[str], *, device: torch.device | str = "cpu",
+                       weights: str = "last") -> tuple[nn.Module, Any]:
+    """Rebuild a run's model from ``model.json`` and load its weights (``weights``: last, best or auto, see
+    :func:`mnistlab.runs.read_run`); returns (model, RunFiles)."""
     from mnistlab.runs import read_run
 
-    run = read_run(run_dir)
+    run = read_run(run_dir, weights=weights)  # type: ignore[arg-type]  # checked there
     name = run.model["name"]
     if run.model.get("family") == "classical":
         raise MnistlabError(f"{run.path} holds a classical {name} model, not a network; predict and serve need a "

@@ -59,11 +59,12 @@ class Predictor:
     """
 
     def __init__(self, run_dir: str | os.PathLike[str], *, device: str = "cpu",
-                 batch_size: int = EVAL_BATCH_SIZE) -> None:
+                 batch_size: int = EVAL_BATCH_SIZE, weights: str = "auto") -> None:
         from mnistlab.inference import load_network
 
         self.batch_size = batch_size
-        self.network = load_network(run_dir, device=device)
+        # ``weights``: best (where the run kept them), last or auto; ``self.run.weights_used`` says which.
+        self.network = load_network(run_dir, device=device, weights=weights)
         self.device = self.network.device
         self.precision = self.network.precision
         self.model, self.run = self.network.model, self.network.run

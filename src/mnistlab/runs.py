@@ -30,9 +30,14 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from mnistlab.errors import MnistlabError
+
+# Which weights of a run to use: ``best`` (the best epoch's, kept by runs trained with early stopping), ``last``
+# (the last completed epoch's), or ``auto``: best where the run has them, else last.
+WeightsChoice = Literal["auto", "best", "last"]
+WEIGHTS_CHOICES: tuple[str, ...] = get_args(WeightsChoice)
 
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.json"
@@ -313,23 +318,41 @@ class RunFiles:
     model: dict[str, Any]
     metrics: dict[str, Any] | None
     history: list[dict[str, Any]]
-    # The weights that belong to ``history``: the committed checkpoint's when there is one.
+    # The weights to use: the last epoch's that belong to ``history`` (the committed checkpoint's when there is
+    # one), or the best epoch's when asked for (``weights_used``).
     weights: Path = Path()
+    weights_used: Literal["best", "last"] = "last"
+    has_best: bool = False          # whether the run kept best-epoch weights at all
+    best: dict[str, Any] | None = None  # which epoch they are, by which monitor: {"monitor", "epoch", "value"}
 
 
-def read_run(path: str | os.PathLike[str]) -> RunFiles:
-    """Read a run directory's JSON files (weights stay on disk until a model is built)."""
+def read_run(path: str | os.PathLike[str], *, weights: WeightsChoice = "last") -> RunFiles:
+    """Read a run directory's JSON files (weights stay on disk until a model is built).
+
+    ``weights``: ``last`` (the last completed epoch's), ``best`` (the best epoch's; a run without them is an
+    error), or ``auto`` (best where the run kept them, else last).
+    """
+    if weights not in WEIGHTS_CHOICES:
+        raise MnistlabError(f"`weights` {weights!r} is not one of {', '.join(WEIGHTS_CHOICES)}")
     path = check_run_dir(path)
     config = read_json(path / CONFIG_FILE)
     model = read_json(path / MODEL_FILE)
     metrics = read_json(path / METRICS_FILE) if (path / METRICS_FILE).is_file() else None
     history = read_json(path / HISTORY_JSON) if (path / HISTORY_JSON).is_file() else []
-    weights = path / WEIGHTS_FILE
     committed = _committed(path, history)
     if committed is not None:
         # The manifest is the commit point: its history and weights always belong together, while the
         # top-level copies lag by one epoch if a kill landed between the commit and their update.
-        history, weights = committed
+        history, weights_file = committed
+    else:
+        weights_file = path / WEIGHTS_FILE
+    best_file, best = _best_weights(path)
+    used: Literal["best", "last"] = "last"
+    if weights == "best" and best_file is None:
+        raise MnistlabError(f"{path}: this run kept no best-epoch weights (only runs trained with `early_stop` "
+                            "do); use `weights` last")
+    if weights != "last" and best_file is not None:
+        weights_file, used = best_file, "best"
     problems = []
     if not isinstance(config, dict) or not isinstance(config.get("val_split", 0.0), int | float):
         problems.append("config.json")
@@ -343,7 +366,21 @@ def read_run(path: str | os.PathLike[str]) -> RunFiles:
     if problems:
         raise MnistlabError(f"{path}: {', '.join(problems)} {'is' if len(problems) == 1 else 'are'} not what "
                             "mnistlab writes (edited or damaged); restore the file(s) or retrain")
-    return RunFiles(path=path, config=config, model=model, metrics=metrics, history=history, weights=weights)
+    return RunFiles(path=path, config=config, model=model, metrics=metrics, history=history, weights=weights_file,
+                    weights_used=used, has_best=best_file is not None, best=best)
+
+
+def _best_weights(path: Path) -> tuple[Path | None, dict[str, Any] | None]:
+    """(file, record) of the run's best-epoch weights: the committed checkpoint's (the top-level copy may lag
+    by one epoch after a kill), or the top-level ``best.safetensors`` of a run without a checkpoint."""
+    manifest = read_manifest(path)
+    if manifest is not None:
+        if BEST_FILE not in manifest["files"]:
+            return None, None
+        best = committed_state(path, manifest).get("best")
+        return committed_file(path, manifest, BEST_FILE), best if isinstance(best, dict) else None
+    top = path / BEST_FILE
+    return (top, None) if top.is_file() else (None, None)
 
 
 def _committed(path: Path, top_history: Any) -> tuple[Any, Path] | None:

@@ -250,6 +250,8 @@ def fit(
     device = _prepare_device(config)
     if early_stop is not None:
         early_stop.check(config)
+    if config.init_from is not None:
+        init_source(config.init_from)  # a missing or classical source is refused before any folder exists
     config, dataset = _with_dataset(config, dataset)
     train_idx, val_idx = _split(config, dataset)
     path = runs.prepare_run_dir(run_dir)
@@ -588,10 +590,18 @@ def _fit_network(config: TrainConfig, *, run_dir: Path, dataset: Dataset, hooks:
     """The epochs of a network run, once the run directory is claimed; metrics.json is left to :func:`fit`."""
     loop = _setup(config, dataset, device, train_idx, val_idx, hooks)
     progress = _Progress(early_stop=early_stop)
+    init: dict[str, Any] | None = None
     if saved is not None:
         _restore(loop, saved, progress)
+    elif config.init_from is not None:
+        init = init_weights(loop.model, config.init_from)
     env = runs.environment()
-    runs.write_json_atomic(run_dir / runs.CONFIG_FILE, {**config.to_dict(), "environment": env})
+    stored = {**config.to_dict(), "environment": env}
+    if init is None and (run_dir / runs.CONFIG_FILE).is_file():  # a resumed fine-tune keeps its record
+        init = runs.read_json(run_dir / runs.CONFIG_FILE).get("init_weights")
+    if init is not None:
+        stored["init_weights"] = init
+    runs.write_json_atomic(run_dir / runs.CONFIG_FILE, stored)
     record = model_record(config.model, loop.model, class_names=dataset.class_names, dataset=dataset.name,
                           precision=loop.precision)
     runs.write_json_atomic(run_dir / runs.MODEL_FILE, record)
@@ -628,6 +638,40 @@ def _fit_network(config: TrainConfig, *, run_dir: Path, dataset: Dataset, hooks:
             _stop_early(run_dir, config, progress.history, env, progress.train_seconds, status="failed",
                         where=_where(loop))
         raise
+
+
+def init_source(path: str) -> runs.RunFiles:
+    """The run whose weights ``init_from`` names: a network run with weights (best where it kept them)."""
+    try:
+        source = runs.read_run(path, weights="auto")
+    except MnistlabError as exc:
+        raise MnistlabError(f"`init_from` {exc}") from None
+    if source.model.get("family") == "classical":
+        raise MnistlabError(f"`init_from` {path}: a classical {source.model.get('name')} model has no network "
+                            "weights to start from; pass a network run")
+    return source
+
+
+def init_weights(model: nn.Module, path: str) -> dict[str, Any]:
+    """Load the weights of run ``path`` into the freshly built ``model`` (fine-tuning); every tensor's name and
+    shape must match. Returns what config.json records about them (run, which weights, SHA-256)."""
+    from safetensors.torch import load_file
+
+    source = init_source(path)
+    tensors = load_file(str(source.weights))
+    expected = model.state_dict()
+    wrong = sorted(set(expected) ^ set(tensors)) + [
+        f"{key} {tuple(tensors[key].shape)} vs {tuple(value.shape)}"
+        for key, value in expected.items() if key in tensors and tensors[key].shape != value.shape]
+    if wrong:
+        raise MnistlabError(f"`init_from` {path}: its {source.model.get('name')} weights do not fit this "
+                            f"network ({'; '.join(wrong[:3])}{'...' if len(wrong) > 3 else ''}); start from a run "
+                            "of the same architecture and number of classes")
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            value.copy_(tensors[key])  # in place: keeps the device and channels-last layout of the built model
+    return {"run": str(source.path.resolve()), "weights_used": source.weights_used,
+            "sha256": runs.file_sha256(source.weights), "model": source.model.get("name")}
 
 
 def _where(loop: _Loop) -> dict[str, Any]:

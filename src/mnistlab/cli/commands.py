@@ -104,7 +104,7 @@ def train(args: argparse.Namespace) -> int:
         dataset=args.dataset or "mnist", data_dir=args.data_dir, precision=args.precision, schedule=args.schedule,
         label_smoothing=args.label_smoothing, augment=args.augment, options=options or None, run_dir=args.out,
         registry=args.registry, progress=False, callbacks=[progress], early_stop=args.early_stop,
-        monitor=args.monitor,
+        monitor=args.monitor, init_from=args.init_from,
     )
     render.train_result(console, run)
     return 0
@@ -114,9 +114,9 @@ def _train_resume(args: argparse.Namespace) -> int:
     """``train --resume RUN``: every flag given besides --epochs/--threads/--device must match the run's."""
     from mnistlab import api
 
-    if args.out is not None or args.option or args.early_stop is not None:
-        raise MnistlabError("--resume continues the run in its own folder with its own early stopping; "
-                            "leave out --out, --option and --early-stop")
+    if args.out is not None or args.option or args.early_stop is not None or args.init_from is not None:
+        raise MnistlabError("--resume continues the run in its own folder from its own weights with its own early "
+                            "stopping; leave out --out, --option, --init-from and --early-stop")
     changes = {"model": args.model, "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": args.lr,
                "seed": args.seed, "val_split": args.val_split, "precision": args.precision,
                "schedule": args.schedule, "label_smoothing": args.label_smoothing, "dataset": args.dataset}
@@ -131,7 +131,7 @@ def evaluate(args: argparse.Namespace) -> int:
     """``mnistlab evaluate RUN``: the full evaluation of a run on one split, saved and recorded."""
     from mnistlab import api
 
-    run = api.load(args.run_dir, registry=args.registry)
+    run = api.load(args.run_dir, registry=args.registry, weights=args.weights)
     result = run.evaluate(split=args.split, device=args.device, html=args.html, data_dir=args.data_dir,
                           registry=args.registry)
     if args.json:

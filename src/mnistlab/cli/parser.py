@@ -8,6 +8,7 @@ from typing import NoReturn
 
 from mnistlab import __version__
 from mnistlab.config import CLASSICAL_NAMES, DEVICE_NAMES, MODEL_NAMES, OPTIMIZER_NAMES
+from mnistlab.runs import WEIGHTS_CHOICES
 
 INVERT_CHOICES = ("auto", "yes", "no")  # = mnistlab.imaging.INVERT_CHOICES (kept here so --help stays light)
 EXIT_USAGE = 2
@@ -106,6 +107,8 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
                        help="random warps of each batch: light (slant, size, position), strong (+ elastic, "
                             "stroke width); default none")
     train.add_argument("--out", help="run directory to create (default runs/MODEL-TIMESTAMP)")
+    train.add_argument("--init-from", metavar="RUN", help="fine-tune: start from this run's weights (a folder or "
+                                                          "run id; best where it kept them), same architecture")
     train.add_argument("--early-stop", type=int, metavar="PATIENCE",
                        help="stop once --monitor has not improved for PATIENCE epochs (needs --val-split); "
                             "the best epoch's weights are kept in RUN/best.safetensors")
@@ -114,6 +117,12 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
     _add_dataset_flags(train)
     _add_registry_flag(train)
     train.set_defaults(handler=cmd.train, dataset=None)
+
+
+def _add_weights_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", default="auto", choices=WEIGHTS_CHOICES,
+                        help="best (the best epoch's, kept by runs trained with --early-stop), last (the last "
+                             "epoch's), or auto (default: best where the run has them, else last)")
 
 
 def _evaluate_parser(commands: argparse._SubParsersAction) -> None:
@@ -129,6 +138,7 @@ def _evaluate_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_NAMES)}")
     evaluate.add_argument("--json", action="store_true", help="print JSON")
     evaluate.add_argument("--data-dir", help="read the run's dataset from this folder (when its files moved)")
+    _add_weights_flag(evaluate)
     _add_registry_flag(evaluate)
     evaluate.set_defaults(handler=cmd.evaluate)
 

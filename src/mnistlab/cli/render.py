@@ -148,6 +148,16 @@ def confusion_text(confusion: Any, class_names: Sequence[str]) -> str:
     return text(confusion, tuple(class_names))
 
 
+def weights_line(used: str, best: dict[str, Any] | None, *, epochs: int) -> str:
+    """Which of a run's weights a command uses, e.g. ``weights: best (epoch 4 of 10, val_loss 0.0312)``."""
+    if used == "best":
+        if best:
+            return (f"weights: best (epoch {best.get('epoch')} of {epochs}, {esc(str(best.get('monitor')))} "
+                    f"{float(best.get('value', float('nan'))):.4f}); --weights last for the last epoch's")
+        return "weights: best; --weights last for the last epoch's"
+    return f"weights: last (epoch {epochs})" if epochs else "weights: last"
+
+
 def evaluation(out: Console, ev: Evaluation) -> None:
     """``evaluate``: headline figures, per-class report, confusion matrix, confused pairs, files."""
     data = ev.to_dict()
@@ -157,8 +167,9 @@ def evaluation(out: Console, ev: Evaluation) -> None:
     if ev.same_data is False:
         out.print(f"[yellow]other data:[/yellow] these {ev.split} images are not the ones this run was trained and "
                   "tested on (SHA-256 differs): this is not the run's own score")
+    out.print(weights_line(ev.weights_used, ev.best, epochs=len(ev.training.get("history") or [])))
     recorded = data["recorded_test_accuracy"]
-    if ev.split == "test" and recorded is not None and ev.same_data is not False:
+    if ev.split == "test" and recorded is not None and ev.same_data is not False and ev.weights_used == "last":
         same = abs(float(recorded) - ev.accuracy) < 1e-9
         out.print(f"recorded at training: accuracy {recorded:.4f}"
                   + ("  (matches)" if same else "  (differs: the weights, the data or the arithmetic "
