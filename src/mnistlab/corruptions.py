@@ -18,7 +18,7 @@ rotate         rotation about the centre by +-0.4 rad (22.9 degrees; sign random
 translate      a shift of 3 px in x and 3 px in y (each sign random per image).
 brightness     +0.5 (of full scale) added to every pixel, clipped: the background becomes 128 grey.
 stripe         columns 0-6 and 21-27 inverted (255 - x).
-fog            a fractal (1/f) cloud of strength 3 added, then rescaled to the ink's range:
+fog            a fractal (1/f^1.5) cloud of strength 3 added, then rescaled to the ink's range:
                out = (x + 3 f) * max(x) / (max(x) + 3), so the digit keeps 1/4 of its contrast.
 spatter        mud: smoothed random blobs (a threshold of smoothed noise) painted in grey 63 over the image.
 dotted_line    a random straight line across the image (column 0 to 27), drawn in dashes of 2 px on, 2 off.
@@ -71,6 +71,7 @@ TRANSLATE_PIXELS = 3
 BRIGHTNESS = 0.5
 STRIPE_COLUMNS = ((0, 7), (21, 28))
 FOG_STRENGTH = 3.0
+FOG_SPECTRUM = 1.5   # amplitude ~ 1/f^1.5: smooth clouds with some detail, like MNIST-C's plasma fractal
 SPATTER_GREY = 63.0 / 255.0
 DASH = 2
 ZIGZAG_AMPLITUDE, ZIGZAG_STEP = 2.0, 2.0
@@ -253,12 +254,12 @@ def _stripe(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def fractal_clouds(rng: np.random.Generator, n: int, size: int = 28) -> np.ndarray:
-    """``n`` fractal (1/f amplitude spectrum) cloud fields, each scaled to [0, 1], shape (n, size, size)."""
+    """``n`` fractal (1/f^1.5 amplitude spectrum) cloud fields, each scaled to [0, 1], shape (n, size, size)."""
     side = 64    # synthesised larger than the crop, so the clouds are not periodic within it
     fy = np.fft.fftfreq(side)[:, None]
     fx = np.fft.rfftfreq(side)[None, :]
     freq = np.hypot(fy, fx)
-    amplitude = np.where(freq > 0, 1.0 / np.maximum(freq, 1e-9), 0.0)
+    amplitude = np.where(freq > 0, np.maximum(freq, 1e-9) ** -FOG_SPECTRUM, 0.0)
     phase = rng.uniform(0.0, 2 * np.pi, size=(n, side, side // 2 + 1))
     field = np.fft.irfft2(amplitude * np.exp(1j * phase), s=(side, side))[:, :size, :size]
     low = field.min(axis=(1, 2), keepdims=True)
