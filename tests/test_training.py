@@ -630,7 +630,7 @@ def test_init_from_another_architecture_is_one_line_and_leaves_nothing(tmp_path:
             dataset=dataset)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "mlp").exists() or not any((tmp_path / "mlp").iterdir())
-    with pytest.raises(MnistlabError, match="`init_from`.*no such run directory"):
+    with pytest.raises(MnistlabError, match=r"`init_from`.*no such run directory"):
         fit(dataclasses.replace(tiny_config(epochs=1), init_from=str(tmp_path / "nothing")),
             run_dir=tmp_path / "mlp2", dataset=dataset)
     assert not (tmp_path / "mlp2").exists()

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # torch and the heavier modules load only when a Run needs th
     from torch import nn
 
     from mnistlab.analysis import Evaluation
+    from mnistlab.corruptions import RobustnessReport
     from mnistlab.data import Dataset
     from mnistlab.export import ExportFormat, ExportResult, Quantize
     from mnistlab.models import ModelSummary
@@ -505,6 +506,21 @@ class Run:
             self.id = record.id
             return out.evaluation.with_files(out.files, html=out.html, registry_ids=(record.id, recorded.id))
         return out.evaluation.with_files(out.files, html=out.html)
+
+    def evaluate_corruptions(self, *, seed: int = 0, device: str = "auto",
+                             data_dir: str | os.PathLike[str] | None = None) -> RobustnessReport:
+        """Test accuracy clean and under each MNIST-C-style corruption (:mod:`mnistlab.corruptions`), seeded.
+
+        Writes ``RUN/eval/test/corruptions.{json,png,html}``; never feeds training or selection.
+        """
+        from mnistlab.corruptions import robustness_report
+
+        dataset = None
+        if data_dir is not None:
+            from mnistlab.data import load_run_dataset
+
+            dataset = load_run_dataset(self.files.config, data_dir=data_dir, run_name=str(self.path))
+        return robustness_report(self.path, seed=seed, device=device, dataset=dataset, weights=self.weights)
 
     def predictor(self, *, device: str = "cpu") -> Predictor:
         """The loaded model as a :class:`mnistlab.predict.Predictor` (kept for later calls)."""

@@ -132,6 +132,8 @@ def evaluate(args: argparse.Namespace) -> int:
     from mnistlab import api
 
     run = api.load(args.run_dir, registry=args.registry, weights=args.weights)
+    if args.corruptions:
+        return _evaluate_corruptions(args, run)
     result = run.evaluate(split=args.split, device=args.device, html=args.html, data_dir=args.data_dir,
                           registry=args.registry)
     if args.json:
@@ -140,6 +142,20 @@ def evaluate(args: argparse.Namespace) -> int:
                          "html": str(result.html_path), "registry": {"run": ids[0], "evaluation": ids[1]}}))
         return 0
     render.evaluation(render.console(), result)
+    return 0
+
+
+def _evaluate_corruptions(args: argparse.Namespace, run: Any) -> int:
+    """``evaluate RUN --corruptions``: the robustness report (test split only)."""
+    if args.split != "test":
+        raise MnistlabError(f"--corruptions scores the test split; drop --split {args.split}")
+    if args.html is not None:
+        raise MnistlabError("--corruptions writes its page to RUN/eval/test/corruptions.html; drop --html")
+    report = run.evaluate_corruptions(seed=args.seed, device=args.device, data_dir=args.data_dir)
+    if args.json:
+        print(json_text({**report.to_dict(), "files": {key: str(path) for key, path in (report.files or {}).items()}}))
+        return 0
+    render.robustness(render.console(), report)
     return 0
 
 

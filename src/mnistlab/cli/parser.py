@@ -137,6 +137,10 @@ def _evaluate_parser(commands: argparse._SubParsersAction) -> None:
                                                          "(it is always written to RUN/eval/SPLIT/report.html)")
     evaluate.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_NAMES)}")
     evaluate.add_argument("--json", action="store_true", help="print JSON")
+    evaluate.add_argument("--corruptions", action="store_true",
+                          help="instead: the robustness report, test accuracy under 15 MNIST-C-style corruptions "
+                               "(written to RUN/eval/test/corruptions.*)")
+    evaluate.add_argument("--seed", type=int, default=0, help="with --corruptions: the corruptions' seed (default 0)")
     evaluate.add_argument("--data-dir", help="read the run's dataset from this folder (when its files moved)")
     _add_weights_flag(evaluate)
     _add_registry_flag(evaluate)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from mnistlab.api import Run
     from mnistlab.compare import Comparison
     from mnistlab.config import ModelInfo, TrainConfig
+    from mnistlab.corruptions import RobustnessReport
     from mnistlab.export import ExportResult
     from mnistlab.models import ModelSummary
     from mnistlab.registry import RunRecord
@@ -198,6 +199,24 @@ def evaluation(out: Console, ev: Evaluation) -> None:
         out.print(f"report: {esc(ev.html_path)}")
     if ev.registry_ids is not None:
         out.print(f"registry: run {ev.registry_ids[0]}, evaluation {ev.registry_ids[1]}")
+
+
+def robustness(out: Console, report: RobustnessReport) -> None:
+    """``evaluate --corruptions``: corruption / accuracy / error / x clean error, the mean last, the files."""
+    from mnistlab.corruptions import error_ratio_text
+
+    rows = [["clean", f"{report.clean_accuracy:.4f}", f"{100 * report.clean_error:.2f}%", "1.0x"]]
+    rows += [[s.name, f"{s.accuracy:.4f}", f"{100 * s.error:.2f}%", error_ratio_text(s.error_ratio)]
+             for s in report.scores]
+    rows.append(["mean (corrupted)", f"{report.mean_accuracy:.4f}", f"{100 * report.mean_error:.2f}%",
+                 error_ratio_text(report.mean_error_ratio)])
+    table(out, ["corruption", "accuracy", "error", "x clean error"], rows,
+          title=f"{report.model} on {report.dataset} test ({report.count:,} images, seed {report.seed})")
+    if report.same_data is False:
+        out.print("[yellow]other data:[/yellow] these test images are not the ones this run was tested on")
+    if report.files:
+        folder = report.files["json"].parent
+        out.print(f"files: {esc(folder)}/ ({esc(', '.join(sorted(p.name for p in report.files.values())))})")
 
 
 # -------------------------------------------------------------------------------------------- reproduce
