@@ -14,8 +14,9 @@ arithmetic), and skip parameters whose gradient is None.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import torch
 
@@ -53,7 +54,7 @@ class Optimizer:
     SCALARS: tuple[str, ...] = ("lr", "steps")
     BUFFERS: tuple[str, ...] = ()
     # Numbers a checkpoint written before they existed lacks, with the value that reproduces that version.
-    ADDED_SCALARS: dict[str, Any] = {}
+    ADDED_SCALARS: ClassVar[Mapping[str, Any]] = MappingProxyType({})
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """(tensors, scalars): ``BUFFER.i`` -> contiguous CPU copy (absent for a buffer not created yet), and
@@ -125,7 +126,7 @@ class Adam(Optimizer):
 
     SCALARS = ("lr", "steps", "beta1", "beta2", "eps", "weight_decay")
     BUFFERS = ("exp_avg", "exp_avg_sq")
-    ADDED_SCALARS = {"weight_decay": 0.0}
+    ADDED_SCALARS = MappingProxyType({"weight_decay": 0.0})
 
     def __init__(self, params: Iterable[torch.nn.Parameter], *, lr: float = 1e-3, beta1: float = 0.9,
                  beta2: float = 0.999, eps: float = 1e-7, weight_decay: float = 0.0) -> None:
