@@ -659,8 +659,9 @@ SCHEDULED_RUNS = {
     "cosine+adamw": {"schedule": "cosine", "options": {"min_lr": 1e-4}, "optimizer": "adam", "lr": 5e-3,
                      "weight_decay": 0.02},
     "step": {"schedule": "step", "options": {"step_size": 2, "gamma": 0.5}, "optimizer": "sgd"},
-    # min_delta 0.05 and cooldown 2 make the tiny data's falling val_loss cut the lr and rest within 5 epochs.
-    "plateau": {"schedule": "plateau", "options": {"patience": 1, "min_delta": 0.05, "cooldown": 2},
+    # min_delta 0.05 makes the tiny data's falling val_loss cut the lr in epoch 3; Keras' cooldown 3 then rests
+    # epochs 4 and 5, and epoch 6 counts: a resume in epoch 4 that lost the counters would cut in epoch 5.
+    "plateau": {"schedule": "plateau", "options": {"patience": 1, "min_delta": 0.05, "cooldown": 3},
                 "optimizer": "adam", "lr": 1e-2},
     "plateau-on-training-loss+adamw": {"schedule": "plateau", "val_split": 0.0, "optimizer": "adam", "lr": 1e-2,
                                        "weight_decay": 0.01, "options": {"patience": 1, "min_delta": 0.2}},
@@ -677,7 +678,7 @@ def test_each_schedule_shows_in_the_history_and_resumes_bit_exactly(tmp_path: Pa
     from mnistlab.training import resume
 
     dataset = load_dataset(data_dir=tiny_data_dir)
-    config = tiny(epochs=5, **settings)
+    config = tiny(epochs=6, **settings)
     alone = fit(config, run_dir=tmp_path / "alone", dataset=dataset)
     lrs = [row.lr for row in alone.history]
     assert lrs == pytest.approx(expected_lrs(alone), rel=1e-12, abs=1e-15)
@@ -697,13 +698,13 @@ def test_each_schedule_shows_in_the_history_and_resumes_bit_exactly(tmp_path: Pa
 
 def test_a_plateau_run_keeps_its_cooldown_across_a_resume(tmp_path: Path, tiny_data_dir: Path) -> None:
     """The checkpoint of epoch 3 holds the plateau's counters as they are then (a cut in epoch 3, so a cooldown of
-    2 is running) and the cut lr, which the next epoch trains with."""
+    3 is running) and the cut lr, which the next epoch trains with."""
     dataset = load_dataset(data_dir=tiny_data_dir)
     config = tiny(epochs=3, **SCHEDULED_RUNS["plateau"])
     result = fit(config, run_dir=tmp_path / "run", dataset=dataset)
     state = json.loads((checkpoint.epoch_folder(result.run_dir, 3) / checkpoint.STATE).read_text())["schedule"]
     figures = [row.val_loss for row in result.history]
-    assert state["cooldown_counter"] == 2 and state["wait"] == 0 and state["best"] == min(figures[:2])
+    assert state["cooldown_counter"] == 3 and state["wait"] == 0 and state["best"] == min(figures[:2])
     assert state["lr"] == pytest.approx(1e-3, rel=1e-12) and [row.lr for row in result.history] == [1e-2] * 3
 
 
