@@ -268,7 +268,7 @@ def _check_schedule_options(schedule: str, options: Mapping[str, Any], *, lr: fl
     unknown = sorted(set(options) - set(defaults))
     if unknown:
         known = f"its options: {', '.join(defaults)}" if defaults else "it has none"
-        raise MnistlabError(f"option(s) {', '.join(unknown)} do not apply to the {schedule} schedule ({known}); "
+        raise MnistlabError(f"`options` {', '.join(unknown)}: not for the {schedule} schedule ({known}); the "
                             f"`schedule` options are {_schedule_options_text()}")
     merged: dict[str, int | float] = {}
     for key, default in defaults.items():
