@@ -176,7 +176,7 @@ def test_classical_run_through_the_cli(capsys, tmp_path: Path, tiny_data_dir_sha
     (["train", "knn", "--option", "z=1"], ["--option 'z=1'", "k, max_train"]),
     (["train", "knn", "--option", "k=two"], ["k must be a whole number"]),
     (["train", "svm", "--option", "gamma=-1"], ["gamma=-1.0: must be > 0"]),
-    (["train", "mlp", "--option", "k=1"], ["--option applies to classical models"]),
+    (["train", "mlp", "--option", "k=1"], ["--option k: not for the constant schedule", "--schedule options"]),
     (["summary", "forest"], ["forest is a classical baseline"]),
     (["evaluate", "nowhere", "--split", "dev"], ["--split", "invalid choice"]),
     (["runs", "compare", "1"], ["at least two run ids"]),

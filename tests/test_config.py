@@ -93,3 +93,63 @@ def test_fast_recipe_is_fixed_in_code() -> None:
     config = TrainConfig.for_model("fast")
     assert (config.epochs, config.batch_size, config.optimizer, config.schedule) == (1, 256, "adam", "onecycle")
     assert config.lr == 1.6e-2 and config.label_smoothing == 0.1
+
+
+# ------------------------------------------------------------------------ schedule options and weight decay
+def test_schedule_options_default_to_keras_and_torch_and_are_saved() -> None:
+    """A network's options are its schedule's parameters, every default filled in (so config.json records them):
+    Keras' ReduceLROnPlateau defaults, StepLR's gamma, CosineAnnealingLR's eta_min 0."""
+    plateau = TrainConfig.for_model("mlp", schedule="plateau", options={"patience": 3})
+    assert plateau.options == {"factor": 0.1, "patience": 3, "min_delta": 1e-4, "cooldown": 0, "min_lr": 0.0}
+    assert TrainConfig.for_model("mlp", schedule="step").options == {"step_size": 10, "gamma": 0.1}
+    assert TrainConfig.for_model("cnn", schedule="cosine").options == {"min_lr": 0.0}
+    assert TrainConfig.for_model("cnn").options == {} == TrainConfig.for_model("fast").options
+    assert TrainConfig.from_dict(plateau.to_dict()) == plateau
+    wd = TrainConfig.for_model("mlp", optimizer="adam", weight_decay=0.01)
+    assert TrainConfig.from_dict(wd.to_dict()).weight_decay == 0.01
+    old = {key: value for key, value in wd.to_dict().items() if key != "weight_decay"}  # a run of before AdamW
+    assert TrainConfig.from_dict(old).weight_decay == 0.0
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"schedule": "plateau", "options": {"factor": 1.0}}, r"`options` factor=1.0: the plateau schedule's factor "
+                                                          r"must be in \(0, 1\)"),
+    ({"schedule": "plateau", "options": {"patience": 2.5}}, "plateau schedule's patience must be a whole number"),
+    ({"schedule": "plateau", "options": {"cooldown": -1}}, r"cooldown must be in \[0, inf\)"),
+    ({"schedule": "plateau", "options": {"min_delta": float("nan")}}, "min_delta must be in"),
+    ({"schedule": "step", "options": {"step_size": 0}}, r"step_size must be in \[1, inf\)"),
+    ({"schedule": "step", "options": {"gamma": 0.0}}, r"gamma must be in \(0, 1\]"),
+    ({"schedule": "cosine", "options": {"min_lr": 0.01}}, "min_lr must be below it"),
+    ({"schedule": "step", "options": {"patience": 3}}, r"`options` patience: not for the step schedule "
+                                                       r"\(its options: step_size, gamma\)"),
+    ({"options": {"k": 3}}, r"`options` k: not for the constant schedule \(it has none\)"),
+    ({"weight_decay": 0.01}, "`weight_decay` 0.01 is decoupled weight decay for adam"),
+    ({"optimizer": "sgd", "weight_decay": 0.01}, "sgd has none here: pass `optimizer` adam"),
+    ({"optimizer": "adam", "weight_decay": -0.1}, "`weight_decay` must be a finite number >= 0"),
+    ({"optimizer": "adam", "weight_decay": 2000.0}, "`weight_decay` 2000 times `lr` 0.001 must stay below 1"),
+    ({"optimizer": "adam", "weight_decay": "0.1"}, "`weight_decay` must be a number"),
+])
+def test_bad_schedule_options_and_weight_decay_are_one_line_naming_the_flag(overrides: dict, message: str) -> None:
+    from mnistlab.cli import flag_text
+
+    with pytest.raises(MnistlabError, match=message) as raised:
+        TrainConfig.for_model("mlp", **overrides)
+    text = flag_text(str(raised.value))
+    assert "\n" not in text
+    assert ("--option" in text) if "options" in overrides else ("--weight-decay" in text)
+
+
+def test_cli_parses_schedule_options_and_weight_decay(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """`--option KEY=VALUE` reaches a network's schedule typed (whole numbers stay whole); a mistake is one line,
+    exit 2, before anything is trained."""
+    from mnistlab.cli import main
+    from mnistlab.config import parse_option
+
+    assert parse_option("mlp", "patience=3") == ("patience", 3)
+    assert parse_option("mlp", "min-lr=1e-5") == ("min_lr", 1e-5)
+    code = main(["train", "mlp", "--schedule", "plateau", "--option", "patience=x", "--out", str(tmp_path / "r")])
+    assert code == 2 and "`options`" not in capsys.readouterr().err
+    assert main(["train", "mlp", "--weight-decay", "0.1", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--weight-decay 0.1 is decoupled weight decay for adam" in err and "--optimizer adam" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "r").exists()

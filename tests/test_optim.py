@@ -227,5 +227,239 @@ def test_constant_schedule_is_none() -> None:
 
 def test_bad_schedule_name_in_library() -> None:
     with pytest.raises(MnistlabError, match="`schedule`"):
-        build_schedule("cosine", build_optimizer("sgd", [nn.Parameter(torch.zeros(1))], lr=0.1), lr=0.1,
+        build_schedule("linear", build_optimizer("sgd", [nn.Parameter(torch.zeros(1))], lr=0.1), lr=0.1,
                        total_steps=5)
+
+
+# ------------------------------------------------------------------ cosine, step, plateau and AdamW vs torch.optim
+def twin_problem(seed: int = 0) -> tuple[nn.Module, nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Two identical small networks and a few batches, so both optimizers see real (changing) gradients."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 4))
+    twin = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 4))
+    twin.load_state_dict(model.state_dict())
+    batches = [(torch.randn(16, 12), torch.randint(0, 4, (16,))) for _ in range(5)]
+    return model, twin, batches
+
+
+def train_step(net: nn.Module, optimizer: Any, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
+    optimizer.zero_grad()
+    loss = nn.functional.cross_entropy(net(batch[0]), batch[1])
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def assert_same_weights(ours: nn.Module, theirs: nn.Module) -> None:
+    for (key, mine), other in zip(ours.state_dict().items(), theirs.state_dict().values(), strict=True):
+        torch.testing.assert_close(mine, other, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def torch_adam(params: Iterable[nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Keras' Adam in torch.optim: AdamW when decaying (torch.optim.Adam's weight_decay is L2, another rule)."""
+    if weight_decay:
+        return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-7, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-7)
+
+
+@pytest.mark.parametrize(("total", "min_lr", "weight_decay"), [(7, 0.0, 0.0), (40, 1e-4, 0.0), (235, 0.0, 0.05)])
+def test_cosine_matches_torch_cosine_annealing_lr(total: int, min_lr: float, weight_decay: float) -> None:
+    """Every step's lr as CosineAnnealingLR(T_max=total, eta_min=min_lr), which reaches min_lr after the last
+    step; and the weights after ``total`` steps as torch.optim's (with and without AdamW's decay)."""
+    model, twin, batches = twin_problem()
+    ours = build_optimizer("adam", model.parameters(), lr=3e-3, weight_decay=weight_decay)
+    schedule = build_schedule("cosine", ours, lr=3e-3, total_steps=total, options={"min_lr": min_lr})
+    reference = torch_adam(twin.parameters(), 3e-3, weight_decay)
+    torch_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(reference, T_max=total, eta_min=min_lr)
+    for step in range(total):
+        assert ours.lr == pytest.approx(reference.param_groups[0]["lr"], rel=1e-9, abs=1e-15), step
+        train_step(model, ours, batches[step % len(batches)])
+        train_step(twin, reference, batches[step % len(batches)])
+        schedule.step()
+        torch_schedule.step()
+    assert ours.lr == pytest.approx(min_lr, abs=1e-15) and reference.param_groups[0]["lr"] == pytest.approx(ours.lr)
+    assert_same_weights(model, twin)
+    schedule.step()                       # past the end it stays at the floor (torch's would climb back)
+    assert ours.lr == pytest.approx(min_lr, abs=1e-15)
+
+
+@pytest.mark.parametrize(("step_size", "gamma"), [(1, 0.5), (3, 0.1), (10, 0.7)])
+def test_step_matches_torch_step_lr(step_size: int, gamma: float) -> None:
+    """The lr of each of 12 epochs (3 steps each) as StepLR(step_size, gamma) stepped per epoch; same weights."""
+    model, twin, batches = twin_problem(1)
+    ours = build_optimizer("sgd", model.parameters(), lr=0.05)
+    schedule = build_schedule("step", ours, lr=0.05, total_steps=36, options={"step_size": step_size, "gamma": gamma})
+    assert schedule is not None
+    reference = torch.optim.SGD(twin.parameters(), lr=0.05, momentum=0.9)
+    torch_schedule = torch.optim.lr_scheduler.StepLR(reference, step_size=step_size, gamma=gamma)
+    seen = []
+    for epoch in range(12):
+        assert ours.lr == pytest.approx(reference.param_groups[0]["lr"], rel=1e-12), epoch
+        seen.append(ours.lr)
+        for batch in batches[:3]:
+            train_step(model, ours, batch)
+            train_step(twin, reference, batch)
+            schedule.step()               # per-step calls must not move a per-epoch schedule
+        schedule.epoch_end(0.0)
+        torch_schedule.step()
+    assert seen == pytest.approx([0.05 * gamma ** (e // step_size) for e in range(12)], rel=1e-12)
+    assert_same_weights(model, twin)
+
+
+def torch_plateau_for_keras(optimizer: torch.optim.Optimizer, *, factor: float, patience: int, min_delta: float,
+                            cooldown: int, min_lr: float) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """torch's ReduceLROnPlateau configured to act as Keras' (the oracle's mapping).
+
+    - patience: Keras cuts when its wait count reaches ``patience`` (``wait >= patience``, counted after the bad
+      epoch); torch when its count *exceeds* its patience (``num_bad_epochs > patience``). So torch's is Keras'
+      minus one; Keras' 0 acts as 1 (the count is already 1 when compared), hence max(p - 1, 0).
+    - cooldown: Keras ends the cooldown (counter -= 1) *before* it looks at the epoch, so a cooldown of c leaves
+      c - 1 epochs uncounted; torch counts first and then zeroes the count for each of its c cooldown epochs.
+      So torch's is Keras' minus one (Keras' 0 and 1 both leave none): max(c - 1, 0).
+    - min_delta is absolute in Keras (``value < best - min_delta``): threshold_mode="abs"; mode "min".
+    - eps=0: Keras cuts whenever lr > min_lr; torch's default eps 1e-8 would skip cuts smaller than that.
+    """
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=factor, patience=max(patience - 1, 0), threshold=min_delta,
+        threshold_mode="abs", cooldown=max(cooldown - 1, 0), min_lr=min_lr, eps=0.0)
+
+
+# Monitored figures with plateaus, small (below min_delta) and real improvements, a NaN, and a long flat end.
+PLATEAU_FIGURES = [1.0, 0.9, 0.95, 0.9, 0.89995, 0.91, 0.7, 0.7, 0.7, 0.71, 0.69, 0.6999, 0.5, 0.5, float("nan"),
+                   0.5, 0.5, 0.5, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4]
+
+
+@pytest.mark.parametrize("settings", [
+    {},                                                                   # Keras' defaults (patience 10)
+    {"patience": 1},
+    {"patience": 0},
+    {"patience": 2, "factor": 0.5},
+    {"patience": 2, "cooldown": 1},
+    {"patience": 1, "cooldown": 3, "min_delta": 0.0},
+    {"patience": 3, "cooldown": 2, "min_delta": 0.02, "factor": 0.2},
+    {"patience": 1, "factor": 0.5, "min_lr": 2e-4},
+], ids=str)
+def test_plateau_matches_torch_reduce_lr_on_plateau_mapped_to_keras(settings: dict[str, Any]) -> None:
+    """Each epoch's lr on crafted figures as torch's ReduceLROnPlateau with Keras' rule mapped onto its arguments;
+    the weights after the epochs (2 steps each) as torch.optim's."""
+    params = {"factor": 0.1, "patience": 10, "min_delta": 1e-4, "cooldown": 0, "min_lr": 0.0, **settings}
+    model, twin, batches = twin_problem(2)
+    ours = build_optimizer("adam", model.parameters(), lr=1e-3)
+    schedule = build_schedule("plateau", ours, lr=1e-3, total_steps=60, options=params)
+    assert schedule is not None
+    reference = torch_adam(twin.parameters(), 1e-3)
+    torch_schedule = torch_plateau_for_keras(reference, **params)
+    lrs = []
+    for epoch, figure in enumerate(PLATEAU_FIGURES):
+        for batch in batches[epoch % 4:epoch % 4 + 2]:
+            train_step(model, ours, batch)
+            train_step(twin, reference, batch)
+        schedule.epoch_end(figure)
+        torch_schedule.step(figure)
+        lrs.append(ours.lr)
+        assert ours.lr == reference.param_groups[0]["lr"], epoch
+    if settings:
+        assert len(set(lrs)) > 1            # each non-default setting cuts the lr at least once on these figures
+    assert min(lrs) >= params["min_lr"]
+    assert_same_weights(model, twin)
+
+
+def test_plateau_follows_keras_patience_not_torchs() -> None:
+    """Keras' patience 2 on a flat figure: the 1st epoch sets the best, the 2nd and 3rd do not improve, so the lr
+    is cut after the 3rd epoch, and again two epochs later (hand-derived from Keras' rule). torch's
+    ReduceLROnPlateau given the same patience cuts one epoch later: the mapping above is needed."""
+    ours = build_optimizer("sgd", [nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = build_schedule("plateau", ours, lr=1.0, total_steps=10, options={"patience": 2})
+    reference = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    unmapped = torch.optim.lr_scheduler.ReduceLROnPlateau(reference, patience=2, threshold=1e-4,
+                                                          threshold_mode="abs")
+    lrs, torch_lrs = [], []
+    for _ in range(6):
+        schedule.epoch_end(1.0)  # type: ignore[union-attr]
+        unmapped.step(1.0)
+        lrs.append(ours.lr)
+        torch_lrs.append(reference.param_groups[0]["lr"])
+    assert lrs == pytest.approx([1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
+    assert torch_lrs == pytest.approx([1.0, 1.0, 1.0, 0.1, 0.1, 0.1])
+
+
+def test_plateau_cooldown_follows_keras() -> None:
+    """Keras' cooldown 2, patience 1, flat figure: cut after epoch 2; epoch 3 is in cooldown; epoch 4 (the
+    cooldown's last) already counts and cuts again; then epoch 5 rests, epoch 6 cuts."""
+    ours = build_optimizer("sgd", [nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = build_schedule("plateau", ours, lr=1.0, total_steps=10, options={"patience": 1, "cooldown": 2})
+    lrs = []
+    for _ in range(6):
+        schedule.epoch_end(1.0)  # type: ignore[union-attr]
+        lrs.append(ours.lr)
+    assert lrs == pytest.approx([1.0, 0.1, 0.1, 0.01, 0.01, 0.001])
+
+
+@pytest.mark.parametrize("weight_decay", [0.01, 0.3])
+def test_adamw_matches_torch_adamw_on_a_real_model(weight_decay: float) -> None:
+    """Decoupled weight decay: the CNN's weights after 5 steps as torch.optim.AdamW's, and not as Adam's with
+    L2 (torch.optim.Adam's weight_decay), which shows the test tells the two rules apart."""
+    torch.manual_seed(0)
+    model, twin, l2 = build_model("cnn"), build_model("cnn"), build_model("cnn")
+    twin.load_state_dict(model.state_dict())
+    l2.load_state_dict(model.state_dict())
+    ours = build_optimizer("adam", model.parameters(), lr=1e-3, weight_decay=weight_decay)
+    reference = torch_adam(twin.parameters(), 1e-3, weight_decay)
+    coupled = torch.optim.Adam(l2.parameters(), lr=1e-3, eps=1e-7, weight_decay=weight_decay)
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    for _ in range(5):
+        for net, optimizer in ((model, ours), (twin, reference), (l2, coupled)):
+            train_step(net, optimizer, (x, y))
+    assert_same_weights(model, twin)
+    gap = max(float((a - b).detach().abs().max()) for a, b in zip(model.parameters(), l2.parameters(), strict=True))
+    assert gap > 1e-4
+
+
+def test_weight_decay_is_refused_for_rmsprop_and_sgd_in_the_library() -> None:
+    for name in ("rmsprop", "sgd"):
+        with pytest.raises(MnistlabError, match="`weight_decay` is decoupled weight decay for adam"):
+            build_optimizer(name, [nn.Parameter(torch.zeros(1))], lr=0.1, weight_decay=0.01)
+
+
+def test_unknown_schedule_option_in_the_library() -> None:
+    with pytest.raises(MnistlabError, match=r"option\(s\) patience do not apply to the step schedule"):
+        build_schedule("step", build_optimizer("sgd", [nn.Parameter(torch.zeros(1))], lr=0.1), lr=0.1,
+                       total_steps=5, options={"patience": 3})
+
+
+@pytest.mark.parametrize(("name", "options"), [("cosine", {"min_lr": 1e-5}), ("step", {"step_size": 2}),
+                                               ("plateau", {"patience": 1, "cooldown": 1, "min_delta": 0.05}),
+                                               ("onecycle", {})])
+def test_schedule_state_round_trips_through_json_exactly(name: str, options: dict[str, Any]) -> None:
+    """A schedule rebuilt from another's JSON state after 4 epochs continues with identical lrs (and, for a
+    plateau, identical counters), as a resumed run needs; another run's shape is refused."""
+    figures = [0.9, 0.95, 0.93, 0.8, 0.85, 0.84, 0.83, 0.6, 0.61]
+
+    def make() -> tuple[Any, Any]:
+        optimizer = build_optimizer("adam", [nn.Parameter(torch.zeros(1))], lr=2e-3)
+        return optimizer, build_schedule(name, optimizer, lr=2e-3, total_steps=27, options=options)
+
+    def run_epochs(optimizer: Any, schedule: Any, epochs: list[float]) -> list[float]:
+        lrs = []
+        for figure in epochs:
+            for _ in range(3):
+                schedule.step()
+                lrs.append(optimizer.lr)
+            schedule.epoch_end(figure)
+            lrs.append(optimizer.lr)
+        return lrs
+
+    first_opt, first = make()
+    run_epochs(first_opt, first, figures[:4])
+    state = json.loads(json.dumps(first.state_dict(), allow_nan=False))   # strict JSON, as checkpoints are
+    second_opt, second = make()
+    second.load_state_dict(state)
+    assert second_opt.lr == first_opt.lr
+    assert run_epochs(second_opt, second, figures[4:]) == run_epochs(first_opt, first, figures[4:])
+    assert second.state_dict() == first.state_dict()
+    other_opt = build_optimizer("adam", [nn.Parameter(torch.zeros(1))], lr=1e-3)
+    # Another run: another lr and length (a plateau ignores both: its lr is in the state), another patience.
+    other_options = {**options, "patience": 4} if name == "plateau" else options
+    other = build_schedule(name, other_opt, lr=1e-3, total_steps=30, options=other_options)
+    with pytest.raises(ValueError, match="schedule state"):
+        other.load_state_dict(state)  # type: ignore[union-attr]

@@ -634,3 +634,141 @@ def test_init_from_another_architecture_is_one_line_and_leaves_nothing(tmp_path:
         fit(dataclasses.replace(tiny_config(epochs=1), init_from=str(tmp_path / "nothing")),
             run_dir=tmp_path / "mlp2", dataset=dataset)
     assert not (tmp_path / "mlp2").exists()
+
+# ------------------------------------------------------------ schedules cosine, step, plateau and AdamW in a run
+def keras_plateau_lrs(lr: float, figures: list[float], options: dict) -> list[float]:
+    """The lr each epoch trains with under Keras' ReduceLROnPlateau, computed by torch's ReduceLROnPlateau with
+    Keras' rule mapped onto its arguments (patience and cooldown one less, absolute min_delta, eps 0; why: see
+    tests/test_optim.py torch_plateau_for_keras), stepped with the recorded figures."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    oracle = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=options["factor"], patience=max(options["patience"] - 1, 0),
+        threshold=options["min_delta"], threshold_mode="abs", cooldown=max(options["cooldown"] - 1, 0),
+        min_lr=options["min_lr"], eps=0.0)
+    lrs = [lr]
+    for figure in figures[:-1]:
+        oracle.step(figure)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    return lrs
+
+
+def expected_lrs(result) -> list[float]:  # type: ignore[no-untyped-def]
+    """The history's lr column each schedule must produce, from its definition (independent of mnistlab.optim)."""
+    import math
+
+    config, history = result.config, result.history
+    options = config.options
+    if config.schedule == "step":
+        return [config.lr * options["gamma"] ** ((row.epoch - 1) // options["step_size"]) for row in history]
+    if config.schedule == "cosine":   # a row's lr is the one after its epoch's last step
+        steps = math.ceil(int(0.75 * 256 if config.val_split else 256) / config.batch_size)
+        total = config.epochs * steps
+        return [options["min_lr"] + (config.lr - options["min_lr"]) * (1 + math.cos(math.pi * row.epoch * steps
+                                                                                     / total)) / 2
+                for row in history]
+    assert config.schedule == "plateau"
+    figures = [row.val_loss if row.val_loss is not None else row.loss for row in history]
+    return keras_plateau_lrs(config.lr, figures, options)
+
+
+class CtrlCInEpoch:
+    """Ctrl-C at the second step of ``epoch`` (the previous epoch's checkpoint is the one resume continues)."""
+
+    def __new__(cls, at_epoch: int):  # type: ignore[no-untyped-def]
+        from mnistlab.callbacks import Callback
+
+        class Stop(Callback):
+            epoch = 0
+
+            def on_epoch_start(self, *, epoch, epochs, steps):  # type: ignore[no-untyped-def]
+                self.epoch = epoch
+
+            def on_step(self, *, step, steps, running):  # type: ignore[no-untyped-def]
+                if self.epoch == at_epoch and step == 2:
+                    raise KeyboardInterrupt
+
+        return Stop()
+
+
+SCHEDULED_RUNS = {
+    "cosine+adamw": {"schedule": "cosine", "options": {"min_lr": 1e-4}, "optimizer": "adam", "lr": 5e-3,
+                     "weight_decay": 0.02},
+    "step": {"schedule": "step", "options": {"step_size": 2, "gamma": 0.5}, "optimizer": "sgd"},
+    # min_delta 0.05 makes the tiny data's falling val_loss cut the lr in epoch 3; Keras' cooldown 3 then rests
+    # epochs 4 and 5, and epoch 6 counts: a resume in epoch 4 that lost the counters would cut in epoch 5.
+    "plateau": {"schedule": "plateau", "options": {"patience": 1, "min_delta": 0.05, "cooldown": 3},
+                "optimizer": "adam", "lr": 1e-2},
+    "plateau-on-training-loss+adamw": {"schedule": "plateau", "val_split": 0.0, "optimizer": "adam", "lr": 1e-2,
+                                       "weight_decay": 0.01, "options": {"patience": 1, "min_delta": 0.2}},
+}
+
+
+@pytest.mark.parametrize("settings", SCHEDULED_RUNS.values(), ids=SCHEDULED_RUNS.keys())
+def test_each_schedule_shows_in_the_history_and_resumes_bit_exactly(tmp_path: Path, tiny_data_dir: Path,
+                                                                     settings: dict) -> None:
+    """The lr column is the schedule's (from its definition; plateau: torch's ReduceLROnPlateau mapped to Keras'
+    rule, on the recorded figures) and changes; a run stopped by Ctrl-C in epoch 4 (after the 3rd checkpoint, with
+    a plateau's counters mid-cooldown) and resumed ends with the same weights and history as the run left alone;
+    config.json records every schedule option."""
+    from mnistlab.training import resume
+
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    config = tiny(epochs=6, **settings)
+    alone = fit(config, run_dir=tmp_path / "alone", dataset=dataset)
+    lrs = [row.lr for row in alone.history]
+    assert lrs == pytest.approx(expected_lrs(alone), rel=1e-12, abs=1e-15)
+    assert len(set(lrs)) > 1
+    with pytest.raises(TrainingInterrupted):
+        fit(config, run_dir=tmp_path / "cut", dataset=dataset, observer=CtrlCInEpoch(4))
+    saved = json.loads((checkpoint.epoch_folder(tmp_path / "cut", 3) / checkpoint.STATE).read_text())
+    assert saved["schedule"]["class"] in ("CosineAnnealing", "StepDecay", "ReduceOnPlateau")
+    again = resume(tmp_path / "cut", dataset=dataset)
+    assert [row.lr for row in again.history] == lrs
+    assert [(row.loss, row.val_loss) for row in again.history] == [(row.loss, row.val_loss) for row in alone.history]
+    assert (again.run_dir / runs.WEIGHTS_FILE).read_bytes() == (alone.run_dir / runs.WEIGHTS_FILE).read_bytes()
+    stored = json.loads((again.run_dir / runs.CONFIG_FILE).read_text())
+    assert set(stored["options"]) == set(TrainConfig.for_model("mlp", schedule=settings["schedule"]).options)
+    assert stored["weight_decay"] == settings.get("weight_decay", 0.0)
+
+
+def test_a_plateau_run_keeps_its_cooldown_across_a_resume(tmp_path: Path, tiny_data_dir: Path) -> None:
+    """The checkpoint of epoch 3 holds the plateau's counters as they are then (a cut in epoch 3, so a cooldown of
+    3 is running) and the cut lr, which the next epoch trains with."""
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    config = tiny(epochs=3, **SCHEDULED_RUNS["plateau"])
+    result = fit(config, run_dir=tmp_path / "run", dataset=dataset)
+    state = json.loads((checkpoint.epoch_folder(result.run_dir, 3) / checkpoint.STATE).read_text())["schedule"]
+    figures = [row.val_loss for row in result.history]
+    assert state["cooldown_counter"] == 3 and state["wait"] == 0 and state["best"] == min(figures[:2])
+    assert state["lr"] == pytest.approx(1e-3, rel=1e-12) and [row.lr for row in result.history] == [1e-2] * 3
+
+
+def test_a_cosine_run_refuses_a_new_length_on_resume(tmp_path: Path, tiny_data_dir: Path) -> None:
+    from mnistlab.training import resume
+
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    run = fit(tiny(epochs=2, schedule="cosine"), run_dir=tmp_path / "run", dataset=dataset).run_dir
+    with pytest.raises(MnistlabError, match="`epochs` 4: a cosine schedule spans the run's 2 epochs"):
+        resume(run, changes={"epochs": 4}, dataset=dataset)
+
+
+def test_plateau_with_early_stopping(tmp_path: Path, tiny_data_dir: Path) -> None:
+    """Both watch val_loss: the plateau cuts the lr (by Keras' rule) and early stopping ends the run at its own
+    rule's epoch; an interrupted run of the pair resumes to the same stop, lrs and best weights."""
+    from mnistlab.training import resume
+
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    config = tiny(schedule="plateau", optimizer="adam", lr=1e-2, options={"patience": 1, "min_delta": 0.05})
+    rule = EarlyStop(patience=2)
+    alone = fit(config, run_dir=tmp_path / "alone", dataset=dataset, early_stop=rule)
+    figures = [row.val_loss for row in alone.history]
+    stop = early_stop_epoch(figures, rule)  # type: ignore[arg-type]
+    assert stop is not None and len(alone.history) == stop < 12 and alone.metrics["status"] == "stopped"
+    lrs = [row.lr for row in alone.history]
+    assert lrs == expected_lrs(alone) and lrs[-1] < lrs[0]
+    with pytest.raises(TrainingInterrupted):
+        fit(config, run_dir=tmp_path / "cut", dataset=dataset, early_stop=rule, observer=CtrlCInEpoch(stop - 1))
+    again = resume(tmp_path / "cut", dataset=dataset)
+    assert [row.lr for row in again.history] == lrs
+    for name in (runs.WEIGHTS_FILE, runs.BEST_FILE):
+        assert (again.run_dir / name).read_bytes() == (alone.run_dir / name).read_bytes()

@@ -121,6 +121,7 @@ def train(
     schedule: str | None = None,
     label_smoothing: float | None = None,
     augment: str | None = None,
+    weight_decay: float | None = None,
     options: dict[str, Any] | None = None,
     init_from: str | int | os.PathLike[str] | None = None,
     run_dir: str | os.PathLike[str] | None = None,
@@ -140,9 +141,11 @@ def train(
     the epochs done (``TrainingInterrupted`` says where they are). ``resume=RUN`` continues that run instead
     (see :func:`resume`); the settings given here (other than their defaults) must then match the run's.
     ``early_stop=PATIENCE`` stops once ``monitor`` has not improved for that many epochs (Keras' EarlyStopping;
-    needs ``val_split``) and keeps the best epoch's weights in ``best.safetensors``. ``init_from=RUN`` (a run
-    directory or id) fine-tunes: the network starts from that run's weights (best where it kept them) instead of
-    its seeded initialisation; the architecture must be the same, the data and recipe may differ.
+    needs ``val_split``) and keeps the best epoch's weights in ``best.safetensors``. ``options`` are a classical
+    model's hyper-parameters, or a network schedule's (``{"patience": 3}`` for ``schedule="plateau"``);
+    ``weight_decay`` is Adam's decoupled weight decay (AdamW). ``init_from=RUN`` (a run directory or id)
+    fine-tunes: the network starts from that run's weights (best where it kept them) instead of its seeded
+    initialisation; the architecture must be the same, the data and recipe may differ.
     """
     if resume is not None:
         return _resume_from_train(resume, dict(locals()))
@@ -155,7 +158,7 @@ def train(
         name, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, seed=seed, val_split=val_split,
         dataset=loaded.name if loaded else str(dataset), data_dir=str(data_dir) if data_dir is not None else None,
         device=device, threads=threads, precision=precision, schedule=schedule, label_smoothing=label_smoothing,
-        augment=augment, **({"options": options} if options else {}),
+        augment=augment, weight_decay=weight_decay, **({"options": options} if options else {}),
         init_from=None if init_from is None else str(resolve_run_dir(init_from, registry=registry).resolve()),
     )
     check_registry(registry)

@@ -20,7 +20,9 @@ OptimizerName = Literal["rmsprop", "adam", "sgd"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 # auto: bf16 where the hardware multiplies bf16 natively (AMX/AVX512-BF16 CPUs, CUDA GPUs), else fp32.
 PrecisionName = Literal["auto", "fp32", "bf16"]
-ScheduleName = Literal["constant", "onecycle"]
+# constant: the seed's; onecycle: warm-up then cosine, per step; cosine: cosine annealing over the whole run, per
+# step; step: times gamma every step_size epochs; plateau: Keras' ReduceLROnPlateau on the validation loss.
+ScheduleName = Literal["constant", "onecycle", "cosine", "step", "plateau"]
 # Batch augmentation (mnistlab.augment): none, light (slant/size/position), strong (+ elastic, stroke width).
 AugmentName = Literal["none", "light", "strong"]
 
@@ -39,6 +41,25 @@ DEVICE_NAMES: tuple[str, ...] = get_args(DeviceName)
 PRECISION_NAMES: tuple[str, ...] = get_args(PrecisionName)
 SCHEDULE_NAMES: tuple[str, ...] = get_args(ScheduleName)
 AUGMENT_NAMES: tuple[str, ...] = get_args(AugmentName)
+
+# A network's ``options`` (``--option KEY=VALUE``) are its schedule's parameters, with these defaults (filled in,
+# so config.json records every value a run used). cosine: the floor (torch's eta_min). step: torch's StepLR names.
+# plateau: Keras' ReduceLROnPlateau names and defaults (min_delta absolute, patience/cooldown in epochs).
+SCHEDULE_OPTIONS: dict[str, dict[str, int | float]] = {
+    "constant": {},
+    "onecycle": {},
+    "cosine": {"min_lr": 0.0},
+    "step": {"step_size": 10, "gamma": 0.1},
+    "plateau": {"factor": 0.1, "patience": 10, "min_delta": 1e-4, "cooldown": 0, "min_lr": 0.0},
+}
+# (low, high, what): the allowed range of each schedule option; None leaves that side open. ``low`` is inclusive
+# unless the key is in _OPEN_BELOW; ``high`` is exclusive unless in _CLOSED_ABOVE.
+_SCHEDULE_RANGES: dict[str, tuple[float, float | None]] = {
+    "min_lr": (0.0, None), "step_size": (1, None), "gamma": (0.0, 1.0), "factor": (0.0, 1.0),
+    "patience": (0, None), "min_delta": (0.0, None), "cooldown": (0, None),
+}
+_OPEN_BELOW = ("gamma", "factor")
+_CLOSED_ABOVE = ("gamma",)
 
 
 @dataclass(frozen=True)
@@ -183,12 +204,23 @@ def model_info(name: str) -> ModelInfo:
 
 
 def parse_option(model: str, text: str) -> tuple[str, int | float]:
-    """``"k=5"`` -> ``("k", 5)`` for a classical model, typed like the option's default."""
+    """``"k=5"`` -> ``("k", 5)`` for a classical model, typed like the option's default. For a network the option
+    is its schedule's (which :class:`TrainConfig` knows and checks): a whole number stays whole, else a float."""
     info = model_info(model)
-    if info.family != "classical":
-        raise MnistlabError(f"`options` applies to classical models ({', '.join(CLASSICAL_MODELS)}), not {model}")
     key, sep, raw = text.partition("=")
     key = key.strip().replace("-", "_")
+    if info.family != "classical":
+        if not sep or not key:
+            raise MnistlabError(f"`options` {text!r}: use KEY=VALUE, a parameter of the `schedule` "
+                                f"({_schedule_options_text()})")
+        try:
+            return key, int(raw.strip())
+        except ValueError:
+            pass
+        try:
+            return key, float(raw.strip())
+        except ValueError:
+            raise MnistlabError(f"`options` {text!r}: {key} must be a number") from None
     if not sep or key not in info.options:
         raise MnistlabError(f"`options` {text!r}: use KEY=VALUE with KEY one of {', '.join(info.options)} for {model}")
     kind = type(info.options[key])
@@ -224,13 +256,51 @@ def _check_options(model: str, options: Mapping[str, Any]) -> dict[str, int | fl
     return merged
 
 
+def _schedule_options_text() -> str:
+    """``cosine: min_lr; step: step_size, gamma; ...`` for messages."""
+    return "; ".join(f"{name}: {', '.join(keys)}" for name, keys in SCHEDULE_OPTIONS.items() if keys)
+
+
+def _check_schedule_options(schedule: str, options: Mapping[str, Any], *, lr: float) -> dict[str, int | float]:
+    """Merge a network's ``options`` over its schedule's defaults (:data:`SCHEDULE_OPTIONS`), checking names,
+    types and ranges; one line naming the option on any mistake."""
+    defaults = SCHEDULE_OPTIONS[schedule]
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        known = f"its options: {', '.join(defaults)}" if defaults else "it has none"
+        raise MnistlabError(f"`options` {', '.join(unknown)}: not for the {schedule} schedule ({known}); the "
+                            f"`schedule` options are {_schedule_options_text()}")
+    merged: dict[str, int | float] = {}
+    for key, default in defaults.items():
+        value = options.get(key, default)
+        whole = isinstance(default, int)
+        if isinstance(value, bool) or not isinstance(value, int | float) or (whole and not isinstance(value, int)):
+            raise MnistlabError(f"`options` {key}={value!r}: the {schedule} schedule's {key} must be "
+                                f"{'a whole number' if whole else 'a number'}")
+        if not whole:
+            value = float(value)
+        low, high = _SCHEDULE_RANGES[key]
+        too_low = value <= low if key in _OPEN_BELOW else value < low
+        too_high = high is not None and (value > high if key in _CLOSED_ABOVE else value >= high)
+        if too_low or too_high or not math.isfinite(value):
+            left = "(" if key in _OPEN_BELOW else "["
+            right = "inf)" if high is None else (f"{high:g}]" if key in _CLOSED_ABOVE else f"{high:g})")
+            raise MnistlabError(f"`options` {key}={value}: the {schedule} schedule's {key} must be in "
+                                f"{left}{low:g}, {right}")
+        merged[key] = value
+    if schedule == "cosine" and merged["min_lr"] >= lr:
+        raise MnistlabError(f"`options` min_lr={merged['min_lr']}: the cosine schedule anneals from `lr` {lr:g} "
+                            "down to min_lr, so min_lr must be below it")
+    return merged
+
+
 def _choice(value: str, choices: tuple[str, ...], flag: str) -> None:
     if value not in choices:
         raise MnistlabError(f"{flag} {value!r} is not one of {', '.join(choices)}")
 
 
 _WHOLE_FIELDS = ("epochs", "batch_size", "seed", "eval_batch_size")
-_NUMBER_FIELDS = ("lr", "val_split", "label_smoothing")
+_NUMBER_FIELDS = ("lr", "val_split", "label_smoothing", "weight_decay")
 _TEXT_FIELDS = ("model", "optimizer", "dataset", "device", "precision", "schedule", "val_method", "augment")
 
 
@@ -278,32 +348,36 @@ class TrainConfig:
     precision: PrecisionName = "auto"
     schedule: ScheduleName = "constant"
     label_smoothing: float = 0.0
-    # Classical models: hyper-parameters (defaults filled in); empty for networks.
+    # Classical models: hyper-parameters; networks: their schedule's parameters (SCHEDULE_OPTIONS). Defaults
+    # filled in.
     options: dict[str, Any] = field(default_factory=dict)
     val_method: ValMethod = "mnistlab"
     augment: AugmentName = "none"
     # Fine-tuning: start from this run's weights (its directory; best where it kept them) instead of the seed's
     # initialisation. Same architecture; the data and recipe may differ.
     init_from: str | None = None
+    # Decoupled weight decay (AdamW): each step shrinks every weight by lr * weight_decay of itself. adam only.
+    weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
         _check_types(self)
         info = model_info(self.model)
+        _choice(self.schedule, SCHEDULE_NAMES, "`schedule`")
+        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
+            raise MnistlabError(f"`lr` must be a finite number > 0, got {self.lr}")
         if info.family == "classical":
             object.__setattr__(self, "options", _check_options(self.model, self.options))
+        else:
+            object.__setattr__(self, "options", _check_schedule_options(self.schedule, self.options, lr=self.lr))
         if self.init_from is not None and info.family == "classical":
             raise MnistlabError(f"`init_from` starts a network from another run's weights; {self.model} is a "
                                 "classical model fitted in one go")
-        if self.options and info.family != "classical":
-            raise MnistlabError(f"{self.model} is a network and takes no `options`; "
-                                f"options are for {', '.join(CLASSICAL_MODELS)}")
         _choice(self.val_method, VAL_METHODS, "val_method")
         if self.val_method != "mnistlab" and info.family != "classical":
             raise MnistlabError(f"val_method {self.val_method!r} is only for classical models")
         _choice(self.optimizer, OPTIMIZER_NAMES, "`optimizer`")
         _choice(self.device, DEVICE_NAMES, "`device`")
         _choice(self.precision, PRECISION_NAMES, "`precision`")
-        _choice(self.schedule, SCHEDULE_NAMES, "`schedule`")
         _choice(self.augment, AUGMENT_NAMES, "`augment`")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise MnistlabError(f"`label_smoothing` must be in [0, 1), got {self.label_smoothing}")
@@ -311,8 +385,16 @@ class TrainConfig:
             raise MnistlabError(f"`epochs` must be a whole number >= 1, got {self.epochs}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise MnistlabError(f"`batch_size` must be a whole number >= 1, got {self.batch_size}")
-        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
-            raise MnistlabError(f"`lr` must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise MnistlabError(f"`weight_decay` must be a finite number >= 0, got {self.weight_decay}")
+        if self.weight_decay and self.optimizer != "adam":
+            # RMSprop and SGD have no decoupled form in Keras or torch.optim (their weight_decay is L2 in the
+            # gradient, another rule): refused rather than silently meaning something else.
+            raise MnistlabError(f"`weight_decay` {self.weight_decay:g} is decoupled weight decay for adam (AdamW); "
+                                f"{self.optimizer} has none here: pass `optimizer` adam, or leave `weight_decay` out")
+        if self.lr * self.weight_decay >= 1:
+            raise MnistlabError(f"`weight_decay` {self.weight_decay:g} times `lr` {self.lr:g} must stay below 1 "
+                                "(each step shrinks the weights by that fraction); use a smaller weight_decay")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise MnistlabError(f"`seed` must be a whole number in 0..{2**32 - 1}, got {self.seed}")
         if not 0.0 <= self.val_split < 1.0:
@@ -331,7 +413,8 @@ class TrainConfig:
         if info.family == "classical":
             network_only = (("epochs", "`epochs`"), ("batch_size", "`batch_size`"), ("optimizer", "`optimizer`"),
                             ("lr", "`lr`"), ("schedule", "`schedule`"), ("label_smoothing", "`label_smoothing`"),
-                            ("precision", "`precision`"), ("augment", "`augment`"))
+                            ("precision", "`precision`"), ("augment", "`augment`"),
+                            ("weight_decay", "`weight_decay`"))
             flags = [flag for key, flag in network_only if key in given]
             if flags:
                 verb = "does" if len(flags) == 1 else "do"

@@ -30,13 +30,23 @@ from torch import nn
 from mnistlab import checkpoint, runs
 from mnistlab.augment import AugmentSpec, augment_batch, spec_for
 from mnistlab.callbacks import Callback, CallbackList
-from mnistlab.config import TrainConfig
+from mnistlab.config import SCHEDULE_NAMES, SCHEDULE_OPTIONS, TrainConfig
 from mnistlab.data import Dataset, load_dataset, split_sha256, train_val_indices
 from mnistlab.device import Precision, resolve_device, resolve_precision, tune_cpu_allocator
 from mnistlab.errors import MnistlabError, TrainingInterrupted
 from mnistlab.inference import as_uint8_tensor, evaluate_model
 from mnistlab.models import build_model, is_convolutional, model_record, prepare_batch, to_device, weights_bytes
-from mnistlab.optim import Adam, KerasRMSprop, OneCycle, Optimizer, SGDMomentum
+from mnistlab.optim import (
+    Adam,
+    CosineAnnealing,
+    KerasRMSprop,
+    OneCycle,
+    Optimizer,
+    ReduceOnPlateau,
+    Schedule,
+    SGDMomentum,
+    StepDecay,
+)
 from mnistlab.results import EpochRecord, TrainResult
 
 # torch's own choice (one per physical core), read before any run changes it.
@@ -68,27 +78,56 @@ class RunningMeans:
         return self.loss_sum.item() / seen, self.correct.item() / seen
 
 
-def build_schedule(name: str, optimizer: Optimizer, *, lr: float, total_steps: int) -> OneCycle | None:
-    """``constant``: no schedule (the seed's). ``onecycle``: warm up for 25% of the steps to ``lr``, then
-    anneal (cosine) to ~0, stepped once per batch: what makes one-epoch training reach 99%."""
-    if name == "constant":
-        return None
+def build_schedule(name: str, optimizer: Optimizer, *, lr: float, total_steps: int,
+                   options: Mapping[str, float] | None = None) -> Schedule | None:
+    """The learning-rate schedule ``name`` over ``total_steps`` optimizer steps, with ``options`` (a
+    :class:`TrainConfig`'s, checked there) over :data:`mnistlab.config.SCHEDULE_OPTIONS`' defaults.
+
+    - ``constant``: no schedule (the seed's).
+    - ``onecycle``: warm up for 25% of the steps to ``lr``, then anneal (cosine) to ~0, stepped once per batch:
+      what makes one-epoch training reach 99%.
+    - ``cosine``: from ``lr`` down to ``min_lr`` (default 0) along a half cosine over the whole run, per batch.
+    - ``step``: ``lr`` times ``gamma`` (0.1) every ``step_size`` (10) epochs.
+    - ``plateau``: Keras' ReduceLROnPlateau on the validation loss (training loss without a validation split):
+      times ``factor`` (0.1) after ``patience`` (10) epochs without an improvement of ``min_delta`` (1e-4), then
+      ``cooldown`` (0) epochs of rest, never below ``min_lr`` (0).
+    """
+    if name not in SCHEDULE_NAMES:
+        raise MnistlabError(f"`schedule` {name!r} is not one of {', '.join(SCHEDULE_NAMES)}")
+    unknown = sorted(set(options or {}) - set(SCHEDULE_OPTIONS[name]))
+    if unknown:
+        raise MnistlabError(f"option(s) {', '.join(unknown)} do not apply to the {name} schedule")
+    params: dict[str, Any] = {**SCHEDULE_OPTIONS[name], **(options or {})}
     if name == "onecycle":
         return OneCycle(optimizer, max_lr=lr, total_steps=total_steps, warmup=0.25)
-    raise MnistlabError(f"`schedule` {name!r} is not one of constant, onecycle")
+    if name == "cosine":
+        return CosineAnnealing(optimizer, lr=lr, total_steps=total_steps, min_lr=float(params["min_lr"]))
+    if name == "step":
+        return StepDecay(optimizer, lr=lr, step_size=int(params["step_size"]), gamma=float(params["gamma"]))
+    if name == "plateau":
+        return ReduceOnPlateau(optimizer, factor=float(params["factor"]), patience=int(params["patience"]),
+                               min_delta=float(params["min_delta"]), cooldown=int(params["cooldown"]),
+                               min_lr=float(params["min_lr"]))
+    return None
 
 
-def build_optimizer(name: str, params: Any, *, lr: float) -> Optimizer:
+def build_optimizer(name: str, params: Any, *, lr: float, weight_decay: float = 0.0) -> Optimizer:
     """Keras-equivalent optimizers (see :mod:`mnistlab.optim`).
 
     - ``rmsprop``: Keras RMSprop (rho 0.9, epsilon 1e-7); torch's defaults (alpha 0.99, eps 1e-8) differ.
-    - ``adam``: betas (0.9, 0.999), epsilon 1e-7 as in Keras.
+    - ``adam``: betas (0.9, 0.999), epsilon 1e-7 as in Keras; ``weight_decay`` > 0 makes it AdamW (decoupled,
+      as ``torch.optim.AdamW``).
     - ``sgd``: momentum 0.9 (plain Keras SGD has none; momentum is what people mean by a usable SGD).
+
+    ``weight_decay`` is refused for rmsprop and sgd (their torch/Keras weight decay is L2 in the gradient, another
+    rule; :class:`TrainConfig` says so first).
     """
+    if weight_decay and name != "adam":
+        raise MnistlabError(f"`weight_decay` is decoupled weight decay for adam (AdamW); {name} has none here")
     if name == "rmsprop":
         return KerasRMSprop(params, lr=lr, rho=0.9, eps=1e-7)
     if name == "adam":
-        return Adam(params, lr=lr, beta1=0.9, beta2=0.999, eps=1e-7)
+        return Adam(params, lr=lr, beta1=0.9, beta2=0.999, eps=1e-7, weight_decay=weight_decay)
     if name == "sgd":
         return SGDMomentum(params, lr=lr, momentum=0.9)
     raise MnistlabError(f"`optimizer` {name!r} is not one of rmsprop, adam, sgd")
@@ -396,8 +435,8 @@ def resume_config(stored: TrainConfig, changes: dict[str, Any]) -> tuple[TrainCo
                                 f"run; leave {name} out to continue it, or train a new run")
     allowed = {key: changes[key] for key in _SAFE_CHANGES if changes.get(key) is not None}
     epochs = allowed.get("epochs")
-    if epochs is not None and epochs != stored.epochs and stored.schedule == "onecycle":
-        raise MnistlabError(f"`epochs` {epochs}: a onecycle schedule spans the run's {stored.epochs} epochs "
+    if epochs is not None and epochs != stored.epochs and stored.schedule in ("onecycle", "cosine"):
+        raise MnistlabError(f"`epochs` {epochs}: a {stored.schedule} schedule spans the run's {stored.epochs} epochs "
                             "(its total steps are fixed at the start); resume without `epochs`, or train a new run")
     if allowed.get("device", stored.device) != stored.device:
         notes.append(f"resuming on {allowed['device']} (the run trained on {stored.device}): the result will "
@@ -435,7 +474,7 @@ class _Loop:
     y_val: torch.Tensor | None
     model: nn.Module
     optimizer: Optimizer
-    schedule: OneCycle | None
+    schedule: Schedule | None
     shuffle: torch.Generator
     channels_last: bool
     augment: AugmentSpec
@@ -471,9 +510,10 @@ def _setup(config: TrainConfig, dataset: Dataset, device: torch.device, train_id
     model = build_model(config.model, num_classes=len(dataset.class_names))
     channels_last = is_convolutional(model)
     model = to_device(model, device)
-    optimizer = build_optimizer(config.optimizer, model.parameters(), lr=config.lr)
+    optimizer = build_optimizer(config.optimizer, model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = math.ceil(int(x_train.shape[0]) / config.batch_size)
-    schedule = build_schedule(config.schedule, optimizer, lr=config.lr, total_steps=config.epochs * steps)
+    schedule = build_schedule(config.schedule, optimizer, lr=config.lr, total_steps=config.epochs * steps,
+                              options=config.options)
     digests = {name: split_sha256(dataset.split(name)) for name in ("train", "test")}
     return _Loop(config=config, device=device, precision=precision, x_train=x_train, y_train=y_train,
                  x_val=x_val, y_val=y_val, model=model, optimizer=optimizer, schedule=schedule,
@@ -616,6 +656,10 @@ def _fit_network(config: TrainConfig, *, run_dir: Path, dataset: Dataset, hooks:
             # Everything of the epoch is committed together: signals wait until the checkpoint is published.
             with interrupts_deferred():
                 progress.history.append(row)
+                if loop.schedule is not None:
+                    # After the row took the lr the epoch trained with; before the checkpoint, which must hold
+                    # the schedule's state for the next epoch (a plateau's cut, its counters).
+                    loop.schedule.epoch_end(row.val_loss if row.val_loss is not None else row.loss)
                 if progress.note_best(row):
                     progress.best_weights = weights_bytes(loop.model)
                 _save_epoch(run_dir, loop, progress)

@@ -102,7 +102,8 @@ def train(args: argparse.Namespace) -> int:
         args.model, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         seed=args.seed or 0, val_split=args.val_split or 0.0, device=args.device or "auto", threads=args.threads,
         dataset=args.dataset or "mnist", data_dir=args.data_dir, precision=args.precision, schedule=args.schedule,
-        label_smoothing=args.label_smoothing, augment=args.augment, options=options or None, run_dir=args.out,
+        label_smoothing=args.label_smoothing, augment=args.augment, weight_decay=args.weight_decay,
+        options=options or None, run_dir=args.out,
         registry=args.registry, progress=False, callbacks=[progress], early_stop=args.early_stop,
         monitor=args.monitor, init_from=args.init_from,
     )
@@ -119,7 +120,8 @@ def _train_resume(args: argparse.Namespace) -> int:
                             "stopping; leave out --out, --option, --init-from and --early-stop")
     changes = {"model": args.model, "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": args.lr,
                "seed": args.seed, "val_split": args.val_split, "precision": args.precision,
-               "schedule": args.schedule, "label_smoothing": args.label_smoothing, "dataset": args.dataset}
+               "schedule": args.schedule, "label_smoothing": args.label_smoothing, "dataset": args.dataset,
+               "weight_decay": args.weight_decay}
     console = render.console()
     run = api.resume(args.resume, epochs=args.epochs, threads=args.threads, device=args.device,
                      data_dir=args.data_dir, changes=changes, registry=args.registry, progress="auto")

@@ -89,7 +89,8 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
                                                        "checkpoint, to its epochs or to --epochs N; other settings "
                                                        "given must match the run's")
     train.add_argument("--option", action="append", metavar="KEY=VALUE",
-                       help="a classical model's hyper-parameter, e.g. k=5 for knn (repeatable)")
+                       help="a classical model's hyper-parameter (k=5 for knn), or a network's --schedule "
+                            "parameter (patience=3 for plateau); repeatable")
     train.add_argument("--epochs", type=int, help="default: the model's recipe (softmax/mlp/cnn: the tutorial's 30)")
     train.add_argument("--batch-size", type=int, help="default: the recipe's (softmax 128, mlp/cnn 200, fast 256)")
     train.add_argument("--optimizer", help=f"one of {', '.join(OPTIMIZER_NAMES)} (default: the recipe's)")
@@ -101,7 +102,13 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--threads", type=int, help="CPU threads for torch (default: the recipe's, else all cores)")
     train.add_argument("--precision", help="auto (bf16 where the hardware has it), fp32 or bf16 "
                                            "(default: the recipe's)")
-    train.add_argument("--schedule", help="learning-rate schedule: constant or onecycle (default: the recipe's)")
+    train.add_argument("--schedule", help="learning-rate schedule (default: the recipe's): constant; onecycle; "
+                                          "cosine (to --option min_lr=0 over the run); step (times --option "
+                                          "gamma=0.1 every step_size=10 epochs); plateau (Keras ReduceLROnPlateau "
+                                          "on val_loss: factor=0.1 patience=10 min_delta=1e-4 cooldown=0 "
+                                          "min_lr=0)")
+    train.add_argument("--weight-decay", type=float,
+                       help="decoupled weight decay for --optimizer adam (AdamW, as torch.optim.AdamW); default 0")
     train.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing in [0, 1)")
     train.add_argument("--augment", choices=("none", "light", "strong"),
                        help="random warps of each batch: light (slant, size, position), strong (+ elastic, "
