@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -172,10 +173,17 @@ def test_strip_nproc() -> None:
     assert strip_nproc(["train", "--nproc=3", "mlp"]) == ["train", "mlp"]
 
 
-def test_two_gloo_ranks_follow_the_single_process_trajectory_and_only_rank_0_writes(
-        world: dict[str, Path], single: dict[int, Path]) -> None:
+@pytest.fixture(scope="module")
+def ddp_run(world: dict[str, Path]) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """One epoch on 2 ranks launched by torchrun (read-only use: copy it to change it)."""
     out = world["work"] / "ddp-e1"
-    done = _torchrun(world, *_train_args(world, out))
+    return out, _torchrun(world, *_train_args(world, out))
+
+
+def test_two_gloo_ranks_follow_the_single_process_trajectory_and_only_rank_0_writes(
+        world: dict[str, Path], single: dict[int, Path], ddp_run: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    out, done = ddp_run
     assert done.returncode == 0, done.stderr[-3000:]
     assert _max_diff(out, single[1]) <= 1e-4
     ddp, one = _metrics(out), _metrics(single[1])
@@ -195,9 +203,11 @@ def test_two_gloo_ranks_follow_the_single_process_trajectory_and_only_rank_0_wri
     assert paths == [str(out.resolve())]                                    # one registry row
 
 
-def test_nproc_resumes_under_ddp_bit_exactly(world: dict[str, Path], single: dict[int, Path]) -> None:
+def test_nproc_resumes_under_ddp_bit_exactly(world: dict[str, Path], single: dict[int, Path],
+                                            ddp_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     first = world["root"] / "resumed"
-    assert _torchrun(world, *_train_args(world, first)).returncode == 0
+    assert ddp_run[1].returncode == 0
+    shutil.copytree(ddp_run[0], first)
     done = _mnistlab(world, "train", "--resume", str(first), "--epochs", "2", "--nproc", "2",
                      "--registry", str(world["registry"]))
     assert done.returncode == 0, done.stderr[-3000:]

@@ -36,7 +36,7 @@ import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 from mnistlab.errors import MnistlabError
 
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from torch import nn
 
 Backend = Literal["gloo", "nccl"]
-T = TypeVar("T")
 
 # What torchrun (and the elastic launcher behind --nproc) sets in every rank's environment.
 _LAUNCH_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -187,13 +186,13 @@ def agree(ctx: Context, flag: bool) -> bool:
     return bool(value.item())
 
 
-def share(ctx: Context, obj: T) -> T:
+def share(ctx: Context, obj: Any) -> Any:
     """Rank 0's ``obj`` (picklable) on every rank."""
     import torch.distributed as dist
 
     box: list[Any] = [obj if ctx.primary else None]
     dist.broadcast_object_list(box, src=0)
-    return box[0]  # type: ignore[no-any-return]
+    return box[0]
 
 
 def barrier(ctx: Context) -> None:
