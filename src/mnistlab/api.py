@@ -150,7 +150,12 @@ def train(
     if resume is not None:
         return _resume_from_train(resume, dict(locals()))
     from mnistlab.data import Dataset, load_dataset_in_background
+    from mnistlab.distributed import is_replica
     from mnistlab.runs import default_run_dir
+
+    replica = is_replica()  # under torchrun, rank 0 alone records and shows progress (and names the folder)
+    if replica:
+        registry, progress = False, False
 
     name = _resolve_model(model)
     loaded = dataset if isinstance(dataset, Dataset) else None
@@ -167,13 +172,16 @@ def train(
     hooks = [*progress_callbacks(progress), *_checked_callbacks(callbacks)]  # refused before any folder exists
     runs_root = Path("runs")
     root_existed = runs_root.is_dir()
-    path = Path(run_dir) if run_dir is not None else default_run_dir(config.model, root=runs_root)
+    if replica:  # a placeholder: fit() takes rank 0's folder, and this rank creates nothing
+        path = Path(run_dir) if run_dir is not None else runs_root
+    else:
+        path = Path(run_dir) if run_dir is not None else default_run_dir(config.model, root=runs_root)
     try:
         data = loaded if loaded is not None else pending.result()  # type: ignore[union-attr]
         result = _fit_and_record(config, path=path, dataset=data, hooks=hooks, registry=registry,
                                  early_stop=early_stop, monitor=monitor)
     except BaseException:
-        if run_dir is None:  # the default folder was reserved here: a failed run leaves nothing behind
+        if run_dir is None and not replica:  # the default folder was reserved here: a failed run leaves nothing behind
             _remove_if_empty(path)
             if not root_existed:
                 _remove_if_empty(runs_root)
@@ -302,9 +310,12 @@ def resume(
     run left alone. ``threads`` and ``device`` may change (a device change gives up bit-exactness); any
     setting in ``changes`` that differs from the run's is refused with one line naming it.
     """
+    from mnistlab.distributed import is_replica
     from mnistlab.training import resume as resume_fit
 
     path = _resume_dir(run, registry=registry)
+    if is_replica():  # rank 0 alone records and shows progress
+        registry, progress = False, False
     asked = {**(changes or {}), "epochs": epochs, "threads": threads, "device": device,
              "data_dir": None if data_dir is None else str(data_dir)}
     check_registry(registry)

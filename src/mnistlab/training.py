@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnistlab import checkpoint, runs
+from mnistlab import checkpoint, distributed, runs
 from mnistlab.augment import AugmentSpec, augment_batch, spec_for
 from mnistlab.callbacks import Callback, CallbackList
 from mnistlab.config import SCHEDULE_NAMES, SCHEDULE_OPTIONS, TrainConfig
@@ -47,7 +47,7 @@ from mnistlab.optim import (
     SGDMomentum,
     StepDecay,
 )
-from mnistlab.results import EpochRecord, TrainResult
+from mnistlab.results import EpochRecord, EvalResult, TrainResult
 
 # torch's own choice (one per physical core), read before any run changes it.
 DEFAULT_THREADS = torch.get_num_threads()
@@ -293,7 +293,12 @@ def fit(
         init_source(config.init_from)  # a missing or classical source is refused before any folder exists
     config, dataset = _with_dataset(config, dataset)
     train_idx, val_idx = _split(config, dataset)
-    path = runs.prepare_run_dir(run_dir)
+    ddp = distributed.current()
+    if ddp is None:
+        path = runs.prepare_run_dir(run_dir)
+    else:  # rank 0 claims the folder; the others only learn its name (and run no callbacks)
+        path = distributed.share(ddp, runs.prepare_run_dir(run_dir) if ddp.primary else None)
+        hooks = hooks if ddp.primary else CallbackList([])
     return _run(config, path=path, dataset=dataset, hooks=hooks, device=device, train_idx=train_idx,
                 val_idx=val_idx, saved=None, resumed=False, early_stop=early_stop)
 
@@ -321,7 +326,12 @@ def resume(
     device = _prepare_device(config)
     config, dataset = _with_dataset(config, dataset)
     train_idx, val_idx = _split(config, dataset)
-    runs.reclaim_run_dir(path)
+    ddp = distributed.current()
+    writer = ddp is None or ddp.primary  # every rank reads the checkpoint; rank 0 alone takes the folder
+    if writer:
+        runs.reclaim_run_dir(path)
+    else:
+        hooks = CallbackList([])
     try:
         saved = checkpoint.load(path)
         if saved is None and (path / runs.HISTORY_JSON).exists():
@@ -338,7 +348,8 @@ def resume(
             raise MnistlabError(f"{path} already holds {done} of its {config.epochs} epochs; pass `epochs` "
                                 f"above {done} to train it further")
     except BaseException:
-        runs.release_run_dir(path)
+        if writer:
+            runs.release_run_dir(path)
         raise
     for note in notes:
         hooks.on_message(note)
@@ -349,8 +360,13 @@ def resume(
 def _prepare_device(config: TrainConfig) -> torch.device | None:
     """The device of a network run (checked before any folder is touched); None for a classical model."""
     if config.family != "network":
+        if distributed.launched():
+            raise MnistlabError(f"{config.model} is a classical model, fitted in one process; train it without "
+                                "torchrun or `nproc`")
         return None
     device = resolve_device(config.device)
+    if distributed.launched():
+        device = distributed.setup(device)
     # Set every time (not only when given): the thread count is process-wide, and a previous run in this
     # process (e.g. reproduce's single-threaded MLP) must not leave the CNN on one thread.
     torch.set_num_threads(config.threads or DEFAULT_THREADS)
@@ -369,6 +385,8 @@ def _run(config: TrainConfig, *, path: Path, dataset: Dataset, hooks: CallbackLi
          resumed: bool, early_stop: EarlyStop | None) -> TrainResult:
     """Fit into the claimed ``path``; a new run that ends before its first checkpoint leaves nothing."""
     started = time.perf_counter()
+    ddp = distributed.current()
+    writer = ddp is None or ddp.primary
     try:
         with stop_signals_handled():
             if device is None:
@@ -382,18 +400,30 @@ def _run(config: TrainConfig, *, path: Path, dataset: Dataset, hooks: CallbackLi
     except BaseException:
         # Stopped before the first epoch completed: nothing is worth keeping, and the leftovers would block
         # reusing the folder. (A resumed run keeps its config, so --resume can restart it.)
+        if not writer:
+            raise
         if not resumed and checkpoint.read_manifest(path) is None and not (path / runs.HISTORY_JSON).exists():
             checkpoint.discard(path)
             runs.discard_run_dir(path)
         runs.release_run_dir(path)
         raise
     metrics = {**result.metrics, "total_seconds": round(time.perf_counter() - started, 3)}
+    if not writer:  # rank 0's figures (test scores, history with validation) once its files are written
+        assert ddp is not None
+        metrics, history = distributed.share(ddp, None)
+        return dataclasses.replace(result, metrics=metrics, history=history, test=_test_of(metrics))
     try:
         _write_curves(path, result.history, title=f"{config.model} on {dataset.name}")
         _write_metrics(path, metrics)
     finally:
         runs.release_run_dir(path)  # the claim lasts while this process trains: a later --resume may take it
+    if ddp is not None:
+        distributed.share(ddp, (metrics, result.history))
     return dataclasses.replace(result, metrics=metrics)
+
+
+def _test_of(metrics: dict[str, Any]) -> EvalResult:
+    return EvalResult(loss=metrics["test_loss"], accuracy=metrics["test_accuracy"], count=metrics["test_count"])
 
 
 def _status(path: Path) -> str | None:
@@ -482,6 +512,8 @@ class _Loop:
     augment_rng: torch.Generator
     data_sha256: str               # of the images and labels: a resumed run must train on the same data
     split_digests: dict[str, str]  # per split (data.split_sha256), recorded in metrics.json by every path
+    ddp: distributed.Context | None = None
+    net: nn.Module | None = None   # what the steps call: ``model`` under DistributedDataParallel, or ``model``
 
     @property
     def steps(self) -> int:
@@ -515,12 +547,16 @@ def _setup(config: TrainConfig, dataset: Dataset, device: torch.device, train_id
     schedule = build_schedule(config.schedule, optimizer, lr=config.lr, total_steps=config.epochs * steps,
                               options=config.options)
     digests = {name: split_sha256(dataset.split(name)) for name in ("train", "test")}
+    ddp = distributed.current()
+    if ddp is not None:
+        distributed.check_batch(ddp, config.batch_size)
     return _Loop(config=config, device=device, precision=precision, x_train=x_train, y_train=y_train,
                  x_val=x_val, y_val=y_val, model=model, optimizer=optimizer, schedule=schedule,
                  shuffle=torch.Generator(device=device).manual_seed(config.seed), channels_last=channels_last,
                  augment=spec_for(config.augment),
                  augment_rng=torch.Generator(device=device).manual_seed(config.seed + 1),
-                 data_sha256=_data_sha256(digests), split_digests=digests)
+                 data_sha256=_data_sha256(digests), split_digests=digests, ddp=ddp,
+                 net=model if ddp is None else distributed.wrap(ddp, model))
 
 
 def _data_sha256(split_digests: dict[str, str]) -> str:
@@ -600,27 +636,37 @@ class _Progress:
 
 def _train_epoch(loop: _Loop, hooks: Callback) -> tuple[float, float]:
     """One pass over the shuffled training images; returns the epoch's running (loss, accuracy)."""
-    config, model, optimizer = loop.config, loop.model, loop.optimizer
+    config, model, optimizer, ddp = loop.config, loop.net or loop.model, loop.optimizer, loop.ddp
     autocast = torch.autocast(device_type=loop.device.type, dtype=torch.bfloat16, enabled=loop.precision == "bf16")
     model.train()
     order = torch.randperm(int(loop.x_train.shape[0]), generator=loop.shuffle, device=loop.device)
     meter = RunningMeans(loop.device)
     steps = loop.steps
+    # A rank prepares only its share; augmenting, it warps the whole global batch (the same draws as a single
+    # process, and the same generator state on every rank) and keeps its share.
+    whole = ddp is not None and loop.augment != spec_for("none")
     for step in range(steps):
         index = order[step * config.batch_size:(step + 1) * config.batch_size]
-        inputs = prepare_batch(loop.x_train[index], channels_last=loop.channels_last)  # (B, 1, 28, 28)
+        start, stop, factor = (0, len(index), 1.0) if ddp is None else distributed.shard(ddp, len(index))
+        rows = index[start:stop]
+        inputs = prepare_batch(loop.x_train[index if whole else rows], channels_last=loop.channels_last)
         inputs = augment_batch(inputs, spec=loop.augment, generator=loop.augment_rng)  # as-is for "none"
-        targets = loop.y_train[index]                                                   # (B,)
+        if whole:
+            inputs = inputs[start:stop]                                                 # (B, 1, 28, 28)
+        targets = loop.y_train[rows]                                                    # (B,)
         with autocast:
             logits = model(inputs)                                                      # (B, 10)
             loss = F.cross_entropy(logits, targets, label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss if factor == 1.0 else loss * factor).backward()  # DDP's mean of these = the global mean gradient
         optimizer.step()
         if loop.schedule is not None:
             loop.schedule.step()
-        meter.add(loss, logits, targets)
+        if factor:
+            meter.add(loss, logits, targets)
         hooks.on_step(step=step + 1, steps=steps, running=meter.read)
+    if ddp is not None:
+        return distributed.reduce_means(ddp, meter.loss_sum, meter.correct, meter.seen)
     return meter.read()
 
 
@@ -634,8 +680,14 @@ def _fit_network(config: TrainConfig, *, run_dir: Path, dataset: Dataset, hooks:
     if saved is not None:
         _restore(loop, saved, progress)
     elif config.init_from is not None:
-        init = init_weights(loop.model, config.init_from)
+        init = init_weights(loop.model, config.init_from)  # every rank loads the same file
+    if loop.ddp is not None:
+        distributed.barrier(loop.ddp)  # every rank has read the checkpoint before rank 0 writes anything
+        if not loop.ddp.primary:
+            return _follow(loop, progress, hooks, run_dir=run_dir)
     env = runs.environment()
+    if loop.ddp is not None:
+        env["distributed"] = loop.ddp.record()
     stored = {**config.to_dict(), "environment": env}
     if init is None and (run_dir / runs.CONFIG_FILE).is_file():  # a resumed fine-tune keeps its record
         init = runs.read_json(run_dir / runs.CONFIG_FILE).get("init_weights")
@@ -664,6 +716,10 @@ def _fit_network(config: TrainConfig, *, run_dir: Path, dataset: Dataset, hooks:
                     progress.best_weights = weights_bytes(loop.model)
                 _save_epoch(run_dir, loop, progress)
             stop = hooks.on_epoch_end(row) or progress.should_stop()
+            if loop.ddp is not None:  # the other ranks wait here for rank 0's decision (and its checkpoint)
+                if loop.schedule is not None:  # a plateau decides on rank 0's validation figure: all follow it
+                    distributed.share(loop.ddp, loop.schedule.state_dict())
+                stop = distributed.agree(loop.ddp, bool(stop))
             if stop and epoch < config.epochs:
                 stopped_by = epoch
                 break
@@ -718,6 +774,23 @@ def init_weights(model: nn.Module, path: str) -> dict[str, Any]:
             "sha256": runs.file_sha256(source.weights), "model": source.model.get("name")}
 
 
+def _follow(loop: _Loop, progress: _Progress, hooks: Callback, *, run_dir: Path) -> TrainResult:
+    """A rank other than 0: the same epochs (its share of each batch), writing nothing; rank 0 validates, saves
+    and decides when to stop. Its figures come from rank 0 at the end (:func:`_run`)."""
+    assert loop.ddp is not None
+    for epoch in range(len(progress.history) + 1, loop.config.epochs + 1):
+        train_loss, _accuracy = _train_epoch(loop, hooks)  # all-reduced: every rank sees the same loss
+        if not math.isfinite(train_loss):
+            raise MnistlabError(f"training diverged in epoch {epoch} (the loss became {train_loss}); "
+                                f"lower `lr` (it was {loop.config.lr:g}); rank 0 keeps the run's record")
+        if loop.schedule is not None:  # rank 0's schedule after the epoch (a plateau's cut, its counters)
+            loop.schedule.load_state_dict(distributed.share(loop.ddp, None))
+        if distributed.agree(loop.ddp, False):
+            break
+    return TrainResult(run_dir=run_dir, config=loop.config, history=(), test=EvalResult(math.nan, math.nan, 0),
+                       train_seconds=0.0, model=loop.model)
+
+
 def _where(loop: _Loop) -> dict[str, Any]:
     """Device and precision a run used, for the records of a run that stopped early."""
     return {"device": str(loop.device), "precision": loop.precision, "data_sha256": loop.split_digests}
@@ -766,6 +839,7 @@ def _finish_network(loop: _Loop, dataset: Dataset, history: list[EpochRecord], r
         "train_seconds": round(train_seconds, 3), "seconds_per_epoch": round(train_seconds / len(history), 4),
         "eval_seconds": round(time.perf_counter() - eval_start, 3),
         "device": str(loop.device), "precision": loop.precision,
+        "world_size": loop.ddp.world_size if loop.ddp is not None else 1,
         "checksums": dataset.checksums, "data_sha256": loop.split_digests,
         "environment": env,
     }

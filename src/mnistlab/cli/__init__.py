@@ -43,6 +43,7 @@ def _quiet_broken_pipe() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mnistlab`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc N` hands it on to each rank
     try:
         return int(args.handler(args))
     except MnistlabError as exc:

@@ -82,11 +82,25 @@ def summary(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------------------------------- training
 def train(args: argparse.Namespace) -> int:
     """``mnistlab train MODEL``: train (or fit) a model into a new run directory and record it;
-    ``mnistlab train --resume RUN``: continue a run from its last checkpoint."""
+    ``mnistlab train --resume RUN``: continue a run from its last checkpoint; ``--nproc N``: either of them in N
+    data-parallel processes."""
+    if args.nproc is not None:
+        from mnistlab.distributed import launch
+
+        return launch(nproc=args.nproc, argv=args.argv)
+    try:
+        if args.resume is not None:
+            return _train_resume(args)
+        return _train_new(args)
+    finally:
+        from mnistlab import distributed
+
+        distributed.shutdown()  # a torchrun rank leaves its process group (no-op otherwise)
+
+
+def _train_new(args: argparse.Namespace) -> int:
     from mnistlab.config import parse_option
 
-    if args.resume is not None:
-        return _train_resume(args)
     if args.model is None:
         raise MnistlabError("train: name the MODEL to train, or pass --resume RUN to continue a run")
     options = dict(parse_option(args.model, text) for text in args.option or [])
@@ -107,8 +121,16 @@ def train(args: argparse.Namespace) -> int:
         registry=args.registry, progress=False, callbacks=[progress], early_stop=args.early_stop,
         monitor=args.monitor, init_from=args.init_from,
     )
-    render.train_result(console, run)
+    if not _replica():
+        render.train_result(console, run)
     return 0
+
+
+def _replica() -> bool:
+    """A torchrun rank other than 0: rank 0 alone prints the result."""
+    from mnistlab.distributed import is_replica
+
+    return is_replica()
 
 
 def _train_resume(args: argparse.Namespace) -> int:
@@ -125,7 +147,8 @@ def _train_resume(args: argparse.Namespace) -> int:
     console = render.console()
     run = api.resume(args.resume, epochs=args.epochs, threads=args.threads, device=args.device,
                      data_dir=args.data_dir, changes=changes, registry=args.registry, progress="auto")
-    render.train_result(console, run)
+    if not _replica():
+        render.train_result(console, run)
     return 0
 
 

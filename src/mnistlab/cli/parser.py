@@ -100,6 +100,11 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--val-split", type=float, help="fraction of train held out, in [0, 1) (default 0)")
     train.add_argument("--device", help=f"one of {', '.join(DEVICE_NAMES)} (default auto)")
     train.add_argument("--threads", type=int, help="CPU threads for torch (default: the recipe's, else all cores)")
+    train.add_argument("--nproc", type=int, metavar="N",
+                       help="data-parallel training in N processes on this machine (torch's elastic launcher, as "
+                            "`torchrun --standalone --nproc-per-node N`; gloo on CPU, NCCL on CUDA; one thread "
+                            "per process unless OMP_NUM_THREADS or --threads says otherwise); --batch-size stays "
+                            "the global batch")
     train.add_argument("--precision", help="auto (bf16 where the hardware has it), fp32 or bf16 "
                                            "(default: the recipe's)")
     train.add_argument("--schedule", help="learning-rate schedule (default: the recipe's): constant; onecycle; "
