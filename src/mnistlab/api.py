@@ -127,6 +127,7 @@ def train(
     resume: str | int | os.PathLike[str] | None = None,
     early_stop: int | None = None,
     monitor: Literal["val_loss", "val_accuracy"] = "val_loss",
+    tensorboard: str | os.PathLike[str] | None = None,
 ) -> Run:
     """Train a model (a name such as ``"cnn"``, a registered model, or a builder function) and return its Run.
 
@@ -137,7 +138,9 @@ def train(
     the epochs done (``TrainingInterrupted`` says where they are). ``resume=RUN`` continues that run instead
     (see :func:`resume`); the settings given here (other than their defaults) must then match the run's.
     ``early_stop=PATIENCE`` stops once ``monitor`` has not improved for that many epochs (Keras' EarlyStopping;
-    needs ``val_split``) and keeps the best epoch's weights in ``best.safetensors``.
+    needs ``val_split``) and keeps the best epoch's weights in ``best.safetensors``. ``tensorboard=DIR`` logs
+    the run to ``DIR/<run folder name>`` (:class:`mnistlab.tensorboard.TensorBoardLogger`; the optional
+    ``mnistlab[tensorboard]`` extra).
     """
     if resume is not None:
         return _resume_from_train(resume, dict(locals()))
@@ -152,10 +155,11 @@ def train(
         device=device, threads=threads, precision=precision, schedule=schedule, label_smoothing=label_smoothing,
         augment=augment, **({"options": options} if options else {}),
     )
+    board = tensorboard_callbacks(tensorboard)  # a missing package is one line before any work starts
     check_registry(registry)
     # Reading and verifying the files overlaps the torch import that fit() triggers.
     pending = None if loaded else load_dataset_in_background(config.dataset, data_dir=config.data_dir)
-    hooks = [*progress_callbacks(progress), *_checked_callbacks(callbacks)]  # refused before any folder exists
+    hooks = [*progress_callbacks(progress), *_checked_callbacks(callbacks), *board]  # refused before any folder exists
     runs_root = Path("runs")
     root_existed = runs_root.is_dir()
     path = Path(run_dir) if run_dir is not None else default_run_dir(config.model, root=runs_root)
@@ -173,6 +177,15 @@ def train(
         for hook in hooks:
             getattr(hook, "close", lambda: None)()  # a live progress bar left open by Ctrl-C
     return result
+
+
+def tensorboard_callbacks(log_dir: str | os.PathLike[str] | None) -> list[Callback]:
+    """``[TensorBoardLogger(log_dir=...)]``, or nothing without a ``log_dir``; fails at once without tensorboard."""
+    if log_dir is None:
+        return []
+    from mnistlab.tensorboard import TensorBoardLogger
+
+    return [TensorBoardLogger(log_dir=log_dir)]
 
 
 def _checked_callbacks(callbacks: Sequence[Callback]) -> list[Callback]:
@@ -197,11 +210,12 @@ def _resume_from_train(run: str | int | os.PathLike[str], given: dict[str, Any])
     if asked.get("early_stop") is not None or "options" in asked or "run_dir" in asked:
         raise MnistlabError("train(resume=...): the run continues in its own folder with its own early stopping; "
                             "leave out `run_dir`, `options` and `early_stop`")
-    keep = ("callbacks", "progress", "registry", "resume", "epochs", "threads", "device", "data_dir", "monitor")
+    keep = ("callbacks", "progress", "registry", "resume", "epochs", "threads", "device", "data_dir", "monitor",
+            "tensorboard")
     changes = {key: value for key, value in asked.items() if key not in keep}
     return _resume(run, epochs=given["epochs"], threads=given["threads"], device=asked.get("device"),
                    data_dir=given["data_dir"], changes=changes, callbacks=given["callbacks"],
-                   progress=given["progress"], registry=given["registry"])
+                   progress=given["progress"], registry=given["registry"], tensorboard=given["tensorboard"])
 
 
 def _fit_and_record(config: TrainConfig, *, path: Path, dataset: Dataset, hooks: list[Callback],
@@ -285,11 +299,13 @@ def resume(
     callbacks: Sequence[Callback] = (),
     progress: Progress = "auto",
     registry: RegistryChoice = None,
+    tensorboard: str | os.PathLike[str] | None = None,
 ) -> Run:
     """Continue a stopped, interrupted, crashed or finished network run (a directory or a registry id) from its
     last checkpoint: to its configured epochs, or to ``epochs``. On the CPU the result is bit-identical to the
     run left alone. ``threads`` and ``device`` may change (a device change gives up bit-exactness); any
-    setting in ``changes`` that differs from the run's is refused with one line naming it.
+    setting in ``changes`` that differs from the run's is refused with one line naming it. ``tensorboard=DIR``
+    continues the run's TensorBoard events there (from the next epoch; missing checkpointed epochs filled in).
     """
     from mnistlab.training import resume as resume_fit
 
@@ -297,7 +313,8 @@ def resume(
     asked = {**(changes or {}), "epochs": epochs, "threads": threads, "device": device,
              "data_dir": None if data_dir is None else str(data_dir)}
     check_registry(registry)
-    hooks = [*progress_callbacks(progress), *callbacks]
+    board = tensorboard_callbacks(tensorboard)
+    hooks = [*progress_callbacks(progress), *callbacks, *board]
     try:
         return _recorded(lambda recorder: resume_fit(path, changes=asked, callbacks=[*hooks, recorder]),
                          path=path, registry=registry)

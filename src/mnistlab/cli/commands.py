@@ -104,7 +104,7 @@ def train(args: argparse.Namespace) -> int:
         dataset=args.dataset or "mnist", data_dir=args.data_dir, precision=args.precision, schedule=args.schedule,
         label_smoothing=args.label_smoothing, augment=args.augment, options=options or None, run_dir=args.out,
         registry=args.registry, progress=False, callbacks=[progress], early_stop=args.early_stop,
-        monitor=args.monitor,
+        monitor=args.monitor, tensorboard=args.tensorboard,
     )
     render.train_result(console, run)
     return 0
@@ -122,7 +122,8 @@ def _train_resume(args: argparse.Namespace) -> int:
                "schedule": args.schedule, "label_smoothing": args.label_smoothing, "dataset": args.dataset}
     console = render.console()
     run = api.resume(args.resume, epochs=args.epochs, threads=args.threads, device=args.device,
-                     data_dir=args.data_dir, changes=changes, registry=args.registry, progress="auto")
+                     data_dir=args.data_dir, changes=changes, registry=args.registry, progress="auto",
+                     tensorboard=args.tensorboard)
     render.train_result(console, run)
     return 0
 
