@@ -6,11 +6,11 @@ shows many runs side by side. Per epoch it writes the scalars ``loss``, ``accura
 ``test_loss`` and ``test_accuracy``; and the run's settings as hparams with the test figures as their metrics.
 
 Exactness across ``--resume``: history.json is the record. A resumed run writes from its next epoch on (a
-``purge_step`` at that epoch hides anything a killed session wrote beyond the checkpoint) and first fills in any
-checkpointed epoch the event files lack (a session killed between the checkpoint and the event flush, or one run
-without ``--tensorboard``), so every epoch appears exactly once. The hparams live in their own small event file,
-rewritten atomically by each session: TensorBoard keeps the first hparams it reads for a run, so appending new
-ones would leave a resumed run showing its first session's settings.
+``SessionLog.START`` at that step, TensorBoard's ``purge_step``, hides anything a killed session wrote beyond the
+checkpoint) and first fills in any checkpointed epoch the event files lack (a session killed between the
+checkpoint and the event flush, or one run without ``--tensorboard``), so every epoch appears exactly once. The
+hparams live in their own small event file, rewritten atomically by each session: TensorBoard keeps the first
+hparams it reads for a run, so appending new ones would leave a resumed run showing its first session's settings.
 
 ``tensorboard`` is an optional extra (``pip install 'mnistlab[tensorboard]'``); torch and tensorboard are
 imported only when a logger is created, so ``import mnistlab`` stays light.
@@ -22,6 +22,7 @@ import importlib
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,15 +79,13 @@ class TensorBoardLogger(Callback):
         self.run_log_dir: Path | None = None
         self._run_dir: Path | None = None
         self._config: TrainConfig | None = None
-        self._writer: Any = None
+        self._writer: _EventFile | None = None
         self._last_epoch = 0
 
     # ------------------------------------------------------------------------------------------- hooks
     def on_train_start(self, *, config: TrainConfig, run_dir: Path, steps_per_epoch: int, samples: int,
                        device: str = "cpu", precision: str = "fp32") -> None:
         """Open (or continue) the run's event files; a resumed run fills in checkpointed epochs they lack."""
-        from torch.utils.tensorboard import SummaryWriter
-
         self.close()  # one logger reused for a second run starts a fresh writer
         self._run_dir, self._config = Path(run_dir), config
         history = _read_history(self._run_dir)
@@ -94,7 +93,7 @@ class TensorBoardLogger(Callback):
         logged = _logged_epochs(self.run_log_dir)
         self._last_epoch = len(history)
         # Everything from the next epoch on belongs to this session: the reader drops older events at those steps.
-        self._writer = SummaryWriter(log_dir=str(self.run_log_dir), purge_step=len(history) + 1)
+        self._writer = _EventFile(self.run_log_dir, purge_step=len(history) + 1)
         for row in history:
             if int(row["epoch"]) not in logged:
                 self._write_epoch(row)
@@ -117,23 +116,24 @@ class TensorBoardLogger(Callback):
             test = _read_test(self._run_dir) if self._run_dir is not None else None
             if test is not None:
                 for tag in TEST_TAGS:
-                    self._writer.add_scalar(tag, test[tag], global_step=self._last_epoch)
+                    self._writer.add_scalar(tag, test[tag], step=self._last_epoch)
         finally:
             self._writer.close()
             self._writer = None
 
     # ----------------------------------------------------------------------------------------- helpers
     def _write_epoch(self, row: dict[str, Any]) -> None:
+        assert self._writer is not None
         for key, tag in EPOCH_TAGS.items():
             value = row.get(key)
             if isinstance(value, int | float) and math.isfinite(value):
-                self._writer.add_scalar(tag, float(value), global_step=int(row["epoch"]))
+                self._writer.add_scalar(tag, float(value), step=int(row["epoch"]))
 
     def _write_hparams(self) -> None:
         """Rewrite the run's hparams event file: its settings, and the names of the metrics they are compared by."""
         from tensorboard.compat.proto.event_pb2 import Event
         from tensorboard.summary.writer.record_writer import RecordWriter
-        from torch.utils.tensorboard.summary import hparams
+        from torch.utils.tensorboard.summary import hparams  # torch's helper: tensorboard's own needs TensorFlow
 
         from mnistlab.runs import write_bytes_atomic
 
@@ -184,9 +184,51 @@ class TensorBoardLogger(Callback):
                             "choose another folder")
 
 
-def _now() -> float:
-    import time
+class _EventFile:
+    """One session's event file, named to sort after every earlier session's.
 
+    TensorBoard reads a run's files in name order, and a ``SessionLog.START`` at ``purge_step`` hides the
+    events at later steps read before it. The stock writers name files ``<unix second>.<host>.<pid>.<counter>``,
+    so two sessions within one second can sort backwards (counter 10 before 9) and the resumed session's epochs
+    vanish; here the name is ``<second>.mnistlab-<session number>``, never before an existing one.
+    """
+
+    def __init__(self, folder: Path, *, purge_step: int) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        self._event = Event
+        earlier = [path.name.split(".")[3:5] for path in folder.glob("events.out.tfevents.*.mnistlab-*")]
+        second = max([int(time.time()), *(int(parts[0]) for parts in earlier if parts[0].isdigit())])
+        self.path = folder / f"events.out.tfevents.{second:010d}.mnistlab-{len(earlier) + 1:05d}"
+        self._file = open(self.path, "xb")  # noqa: SIM115 - open for the session, closed by close()
+        self._records = RecordWriter(self._file)
+        self._write(Event(wall_time=time.time(), step=purge_step, file_version="brain.Event:2"))
+        self._write(Event(wall_time=time.time(), step=purge_step, session_log=SessionLog(status=SessionLog.START)))
+
+    def _write(self, event: Any) -> None:
+        self._records.write(event.SerializeToString())
+
+    def add_scalar(self, tag: str, value: float, *, step: int) -> None:
+        """One scalar point (TensorBoard's ``simple_value``, a float32)."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        summary = Summary(value=[Summary.Value(tag=tag, simple_value=value)])
+        self._write(self._event(wall_time=time.time(), step=step, summary=summary))
+
+    def flush(self) -> None:
+        """To the disk: a kill after this loses none of the written epochs."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        """Flush and close; the file stays as it is (append-only, complete records)."""
+        if not self._file.closed:
+            self.flush()
+            self._file.close()
+
+
+def _now() -> float:
     return time.time()
 
 
