@@ -31,6 +31,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Callback": ("mnistlab.callbacks", "Callback"),
     "History": ("mnistlab.callbacks", "History"),
     "LambdaCallback": ("mnistlab.callbacks", "LambdaCallback"),
+    "TensorBoardLogger": ("mnistlab.tensorboard", "TensorBoardLogger"),
     "EpochRecord": ("mnistlab.results", "EpochRecord"),
     "TrainConfig": ("mnistlab.config", "TrainConfig"),
     "Evaluation": ("mnistlab.analysis", "Evaluation"),
@@ -41,8 +42,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
 }
 __all__ = [  # noqa: RUF022 - grouped as in _LAZY
     "__version__", "train", "load", "Run", "datasets", "models", "register_model", "Callback", "History",
-    "LambdaCallback", "EpochRecord", "TrainConfig", "Evaluation", "Prediction", "prepare_image", "MnistlabError",
-    "TrainingInterrupted",
+    "LambdaCallback", "TensorBoardLogger", "EpochRecord", "TrainConfig", "Evaluation", "Prediction",
+    "prepare_image", "MnistlabError", "TrainingInterrupted",
 ]
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
     from mnistlab.models import register_model
     from mnistlab.predict import Prediction
     from mnistlab.results import EpochRecord
+    from mnistlab.tensorboard import TensorBoardLogger
 
 
 def __getattr__(name: str) -> Any:

@@ -131,6 +131,7 @@ def train(
     resume: str | int | os.PathLike[str] | None = None,
     early_stop: int | None = None,
     monitor: Literal["val_loss", "val_accuracy"] = "val_loss",
+    tensorboard: str | os.PathLike[str] | None = None,
 ) -> Run:
     """Train a model (a name such as ``"cnn"``, a registered model, or a builder function) and return its Run.
 
@@ -145,7 +146,9 @@ def train(
     model's hyper-parameters, or a network schedule's (``{"patience": 3}`` for ``schedule="plateau"``);
     ``weight_decay`` is Adam's decoupled weight decay (AdamW). ``init_from=RUN`` (a run directory or id)
     fine-tunes: the network starts from that run's weights (best where it kept them) instead of its seeded
-    initialisation; the architecture must be the same, the data and recipe may differ.
+    initialisation; the architecture must be the same, the data and recipe may differ. ``tensorboard=DIR``
+    logs the run to ``DIR/<run folder name>`` (:class:`mnistlab.tensorboard.TensorBoardLogger`; the optional
+    ``mnistlab[tensorboard]`` extra).
     """
     if resume is not None:
         return _resume_from_train(resume, dict(locals()))
@@ -166,10 +169,11 @@ def train(
         augment=augment, weight_decay=weight_decay, **({"options": options} if options else {}),
         init_from=None if init_from is None else str(resolve_run_dir(init_from, registry=registry).resolve()),
     )
+    board = tensorboard_callbacks(tensorboard)  # a missing package is one line before any work starts
     check_registry(registry)
     # Reading and verifying the files overlaps the torch import that fit() triggers.
     pending = None if loaded else load_dataset_in_background(config.dataset, data_dir=config.data_dir)
-    hooks = [*progress_callbacks(progress), *_checked_callbacks(callbacks)]  # refused before any folder exists
+    hooks = [*progress_callbacks(progress), *_checked_callbacks(callbacks), *board]  # refused before any folder exists
     runs_root = Path("runs")
     root_existed = runs_root.is_dir()
     if replica:  # a placeholder: fit() takes rank 0's folder, and this rank creates nothing
@@ -190,6 +194,15 @@ def train(
         for hook in hooks:
             getattr(hook, "close", lambda: None)()  # a live progress bar left open by Ctrl-C
     return result
+
+
+def tensorboard_callbacks(log_dir: str | os.PathLike[str] | None) -> list[Callback]:
+    """``[TensorBoardLogger(log_dir=...)]``, or nothing without a ``log_dir``; fails at once without tensorboard."""
+    if log_dir is None:
+        return []
+    from mnistlab.tensorboard import TensorBoardLogger
+
+    return [TensorBoardLogger(log_dir=log_dir)]
 
 
 def _checked_callbacks(callbacks: Sequence[Callback]) -> list[Callback]:
@@ -214,11 +227,12 @@ def _resume_from_train(run: str | int | os.PathLike[str], given: dict[str, Any])
     if asked.get("early_stop") is not None or {"options", "run_dir", "init_from"} & set(asked):
         raise MnistlabError("train(resume=...): the run continues in its own folder from its own weights with its "
                             "own early stopping; leave out `run_dir`, `options`, `init_from` and `early_stop`")
-    keep = ("callbacks", "progress", "registry", "resume", "epochs", "threads", "device", "data_dir", "monitor")
+    keep = ("callbacks", "progress", "registry", "resume", "epochs", "threads", "device", "data_dir", "monitor",
+            "tensorboard")
     changes = {key: value for key, value in asked.items() if key not in keep}
     return _resume(run, epochs=given["epochs"], threads=given["threads"], device=asked.get("device"),
                    data_dir=given["data_dir"], changes=changes, callbacks=given["callbacks"],
-                   progress=given["progress"], registry=given["registry"])
+                   progress=given["progress"], registry=given["registry"], tensorboard=given["tensorboard"])
 
 
 def _fit_and_record(config: TrainConfig, *, path: Path, dataset: Dataset, hooks: list[Callback],
@@ -304,11 +318,13 @@ def resume(
     callbacks: Sequence[Callback] = (),
     progress: Progress = "auto",
     registry: RegistryChoice = None,
+    tensorboard: str | os.PathLike[str] | None = None,
 ) -> Run:
     """Continue a stopped, interrupted, crashed or finished network run (a directory or a registry id) from its
     last checkpoint: to its configured epochs, or to ``epochs``. On the CPU the result is bit-identical to the
     run left alone. ``threads`` and ``device`` may change (a device change gives up bit-exactness); any
-    setting in ``changes`` that differs from the run's is refused with one line naming it.
+    setting in ``changes`` that differs from the run's is refused with one line naming it. ``tensorboard=DIR``
+    continues the run's TensorBoard events there (from the next epoch; missing checkpointed epochs filled in).
     """
     from mnistlab.distributed import is_replica
     from mnistlab.training import resume as resume_fit
@@ -319,7 +335,8 @@ def resume(
     asked = {**(changes or {}), "epochs": epochs, "threads": threads, "device": device,
              "data_dir": None if data_dir is None else str(data_dir)}
     check_registry(registry)
-    hooks = [*progress_callbacks(progress), *callbacks]
+    board = tensorboard_callbacks(tensorboard)
+    hooks = [*progress_callbacks(progress), *callbacks, *board]
     try:
         return _recorded(lambda recorder: resume_fit(path, changes=asked, callbacks=[*hooks, recorder]),
                          path=path, registry=registry)

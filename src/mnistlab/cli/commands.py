@@ -119,7 +119,7 @@ def _train_new(args: argparse.Namespace) -> int:
         label_smoothing=args.label_smoothing, augment=args.augment, weight_decay=args.weight_decay,
         options=options or None, run_dir=args.out,
         registry=args.registry, progress=False, callbacks=[progress], early_stop=args.early_stop,
-        monitor=args.monitor, init_from=args.init_from,
+        monitor=args.monitor, init_from=args.init_from, tensorboard=args.tensorboard,
     )
     if not _replica():
         render.train_result(console, run)
@@ -146,7 +146,8 @@ def _train_resume(args: argparse.Namespace) -> int:
                "weight_decay": args.weight_decay}
     console = render.console()
     run = api.resume(args.resume, epochs=args.epochs, threads=args.threads, device=args.device,
-                     data_dir=args.data_dir, changes=changes, registry=args.registry, progress="auto")
+                     data_dir=args.data_dir, changes=changes, registry=args.registry, progress="auto",
+                     tensorboard=args.tensorboard)
     if not _replica():
         render.train_result(console, run)
     return 0

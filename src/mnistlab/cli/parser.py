@@ -126,6 +126,9 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
                             "the best epoch's weights are kept in RUN/best.safetensors")
     train.add_argument("--monitor", choices=("val_loss", "val_accuracy"), default="val_loss",
                        help="the figure --early-stop watches (default val_loss)")
+    train.add_argument("--tensorboard", metavar="DIR",
+                       help="also log each epoch as TensorBoard events in DIR/RUN-NAME (needs "
+                            "pip install 'mnistlab[tensorboard]'; view with tensorboard --logdir DIR)")
     _add_dataset_flags(train)
     _add_registry_flag(train)
     train.set_defaults(handler=cmd.train, dataset=None)
