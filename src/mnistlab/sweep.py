@@ -507,7 +507,9 @@ def _connect(ray: Any, address: str | None) -> bool:
                                 "`ray start --head --port PORT`, or leave `address` out for an embedded one"
                                 ) from None
         return True
-    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, logging_level=logging.WARNING,
+    # address="local": a new Ray of our own, even when this machine already runs a cluster (plain ray.init()
+    # would join the one named in /tmp/ray, alive or not, and refuse num_cpus).
+    ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, logging_level=logging.WARNING,
              log_to_driver=False)
     return True
 
