@@ -478,6 +478,13 @@ def run_sweep(plan: SweepPlan, *, address: str | None = None, on_trial: Callable
     directories keep their completed epochs), marks them in sweep.json and re-raises.
     """
     ray = require_ray()
+    out = Path(plan.out_dir)
+    if (out / SWEEP_JSON).exists():
+        raise MnistlabError(f"`run_dir` {out}: already holds a sweep; choose a new folder (sweeps never overwrite)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MnistlabError(f"`run_dir` {out}: cannot create it ({exc.strerror}); choose a writable folder") from None
     started = time.perf_counter()
     owned = _connect(ray, address)
     ray_start = time.perf_counter() - started
