@@ -308,3 +308,47 @@ def test_sweep_on_a_two_node_cluster_with_a_user_error_trial(tmp_path, tiny, two
     accuracies = [json.loads(Path(t["run_dir"], "metrics.json").read_text())["test_accuracy"] for t in good]
     assert doc["table"][0]["mean_accuracy"] == pytest.approx(statistics.fmean(accuracies), abs=1e-12)
     assert "--val-split 0.9999 leaves none" in proc.stdout  # the table shows the error line, with train's flag
+
+
+# ------------------------------------------------------------------------------------- reproduce over seeds
+def test_reproduce_seeds_quick_reports_mean_std_and_standard_errors(tmp_path) -> None:
+    """`reproduce --seeds 2 --quick` end to end (softmax and the SGD baseline, to keep it short; mlp and cnn take
+    the same network path as softmax)."""
+    import math
+
+    out = tmp_path / "repro"
+    proc = subprocess.run([PYTHON, "-m", "mnistlab", "reproduce", "--seeds", "2", "--quick", "--only", "softmax,sgd",
+                           "--out", str(out), "--registry", str(tmp_path / "registry.sqlite")],
+                          capture_output=True, text=True, env=_env(), timeout=SWEEP_TIMEOUT_S, check=False)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((out / "seeds.json").read_text())
+    rows = {row["name"]: row for row in doc["rows"]}
+    assert list(rows) == ["softmax", "sgd"] and doc["seeds"] == [0, 1]
+
+    # The oracle: each experiment's trial runs, read from their own files.
+    figures: dict[str, list[float]] = {}
+    for name in rows:
+        sweep = json.loads((out / name / "sweep.json").read_text())
+        for trial in sweep["trials"]:
+            run_dir = Path(trial["run_dir"])
+            if name == "sgd":  # the tutorial's figure: the held-out quarter of train, split by scikit-learn
+                config = json.loads((run_dir / "config.json").read_text())
+                assert (config["val_split"], config["val_method"]) == (0.25, "sklearn")
+                figures.setdefault(name, []).append(json.loads((run_dir / "history.json").read_text())[-1][
+                    "val_accuracy"])
+            else:
+                figures.setdefault(name, []).append(json.loads((run_dir / "metrics.json").read_text())[
+                    "test_accuracy"])
+    for name, values in figures.items():
+        row = rows[name]
+        mean, std = statistics.fmean(values), float(np.std(values, ddof=1))
+        assert row["mean"] == pytest.approx(mean, abs=1e-12) and row["std"] == pytest.approx(std, abs=1e-12)
+        assert row["standard_errors"] == pytest.approx((mean - row["seed_accuracy"]) / (std / math.sqrt(2)))
+        assert f"{100 * mean:.2f}% ± {100 * std:.2f}" in proc.stdout
+
+    # Seed 0 of each experiment is the same run plain `reproduce --quick` makes (softmax: one thread in both).
+    from mnistlab.reproduce import reproduce
+
+    plain = {row.name: row.accuracy for row in reproduce(out_dir=tmp_path / "plain", quick=True, seed=0,
+                                                          only=("softmax", "sgd")).rows}
+    assert plain == {name: values[0] for name, values in figures.items()}

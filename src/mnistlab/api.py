@@ -127,6 +127,7 @@ def train(
     resume: str | int | os.PathLike[str] | None = None,
     early_stop: int | None = None,
     monitor: Literal["val_loss", "val_accuracy"] = "val_loss",
+    val_method: Literal["mnistlab", "sklearn"] = "mnistlab",
 ) -> Run:
     """Train a model (a name such as ``"cnn"``, a registered model, or a builder function) and return its Run.
 
@@ -137,7 +138,9 @@ def train(
     the epochs done (``TrainingInterrupted`` says where they are). ``resume=RUN`` continues that run instead
     (see :func:`resume`); the settings given here (other than their defaults) must then match the run's.
     ``early_stop=PATIENCE`` stops once ``monitor`` has not improved for that many epochs (Keras' EarlyStopping;
-    needs ``val_split``) and keeps the best epoch's weights in ``best.safetensors``.
+    needs ``val_split``) and keeps the best epoch's weights in ``best.safetensors``. ``val_method="sklearn"``
+    (classical models) cuts the validation split with scikit-learn's ``train_test_split``, as the tutorial's SGD
+    baseline did.
     """
     if resume is not None:
         return _resume_from_train(resume, dict(locals()))
@@ -151,6 +154,7 @@ def train(
         dataset=loaded.name if loaded else str(dataset), data_dir=str(data_dir) if data_dir is not None else None,
         device=device, threads=threads, precision=precision, schedule=schedule, label_smoothing=label_smoothing,
         augment=augment, **({"options": options} if options else {}),
+        **({"val_method": val_method} if val_method != "mnistlab" else {}),
     )
     check_registry(registry)
     # Reading and verifying the files overlaps the torch import that fit() triggers.

@@ -225,7 +225,7 @@ def plan_sweep(model: str, *, seeds: Sequence[int], grid: Mapping[str, Sequence[
 
 
 _CONFIG_KEYS = ("epochs", "batch_size", "optimizer", "lr", "val_split", "device", "precision", "schedule",
-                "label_smoothing", "augment", "options", "dataset", "data_dir")
+                "label_smoothing", "augment", "options", "dataset", "data_dir", "val_method")
 
 
 def _config(model: str, keywords: Mapping[str, Any], *, seed: int, threads: int) -> TrainConfig:
@@ -320,8 +320,15 @@ def run_trial(trial: dict[str, Any]) -> dict[str, Any]:
     return {**outcome, "state": "completed" if metrics.get("status") == "completed" else "failed",
             "error": None if metrics.get("status") == "completed" else f"the run ended {metrics.get('status')}",
             "test_accuracy": metrics.get("test_accuracy"), "test_loss": metrics.get("test_loss"),
+            "val_accuracy": _last_val_accuracy(run),
             "train_seconds": metrics.get("train_seconds"), "epochs_completed": metrics.get("epochs_completed"),
             "run_id": record_id}
+
+
+def _last_val_accuracy(run: Any) -> float | None:
+    """The last epoch's validation accuracy (None without a validation split)."""
+    values = run.history.get("val_accuracy") or [None]
+    return None if values[-1] is None else float(values[-1])
 
 
 def _node_id() -> str | None:
@@ -486,7 +493,7 @@ def run_sweep(plan: SweepPlan, *, address: str | None = None, on_trial: Callable
     except OSError as exc:
         raise MnistlabError(f"`run_dir` {out}: cannot create it ({exc.strerror}); choose a writable folder") from None
     started = time.perf_counter()
-    owned = _connect(ray, address)
+    owned = connect_ray(ray, address)
     ray_start = time.perf_counter() - started
     try:
         return _drive(ray, plan, address=address, ray_start=ray_start, on_trial=on_trial, compare=compare,
@@ -496,8 +503,9 @@ def run_sweep(plan: SweepPlan, *, address: str | None = None, on_trial: Callable
             ray.shutdown()
 
 
-def _connect(ray: Any, address: str | None) -> bool:
-    """Join or start Ray; True when this call started it (and must shut it down)."""
+def connect_ray(ray: Any, address: str | None) -> bool:
+    """Join the cluster at ``address``, or start an embedded Ray (unless this process already joined one); True
+    when this call connected (and the caller must shut Ray down)."""
     import logging
 
     if ray.is_initialized():

@@ -206,6 +206,10 @@ def reproduce(args: argparse.Namespace) -> int:
     from mnistlab.device import resolve_device
 
     resolve_device(args.device)  # refused before the default folder is reserved
+    if args.seeds is not None:
+        return _reproduce_seeds(args, only)
+    if args.address is not None:
+        raise MnistlabError("--address applies with --seeds N (the runs over seeds go to Ray); add --seeds")
     console = render.console()
     out = Path(args.out) if args.out else default_run_dir("reproduce-quick" if args.quick else "reproduce")
     observers: list[Any] = []
@@ -224,6 +228,26 @@ def reproduce(args: argparse.Namespace) -> int:
     records = api.record_runs([row.run_dir for row in result.rows], source="reproduce", registry=args.registry)
     render.reproduce_table(console, result, [record.id for record in records])
     return 0
+
+
+def _reproduce_seeds(args: argparse.Namespace, only: tuple[str, ...] | None) -> int:
+    """``reproduce --seeds N``: every experiment over N seeds on Ray, mean ± std beside the tutorial's figure."""
+    from mnistlab.registry import default_registry_path
+    from mnistlab.reproduce import reproduce_seeds
+    from mnistlab.runs import default_run_dir
+
+    if not 1 <= args.seeds <= 100:
+        raise MnistlabError(f"--seeds must be in 1..100, got {args.seeds}")
+    console = render.console()
+    name = "reproduce-seeds-quick" if args.quick else "reproduce-seeds"
+    out = Path(args.out) if args.out else default_run_dir(name)
+    result = reproduce_seeds(out_dir=out, seeds=range(args.seed, args.seed + args.seeds), quick=args.quick,
+                             device=args.device, only=only, address=args.address,
+                             cpus_per_trial=args.cpus_per_trial,
+                             registry=str(default_registry_path(args.registry).absolute()),
+                             on_row=lambda row: render.reproduce_seeds_row(console, row))
+    render.reproduce_seeds_table(console, result)
+    return 2 if any(row.failed for row in result.rows) else 0
 
 
 # ---------------------------------------------------------------------------------------------- registry

@@ -242,6 +242,12 @@ def _reproduce_parser(commands: argparse._SubParsersAction) -> None:
     repro.add_argument("--seed", type=int, default=0)
     repro.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_NAMES)}")
     repro.add_argument("--only", help="comma-separated subset of softmax,mlp,cnn,sgd (default: all four)")
+    repro.add_argument("--seeds", type=int, metavar="N",
+                       help="run each experiment with N seeds (--seed, --seed+1, ...) as a sweep on Ray and report "
+                            "mean ± std beside the tutorial's number (needs pip install 'mnistlab[scale]')")
+    repro.add_argument("--address", metavar="HOST:PORT", help="with --seeds: the Ray cluster (default: embedded)")
+    repro.add_argument("--cpus-per-trial", type=float, default=1.0,
+                       help="with --seeds: Ray CPUs (and torch threads) per run (default 1)")
     _add_registry_flag(repro)
     repro.set_defaults(handler=cmd.reproduce)
 

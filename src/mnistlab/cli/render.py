@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from mnistlab.export import ExportResult
     from mnistlab.models import ModelSummary
     from mnistlab.registry import RunRecord
-    from mnistlab.reproduce import ExperimentResult, ReproduceResult
+    from mnistlab.reproduce import ExperimentResult, ReproduceResult, SeedsResult, SeedsRow
     from mnistlab.sweep import SweepPlan, SweepResult
 
 
@@ -214,6 +214,34 @@ def reproduce_table(out: Console, result: ReproduceResult, run_ids: Sequence[int
     out.print(f"report: {esc(result.report)}")
     if run_ids:
         out.print("registry: runs " + ", ".join(str(i) for i in run_ids))
+
+
+def _seeds_cells(row: SeedsRow) -> list[str]:
+    from mnistlab.sweep import accuracy_cell
+
+    z = "n/a" if row.standard_errors is None else f"{row.standard_errors:+.1f}"
+    diff = "-" if row.difference_points is None else f"{row.difference_points:+.2f}"
+    return [row.name + ("" if row.evaluated_on == "test set" else "*"), str(len(row.accuracies)),
+            accuracy_cell(row.mean, row.std), f"{100 * row.seed_accuracy:.2f}%", diff, z]
+
+
+def reproduce_seeds_row(out: Console, row: SeedsRow) -> None:
+    """One experiment's line as its seeds complete."""
+    cells = _seeds_cells(row)
+    out.print(f"[bold]{esc(row.name)}[/bold]: {esc(cells[2])} over {cells[1]} seed(s) on the {row.evaluated_on} "
+              f"(tutorial {cells[3]}, {cells[4]} pt, {cells[5]} standard errors)")
+    for line in row.failed:
+        out.print(f"[red]{esc(row.name)} {esc(line)}[/red]")
+
+
+def reproduce_seeds_table(out: Console, result: SeedsResult) -> None:
+    """The tutorial's table over seeds: mean ± std, the tutorial's number, the difference in standard errors."""
+    table(out, ["experiment", "seeds", "accuracy (mean ± std)", "tutorial", "diff pt", "diff in SE"],
+          [_seeds_cells(row) for row in result.rows],
+          title="The Keras tutorial's table over seeds" + (" (--quick)" if result.quick else ""),
+          caption="SE: standard error of the mean (std / sqrt(seeds)); sgd*: on the held-out 25% of train")
+    out.print(f"time: {result.wall_seconds:.1f} s (Ray start-up {result.ray_start_seconds:.1f} s)")
+    out.print(f"results: {esc(result.results)}")
 
 
 # ------------------------------------------------------------------------------------------------ sweep
