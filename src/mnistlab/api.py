@@ -132,6 +132,7 @@ def train(
     early_stop: int | None = None,
     monitor: Literal["val_loss", "val_accuracy"] = "val_loss",
     tensorboard: str | os.PathLike[str] | None = None,
+    val_method: Literal["mnistlab", "sklearn"] = "mnistlab",
 ) -> Run:
     """Train a model (a name such as ``"cnn"``, a registered model, or a builder function) and return its Run.
 
@@ -148,7 +149,9 @@ def train(
     fine-tunes: the network starts from that run's weights (best where it kept them) instead of its seeded
     initialisation; the architecture must be the same, the data and recipe may differ. ``tensorboard=DIR``
     logs the run to ``DIR/<run folder name>`` (:class:`mnistlab.tensorboard.TensorBoardLogger`; the optional
-    ``mnistlab[tensorboard]`` extra).
+    ``mnistlab[tensorboard]`` extra). ``val_method="sklearn"``
+    (classical models) cuts the validation split with scikit-learn's ``train_test_split``, as the tutorial's SGD
+    baseline did.
     """
     if resume is not None:
         return _resume_from_train(resume, dict(locals()))
@@ -168,6 +171,7 @@ def train(
         device=device, threads=threads, precision=precision, schedule=schedule, label_smoothing=label_smoothing,
         augment=augment, weight_decay=weight_decay, **({"options": options} if options else {}),
         init_from=None if init_from is None else str(resolve_run_dir(init_from, registry=registry).resolve()),
+        **({"val_method": val_method} if val_method != "mnistlab" else {}),
     )
     board = tensorboard_callbacks(tensorboard)  # a missing package is one line before any work starts
     check_registry(registry)

@@ -8,13 +8,14 @@ Its published test accuracies are kept here to compare against.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from mnistlab import runs
 from mnistlab.config import MODELS, TrainConfig
+from mnistlab.errors import MnistlabError
 
 ExperimentKind = Literal["network", "sgd"]
 
@@ -185,3 +186,125 @@ def _reproduce_into(out_dir: Path, *, quick: bool, seed: int, device: str,
     })
     return ReproduceResult(out_dir=out_dir, report=report, rows=tuple(rows), quick=quick,
                            timing={name: round(seconds, 3) for name, seconds in timing.items()})
+
+
+# ------------------------------------------------------------------------------------ over seeds, on Ray
+@dataclass(frozen=True)
+class SeedsRow:
+    """One experiment over seeds: mean ± sample std of its figure beside the tutorial's single number.
+
+    ``standard_errors`` is (mean - tutorial) / (std / sqrt(n)): how far the tutorial's number lies from our
+    mean in units of the mean's standard error (None below two seeds, or when every seed agreed exactly).
+    """
+
+    name: str
+    evaluated_on: str
+    seeds: tuple[int, ...]
+    accuracies: tuple[float, ...]
+    mean: float | None
+    std: float | None
+    seed_accuracy: float
+    standard_errors: float | None
+    sweep_dir: str
+    failed: tuple[str, ...] = ()
+
+    @property
+    def difference_points(self) -> float | None:
+        """Our mean minus the tutorial's figure, in percentage points."""
+        return None if self.mean is None else 100.0 * (self.mean - self.seed_accuracy)
+
+
+@dataclass(frozen=True)
+class SeedsResult:
+    """``reproduce --seeds N``: one row per experiment and where its sweep lies."""
+
+    out_dir: Path
+    rows: tuple[SeedsRow, ...]
+    quick: bool
+    results: Path
+    wall_seconds: float
+    ray_start_seconds: float
+
+
+def _seeds_settings(exp: Experiment, *, quick: bool, device: str) -> dict[str, object]:
+    """The api.train keywords of one experiment, exactly as :func:`reproduce` trains it."""
+    if exp.kind == "sgd":
+        return {"options": {"max_iter": exp.quick_epochs if quick else exp.epochs}, "val_split": 0.25,
+                "val_method": "sklearn"}
+    return {"epochs": exp.quick_epochs if quick else exp.epochs, "batch_size": exp.batch_size, "device": device}
+
+
+def seeds_row(exp: Experiment, trials: Sequence[Mapping[str, Any]], *, sweep_dir: str) -> SeedsRow:
+    """Reduce one experiment's trials to its row (the SGD figure is its held-out quarter of train, as in the
+    tutorial; the networks' is the test set)."""
+    import math
+    import statistics
+
+    key = "val_accuracy" if exp.kind == "sgd" else "test_accuracy"
+    done = [t for t in trials if t["state"] == "completed" and t.get(key) is not None]
+    accuracies = tuple(float(t[key]) for t in done)
+    mean = statistics.fmean(accuracies) if accuracies else None
+    std = statistics.stdev(accuracies) if len(accuracies) > 1 else None
+    z = None
+    if mean is not None and std:
+        z = (mean - exp.seed_accuracy) / (std / math.sqrt(len(accuracies)))
+    return SeedsRow(name=exp.name, evaluated_on="held-out 25% of train" if exp.kind == "sgd" else "test set",
+                    seeds=tuple(int(t["seed"]) for t in done), accuracies=accuracies, mean=mean, std=std,
+                    seed_accuracy=exp.seed_accuracy, standard_errors=z, sweep_dir=sweep_dir,
+                    failed=tuple(f"seed {t['seed']}: {t.get('error')}" for t in trials if t["state"] != "completed"))
+
+
+def reproduce_seeds(
+    *,
+    out_dir: str | Path,
+    seeds: Sequence[int],
+    quick: bool = False,
+    device: str = "auto",
+    only: tuple[str, ...] | None = None,
+    address: str | None = None,
+    cpus_per_trial: float = 1.0,
+    registry: str | None = None,
+    on_row: Callable[[SeedsRow], None] | None = None,
+) -> SeedsResult:
+    """The tutorial's experiments, each over ``seeds``, through the sweep engine (:mod:`mnistlab.sweep`): one
+    sweep folder per experiment under ``out_dir`` (each trial a normal run with its registry row), one Ray for
+    all, and ``seeds.json`` with each figure as mean ± std beside the tutorial's number."""
+    import logging
+
+    from mnistlab.device import resolve_device
+    from mnistlab.sweep import Resources, connect_ray, plan_sweep, require_ray, run_sweep
+
+    started = time.perf_counter()
+    resolve_device(device)
+    resources = Resources(cpus_per_trial=cpus_per_trial)
+    chosen = [exp for exp in SEED_EXPERIMENTS if only is None or exp.name in only]
+    out = Path(out_dir).absolute()
+    # Every plan is checked before Ray starts or a folder exists.
+    plans = [plan_sweep(exp.name, seeds=seeds, grid={}, settings=_seeds_settings(exp, quick=quick, device=device),
+                        resources=resources, out_dir=out / exp.name, registry=registry) for exp in chosen]
+    ray = require_ray()
+    if out.exists() and any(out.iterdir()):
+        raise MnistlabError(f"`run_dir` {out}: already holds files; choose a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    owned = connect_ray(ray, address)
+    ray_start = time.perf_counter() - started
+    rows: list[SeedsRow] = []
+    try:
+        for exp, plan in zip(chosen, plans, strict=True):
+            result = run_sweep(plan, compare=False)
+            rows.append(seeds_row(exp, result.trials, sweep_dir=str(result.out_dir)))
+            if on_row is not None:
+                on_row(rows[-1])
+    finally:
+        if owned:
+            ray.shutdown()
+    wall = time.perf_counter() - started
+    results = runs.write_json_atomic(out / "seeds.json", {
+        "quick": quick, "seeds": list(seeds), "wall_seconds": round(wall, 3),
+        "ray_start_seconds": round(ray_start, 3),
+        "rows": [{**asdict(row), "difference_points": row.difference_points} for row in rows],
+        "environment": runs.environment(),
+    })
+    return SeedsResult(out_dir=out, rows=tuple(rows), quick=quick, results=results, wall_seconds=wall,
+                       ray_start_seconds=ray_start)

@@ -153,6 +153,50 @@ def _train_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def sweep(args: argparse.Namespace) -> int:
+    """``mnistlab sweep MODEL --seeds ... --grid ...``: every trial a normal run on Ray, then the mean ± std table.
+
+    Exit code 0 when every trial completed, 2 when some failed (each one's line is in the table).
+    """
+    from mnistlab import api
+    from mnistlab.config import parse_option
+    from mnistlab.registry import default_registry_path
+    from mnistlab.sweep import Resources, parse_grid, parse_seeds, plan_sweep, prepare_sweep_dir, require_ray, run_sweep
+
+    options = dict(parse_option(args.model, text) for text in args.option or [])
+    settings = {"epochs": args.epochs, "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": args.lr,
+                "val_split": args.val_split, "device": args.device, "precision": args.precision,
+                "schedule": args.schedule, "label_smoothing": args.label_smoothing, "augment": args.augment,
+                "dataset": args.dataset, "data_dir": str(Path(args.data_dir).absolute()) if args.data_dir else None,
+                "options": options or None}
+    settings = {key: value for key, value in settings.items() if value is not None}
+    resources = Resources(cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                          max_retries=args.retries)
+    grid = parse_grid(args.grid or [])
+    seeds = parse_seeds(args.seeds)
+    # Everything is checked before a folder or Ray exists: the plan (each trial's config), Ray, the registry.
+    plan_sweep(args.model, seeds=seeds, grid=grid, settings=settings, resources=resources, out_dir=".")
+    require_ray()
+    api.check_registry(args.registry)
+    out = prepare_sweep_dir(args.out)
+    plan = plan_sweep(args.model, seeds=seeds, grid=grid, settings=settings, resources=resources, out_dir=out,
+                      registry=str(default_registry_path(args.registry).absolute()))
+    console = render.console()
+    if not args.json:
+        render.sweep_start(console, plan, address=args.address)
+    result = run_sweep(plan, address=args.address, compare=not args.no_compare,
+                       on_trial=None if args.json else lambda trial: render.sweep_trial(console, trial))
+    if args.json:
+        import dataclasses
+
+        print(json_text({"out": str(result.out_dir), "table": [dataclasses.asdict(r) for r in result.table],
+                         "trials": list(result.trials), "wall_seconds": result.wall_seconds,
+                         "ray_start_seconds": result.ray_start_seconds}))
+    else:
+        render.sweep_table(console, result)
+    return 2 if result.failed else 0
+
+
 def evaluate(args: argparse.Namespace) -> int:
     """``mnistlab evaluate RUN``: the full evaluation of a run on one split, saved and recorded."""
     from mnistlab import api
@@ -204,6 +248,10 @@ def reproduce(args: argparse.Namespace) -> int:
     from mnistlab.device import resolve_device
 
     resolve_device(args.device)  # refused before the default folder is reserved
+    if args.seeds is not None:
+        return _reproduce_seeds(args, only)
+    if args.address is not None:
+        raise MnistlabError("--address applies with --seeds N (the runs over seeds go to Ray); add --seeds")
     console = render.console()
     out = Path(args.out) if args.out else default_run_dir("reproduce-quick" if args.quick else "reproduce")
     observers: list[Any] = []
@@ -222,6 +270,26 @@ def reproduce(args: argparse.Namespace) -> int:
     records = api.record_runs([row.run_dir for row in result.rows], source="reproduce", registry=args.registry)
     render.reproduce_table(console, result, [record.id for record in records])
     return 0
+
+
+def _reproduce_seeds(args: argparse.Namespace, only: tuple[str, ...] | None) -> int:
+    """``reproduce --seeds N``: every experiment over N seeds on Ray, mean ± std beside the tutorial's figure."""
+    from mnistlab.registry import default_registry_path
+    from mnistlab.reproduce import reproduce_seeds
+    from mnistlab.runs import default_run_dir
+
+    if not 1 <= args.seeds <= 100:
+        raise MnistlabError(f"--seeds must be in 1..100, got {args.seeds}")
+    console = render.console()
+    name = "reproduce-seeds-quick" if args.quick else "reproduce-seeds"
+    out = Path(args.out) if args.out else default_run_dir(name)
+    result = reproduce_seeds(out_dir=out, seeds=range(args.seed, args.seed + args.seeds), quick=args.quick,
+                             device=args.device, only=only, address=args.address,
+                             cpus_per_trial=args.cpus_per_trial,
+                             registry=str(default_registry_path(args.registry).absolute()),
+                             on_row=lambda row: render.reproduce_seeds_row(console, row))
+    render.reproduce_seeds_table(console, result)
+    return 2 if any(row.failed for row in result.rows) else 0
 
 
 # ---------------------------------------------------------------------------------------------- registry

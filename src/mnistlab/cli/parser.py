@@ -140,6 +140,51 @@ def _add_weights_flag(parser: argparse.ArgumentParser) -> None:
                              "epoch's), or auto (default: best where the run has them, else last)")
 
 
+def _sweep_parser(commands: argparse._SubParsersAction) -> None:
+    from mnistlab.cli import commands as cmd
+
+    sweep = commands.add_parser(
+        "sweep", help="many runs on Ray: a grid of settings times seeds, with a mean ± std table",
+        description="Every trial is a normal run (its own folder under --out and its own registry row), run as a Ray "
+                    "task. Needs Ray: pip install 'mnistlab[scale]'.")
+    sweep.add_argument("model", metavar="MODEL", help=f"a network ({', '.join(MODEL_NAMES)}) or a classical "
+                                                      f"baseline ({', '.join(CLASSICAL_NAMES)})")
+    sweep.add_argument("--seeds", default="0", help="seeds to run each configuration with: 0-9, 0,3,7 (default 0)")
+    sweep.add_argument("--grid", action="extend", nargs="+", metavar="KEY=V1,V2",
+                       help="settings to sweep, by train's flag names: epochs, batch-size, optimizer, lr, val-split, "
+                            "precision, schedule, label-smoothing, augment, weight-decay (all combinations)")
+    sweep.add_argument("--option", action="append", metavar="KEY=VALUE",
+                       help="a classical model's hyper-parameter, or a schedule's, for every trial (repeatable)")
+    sweep.add_argument("--epochs", type=int, help="for every trial (default: the recipe's)")
+    sweep.add_argument("--batch-size", type=int, help="for every trial (default: the recipe's)")
+    sweep.add_argument("--optimizer", help=f"one of {', '.join(OPTIMIZER_NAMES)} (default: the recipe's)")
+    sweep.add_argument("--lr", type=float, help="for every trial (default: the recipe's)")
+    sweep.add_argument("--val-split", type=float, help="fraction of train held out, in [0, 1) (default 0)")
+    sweep.add_argument("--device", help=f"one of {', '.join(DEVICE_NAMES)} (default auto: cuda in trials given "
+                                        "--gpus-per-trial, else cpu)")
+    sweep.add_argument("--precision", help="auto, fp32 or bf16 (default: the recipe's)")
+    sweep.add_argument("--schedule", help="constant, onecycle, cosine, step or plateau (default: the recipe's)")
+    sweep.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing in [0, 1)")
+    sweep.add_argument("--augment", choices=("none", "light", "strong"), help="batch augmentation (default none)")
+    sweep.add_argument("--out", help="the sweep's folder, to create (default runs/sweep-TIMESTAMP)")
+    sweep.add_argument("--address", metavar="HOST:PORT",
+                       help="run on this Ray cluster (`ray start --head --port PORT`); default: an embedded Ray "
+                            "on this machine, started and stopped by the sweep")
+    sweep.add_argument("--cpus-per-trial", type=float, default=1.0,
+                       help="Ray CPUs per trial, also its torch threads (default 1)")
+    sweep.add_argument("--gpus-per-trial", type=float, default=0.0,
+                       help="Ray GPUs per trial; fractions share a GPU, e.g. 0.25 (default 0)")
+    sweep.add_argument("--retries", type=int, default=3,
+                       help="times a trial whose worker process died is retried, resuming from its last "
+                            "checkpoint (default 3)")
+    sweep.add_argument("--no-compare", action="store_true",
+                       help="skip the side-by-side comparison page (it evaluates each configuration's best run)")
+    sweep.add_argument("--json", action="store_true", help="print sweep.json's table as JSON")
+    _add_dataset_flags(sweep)
+    _add_registry_flag(sweep)
+    sweep.set_defaults(handler=cmd.sweep, dataset=None)
+
+
 def _evaluate_parser(commands: argparse._SubParsersAction) -> None:
     from mnistlab.cli import commands as cmd
 
@@ -226,6 +271,12 @@ def _reproduce_parser(commands: argparse._SubParsersAction) -> None:
     repro.add_argument("--seed", type=int, default=0)
     repro.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_NAMES)}")
     repro.add_argument("--only", help="comma-separated subset of softmax,mlp,cnn,sgd (default: all four)")
+    repro.add_argument("--seeds", type=int, metavar="N",
+                       help="run each experiment with N seeds (--seed, --seed+1, ...) as a sweep on Ray and report "
+                            "mean ± std beside the tutorial's number (needs pip install 'mnistlab[scale]')")
+    repro.add_argument("--address", metavar="HOST:PORT", help="with --seeds: the Ray cluster (default: embedded)")
+    repro.add_argument("--cpus-per-trial", type=float, default=1.0,
+                       help="with --seeds: Ray CPUs (and torch threads) per run (default 1)")
     _add_registry_flag(repro)
     repro.set_defaults(handler=cmd.reproduce)
 
@@ -271,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="mnistlab", description="MNIST done properly: data, models, training, evaluation.")
     parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
-    for add in (_data_parsers, _train_parser, _evaluate_parser, _predict_parsers, _export_parser, _reproduce_parser,
-                _runs_parsers):
+    for add in (_data_parsers, _train_parser, _sweep_parser, _evaluate_parser, _predict_parsers, _export_parser,
+                _reproduce_parser, _runs_parsers):
         add(commands)
     return parser

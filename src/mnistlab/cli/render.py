@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from mnistlab.export import ExportResult
     from mnistlab.models import ModelSummary
     from mnistlab.registry import RunRecord
-    from mnistlab.reproduce import ExperimentResult, ReproduceResult
+    from mnistlab.reproduce import ExperimentResult, ReproduceResult, SeedsResult, SeedsRow
+    from mnistlab.sweep import SweepPlan, SweepResult
 
 
 class _Console(Console):
@@ -243,6 +244,78 @@ def reproduce_table(out: Console, result: ReproduceResult, run_ids: Sequence[int
     out.print(f"report: {esc(result.report)}")
     if run_ids:
         out.print("registry: runs " + ", ".join(str(i) for i in run_ids))
+
+
+def _seeds_cells(row: SeedsRow) -> list[str]:
+    from mnistlab.sweep import accuracy_cell
+
+    z = "n/a" if row.standard_errors is None else f"{row.standard_errors:+.1f}"
+    diff = "-" if row.difference_points is None else f"{row.difference_points:+.2f}"
+    return [row.name + ("" if row.evaluated_on == "test set" else "*"), str(len(row.accuracies)),
+            accuracy_cell(row.mean, row.std), f"{100 * row.seed_accuracy:.2f}%", diff, z]
+
+
+def reproduce_seeds_row(out: Console, row: SeedsRow) -> None:
+    """One experiment's line as its seeds complete."""
+    cells = _seeds_cells(row)
+    out.print(f"[bold]{esc(row.name)}[/bold]: {esc(cells[2])} over {cells[1]} seed(s) on the {row.evaluated_on} "
+              f"(tutorial {cells[3]}, {cells[4]} pt, {cells[5]} standard errors)")
+    for line in row.failed:
+        out.print(f"[red]{esc(row.name)} {esc(line)}[/red]")
+
+
+def reproduce_seeds_table(out: Console, result: SeedsResult) -> None:
+    """The tutorial's table over seeds: mean ± std, the tutorial's number, the difference in standard errors."""
+    table(out, ["experiment", "seeds", "accuracy (mean ± std)", "tutorial", "diff pt", "diff in SE"],
+          [_seeds_cells(row) for row in result.rows],
+          title="The Keras tutorial's table over seeds" + (" (--quick)" if result.quick else ""),
+          caption="SE: standard error of the mean (std / sqrt(seeds)); sgd*: on the held-out 25% of train")
+    out.print(f"time: {result.wall_seconds:.1f} s (Ray start-up {result.ray_start_seconds:.1f} s)")
+    out.print(f"results: {esc(result.results)}")
+
+
+# ------------------------------------------------------------------------------------------------ sweep
+def sweep_start(out: Console, plan: SweepPlan, *, address: str | None) -> None:
+    """The plan, before Ray starts."""
+    configs = len({trial.label for trial in plan.trials})
+    res = plan.resources
+    out.print(f"sweep of {esc(plan.model)}: {len(plan.trials)} trials ({configs} configuration(s) x "
+              f"{len(plan.seeds)} seed(s)) on {esc(address or 'an embedded Ray')}, {res.cpus_per_trial:g} CPU "
+              f"({res.threads} thread(s))" + (f" and {res.gpus_per_trial:g} GPU" if res.gpus_per_trial else "")
+              + f" per trial; folder {esc(plan.out_dir)}")
+
+
+def sweep_trial(out: Console, trial: Mapping[str, Any]) -> None:
+    """One trial's line as it finishes."""
+    from mnistlab.cli import flag_text
+
+    if trial["state"] == "completed":
+        what = f"test accuracy {trial['test_accuracy']:.4f} in {trial.get('train_seconds') or 0:.1f} s"
+    else:
+        what = f"[red]{esc(trial['state'])}[/red]: {esc(flag_text(str(trial.get('error'))))}"
+    retried = f" ({trial['attempts']} attempts)" if (trial.get("attempts") or 0) > 1 else ""
+    out.print(f"trial {trial['index']} ({esc(trial['label'] or 'recipe')}, seed {trial['seed']}): {what}{retried}")
+
+
+def sweep_table(out: Console, result: SweepResult) -> None:
+    """The sweep's table: mean ± std of test accuracy per configuration over its seeds, best first."""
+    from mnistlab.cli import flag_text
+    from mnistlab.sweep import accuracy_cell
+
+    rows = [[row.label, f"{row.completed}/{row.trials}", accuracy_cell(row.mean_accuracy, row.std_accuracy),
+             fmt(row.mean_train_seconds, ".1f"), "; ".join(row.retried), flag_text("; ".join(row.errors))]
+            for row in result.table]
+    table(out, ["configuration", "runs", "test accuracy (mean ± std)", "train s", "retried", "failed"], rows,
+          title=f"sweep: {len(result.trials)} trials, best first",
+          caption="std: sample standard deviation over seeds, in points")
+    out.print(f"time: {result.wall_seconds:.1f} s (Ray start-up {result.ray_start_seconds:.1f} s)")
+    for note in result.notes:
+        out.print(f"[yellow]{esc(note)}[/yellow]")
+    out.print(f"sweep: {esc(result.out_dir / 'sweep.json')}")
+    if result.html is not None:
+        out.print(f"report: {esc(result.html)}")
+    if result.comparison_html is not None:
+        out.print(f"comparison: {esc(result.comparison_html)}")
 
 
 # ---------------------------------------------------------------------------------------------- registry
