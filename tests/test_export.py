@@ -413,3 +413,66 @@ def test_backend_onnx_cache_is_reused_and_rebuilt(runs, tmp_path: Path) -> None:
     save_file(tensors, str(run_dir / "model.safetensors"), metadata={"format": "pt"})
     rebuilt = cached_onnx(run_dir)
     assert read_metadata(rebuilt)["weights_sha256"] == file_sha256(run_dir / "model.safetensors")
+
+
+# ------------------------------------------------------------------------- the onnx backend, custom models
+def tiny_linear(num_classes: int = 10):
+    """A registered custom network small enough to train on the tiny dataset in a moment."""
+    from torch import nn
+
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.Tanh(), nn.Linear(16, num_classes))
+
+
+@pytest.fixture(scope="module")
+def custom_run(tmp_path_factory: pytest.TempPathFactory, tiny_data_dir_shared: Path) -> Path:
+    """A run of a model registered in this process with mnistlab.register_model, trained through the API."""
+    import mnistlab
+
+    mnistlab.register_model("tiny_linear_onnx", replace=True, epochs=1, batch_size=64)(tiny_linear)
+    run_dir = tmp_path_factory.mktemp("custom-onnx") / "run"
+    # fp32: the export is the fp32 function, so it matches the run's own scoring to rounding (bf16 would not)
+    mnistlab.train("tiny_linear_onnx", data_dir=tiny_data_dir_shared, device="cpu", precision="fp32",
+                   run_dir=run_dir, progress="none", registry=False)
+    return run_dir
+
+
+def test_onnx_backend_of_a_registered_custom_model_exports_in_this_process(custom_run: Path, mnist) -> None:
+    """Run.predict(backend="onnx") on a custom model: the export (which a child process could not build, it lacks
+    the registration) is made here, and onnxruntime gives torch's answers."""
+    import mnistlab
+    from mnistlab.export import read_metadata
+
+    shutil.rmtree(custom_run / "export", ignore_errors=True)
+    images = mnist.test.images[:64]
+    run = mnistlab.load(custom_run)
+    onnx_answers = run.predict(images, backend="onnx")
+    torch_answers = mnistlab.load(custom_run).predict(images)
+    assert read_metadata(custom_run / "export" / "model.onnx")["model"] == "tiny_linear_onnx"
+    assert [a.label for a in onnx_answers] == [a.label for a in torch_answers]
+    onnx_probs = np.array([a.probabilities for a in onnx_answers])
+    torch_probs = np.array([a.probabilities for a in torch_answers])
+    assert float(np.max(np.abs(onnx_probs - torch_probs))) <= 1e-5
+    assert run._onnx is not None and run._onnx.info()["backend"] == "onnx"
+
+
+def test_onnx_backend_of_a_custom_model_without_its_registration_says_how_to_export(custom_run: Path,
+                                                                                    tmp_path: Path) -> None:
+    """`mnistlab predict RUN --backend onnx` in a fresh process (no registration there): one line naming the fix,
+    exit 2; once exported from the registering Python, the same command answers without torch."""
+    from mnistlab.imaging import encode_png
+
+    shutil.rmtree(custom_run / "export", ignore_errors=True)
+    digit = np.zeros((28, 28), dtype=np.uint8)
+    digit[6:22, 12:16] = 255
+    image = tmp_path / "one.png"
+    image.write_bytes(encode_png(digit))
+    command = [sys.executable, "-m", "mnistlab", "predict", str(custom_run), str(image), "--backend", "onnx"]
+    done = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=300, check=False)
+    assert_one_line_error(done.returncode, done.stderr, "tiny_linear_onnx", "register_model", ".export()",
+                          str(custom_run / "export" / "model.onnx"))
+    import mnistlab
+
+    mnistlab.load(custom_run).export(card=False)  # what the message says to do, from this (registering) Python
+    done = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "%" in done.stdout

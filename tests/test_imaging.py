@@ -382,3 +382,123 @@ def _tiff(image: Image.Image) -> bytes:
 def test_odd_images_and_arrays_are_user_errors(payload, message: str) -> None:
     with pytest.raises(MnistlabError, match=message):
         prepare_image(payload)
+
+
+# ----------------------------------------------------------------- numpy morphology against scipy.ndimage
+def _random_masks(seed: int, count: int) -> list[np.ndarray]:
+    """Random masks of odd sizes and densities, some as blobs (smoothed noise) so components are large."""
+    rng = np.random.default_rng(seed)
+    masks = []
+    for i in range(count):
+        height, width = (int(v) for v in rng.integers(1, 70, size=2))
+        noise = rng.random((height, width))
+        if i % 2 and min(height, width) > 3:
+            noise = ndimage.uniform_filter(noise, 3)
+        masks.append(noise < rng.uniform(0.05, 0.95))
+    return masks
+
+
+def test_numpy_labelling_erosion_and_hole_filling_equal_scipy_ndimage() -> None:
+    """scipy.ndimage is the oracle: labels (numbered in scipy's order), 4- and 8-connected; erosion by the cross
+    (once and repeated); binary_fill_holes; on 300 random masks, exactly."""
+    from mnistlab.imaging import _erode, _fill_holes, _label
+
+    for mask in _random_masks(0, 300):
+        for diagonal, structure in ((False, None), (True, np.ones((3, 3), dtype=bool))):
+            expected, expected_count = ndimage.label(mask, structure=structure)
+            labels, count = _label(mask, diagonal=diagonal)
+            assert count == expected_count
+            assert np.array_equal(labels, expected)
+        assert np.array_equal(_erode(mask), ndimage.binary_erosion(mask))
+        assert np.array_equal(_erode(mask, iterations=3), ndimage.binary_erosion(mask, iterations=3))
+        assert np.array_equal(_fill_holes(mask), ndimage.binary_fill_holes(mask))
+
+
+def test_numpy_blur_and_disk_dilation_equal_scipy_ndimage() -> None:
+    """gaussian_filter(sigma=1, mode reflect) on uint8 and float images, and grey_dilation by a disk footprint."""
+    from mnistlab.imaging import _dilate_disk, _smooth
+
+    rng = np.random.default_rng(1)
+    for _ in range(60):
+        height, width = (int(v) for v in rng.integers(5, 90, size=2))
+        gray = (rng.random((height, width)) * 255).astype(np.uint8)
+        expected = ndimage.gaussian_filter(gray.astype(np.float32), 1.0)
+        assert float(np.max(np.abs(_smooth(gray) - expected))) <= 1e-4
+        soft = rng.random((height, width)).astype(np.float32) * 255
+        assert float(np.max(np.abs(_smooth(soft) - ndimage.gaussian_filter(soft, 1.0)))) <= 1e-4
+        radius = int(rng.integers(1, 6))
+        values = np.pad(rng.random((height, width)).astype(np.float32) * (rng.random((height, width)) < 0.1),
+                        radius)
+        yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+        disk = yy * yy + xx * xx <= radius * radius
+        assert np.array_equal(_dilate_disk(values, radius), ndimage.grey_dilation(values, footprint=disk))
+
+
+def _scipy_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Swap the numpy primitives back to scipy.ndimage, without the plain-border short cut or the ink crop."""
+    import mnistlab.imaging as imaging
+
+    def label(mask: np.ndarray, *, diagonal: bool) -> tuple[np.ndarray, int]:
+        labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool) if diagonal else None)
+        return labels, int(count)
+
+    def dilate(values: np.ndarray, radius: int) -> np.ndarray:
+        yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+        return ndimage.grey_dilation(values, footprint=yy * yy + xx * xx <= radius * radius)
+
+    monkeypatch.setattr(imaging, "_label", label)
+    monkeypatch.setattr(imaging, "_erode", lambda mask, iterations=1: ndimage.binary_erosion(mask,
+                                                                                            iterations=iterations))
+    monkeypatch.setattr(imaging, "_fill_holes", ndimage.binary_fill_holes)
+    monkeypatch.setattr(imaging, "_smooth", lambda gray: ndimage.gaussian_filter(gray.astype(np.float32), 1.0))
+    monkeypatch.setattr(imaging, "_dilate_disk", dilate)
+    monkeypatch.setattr(imaging, "_plain_light_border", lambda gray: False)
+    full_ink_map = imaging.ink_map
+    monkeypatch.setattr(imaging, "ink_map", lambda gray, *, invert="auto", name="image", crop=False:
+                        full_ink_map(gray, invert=invert, name=name, crop=False))  # the whole frame, uncropped
+
+
+def test_prepared_digits_equal_the_scipy_pipeline_on_drawings_scans_and_photos(monkeypatch, mnist) -> None:
+    """The 28x28 of canvas drawings (both polarities, thin and thick pens), scans, phone photos and pages on a
+    desk is the same, pixel for pixel, as with scipy.ndimage's operations and no short cuts."""
+    from tests.imagekit import photo_of
+
+    images = []
+    for digit in (0, 1, 3, 7):
+        for width in (3, 12, 25):
+            # the page's canvas (opaque RGBA, dark ink on white) and white ink on black
+            for ink, paper, mode in (((17, 17, 17, 255), (255, 255, 255, 255), "RGBA"), (255, 0, "L")):
+                images.append(encode(render_strokes(digit_strokes(digit), canvas=(280, 280), box=(40, 40, 200),
+                                                    width=width, ink=ink, paper=paper, mode=mode)))
+    for i in range(6):
+        images.append(encode(mnist_on_paper(mnist.test.images[i])))
+        images.append(photo_of(mnist.test.images[i], seed=i))
+    for i, spec in enumerate(photo_specs(12, seed=3)):
+        images.append(page_photo(mnist.test.images[i], spec))
+    fast = [prepare_image(data) for data in images]
+    with monkeypatch.context() as patch:
+        _scipy_pipeline(patch)
+        slow = [prepare_image(data) for data in images]
+    for index, (a, b) in enumerate(zip(fast, slow, strict=True)):
+        assert a.inverted == b.inverted, index
+        assert np.array_equal(a.pixels, b.pixels), index
+
+
+def test_drawings_and_scans_are_prepared_without_importing_scipy() -> None:
+    """scipy costs half a second to import: a canvas drawing (either polarity) and a scan never load it."""
+    code = textwrap.dedent("""
+        import sys
+        from tests.imagekit import digit_strokes, encode, render_strokes
+        from mnistlab.imaging import prepare_image
+        for ink, paper in ((0, 255), (255, 0)):
+            img = render_strokes(digit_strokes(3), canvas=(280, 280), box=(40, 40, 200), width=20, ink=ink,
+                                 paper=paper)
+            prepare_image(encode(img))
+        assert "scipy" not in sys.modules, sorted(m for m in sys.modules if m.startswith("scipy"))
+        print("ok")
+    """)
+    root = Path(__file__).resolve().parents[1]
+    env_path = f"{root / 'src'}:{root}"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
+                          env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"}, cwd=root)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # torch and the heavier modules load only when a Run needs th
     from mnistlab.data import Dataset
     from mnistlab.export import ExportFormat, ExportResult, Quantize
     from mnistlab.models import ModelSummary
-    from mnistlab.predict import Prediction, Predictor
+    from mnistlab.predict import AnyPredictor, Prediction, Predictor
     from mnistlab.registry import Registry, RunRecord
     from mnistlab.runs import WeightsChoice
 
@@ -423,6 +423,7 @@ class Run:
         self.weights = weights
         self._model = model
         self._predictors: dict[str, Predictor] = {}
+        self._onnx: AnyPredictor | None = None  # Run.predict(backend="onnx")
 
     def __repr__(self) -> str:
         accuracy = self.metrics.get("test_accuracy")
@@ -565,6 +566,14 @@ class Run:
             self._predictors[device] = Predictor(self.path, device=device, weights=self.weights_used)
         return self._predictors[device]
 
+    def _onnx_predictor(self) -> AnyPredictor:
+        """The run's ONNX export (made here on first use, registered custom models included) in onnxruntime."""
+        if self._onnx is None:
+            from mnistlab.predict import open_predictor
+
+            self._onnx = open_predictor(self.path, backend="onnx")
+        return self._onnx
+
     def export(self, out: str | os.PathLike[str] | None = None, *, format: ExportFormat = "onnx",
                opset: int = 17, quantize: Quantize = "none", card: bool = True) -> ExportResult:
         """Export to ONNX (default ``RUN/export/model.onnx``) with its contract as metadata and MODEL_CARD.md
@@ -576,11 +585,14 @@ class Run:
         return export_run(self.path, out=out, format=format, opset=opset, quantize=quantize, card=card,
                           run_id=self.id, model=model)
 
-    def predict(self, images: Any, *, invert: str = "auto", device: str = "cpu") -> list[Prediction]:
+    def predict(self, images: Any, *, invert: str = "auto", device: str = "cpu",
+                backend: Literal["torch", "onnx"] = "torch") -> list[Prediction]:
         """Read digits: ``images`` is one image or a list of them: file paths, PIL images, image bytes, or
         arrays (a 28x28 uint8 array is used as it is; an (N, 28, 28) array is N images).
 
         Photos and drawings are prepared as MNIST was made (:func:`mnistlab.imaging.prepare_image`).
+        ``backend="onnx"`` scores with onnxruntime on the run's export (``RUN/export/model.onnx``, written on
+        first use).
         """
         import numpy as np
 
@@ -601,6 +613,12 @@ class Run:
         prepared = [prepare_image(item, invert=invert).pixels for item in items]  # type: ignore[arg-type]
         if not prepared:
             return []
+        if backend not in ("torch", "onnx"):
+            raise MnistlabError(f"predict(backend={backend!r}): choose torch or onnx")
+        if backend == "onnx":
+            if device not in ("cpu", "auto"):
+                raise MnistlabError(f"predict(device={device!r}): the onnx backend runs on the CPU")
+            return self._onnx_predictor().predict(np.stack(prepared))
         return self.predictor(device=device).predict(np.stack(prepared))
 
 

@@ -399,8 +399,13 @@ def cached_onnx(run_dir: str | os.PathLike[str], *, timeout_s: float = 600.0) ->
     The export runs in a child process (``python -m mnistlab export``), so the caller never imports torch:
     ``serve --backend onnx RUN`` keeps the small memory of the onnxruntime path. Freshness is the weights'
     SHA-256 recorded in the file's metadata.
+
+    A model registered with :func:`mnistlab.register_model` exists only in the Python that registered it, so a
+    child process cannot build it: when it is registered here (torch is then loaded anyway) the export runs
+    in this process; otherwise one line says to export it from the Python where it is registered.
     """
-    from mnistlab.runs import WEIGHTS_FILE, check_run_dir
+    from mnistlab.config import CLASSICAL_MODELS, CUSTOM_MODELS, MODELS
+    from mnistlab.runs import MODEL_FILE, WEIGHTS_FILE, check_run_dir, read_json
 
     run = check_run_dir(Path(run_dir))
     target = run / EXPORT_DIR / CACHE_FILE
@@ -411,6 +416,20 @@ def cached_onnx(run_dir: str | os.PathLike[str], *, timeout_s: float = 600.0) ->
                 return target
         except MnistlabError:
             pass  # a broken cache is rebuilt below
+    model_name = str(read_json(run / MODEL_FILE).get("name"))
+    if model_name not in MODELS and model_name not in CLASSICAL_MODELS:
+        if model_name not in CUSTOM_MODELS:
+            raise MnistlabError(
+                f"--backend onnx: {run} is the custom model {model_name!r}, which only the Python that registers "
+                f"it can build; there, call mnistlab.register_model for it and `mnistlab.load({str(run)!r})"
+                f".export()`, then pass {target}")
+        try:
+            (run / EXPORT_DIR).mkdir(exist_ok=True)
+        except OSError as exc:
+            raise MnistlabError(f"{run}: cannot write the ONNX cache {target} ({exc.strerror}); "
+                                "export it with Run.export(out=FILE.onnx) and pass FILE.onnx instead") from None
+        export_run(run, out=target, card=False)
+        return target
     command = [sys.executable, "-m", "mnistlab", "export", str(run), "--out", str(target), "--no-card"]
     try:
         (run / EXPORT_DIR).mkdir(exist_ok=True)

@@ -162,7 +162,9 @@ def decode_image(data: bytes, *, name: str = "image", max_bytes: int = MAX_IMAGE
             img.draft(img.mode if img.mode in ("L", "RGB") else "RGB", (WORK_SIDE, WORK_SIDE))
         img.seek(0)
         img.load()
-        ImageOps.exif_transpose(img, in_place=True)  # no copy of a large image when there is nothing to do
+        if img.format != "PNG" or "exif" in img.info or "Raw profile type exif" in img.info:
+            # (a PNG keeps EXIF only in those two places; parsing nothing costs as much as the rest of a canvas)
+            ImageOps.exif_transpose(img, in_place=True)  # no copy of a large image when there is nothing to do
     except Image.DecompressionBombError:
         raise ImageTooLarge(f"{name}: the image's dimensions are far over the {max_pixels:,}-pixel limit; "
                             "resize the image first") from None
@@ -272,10 +274,144 @@ def _border(values: np.ndarray) -> np.ndarray:
                            values[k:-k, :k].ravel(), values[k:-k, -k:].ravel()])
 
 
+# ------------------------------------------------------------------------------------- numpy morphology
+# scipy.ndimage costs 0.4-0.8 s to import (most of it scipy's array-API decorators), more than the whole rest of
+# `mnistlab predict FILE.onnx`. These are the few operations the pipeline needs, in numpy, each the same
+# function as scipy's (tests/test_imaging.py checks them against scipy.ndimage on random images). scipy is
+# still used on the photo path past the page checks (convex hull, distance transform), where it is needed.
+def _label(mask: np.ndarray, *, diagonal: bool) -> tuple[np.ndarray, int]:
+    """Connected components of a 2-D bool mask: (int32 labels 1..count in raster order of first pixel, count).
+
+    ``diagonal`` True is 8-connectivity, False 4-connectivity (``scipy.ndimage.label``'s default structure).
+    Works on runs of set pixels per row: runs in adjacent rows that touch are joined by a vectorised
+    union-find (hook each root to the smallest root it touches, then compress paths), so the Python-level
+    work is a few numpy passes over the runs, not a loop over pixels.
+    """
+    height, width = mask.shape
+    padded = np.zeros((height, width + 2), dtype=np.int8)
+    padded[:, 1:-1] = mask
+    steps = np.diff(padded, axis=1)
+    rows, starts = np.nonzero(steps == 1)   # row-major order: runs sorted by (row, start)
+    _, ends = np.nonzero(steps == -1)       # exclusive ends, paired with the starts in the same order
+    count = int(rows.size)
+    labels = np.zeros(height * width, dtype=np.int32)
+    if count == 0:
+        return labels.reshape(height, width), 0
+    stride = width + 2
+    gap = 1 if diagonal else 0
+    start_keys, end_keys = rows * stride + starts, rows * stride + ends
+    # Runs of the next row touching run a: end_b + gap > start_a and start_b < end_a + gap, a contiguous range.
+    below = (rows + 1) * stride
+    first = np.searchsorted(end_keys, below + starts - gap, side="right")
+    last = np.searchsorted(start_keys, below + ends + gap, side="left")
+    counts = np.maximum(last - first, 0)
+    total = int(counts.sum())
+    parent = np.arange(count)
+    if total:
+        offsets = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+        upper = np.repeat(np.arange(count), counts)
+        lower = np.repeat(first, counts) + offsets
+        while True:
+            root_u, root_l = parent[upper], parent[lower]
+            differ = root_u != root_l
+            if not differ.any():
+                break
+            root_u, root_l = root_u[differ], root_l[differ]
+            np.minimum.at(parent, np.maximum(root_u, root_l), np.minimum(root_u, root_l))
+            while True:  # path compression: every run points at its root
+                grand = parent[parent]
+                if np.array_equal(grand, parent):
+                    break
+                parent = grand
+    # A root is its component's first run (parents only ever point to smaller indices), so numbering the roots
+    # in index order numbers the components in raster order of their first pixel, as scipy does.
+    is_root = parent == np.arange(count)
+    run_label = np.cumsum(is_root, dtype=np.int32)[parent]
+    lengths = ends - starts
+    flat_starts = rows * width + starts
+    positions = np.arange(int(lengths.sum())) + np.repeat(flat_starts - (np.cumsum(lengths) - lengths), lengths)
+    labels[positions] = np.repeat(run_label, lengths)
+    return labels.reshape(height, width), int(is_root.sum())
+
+
+def _erode(mask: np.ndarray, *, iterations: int = 1) -> np.ndarray:
+    """Binary erosion by the 3x3 cross, outside the frame counting as unset (``scipy.ndimage.binary_erosion``)."""
+    result = np.asarray(mask, dtype=bool)
+    for _ in range(iterations):
+        eroded = np.zeros_like(result)
+        core = result[1:-1, 1:-1]
+        eroded[1:-1, 1:-1] = (core & result[:-2, 1:-1] & result[2:, 1:-1]
+                              & result[1:-1, :-2] & result[1:-1, 2:])
+        result = eroded
+        if not result.any():
+            break
+    return result
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """The mask with every unset region that does not reach the frame's edge set (``binary_fill_holes``)."""
+    background, count = _label(~mask, diagonal=False)
+    if count == 0:
+        return mask.copy()
+    outside = np.zeros(count + 1, dtype=bool)
+    for edge in (background[0], background[-1], background[:, 0], background[:, -1]):
+        outside[edge] = True
+    outside[0] = True  # label 0 is the mask itself
+    return mask | ~outside[background]
+
+
+def _gaussian_kernel(sigma: float) -> np.ndarray:
+    radius = int(4.0 * sigma + 0.5)  # scipy's default truncate=4.0
+    x = np.arange(-radius, radius + 1)
+    phi = np.exp(-0.5 / (sigma * sigma) * x ** 2)
+    return phi / phi.sum()
+
+
+def _smooth(gray: np.ndarray, *, sigma: float = 1.0) -> np.ndarray:
+    """float32 Gaussian blur, edges mirrored (``scipy.ndimage.gaussian_filter``, mode "reflect").
+
+    Rows then columns, each pass summed in float64 in scipy's order (centre tap, then the symmetric pairs)
+    and stored as float32 in between, so the result matches scipy's to the last bit or two.
+    """
+    weights = _gaussian_kernel(sigma)
+    radius = weights.size // 2
+    values = np.asarray(gray, dtype=np.float32)
+    for axis in (0, 1):
+        n = values.shape[axis]
+        line = np.pad(values.astype(np.float64), [(radius, radius) if a == axis else (0, 0) for a in (0, 1)],
+                      mode="symmetric")
+
+        def take(offset: int, axis: int = axis, line: np.ndarray = line, n: int = n) -> np.ndarray:
+            index = slice(radius + offset, radius + offset + n)
+            return line[index, :] if axis == 0 else line[:, index]
+
+        acc = take(0) * weights[radius]
+        for j in range(1, radius + 1):
+            acc += weights[radius + j] * (take(j) + take(-j))
+        values = acc.astype(np.float32)
+    return values
+
+
+def _dilate_disk(values: np.ndarray, radius: int) -> np.ndarray:
+    """Grey dilation by a disk of ``radius`` px, outside the frame counting as 0 (values must be >= 0)."""
+    height, width = values.shape
+    padded = np.pad(values, radius)
+    result = np.zeros_like(values)
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            if dy * dy + dx * dx <= radius * radius:
+                np.maximum(result, padded[radius + dy:radius + dy + height, radius + dx:radius + dx + width],
+                           out=result)
+    return result
+
+
 def _extreme_levels(gray: np.ndarray) -> tuple[float, float]:
     """The 0.1% and 99.9% gray levels, from a 256-bin histogram (sorting is 10x slower on the hot path)."""
+    from PIL import Image
+
     levels = gray if gray.dtype == np.uint8 else np.clip(np.rint(gray), 0, 255).astype(np.uint8)
-    counts = np.bincount(levels.ravel(), minlength=256)
+    # Pillow's C histogram of the uint8 view: np.bincount first widens every pixel to int64 (4x slower).
+    counts = np.asarray(Image.fromarray(np.ascontiguousarray(levels)).histogram(), dtype=np.int64)
     cumulative = np.cumsum(counts)
     total = int(cumulative[-1])
     darkest = int(np.searchsorted(cumulative, 0.001 * total, side="right"))
@@ -317,26 +453,42 @@ def _otsu(levels: np.ndarray) -> float:
 
 def _thickness(mask: np.ndarray) -> float:
     """2 * area / perimeter of a mask over the longer side of its bounding box (a stroke's width, relative)."""
-    from scipy import ndimage
-
     box = _bounding_box(mask)
     if box is None:
         return 0.0
-    perimeter = int((mask & ~ndimage.binary_erosion(mask)).sum())
+    perimeter = int((mask & ~_erode(mask)).sum())
     return 2.0 * int(mask.sum()) / max(perimeter, 1) / max(box[1] - box[0], box[3] - box[2])
 
 
 def _solidity(mask: np.ndarray) -> float:
     """Area over the area of the convex hull (pixel-corner corrected, so a filled rectangle gives 1)."""
-    from scipy import ndimage
-    from scipy.spatial import ConvexHull, QhullError
+    from scipy.spatial import ConvexHull, QhullError  # only for a light region that passed the page checks
 
-    ys, xs = np.nonzero(mask & ~ndimage.binary_erosion(mask))
+    ys, xs = np.nonzero(mask & ~_erode(mask))
     try:
         hull = ConvexHull(np.column_stack([ys, xs]).astype(np.float64))
     except (QhullError, ValueError):  # all edge pixels on a line: a degenerate sliver, not a page
         return 0.0
     return float(mask.sum()) / (hull.volume + hull.area / 2.0 + 1.0)
+
+
+def _plain_light_border(gray: np.ndarray) -> bool:
+    """True when :func:`find_page` would find the frame's border light without smoothing anything.
+
+    If every pixel within the border's width plus the blur's reach (4 px) of the edge is the image's
+    brightest level (and the image is not uniform), the smoothed border is exactly that level, which is above
+    any Otsu threshold of the image: the border is light, there is no desk around a page. A canvas drawing
+    (dark ink on white) or a clean scan ends here, skipping the blur and the labelling.
+    """
+    height, width = gray.shape
+    band = max(1, round(0.02 * min(height, width))) + 4
+    if 2 * band >= min(height, width):
+        return False
+    top = gray.max()
+    if gray.min() == top:
+        return False
+    return bool((gray[:band] == top).all() and (gray[-band:] == top).all()
+                and (gray[band:-band, :band] == top).all() and (gray[band:-band, -band:] == top).all())
 
 
 def find_page(gray: np.ndarray) -> Page | None:
@@ -346,31 +498,33 @@ def find_page(gray: np.ndarray) -> Page | None:
     the frame's border then IS the digit's background) or when the light region is not a page: a light
     digit on a dark background is made of thin strokes, a page is a thick, sharp-edged region enclosing ink.
     """
-    from scipy import ndimage
-
     height, width = gray.shape
     if min(height, width) < 16:
         return None
-    smooth = ndimage.gaussian_filter(gray.astype(np.float32), 1.0)
+    if _plain_light_border(gray):
+        return None  # the frame's border is the background: what the page's canvas and most scans give
+    smooth = _smooth(gray)
     threshold = _otsu(smooth)
     light = smooth > threshold
     if _border(light).mean() > 1.0 - PAGE_BORDER_SHARE:
         return None
-    labels, count = ndimage.label(light)
+    labels, count = _label(light, diagonal=False)
     if count == 0:
         return None
     sizes = np.bincount(labels.ravel())[1:]
     component = labels == (int(np.argmax(sizes)) + 1)
-    page = ndimage.binary_fill_holes(component)
     area = int(component.sum())
     if area < 0.02 * height * width:
         return None
+    thickness = _thickness(component)
+    if thickness < PAGE_THICKNESS:
+        return None  # thin strokes: a light digit on a dark background, not a page (checked before filling)
+    page = _fill_holes(component)
     ink = page & ~light  # the dark pixels the light region encloses (not its light islands)
     if not ink.any():
         return None
-    thickness = _thickness(component)
-    if thickness < PAGE_THICKNESS or thickness - _thickness(ink) < PAGE_MARGIN:
-        return None  # thin strokes: a light digit on a dark background, not a page
+    if thickness - _thickness(ink) < PAGE_MARGIN:
+        return None
     if _solidity(page) < PAGE_SOLIDITY:
         return None
     top, bottom, left, right = _bounding_box(page)  # type: ignore[misc]  # the page is not empty
@@ -378,14 +532,14 @@ def find_page(gray: np.ndarray) -> Page | None:
     contrast = page_level - desk_level
     if contrast < MIN_CONTRAST:
         return None
-    edge = page & ~ndimage.binary_erosion(page)
+    edge = page & ~_erode(page)
     edge[[0, -1], :] = False  # where the page leaves the frame there is no edge to see
     edge[:, [0, -1]] = False
     gy, gx = np.gradient(smooth)
     if not edge.any() or float(np.hypot(gy, gx)[edge].mean()) < PAGE_EDGE * contrast:
         return None  # a smooth shading split by the threshold, not the edge of a sheet
     margin = max(2, round(0.01 * max(bottom - top, right - left)))  # past the blurred edge
-    inner = ndimage.binary_erosion(page, iterations=margin)
+    inner = _erode(page, iterations=margin)
     box = _bounding_box(inner)
     if box is None:
         return None
@@ -404,8 +558,13 @@ def _page_gray(gray: np.ndarray, page: Page) -> np.ndarray:
     return crop[rows, cols]
 
 
-def ink_map(gray: np.ndarray, *, invert: Invert = "auto", name: str = "image") -> tuple[np.ndarray, bool]:
+def ink_map(gray: np.ndarray, *, invert: Invert = "auto", name: str = "image",
+            crop: bool = False) -> tuple[np.ndarray, bool]:
     """Grayscale 0..255 -> (ink in [0, 1] with background 0, same shape, whether it was inverted).
+
+    ``crop=True`` may return only the box around the ink instead (what :func:`drop_specks` and
+    :func:`mnist_layout` give the same answer for, as both only look inside the ink's bounding box); it saves
+    mapping and labelling the empty part of a canvas.
 
     The ink is judged against its own background: when the photo shows a sheet of paper lying on something
     darker (:func:`find_page`), only the page is read, as dark ink on light paper, and everything off the page
@@ -414,14 +573,15 @@ def ink_map(gray: np.ndarray, *, invert: Invert = "auto", name: str = "image") -
     """
     page = find_page(gray) if invert != "no" else None
     if page is None:
-        return _frame_ink_map(gray, invert=invert, name=name)
+        return _frame_ink_map(gray, invert=invert, name=name, crop=crop)
     inside, _ = _frame_ink_map(_page_gray(gray, page), invert="yes", name=name)
     values = np.zeros(gray.shape, dtype=np.float32)
     values[page.rows, page.cols] = np.where(page.inside, inside, 0.0)
     return values, True
 
 
-def _frame_ink_map(gray: np.ndarray, *, invert: Invert = "auto", name: str = "image") -> tuple[np.ndarray, bool]:
+def _frame_ink_map(gray: np.ndarray, *, invert: Invert = "auto", name: str = "image",
+                   crop: bool = False) -> tuple[np.ndarray, bool]:
     """:func:`ink_map` of an image whose border is the digit's background.
 
     The background level is the median of the border. With ``invert="auto"`` the ink is whichever side of the
@@ -454,7 +614,18 @@ def _frame_ink_map(gray: np.ndarray, *, invert: Invert = "auto", name: str = "im
         return np.clip((values - floor) / (1.0 - floor), 0.0, 1.0) if floor > 0.0 else values
 
     if gray.dtype == np.uint8:  # the usual case: one table lookup instead of several passes over the image
-        values = to_ink(np.arange(256, dtype=np.float32)).astype(np.float32)[gray]
+        table = to_ink(np.arange(256, dtype=np.float32)).astype(np.float32)
+        if crop:
+            # to_ink is monotone in the level, so the inked levels are one end of 0..255: the ink's box comes
+            # from one comparison, and only that box is looked up.
+            inked = np.flatnonzero(table > 0)
+            if inked.size == 0:
+                return np.zeros((1, 1), dtype=np.float32), inverted
+            box = _bounding_box(gray <= inked[-1] if inverted else gray >= inked[0])
+            if box is None:
+                return np.zeros((1, 1), dtype=np.float32), inverted
+            gray = gray[box[0]:box[1], box[2]:box[3]]
+        values = table[gray]
     else:
         values = to_ink(gray.astype(np.float32, copy=False))
     return values.astype(np.float32, copy=False), inverted
@@ -462,14 +633,19 @@ def _frame_ink_map(gray: np.ndarray, *, invert: Invert = "auto", name: str = "im
 
 def drop_specks(values: np.ndarray) -> np.ndarray:
     """Zero the 8-connected ink components holding less than SPECK_FRACTION of all ink (dust, noise)."""
-    from scipy import ndimage
-
-    labels, count = ndimage.label(values > 0, structure=np.ones((3, 3), dtype=bool))
+    box = _bounding_box(values)
+    if box is None:
+        return values
+    rows, cols = slice(box[0], box[1]), slice(box[2], box[3])  # labelling only the ink's box is the same
+    inked = values[rows, cols]
+    labels, count = _label(inked > 0, diagonal=True)
     if count <= 1:
         return values
-    mass = ndimage.sum_labels(values, labels, index=np.arange(1, count + 1))
+    mass = np.bincount(labels.ravel(), weights=inked.ravel(), minlength=count + 1)[1:]
     keep = np.concatenate([[False], mass >= SPECK_FRACTION * mass.sum()])
-    return np.where(keep[labels], values, 0.0).astype(np.float32, copy=False)
+    result = np.zeros_like(values, dtype=np.float32)
+    result[rows, cols] = np.where(keep[labels], inked, 0.0)
+    return result
 
 
 def _bounding_box(values: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -501,29 +677,22 @@ def _fit(values: np.ndarray, longer_side: int) -> np.ndarray:
 
 def stroke_width(values: np.ndarray) -> float:
     """Estimated stroke width in pixels: 2 * area / perimeter of the ink (exact for long, even strokes)."""
-    from scipy import ndimage
-
     mask = values >= 0.5
     area = int(mask.sum())
     if area == 0:
         return 0.0
-    perimeter = int((mask & ~ndimage.binary_erosion(mask)).sum())
+    perimeter = int((mask & ~_erode(mask)).sum())
     return 2.0 * area / max(perimeter, 1)
 
 
 def _thicken(values: np.ndarray) -> np.ndarray:
     """Dilate strokes much thinner than MNIST's (a fine pen on a big photo would fade to nothing at 20 px)."""
-    from scipy import ndimage
-
     size = max(values.shape)
     width = stroke_width(values)
     if width <= 0 or width >= STROKE_MIN * size:
         return values
     radius = max(1, round((STROKE_TARGET * size - width) / 2))
-    padded = np.pad(values, radius)
-    yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
-    disk = (yy * yy + xx * xx) <= radius * radius
-    return ndimage.grey_dilation(padded, footprint=disk)
+    return _dilate_disk(np.pad(values, radius), radius)
 
 
 def centre_of_mass(pixels: np.ndarray) -> tuple[float, float]:
@@ -638,7 +807,7 @@ def prepare_image(
     except (ValueError, OSError) as exc:  # Pillow cannot convert some modes (LAB, some CMYK/TIFF variants)
         raise UnreadableImage(f"{label}: cannot convert its {img.mode} colour mode to grayscale ({exc}); "
                               "export it as an RGB or grayscale PNG or JPEG") from None
-    values, inverted = ink_map(gray, invert=invert, name=label)
+    values, inverted = ink_map(gray, invert=invert, name=label, crop=True)
     pixels = mnist_layout(drop_specks(values), name=label)
     return PreparedImage(pixels=pixels, inverted=inverted, source_size=img.size)
 
