@@ -377,3 +377,49 @@ def test_evaluate_cli_says_which_weights(early_stopped: mnistlab.Run, capsys, tm
     code, out, err = run_cli(capsys, "evaluate", str(early_stopped.path), "--weights", "last", "--registry", registry)
     assert code == 0, err
     assert "weights: last (epoch" in out and "recorded at training: accuracy" in out and "(matches)" in out
+
+
+def test_predict_export_and_onnx_follow_the_weights_choice(early_stopped: mnistlab.Run, capsys, tmp_path: Path,
+                                                           tiny_data_dir_shared: Path) -> None:
+    from PIL import Image
+
+    from mnistlab.export import read_metadata
+    from mnistlab.predict import open_predictor
+    from tests.clitools import run_cli
+
+    path = early_stopped.path
+    test = mnistlab.datasets.load(data_dir=tiny_data_dir_shared).test
+    image = tmp_path / "digit.png"
+    Image.fromarray(test.images[0]).save(image)
+    registry = str(tmp_path / "r.db")
+    code, out, err = run_cli(capsys, "predict", str(path), str(image), "--json", "--backend", "torch",
+                             "--registry", registry)
+    assert code == 0, err
+    assert json.loads(out)["weights"] == "best"
+    code, out, err = run_cli(capsys, "predict", str(path), str(image), "--json", "--backend", "torch",
+                             "--weights", "last", "--registry", registry)
+    assert code == 0, err
+    assert json.loads(out)["weights"] == "last"
+    code, out, err = run_cli(capsys, "predict", str(path), str(image), "--backend", "torch", "--registry", registry)
+    assert code == 0 and "using the run's best weights" in err
+    # The ONNX export of each choice holds those weights: its logits are those weights' fp32 forward.
+    best_onnx = open_predictor(path, backend="onnx")
+    last_onnx = open_predictor(path, backend="onnx", weights="last")
+    assert best_onnx.path.name == "model-best.onnx" and last_onnx.path.name == "model.onnx"
+    assert read_metadata(best_onnx.path)["weights_used"].startswith("best (epoch ")
+    assert read_metadata(last_onnx.path)["weights_sha256"] == runs_sha(path / "model.safetensors")
+    assert read_metadata(best_onnx.path)["weights_sha256"] == runs_sha(path / "best.safetensors")
+    for file, onnx in (("best.safetensors", best_onnx), ("model.safetensors", last_onnx)):
+        model = mnistlab.models.build("mlp")
+        model.load_state_dict(load_file(str(path / file)))
+        with torch.no_grad():
+            expected = model(torch.from_numpy(test.images).float().div(255).unsqueeze(1)).numpy()
+        assert np.abs(onnx.logits(test.images) - expected).max() <= 1e-4
+    with pytest.raises(MnistlabError, match="weights fixed"):
+        open_predictor(best_onnx.path, weights="last")
+
+
+def runs_sha(file: Path) -> str:
+    from mnistlab.runs import file_sha256
+
+    return file_sha256(file)

@@ -571,7 +571,7 @@ class Run:
         if self._onnx is None:
             from mnistlab.predict import open_predictor
 
-            self._onnx = open_predictor(self.path, backend="onnx")
+            self._onnx = open_predictor(self.path, backend="onnx", weights=self.weights_used)
         return self._onnx
 
     def export(self, out: str | os.PathLike[str] | None = None, *, format: ExportFormat = "onnx",
@@ -583,7 +583,7 @@ class Run:
 
         model = self._model if self.is_network else None
         return export_run(self.path, out=out, format=format, opset=opset, quantize=quantize, card=card,
-                          run_id=self.id, model=model)
+                          run_id=self.id, model=model, weights=self.weights_used)
 
     def predict(self, images: Any, *, invert: str = "auto", device: str = "cpu",
                 backend: Literal["torch", "onnx"] = "torch") -> list[Prediction]:

@@ -113,6 +113,7 @@ def export_run(
     card: bool = True,
     run_id: int | None = None,
     model: nn.Module | None = None,
+    weights: str = "auto",
 ) -> ExportResult:
     """Export the run in ``run_dir`` to ONNX at ``out`` (default ``RUN/export/model.onnx``), atomically.
 
@@ -121,8 +122,9 @@ def export_run(
     onnxruntime scores a seeded batch and is compared with the reference scorer. ``quantize="int8"``: dynamic
     int8 quantization of the weights by onnxruntime's own tool. ``card``: also write MODEL_CARD.md beside it.
     ``model``: an already loaded module (the API passes it, so registered custom models need no lookup).
+    ``weights``: the run's best or last weights (``auto``: best where it kept them); the metadata says which.
     """
-    from mnistlab.runs import WEIGHTS_FILE, read_run, write_bytes_atomic
+    from mnistlab.runs import read_run, write_bytes_atomic
 
     if format not in FORMATS:
         raise MnistlabError(f"--format {format!r}: choose from {', '.join(FORMATS)}")
@@ -131,8 +133,8 @@ def export_run(
     check_opset(opset)
     require("onnx")
     require("onnxruntime")
-    run = read_run(run_dir)
-    default_name = "model.int8.onnx" if quantize == "int8" else CACHE_FILE
+    run = read_run(run_dir, weights=weights)  # type: ignore[arg-type]  # checked there
+    default_name = "model.int8.onnx" if quantize == "int8" else cache_name(run.weights_used)
     if out is None:
         (run.path / EXPORT_DIR).mkdir(exist_ok=True)
     target = check_out_path(out if out is not None else run.path / EXPORT_DIR / default_name)
@@ -146,7 +148,7 @@ def export_run(
     else:
         graph, reference = _network_onnx(run, opset=opset, model=model)
     metadata = export_metadata(run, run_id=run_id, opset=opset, quantize=quantize,
-                               weights_sha256=file_sha256(run.path / WEIGHTS_FILE))
+                               weights_sha256=file_sha256(run.weights))
     data = _with_metadata(graph, metadata)
     if quantize == "int8":
         data = _with_metadata(_quantize_int8(data), metadata)
@@ -171,7 +173,7 @@ def _network_onnx(run: RunFiles, *, opset: int, model: nn.Module | None) -> tupl
     from mnistlab.models import load_trained_model
 
     if model is None:
-        model = load_trained_model(run.path, device="cpu")[0]
+        model = load_trained_model(run.path, device="cpu", weights=run.weights_used)[0]
     # A copy in fp32, on the CPU, in the default memory layout: the exported graph must not depend on how the
     # run is scored here (channels-last, bf16 autocast), only on its weights. bf16-trained runs keep fp32
     # master weights, so this is the exact function the optimizer produced.
@@ -242,7 +244,12 @@ def export_metadata(run: RunFiles, *, run_id: int | None, opset: int, quantize: 
 
     metrics = run.metrics or {}
     names = [str(n) for n in run.model.get("class_names") or range(10)]
-    accuracy = metrics.get("test_accuracy")
+    accuracy = metrics.get("test_accuracy")  # scored at training: the last epoch's weights
+    if run.weights_used == "best":
+        from mnistlab.analysis import cached_evaluation
+
+        cached = cached_evaluation(run.path, "test", weights="best")  # the best weights' own, when evaluated
+        accuracy = cached.get("accuracy") if cached else None
     return {
         "mnistlab.format": FORMAT_TAG,
         "mnistlab.version": __version__,
@@ -265,6 +272,8 @@ def export_metadata(run: RunFiles, *, run_id: int | None, opset: int, quantize: 
         "run_id": "" if run_id is None else str(run_id),
         "run_path": str(run.path.resolve()),
         "weights_sha256": weights_sha256,
+        "weights_used": run.weights_used
+                        + (f" (epoch {run.best.get('epoch')} by {run.best.get('monitor')})" if run.best else ""),
         "test_accuracy": "" if not isinstance(accuracy, int | float) else repr(float(accuracy)),
         "test_count": str(metrics.get("test_count", "")),
         "trained_precision": str(run.model.get("precision", "fp32")),
@@ -393,8 +402,14 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     return load_onnx(path, threads=1)[1]
 
 
-def cached_onnx(run_dir: str | os.PathLike[str], *, timeout_s: float = 600.0) -> Path:
-    """``RUN/export/model.onnx``, exported now if missing or older than the run's weights.
+def cache_name(weights_used: str) -> str:
+    """The export's default file name for the run's last (``model.onnx``) or best (``model-best.onnx``) weights."""
+    return CACHE_FILE if weights_used == "last" else "model-best.onnx"
+
+
+def cached_onnx(run_dir: str | os.PathLike[str], *, timeout_s: float = 600.0, weights: str = "auto") -> Path:
+    """``RUN/export/model.onnx`` (``model-best.onnx`` for best weights: ``weights`` auto, best or last), exported
+    now if missing or older than those weights.
 
     The export runs in a child process (``python -m mnistlab export``), so the caller never imports torch:
     ``serve --backend onnx RUN`` keeps the small memory of the onnxruntime path. Freshness is the weights'
@@ -405,14 +420,15 @@ def cached_onnx(run_dir: str | os.PathLike[str], *, timeout_s: float = 600.0) ->
     in this process; otherwise one line says to export it from the Python where it is registered.
     """
     from mnistlab.config import CLASSICAL_MODELS, CUSTOM_MODELS, MODELS
-    from mnistlab.runs import MODEL_FILE, WEIGHTS_FILE, check_run_dir, read_json
+    from mnistlab.runs import MODEL_FILE, read_json, read_run
 
-    run = check_run_dir(Path(run_dir))
-    target = run / EXPORT_DIR / CACHE_FILE
-    weights = run / WEIGHTS_FILE
-    if target.is_file() and weights.is_file():
+    files = read_run(run_dir, weights=weights)  # type: ignore[arg-type]  # checked there
+    run = files.path
+    target = run / EXPORT_DIR / cache_name(files.weights_used)
+    chosen = files.weights
+    if target.is_file() and chosen.is_file():
         try:
-            if read_metadata(target).get("weights_sha256") == file_sha256(weights):
+            if read_metadata(target).get("weights_sha256") == file_sha256(chosen):
                 return target
         except MnistlabError:
             pass  # a broken cache is rebuilt below
@@ -428,9 +444,10 @@ def cached_onnx(run_dir: str | os.PathLike[str], *, timeout_s: float = 600.0) ->
         except OSError as exc:
             raise MnistlabError(f"{run}: cannot write the ONNX cache {target} ({exc.strerror}); "
                                 "export it with Run.export(out=FILE.onnx) and pass FILE.onnx instead") from None
-        export_run(run, out=target, card=False)
+        export_run(run, out=target, card=False, weights=files.weights_used)
         return target
-    command = [sys.executable, "-m", "mnistlab", "export", str(run), "--out", str(target), "--no-card"]
+    command = [sys.executable, "-m", "mnistlab", "export", str(run), "--out", str(target), "--no-card",
+               "--weights", files.weights_used]
     try:
         (run / EXPORT_DIR).mkdir(exist_ok=True)
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)

@@ -110,6 +110,7 @@ class Predictor:
             "device": str(self.device),
             "precision": self.precision,
             "backend": "torch",
+            "weights": self.run.weights_used,
         }
 
 
@@ -188,6 +189,7 @@ class OnnxPredictor:
             "device": "cpu (onnxruntime)",
             "precision": self.precision,
             "backend": "onnx",
+            "weights": meta.get("weights_used", "last"),
             "file": str(self.path),
         }
 
@@ -211,9 +213,10 @@ def is_onnx_path(source: str | os.PathLike[str]) -> bool:
 
 
 def open_predictor(source: str | os.PathLike[str], *, backend: Backend = "auto", device: str = "cpu",
-                   threads: int | None = None) -> AnyPredictor:
+                   threads: int | None = None, weights: str = "auto") -> AnyPredictor:
     """The predictor for ``source``: a ``.onnx`` file (onnxruntime) or a run directory (torch, or with
-    ``backend="onnx"`` its export, made on first use in a child process and cached in ``RUN/export/``).
+    ``backend="onnx"`` its export, made on first use in a child process and cached in ``RUN/export/``), with the
+    run's ``weights`` (auto: best where it kept them, else last; best; last).
 
     The onnx paths never import torch in this process.
     """
@@ -223,14 +226,17 @@ def open_predictor(source: str | os.PathLike[str], *, backend: Backend = "auto",
         if backend == "torch":
             raise MnistlabError(f"{source}: an ONNX file runs on --backend onnx (or auto), not torch; "
                                 "pass the run directory for torch")
+        if weights != "auto":
+            raise MnistlabError(f"--weights {weights}: {source} is an exported file with its weights fixed; "
+                                "pass the run directory to choose")
         return OnnxPredictor(source, threads=threads)
     if backend == "onnx":
         if device not in ("cpu", "auto"):
             raise MnistlabError(f"--device {device}: the onnx backend runs on the CPU; use --backend torch")
         from mnistlab.export import cached_onnx
 
-        return OnnxPredictor(cached_onnx(source), threads=threads)
-    return Predictor(source, device=device)
+        return OnnxPredictor(cached_onnx(source, weights=weights), threads=threads)
+    return Predictor(source, device=device, weights=weights)
 
 
 def format_percent(p: float) -> str:

@@ -664,19 +664,21 @@ def check_port(host: str, port: int) -> None:
 
 def serve(*, run_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
           access_log: bool = True, threads: int | None = 1, backend: str = "auto", token: str | None = None,
-          limits: ServeLimits | None = None) -> None:
+          limits: ServeLimits | None = None, weights: str = "auto") -> None:
     """Load ``run_dir`` (a run, or a ``.onnx`` file) and serve the page and API with uvicorn until Ctrl-C.
 
     ``threads`` caps the engine's intra-op threads: one image is too small to split, and on a small machine
     the HTTP loop needs the other cores. ``backend``: see :func:`mnistlab.predict.open_predictor` (the onnx
-    backend never imports torch). ``token`` makes ``/api/*`` require ``Authorization: Bearer <token>``.
+    backend never imports torch; ``weights``: the run's best, last or auto). ``token`` makes ``/api/*``
+    require ``Authorization: Bearer <token>``.
     """
     import uvicorn
 
     limits = limits or ServeLimits()
     token = check_token(token)
     check_port(host, port)
-    predictor = open_predictor(run_dir, backend=backend, device=device, threads=threads)  # type: ignore[arg-type]
+    predictor = open_predictor(run_dir, backend=backend, device=device, threads=threads,  # type: ignore[arg-type]
+                               weights=weights)
     if threads is not None and isinstance(predictor, Predictor):
         import torch
 
@@ -688,7 +690,9 @@ def serve(*, run_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int
     shown_host = f"[{host}]" if ":" in host else host
     # The token goes in the URL's fragment: the browser keeps it (the page reads it) and never sends it.
     page = f"http://{shown_host}:{port}/" + (f"#token={token}" if token else "")
-    print(f"mnistlab: serving {Path(run_dir)} on {page}  (API docs: /docs; Ctrl-C stops)", flush=True)
+    used = predictor.info().get("weights", "last")
+    which = "" if used == "last" else f" with its {used} weights"
+    print(f"mnistlab: serving {Path(run_dir)}{which} on {page}  (API docs: /docs; Ctrl-C stops)", flush=True)
     # http= the bounded protocol explicitly: with httptools installed, "auto" would pick a protocol without the
     # header timeout. backlog: connections the kernel queues before accept; more are refused by it.
     uvicorn.run(app, host=host, port=port, log_level="info" if access_log else "warning",

@@ -428,7 +428,7 @@ def predict(args: argparse.Namespace) -> int:
             failed[path] = str(exc)
     if len(paths) == 1 and failed:
         raise MnistlabError(failed[paths[0]])
-    predictor = open_predictor(run_dir, backend=args.backend, device=args.device)
+    predictor = open_predictor(run_dir, backend=args.backend, device=args.device, weights=args.weights)
     if args.top > predictor.num_classes:
         raise MnistlabError(f"--top must be at most {predictor.num_classes} (the model's classes), got {args.top}")
     good = list(prepared)
@@ -443,8 +443,12 @@ def predict(args: argparse.Namespace) -> int:
                      "inverted": prepared[path].inverted, "input_png": str(outs[path]) if path in outs else None}
                     if path in predictions else {"image": str(path), "error": failed[path]}) for path in paths]
         print(json_text({"run": str(run_dir), "model": info["model"], "dataset": info["dataset"],
-                         "test_accuracy": info["test_accuracy"], "results": results, "failed": len(failed)}))
+                         "test_accuracy": info["test_accuracy"], "weights": info["weights"], "results": results,
+                         "failed": len(failed)}))
     else:
+        if predictor.info()["weights"] != "last":  # said once, on stderr: stdout stays one line per image
+            print(f"mnistlab: using the run's best weights ({predictor.info()['weights']}); --weights last for "
+                  "the last epoch's", file=sys.stderr)
         width = max(len(str(path)) for path in paths)
         for path in paths:
             if path not in predictions:
@@ -467,7 +471,8 @@ def serve(args: argparse.Namespace) -> int:
 
     run_dir = model_source(args)
     run_server(run_dir=run_dir, host=args.host, port=args.port, device=args.device, access_log=not args.quiet,
-               backend=args.backend, token=args.token or os.environ.get("MNISTLAB_TOKEN") or None)
+               backend=args.backend, token=args.token or os.environ.get("MNISTLAB_TOKEN") or None,
+               weights=args.weights)
     return 0
 
 
@@ -501,7 +506,7 @@ def export(args: argparse.Namespace) -> int:
     """``mnistlab export RUN``: the run as an ONNX file with its contract as metadata, and a model card."""
     from mnistlab import api
 
-    run = api.load(args.run_dir, registry=args.registry)
+    run = api.load(args.run_dir, registry=args.registry, weights=args.weights)
     if run.id is None:  # given by its path: the file still names its registry id, when it has one
         run.id = _registered_id(run.path, args.registry)
     result = run.export(format=args.format, out=args.out, opset=args.opset, quantize=args.quantize,

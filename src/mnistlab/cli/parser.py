@@ -227,6 +227,7 @@ def _export_parser(commands: argparse._SubParsersAction) -> None:
                         help="int8: dynamic int8 quantization by onnxruntime (smaller; slightly different "
                              "logits)")
     export.add_argument("--no-card", action="store_true", help="do not write MODEL_CARD.md beside the file")
+    _add_weights_flag(export)
     _add_registry_flag(export)
     export.set_defaults(handler=cmd.export)
 
@@ -246,6 +247,7 @@ def _predict_parsers(commands: argparse._SubParsersAction) -> None:
                               "no: the image is already light ink on dark")
     predict.add_argument("--device", default="cpu", help=f"one of {', '.join(DEVICE_NAMES)} (default cpu)")
     predict.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help=_BACKEND_HELP)
+    _add_weights_flag(predict)
     _add_registry_flag(predict)
     predict.set_defaults(handler=cmd.predict)
 
@@ -258,6 +260,7 @@ def _predict_parsers(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--token", help="require `Authorization: Bearer TOKEN` on /api/* (the page takes it "
                        "from the URL printed at start); default: $MNISTLAB_TOKEN, else none")
     serve.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help=_BACKEND_HELP)
+    _add_weights_flag(serve)
     _add_registry_flag(serve)
     serve.set_defaults(handler=cmd.serve)
 
