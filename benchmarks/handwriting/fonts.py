@@ -36,6 +36,7 @@ class FontJitter:
     shear: tuple[float, float] = (-0.35, 0.35)  # horizontal shear (slant)
     rotation_deg: tuple[float, float] = (-12.0, 12.0)
     photo_share: float = 0.25                   # fraction rendered as dark-on-light photos
+    noise_sigma: tuple[float, float] = (0.0, 0.8)  # a photo's sensor noise, gray levels (noise is costly to store)
 
 
 FONT_JITTER = FontJitter()
@@ -137,7 +138,7 @@ def render(digit: int, *, font_path: Path, rng: np.random.Generator, jitter: Fon
         blurred = np.asarray(Image.fromarray(np.rint(field * 255).astype(np.uint8)).filter(
             ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 1.0)))), dtype=np.float64) / 255.0
         levels = (paper + gradient) * (1.0 - blurred) + ink_level * blurred
-        noise_sigma = float(rng.uniform(0.5, 2.5))
+        noise_sigma = float(rng.uniform(*jitter.noise_sigma))
         levels += rng.normal(0.0, noise_sigma, size=levels.shape)
         pixels = np.clip(np.rint(levels), 0, 255).astype(np.uint8)
         params |= {"paper": round(paper, 2), "ink": round(ink_level, 2), "light": round(light, 2),
