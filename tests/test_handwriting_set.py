@@ -155,3 +155,21 @@ def test_no_prepared_image_is_an_mnist_image(parts, mnist) -> None:
             pixels = prepare_image(encode_png(image)).pixels
             assert pixels.shape == (28, 28) and pixels.dtype == np.uint8
             assert hashlib.sha256(pixels.tobytes()).digest() not in known, f"{part} image {index} is in MNIST"
+
+
+def test_benchmark_paired_gain_matches_the_per_image_differences() -> None:
+    """The benchmark's paired standard error is the standard error of the per-image differences (numpy)."""
+    import handwriting_accuracy as bench
+
+    rng = np.random.default_rng(3)
+    a = rng.random(500) < 0.8
+    o = np.where(rng.random(500) < 0.15, ~a, a)  # the second run disagrees on about 15% of the images
+    as_text = lambda v: "".join("1" if x else "0" for x in v)  # noqa: E731
+    mask = np.ones(500, dtype=bool)
+    mask[:50] = False
+    got = bench.paired({"correct": as_text(a)}, {"correct": as_text(o)}, mask)
+    diff = o[mask].astype(float) - a[mask].astype(float)
+    assert got["n"] == 450
+    assert got["difference"] == pytest.approx(diff.mean(), abs=1e-12)
+    assert got["stderr"] == pytest.approx(diff.std() / np.sqrt(diff.size), rel=1e-9)
+    assert bench.rate(a)["stderr"] == pytest.approx(np.sqrt(a.mean() * (1 - a.mean()) / a.size))
