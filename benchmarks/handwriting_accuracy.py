@@ -141,6 +141,7 @@ def comparisons(results: list[dict[str, Any]], data: dict[str, Any]) -> list[dic
                      (r["model"], r["epochs"], r["seed"]) == (other["model"], other["epochs"], other["seed"])), None)
         if base is not None:
             out.append({"model": other["model"], "epochs": other["epochs"], "augment": other["augment"],
+                        "seed": other["seed"],
                         **{name: paired(base, other, mask) for name, mask in masks.items()}})
     return out
 
@@ -176,27 +177,37 @@ def markdown(results: list[dict[str, Any]], gains: list[dict[str, Any]], info: d
              "selection.", "",
              "| run | MNIST test | drawn | fonts | fonts ink | fonts photo | all |", "|---|---|---|---|---|---|---|"]
     for r in results:
-        label = f"{r['model']} ({r['epochs']} ep) --augment {r['augment']}"
+        label = f"{r['model']} ({r['epochs']} ep) --augment {r['augment']} seed {r['seed']}"
         mnist = f"{100 * r['mnist_test_accuracy']:.2f}" if r["mnist_test_accuracy"] is not None else "-"
         lines.append(f"| {label} | {mnist} | " + " | ".join(percent(r[k]) for k in
                      ("drawn", "fonts", "fonts_ink", "fonts_photo", "all")) + " |")
+    settings = {(r["model"], r["epochs"], r["augment"]): [] for r in results}
+    for r in results:
+        settings[(r["model"], r["epochs"], r["augment"])].append(r["all"]["accuracy"])
+    if any(len(v) > 1 for v in settings.values()):
+        lines += ["", "Over training seeds (all parts): the spread between seeds is often larger than the set's "
+                  "standard error, so compare settings over seeds:", "",
+                  "| setting | seeds | mean % | min % | max % |", "|---|---|---|---|---|"]
+        for (model, epochs, augment), values in settings.items():
+            lines.append(f"| {model} ({epochs} ep) --augment {augment} | {len(values)} | "
+                         f"{100 * float(np.mean(values)):.1f} | {100 * min(values):.1f} | {100 * max(values):.1f} |")
     if gains:
         lines += ["", "Gain from augmentation over the same model without it, percentage points ± paired standard "
                   "error (same images; SE from the images the two runs disagree on):", "",
                   "| run | drawn | fonts | all |", "|---|---|---|---|"]
         for g in gains:
-            lines.append(f"| {g['model']} ({g['epochs']} ep) --augment {g['augment']} | " + " | ".join(
+            lines.append(f"| {g['model']} ({g['epochs']} ep) --augment {g['augment']} seed {g['seed']} | " + " | ".join(
                 f"{100 * g[k]['difference']:+.1f} ± {100 * g[k]['stderr']:.1f}" for k in ("drawn", "fonts", "all"))
                 + " |")
     lines += ["", "Per digit (all parts), accuracy %:", "",
               "| run | " + " | ".join(str(d) for d in range(10)) + " |", "|---|" + "---|" * 10]
     for r in results:
-        lines.append(f"| {r['model']} --augment {r['augment']} | " +
+        lines.append(f"| {r['model']} --augment {r['augment']} seed {r['seed']} | " +
                      " | ".join(f"{100 * r['per_digit'][str(d)]['accuracy']:.0f}" for d in range(10)) + " |")
     lines += ["", "Most common confusions (true → predicted: count):", ""]
     for r in results:
         pairs = ", ".join(f"{c['true']}→{c['predicted']}: {c['count']}" for c in r["confusions"])
-        lines.append(f"- {r['model']} --augment {r['augment']}: {pairs}")
+        lines.append(f"- {r['model']} --augment {r['augment']} seed {r['seed']}: {pairs}")
     lines += ["", f"Machine: {info['cpu']}, {info['cores']} cores, load average at start "
               f"{' '.join(info.get('loadavg_at_start', []))}; torch {info['torch']}; {info['date']}.",
               f"Command: `{info['command']}`", ""]
