@@ -2,7 +2,7 @@
 
     python benchmarks/handwriting_accuracy.py RUN [RUN ...]
     python benchmarks/handwriting_accuracy.py --train fast --train fast:light --train fast:strong \\
-        --train cnn --train cnn:light --epochs 3 [--threads 1] [--keep DIR]
+        --train cnn --train cnn:light --epochs 3 [--seeds 0 1] [--threads 1] [--keep DIR]
 
 Each image goes the way a user's does: the stored raw image (the page's canvas, a font render) is encoded as
 a PNG, prepared by ``mnistlab.imaging.prepare_image`` (what ``mnistlab predict``, the server and ``Run.predict``
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from _common import RESULTS_DIR, isolate_registry, machine
+from _common import RESULTS_DIR, ROOT, isolate_registry, machine
 from handwriting.make_set import DATA_DIR, FILES, MANIFEST, SUMS, read_part, sha256_file
 
 TOP_CONFUSIONS = 8
@@ -146,21 +146,23 @@ def comparisons(results: list[dict[str, Any]], data: dict[str, Any]) -> list[dic
     return out
 
 
-def train_runs(specs: list[str], *, epochs: int | None, threads: int | None, folder: Path) -> list[Path]:
-    """Train each ``MODEL[:AUGMENT]`` with its recipe (``--epochs`` applies to cnn), one at a time."""
+def train_runs(specs: list[str], *, epochs: int | None, threads: int | None, seeds: list[int], folder: Path
+               ) -> list[Path]:
+    """Train each ``MODEL[:AUGMENT]`` for each seed with its recipe (``--epochs`` applies to cnn), one at a time."""
     import mnistlab
 
     runs = []
-    for spec in specs:
-        model, _, augment = spec.partition(":")
-        augment = augment or "none"
-        out = folder / f"{model}-{augment}"
-        print(f"training {model} --augment {augment} -> {out}", file=sys.stderr)
-        started = time.perf_counter()
-        mnistlab.train(model, epochs=epochs if model != "fast" else None, augment=augment, threads=threads,
-                       device="cpu", run_dir=out, progress="none")
-        print(f"  {time.perf_counter() - started:.0f} s", file=sys.stderr)
-        runs.append(out)
+    for seed in seeds:
+        for spec in specs:
+            model, _, augment = spec.partition(":")
+            augment = augment or "none"
+            out = folder / f"{model}-{augment}-seed{seed}"
+            print(f"training {model} --augment {augment} --seed {seed} -> {out}", file=sys.stderr)
+            started = time.perf_counter()
+            mnistlab.train(model, epochs=epochs if model != "fast" else None, augment=augment, threads=threads,
+                           seed=seed, device="cpu", run_dir=out, progress="none")
+            print(f"  {time.perf_counter() - started:.0f} s", file=sys.stderr)
+            runs.append(out)
     return runs
 
 
@@ -169,10 +171,12 @@ def percent(figure: dict[str, float]) -> str:
 
 
 def markdown(results: list[dict[str, Any]], gains: list[dict[str, Any]], info: dict[str, Any], refused: int,
-             total: int) -> str:
+             total: int, *, where: Path = DATA_DIR) -> str:
     """The report: accuracy table, per-digit table, confusions, machine and command."""
+    inside = where.resolve().is_relative_to(ROOT)
+    shown = where.resolve().relative_to(ROOT) if inside else where
     lines = ["# Accuracy on real handwriting (not MNIST)", "",
-             f"Set: benchmarks/handwriting/data ({total} images; {refused} refused by preparation, counted wrong). "
+             f"Set: {shown} ({total} images; {refused} refused by preparation, counted wrong). "
              "Figures: accuracy % ± standard error sqrt(p(1-p)/n). Evaluation only: never used for training or "
              "selection.", "",
              "| run | MNIST test | drawn | fonts | fonts ink | fonts photo | all |", "|---|---|---|---|---|---|---|"]
@@ -221,6 +225,7 @@ def main() -> None:
                         help="train this first with its recipe (fast, cnn; augment none|light|strong); repeatable")
     parser.add_argument("--epochs", type=int, default=None, help="epochs for trained cnn runs (default: recipe's)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for training")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="train each --train run for these seeds")
     parser.add_argument("--keep", type=Path, default=None, help="train into this folder (default: a temporary one)")
     parser.add_argument("--data", type=Path, default=DATA_DIR)
     parser.add_argument("--name", default="handwriting", help="results file stem (benchmarks/results/NAME.*)")
@@ -233,7 +238,8 @@ def main() -> None:
     prepared, refused = prepare_all(data["pngs"])
     with tempfile.TemporaryDirectory(prefix="handwriting-runs-") as tmp:
         folder = args.keep or Path(tmp)
-        runs = [*args.runs, *train_runs(args.train, epochs=args.epochs, threads=args.threads, folder=folder)]
+        runs = [*args.runs, *train_runs(args.train, epochs=args.epochs, threads=args.threads, seeds=args.seeds,
+                                            folder=folder)]
         results = [score(run, data, prepared, refused) for run in runs]
     gains = comparisons(results, data)
     payload = {"machine": info, "set": {"images": len(data["labels"]), "refused": int(refused.sum()),
@@ -243,7 +249,7 @@ def main() -> None:
     from mnistlab.runs import write_json_atomic, write_text_atomic
 
     write_json_atomic(RESULTS_DIR / f"{args.name}.json", payload)
-    text = markdown(results, gains, info, int(refused.sum()), len(data["labels"]))
+    text = markdown(results, gains, info, int(refused.sum()), len(data["labels"]), where=args.data)
     write_text_atomic(RESULTS_DIR / f"{args.name}.md", text)
     print(text)
 
