@@ -497,11 +497,71 @@ def run_sweep(plan: SweepPlan, *, address: str | None = None, on_trial: Callable
     owned = connect_ray(ray, address)
     ray_start = time.perf_counter() - started
     try:
-        return _drive(ray, plan, address=address, ray_start=ray_start, on_trial=on_trial, compare=compare,
-                      started=started)
+        check_fits(ray, plan.resources)
+        with _stop_signals_as_ctrl_c():
+            return _drive(ray, plan, address=address, ray_start=ray_start, on_trial=on_trial, compare=compare,
+                          started=started)
     finally:
         if owned:
             ray.shutdown()
+
+
+class _StopSignal(KeyboardInterrupt):
+    """SIGTERM or SIGHUP to the sweep's driver; ``signum`` says which (the CLI exits 128 + it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_signals_as_ctrl_c() -> Any:
+    """SIGTERM (``timeout``, a scheduler) and SIGHUP (a closed terminal) stop the sweep the way Ctrl-C does:
+    trials cancelled, sweep.json marked ``interrupted``. Without this the driver died with sweep.json still
+    ``running`` and its trials ``pending`` for ever (Ray's own SIGTERM handler only exits). Outside the main
+    thread (no signals there) it does nothing."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    received: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        received.append(signum)
+        raise _StopSignal(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        # Ray's C++ waits check for signals and turn whatever the handler raised into a plain KeyboardInterrupt;
+        # the signal's number (the exit code) comes from what the handler saw.
+        if received and not isinstance(exc, _StopSignal):
+            raise _StopSignal(received[0]) from None
+        raise
+    finally:
+        for signum, handler in previous.items():  # Ray's own (ray.init installs one for SIGTERM), or the default
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
+def check_fits(ray: Any, resources: Resources) -> None:
+    """Refuse (one line) a trial that no live node of the cluster can hold: Ray keeps such a task pending for
+    ever ("infeasible") and the sweep would wait without end. (A cluster's autoscaler could add a bigger node
+    later; a sweep asks for what its nodes have now.)"""
+    nodes = [node.get("Resources") or {} for node in ray.nodes() if node.get("Alive")]
+    most_cpus = max((float(node.get("CPU", 0.0)) for node in nodes), default=0.0)
+    most_gpus = max((float(node.get("GPU", 0.0)) for node in nodes), default=0.0)
+    if resources.cpus_per_trial > most_cpus:
+        raise MnistlabError(f"`cpus_per_trial` {resources.cpus_per_trial:g}: no node of the Ray cluster has that many "
+                            f"CPUs (the largest has {most_cpus:g}), so no trial could ever start; use "
+                            f"`cpus_per_trial` <= {most_cpus:g}")
+    if resources.gpus_per_trial > most_gpus:
+        raise MnistlabError(f"`gpus_per_trial` {resources.gpus_per_trial:g}: no node of the Ray cluster has that many "
+                            f"GPUs (the largest has {most_gpus:g}), so no trial could ever start; use "
+                            f"`gpus_per_trial` <= {most_gpus:g}" + ("" if most_gpus else " (leave it out)"))
 
 
 def connect_ray(ray: Any, address: str | None) -> bool:
@@ -604,6 +664,11 @@ def _outcome(ray: Any, ref: Any, *, retries: int) -> dict[str, Any]:
         cause = exc.cause if getattr(exc, "cause", None) is not None else exc
         first = str(cause).splitlines()[0] if str(cause) else ""
         return {"state": "failed", "error": f"bug: {type(cause).__name__}: {first}", "traceback": str(exc)}
+    except ray.exceptions.RayError as exc:
+        # Anything else Ray reports for one task (OutOfMemoryError from its memory monitor, ObjectLostError, ...)
+        # fails that trial alone; raised, it ended the whole sweep with a traceback and sweep.json left `running`.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return {"state": "failed", "error": f"Ray gave up on it: {type(exc).__name__}: {first}"}
 
 
 def _compare(plan: SweepPlan, trials: Sequence[Mapping[str, Any]], table: Sequence[ConfigRow],
