@@ -121,6 +121,16 @@ def test_bad_flags_are_one_line(capsys, tmp_path, args, fragments) -> None:
     assert not out.exists()
 
 
+def test_an_address_where_nothing_listens_is_one_line(tmp_path, tiny) -> None:
+    # ray.init kept retrying such an address for minutes (the subprocess timeout then failed this test).
+    out = tmp_path / "sweep"
+    port = _free_port()  # nothing listens on it
+    proc = _sweep("mlp", "--epochs", "1", "--data-dir", str(tiny), "--out", str(out), "--address",
+                  f"127.0.0.1:{port}", "--registry", str(tmp_path / "registry.sqlite"))
+    assert_one_line_error(proc.returncode, proc.stderr, "--address", f"127.0.0.1:{port}", "ray start --head")
+    assert not (out / "sweep.json").exists()
+
+
 def test_missing_ray_names_the_extra(tmp_path) -> None:
     out = tmp_path / "sweep"
     code = ("import sys; sys.modules['ray'] = None\n"  # what an environment without the extra sees: ImportError
