@@ -27,7 +27,7 @@ import platform
 import re
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -515,7 +515,7 @@ class _StopSignal(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def _stop_signals_as_ctrl_c() -> Any:
+def _stop_signals_as_ctrl_c() -> Iterator[None]:
     """SIGTERM (``timeout``, a scheduler) and SIGHUP (a closed terminal) stop the sweep the way Ctrl-C does:
     trials cancelled, sweep.json marked ``interrupted``. Without this the driver died with sweep.json still
     ``running`` and its trials ``pending`` for ever (Ray's own SIGTERM handler only exits). Outside the main
