@@ -13,6 +13,7 @@ import pytest
 from mnistlab import corruptions as C
 from mnistlab.errors import MnistlabError
 from tests.clitools import assert_one_line_error, run_cli
+from tests.conftest import make_digits
 
 ROWS, COLS = np.meshgrid(np.arange(28.0), np.arange(28.0), indexing="ij")
 
@@ -309,6 +310,30 @@ def test_canny_edges_outline_a_square() -> None:
     assert not edge[12:16, 12:16].any() and not edge[:5, :5].any()
     # and a blank image has no edges at all
     assert C.corrupt(np.zeros((2, 28, 28), np.uint8), name="canny_edges").max() == 0
+
+
+def test_canny_edges_of_an_image_do_not_depend_on_its_neighbours_in_the_batch() -> None:
+    # A deterministic corruption of one image is a function of that image alone: the batch's edge maps are the
+    # ones of each image corrupted by itself (a 3-D Sobel over the stack mixed neighbouring images' gradients).
+    images, _ = make_digits(24, seed=5)
+    batch = C.corrupt(images, name="canny_edges")
+    alone = np.concatenate([C.corrupt(images[i:i + 1], name="canny_edges") for i in range(len(images))])
+    np.testing.assert_array_equal(batch, alone)
+
+
+@pytest.mark.parametrize(("contrast", "edges"), [(0.8, True), (0.06, False)])
+def test_canny_thresholds_apply_to_the_2d_sobel_magnitude(contrast: float, edges: bool) -> None:
+    # The oracle: scipy's 2-D Sobel of the blurred 2-D image (what skimage's canny thresholds at 0.1 / 0.2).
+    from scipy import ndimage
+
+    square = np.zeros((28, 28), np.float64)
+    square[9:19, 9:19] = contrast
+    smooth = ndimage.gaussian_filter(square, sigma=C.CANNY_SIGMA, mode="constant")
+    peak = np.hypot(ndimage.sobel(smooth, axis=0, mode="constant"), ndimage.sobel(smooth, axis=1, mode="constant"))
+    assert bool(peak.max() >= C.CANNY_HIGH) is edges  # the case is what its name says
+    assert peak.max() > C.CANNY_HIGH / 2                # and a doubled magnitude would pass the high threshold
+    found = C.canny(square[None].astype(np.float32))[0]
+    assert bool(found.any()) is edges
 
 
 # ------------------------------------------------------------------------------------------ the report

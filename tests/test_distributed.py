@@ -173,6 +173,20 @@ def test_strip_nproc() -> None:
     assert strip_nproc(["train", "--nproc=3", "mlp"]) == ["train", "mlp"]
 
 
+@pytest.mark.parametrize("flag", ["--n", "--np", "--npr", "--npro", "--nproc"])
+def test_strip_nproc_removes_what_argparse_takes_for_nproc(flag: str) -> None:
+    # The oracle is the CLI's own parser: whatever it reads as --nproc (argparse accepts unambiguous
+    # abbreviations) must not reach the ranks, or each rank refuses to start as "already one rank".
+    from mnistlab.cli.parser import build_parser
+
+    parser = build_parser()
+    for argv in (["train", "mlp", flag, "2", "--epochs", "1"], ["train", "mlp", f"{flag}=2", "--epochs", "1"]):
+        assert parser.parse_args(argv).nproc == 2
+        stripped = parser.parse_args(strip_nproc(argv))
+        assert stripped.nproc is None and (stripped.model, stripped.epochs) == ("mlp", 1)
+    assert strip_nproc(["train", "mlp", "--nope=1", "--out", "n"]) == ["train", "mlp", "--nope=1", "--out", "n"]
+
+
 @pytest.fixture(scope="module")
 def ddp_run(world: dict[str, Path]) -> tuple[Path, subprocess.CompletedProcess[str]]:
     """One epoch on 2 ranks launched by torchrun (read-only use: copy it to change it)."""

@@ -336,8 +336,13 @@ def canny(x: np.ndarray, *, sigma: float = CANNY_SIGMA, low: float = CANNY_LOW, 
     from scipy import ndimage
 
     smooth = _gaussian(x, sigma)
-    gy = ndimage.sobel(smooth, axis=1, mode="constant")
-    gx = ndimage.sobel(smooth, axis=2, mode="constant")
+    # The 2-D Sobel of each image (skimage's canny, whose 0.1/0.2 thresholds these are): derivative along one
+    # image axis, [1, 2, 1] along the other. ndimage.sobel on the (N, 28, 28) stack would also smooth across
+    # the batch axis, mixing each image's gradient with its neighbours' (and doubling a lone image's).
+    gy = ndimage.correlate1d(ndimage.correlate1d(smooth, [-1.0, 0.0, 1.0], axis=1, mode="constant"),
+                             [1.0, 2.0, 1.0], axis=2, mode="constant")
+    gx = ndimage.correlate1d(ndimage.correlate1d(smooth, [-1.0, 0.0, 1.0], axis=2, mode="constant"),
+                             [1.0, 2.0, 1.0], axis=1, mode="constant")
     magnitude = np.hypot(gx, gy)
     # Non-maximum suppression: keep a pixel only if it is the largest of its two neighbours along the gradient
     # (its direction rounded to 0, 45, 90 or 135 degrees).

@@ -206,16 +206,23 @@ def barrier(ctx: Context) -> None:
 
 
 # --------------------------------------------------------------------------------------------- launching
+def _is_nproc_flag(name: str) -> bool:
+    """``--nproc`` or an abbreviation of it that argparse accepts (``--npr``; ``train`` has no other ``--n...``
+    flag, so argparse maps every such prefix to ``--nproc``)."""
+    return len(name) > 2 and "--nproc".startswith(name)
+
+
 def strip_nproc(argv: Sequence[str]) -> list[str]:
-    """``argv`` without its ``--nproc N`` / ``--nproc=N``: what each rank runs."""
+    """``argv`` without its ``--nproc N`` / ``--nproc=N`` (or an abbreviation argparse took for it, such as
+    ``--npr 2``): what each rank runs. A rank that kept it would refuse to start ("already one rank")."""
     out: list[str] = []
     skip = False
     for arg in argv:
         if skip:
             skip = False
-        elif arg == "--nproc":
+        elif _is_nproc_flag(arg):
             skip = True
-        elif not arg.startswith("--nproc="):
+        elif not (arg.startswith("--n") and "=" in arg and _is_nproc_flag(arg.split("=", 1)[0])):
             out.append(arg)
     return out
 

@@ -27,7 +27,7 @@ import platform
 import re
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -497,11 +497,71 @@ def run_sweep(plan: SweepPlan, *, address: str | None = None, on_trial: Callable
     owned = connect_ray(ray, address)
     ray_start = time.perf_counter() - started
     try:
-        return _drive(ray, plan, address=address, ray_start=ray_start, on_trial=on_trial, compare=compare,
-                      started=started)
+        check_fits(ray, plan.resources)
+        with _stop_signals_as_ctrl_c():
+            return _drive(ray, plan, address=address, ray_start=ray_start, on_trial=on_trial, compare=compare,
+                          started=started)
     finally:
         if owned:
             ray.shutdown()
+
+
+class _StopSignal(KeyboardInterrupt):
+    """SIGTERM or SIGHUP to the sweep's driver; ``signum`` says which (the CLI exits 128 + it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_signals_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (``timeout``, a scheduler) and SIGHUP (a closed terminal) stop the sweep the way Ctrl-C does:
+    trials cancelled, sweep.json marked ``interrupted``. Without this the driver died with sweep.json still
+    ``running`` and its trials ``pending`` for ever (Ray's own SIGTERM handler only exits). Outside the main
+    thread (no signals there) it does nothing."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    received: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        received.append(signum)
+        raise _StopSignal(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        # Ray's C++ waits check for signals and turn whatever the handler raised into a plain KeyboardInterrupt;
+        # the signal's number (the exit code) comes from what the handler saw.
+        if received and not isinstance(exc, _StopSignal):
+            raise _StopSignal(received[0]) from None
+        raise
+    finally:
+        for signum, handler in previous.items():  # Ray's own (ray.init installs one for SIGTERM), or the default
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
+def check_fits(ray: Any, resources: Resources) -> None:
+    """Refuse (one line) a trial that no live node of the cluster can hold: Ray keeps such a task pending for
+    ever ("infeasible") and the sweep would wait without end. (A cluster's autoscaler could add a bigger node
+    later; a sweep asks for what its nodes have now.)"""
+    nodes = [node.get("Resources") or {} for node in ray.nodes() if node.get("Alive")]
+    most_cpus = max((float(node.get("CPU", 0.0)) for node in nodes), default=0.0)
+    most_gpus = max((float(node.get("GPU", 0.0)) for node in nodes), default=0.0)
+    if resources.cpus_per_trial > most_cpus:
+        raise MnistlabError(f"`cpus_per_trial` {resources.cpus_per_trial:g}: no node of the Ray cluster has that many "
+                            f"CPUs (the largest has {most_cpus:g}), so no trial could ever start; use "
+                            f"`cpus_per_trial` <= {most_cpus:g}")
+    if resources.gpus_per_trial > most_gpus:
+        raise MnistlabError(f"`gpus_per_trial` {resources.gpus_per_trial:g}: no node of the Ray cluster has that many "
+                            f"GPUs (the largest has {most_gpus:g}), so no trial could ever start; use "
+                            f"`gpus_per_trial` <= {most_gpus:g}" + ("" if most_gpus else " (leave it out)"))
 
 
 def connect_ray(ray: Any, address: str | None) -> bool:
@@ -515,6 +575,7 @@ def connect_ray(ray: Any, address: str | None) -> bool:
         if not re.fullmatch(r"[\w.\-]+:\d{1,5}|auto|ray://[\w.\-]+:\d{1,5}", address):
             raise MnistlabError(f"`address` {address!r}: give HOST:PORT of a running Ray head "
                                 "(`ray start --head --port PORT` prints it)")
+        _probe_address(address)
         try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -528,6 +589,27 @@ def connect_ray(ray: Any, address: str | None) -> bool:
     ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, logging_level=logging.WARNING,
              log_to_driver=False)
     return True
+
+
+# How long the sweep waits for a TCP answer from ``address`` before calling it unreachable.
+PROBE_TIMEOUT_S = 5.0
+
+
+def _probe_address(address: str) -> None:
+    """Refuse (one line) a HOST:PORT where nothing listens. ``ray.init`` would retry its GCS connection for
+    minutes, printing Ray's multi-line C++ warnings, before failing (measured: no answer within 2 minutes)."""
+    import socket
+
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S):
+            pass
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise MnistlabError(f"`address` {address}: nothing answers there ({reason}); start a Ray head with "
+                            "`ray start --head --port PORT`, or leave `address` out for an embedded one") from None
 
 
 def _trial_payload(plan: SweepPlan, trial: Trial) -> dict[str, Any]:
@@ -604,6 +686,11 @@ def _outcome(ray: Any, ref: Any, *, retries: int) -> dict[str, Any]:
         cause = exc.cause if getattr(exc, "cause", None) is not None else exc
         first = str(cause).splitlines()[0] if str(cause) else ""
         return {"state": "failed", "error": f"bug: {type(cause).__name__}: {first}", "traceback": str(exc)}
+    except ray.exceptions.RayError as exc:
+        # Anything else Ray reports for one task (OutOfMemoryError from its memory monitor, ObjectLostError, ...)
+        # fails that trial alone; raised, it ended the whole sweep with a traceback and sweep.json left `running`.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return {"state": "failed", "error": f"Ray gave up on it: {type(exc).__name__}: {first}"}
 
 
 def _compare(plan: SweepPlan, trials: Sequence[Mapping[str, Any]], table: Sequence[ConfigRow],
