@@ -202,11 +202,14 @@ def test_resume_refuses_settings_that_would_change_the_run(lab: Lab, reference: 
     assert done.returncode == 0, done.stderr
     before = fingerprint(out)
     for extra, flag in ((["--batch-size", "32"], "--batch-size"), (["cnn"], "model 'cnn'"),
-                        (["--seed", "3"], "--seed"), (["--lr", "0.01"], "--lr")):
+                        (["--seed", "3"], "--seed"), (["--lr", "0.01"], "--lr"),
+                        (["--augment", "strong"], "--augment")):
         refused = lab.run(["train", "--resume", str(out), *extra])
         assert refused.returncode == 2, refused.stderr
         lines = refused.stderr.strip().splitlines()
         assert len(lines) == 1 and flag in lines[0] and "differs from the run's" in lines[0], lines
+    monitor = lab.run(["train", "--resume", str(out), "--monitor", "val_accuracy"])
+    assert monitor.returncode == 2 and "--monitor" in monitor.stderr, monitor.stderr
     assert fingerprint(out) == before        # nothing was touched
     finished = lab.run(["train", "--resume", str(out)])
     assert finished.returncode == 2 and "already holds 2 of its 2 epochs" in finished.stderr

@@ -772,3 +772,36 @@ def test_plateau_with_early_stopping(tmp_path: Path, tiny_data_dir: Path) -> Non
     assert [row.lr for row in again.history] == lrs
     for name in (runs.WEIGHTS_FILE, runs.BEST_FILE):
         assert (again.run_dir / name).read_bytes() == (alone.run_dir / name).read_bytes()
+
+
+def test_a_fine_tune_killed_in_its_first_epoch_restarts_only_from_the_same_source_weights(
+        tmp_path: Path, tiny_data_dir: Path) -> None:
+    """What a kill -9 in the first epoch leaves (config.json recording the source's SHA-256, no checkpoint) is
+    rebuilt from a snapshot; after the source run changes, the restart is refused instead of silently starting
+    from other weights."""
+    import shutil
+
+    from mnistlab.training import resume
+
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    source = fit(tiny_config(epochs=1), run_dir=tmp_path / "source", dataset=dataset)
+    snapshot = tmp_path / "snapshot"
+
+    class KillInEpoch1(InterruptAt):
+        def on_step(self, *, step, steps, running):  # type: ignore[no-untyped-def]
+            if (self.epoch, step) == self.target:
+                shutil.copytree(tmp_path / "tuned", snapshot)
+                raise KeyboardInterrupt
+
+    tuned = dataclasses.replace(tiny_config(epochs=2), init_from=str(source.run_dir))
+    with pytest.raises(TrainingInterrupted):
+        fit(tuned, run_dir=tmp_path / "tuned", dataset=dataset, observer=KillInEpoch1(1, 2))
+    shutil.rmtree(tmp_path / "tuned", ignore_errors=True)
+    shutil.copytree(snapshot, tmp_path / "tuned")
+    (tmp_path / "tuned" / runs.OWNER_FILE).unlink(missing_ok=True)   # its process is gone
+    recorded = json.loads((tmp_path / "tuned" / runs.CONFIG_FILE).read_text())["init_weights"]
+    assert recorded["sha256"] == runs.file_sha256(source.run_dir / runs.WEIGHTS_FILE)
+    shutil.rmtree(source.run_dir)
+    fit(tiny_config(epochs=1, seed=9), run_dir=source.run_dir, dataset=dataset)      # other weights, same path
+    with pytest.raises(MnistlabError, match="weights changed since this run started"):
+        resume(tmp_path / "tuned", dataset=dataset)

@@ -474,7 +474,7 @@ def evaluate_corruptions(run_dir: str | os.PathLike[str], *, seed: int = 0, devi
 
 
 def _evaluate(run_dir: str | os.PathLike[str], *, seed: int, device: str, batch_size: int | None,
-              dataset: Any, weights: str = "auto") -> tuple[RobustnessReport, np.ndarray]:
+              dataset: Any, weights: str = "auto") -> tuple[RobustnessReport, list[tuple[str, np.ndarray]]]:
     from mnistlab.analysis import _load_split, _same_data, weights_sha256
     from mnistlab.config import EVAL_BATCH_SIZE
     from mnistlab.data import split_sha256
@@ -495,24 +495,34 @@ def _evaluate(run_dir: str | os.PathLike[str], *, seed: int, device: str, batch_
 
     clean = accuracy(images)
     rows = []
+    # The strip shows the scored images themselves: corrupting a slice again would draw other noise (the
+    # random corruptions share one stream over the batch).
+    shown = [("clean", images[:SAMPLE_COUNT])]
     for corruption in CORRUPTIONS:
-        acc = accuracy(corrupt(images, name=corruption, seed=seed))
+        corrupted = corrupt(images, name=corruption, seed=seed)
+        shown.append((corruption.value, corrupted[:SAMPLE_COUNT]))
+        acc = accuracy(corrupted)
         ratio = None if clean == 1.0 else (1.0 - acc) / (1.0 - clean)
         rows.append(CorruptionScore(name=corruption.value, accuracy=acc, error=1.0 - acc, error_ratio=ratio))
     report = RobustnessReport(run_dir=str(run.path), model=str(run.model.get("name")), dataset=dataset.name,
                               count=len(labels), seed=int(seed), clean_accuracy=clean, scores=tuple(rows),
                               weights_sha256=weights_sha256(run.weights), data_sha256=digest,
                               same_data=_same_data(run, digest, source), seconds=time.perf_counter() - started)
-    return report, images
+    return report, shown
 
 
-def plot_samples(images: np.ndarray, path: str | os.PathLike[str], *, seed: int = 0, title: str = "") -> Path:
-    """A strip per corruption (rows) of the same few test digits (columns), clean first; written atomically."""
+def plot_samples(images: np.ndarray | list[tuple[str, np.ndarray]], path: str | os.PathLike[str], *, seed: int = 0,
+                 title: str = "") -> Path:
+    """A strip per corruption (rows) of the same few test digits (columns), clean first; written atomically.
+    ``images``: the clean digits (corrupted here), or the (name, batch) rows already corrupted."""
     from mnistlab.report import _pyplot, save_figure
 
     plt = _pyplot()
-    rows = [("clean", images)] + [(c.value, corrupt(images, name=c, seed=seed)) for c in CORRUPTIONS]
-    cols = max(1, len(images))
+    if isinstance(images, np.ndarray):
+        rows = [("clean", images)] + [(c.value, corrupt(images, name=c, seed=seed)) for c in CORRUPTIONS]
+    else:
+        rows = list(images)
+    cols = max(1, len(rows[0][1]))
     fig, axes = plt.subplots(len(rows), cols, figsize=(0.8 * cols + 1.6, 0.8 * len(rows) + 0.4), squeeze=False)
     for r, (name, batch) in enumerate(rows):
         for c in range(cols):
@@ -548,8 +558,10 @@ def report_html(data: dict[str, Any], *, strip_png: bytes) -> str:
     return h.page(f"robustness: {data['model']}", body)
 
 
-def write_report(report: RobustnessReport, *, images: np.ndarray, out_dir: str | os.PathLike[str]) -> RobustnessReport:
-    """Write corruptions.json, corruptions.png (a sample strip of ``images``) and corruptions.html atomically."""
+def write_report(report: RobustnessReport, *, images: np.ndarray | list[tuple[str, np.ndarray]],
+                 out_dir: str | os.PathLike[str]) -> RobustnessReport:
+    """Write corruptions.json, corruptions.png (a sample strip: ``images``' first digits, or the scored rows
+    :func:`robustness_report` passes) and corruptions.html atomically."""
     from mnistlab.runs import write_json_atomic, write_text_atomic
 
     out = Path(out_dir)
@@ -558,7 +570,8 @@ def write_report(report: RobustnessReport, *, images: np.ndarray, out_dir: str |
     except OSError as exc:
         raise MnistlabError(f"{out}: cannot create the evaluation folder ({exc.strerror})") from None
     data = report.to_dict()
-    png = plot_samples(images[:SAMPLE_COUNT], out / CORRUPTIONS_PNG, seed=report.seed,
+    shown = images[:SAMPLE_COUNT] if isinstance(images, np.ndarray) else images
+    png = plot_samples(shown, out / CORRUPTIONS_PNG, seed=report.seed,
                        title=f"{report.model}: test digits under each corruption")
     files = {"json": write_json_atomic(out / CORRUPTIONS_JSON, data), "png": png,
              "html": write_text_atomic(out / CORRUPTIONS_HTML, report_html(data, strip_png=png.read_bytes()))}

@@ -324,6 +324,12 @@ def resume(
     stored = _stored_config(path)
     config, notes = resume_config(stored, dict(changes or {}))
     device = _prepare_device(config)
+    ddp = distributed.current()
+    recorded = runs.read_json(path / runs.CONFIG_FILE).get("environment", {}).get("distributed") or {}
+    before, now = int(recorded.get("world_size", 1)), ddp.world_size if ddp is not None else 1
+    if before != now:  # the same arithmetic, summed in another order: close, not bit for bit
+        notes.append(f"resuming with {now} process{'es' if now > 1 else ''} (the run trained with {before}): the "
+                     "result will not be bit-identical to the run left alone")
     config, dataset = _with_dataset(config, dataset)
     train_idx, val_idx = _split(config, dataset)
     ddp = distributed.current()
@@ -681,6 +687,12 @@ def _fit_network(config: TrainConfig, *, run_dir: Path, dataset: Dataset, hooks:
         _restore(loop, saved, progress)
     elif config.init_from is not None:
         init = init_weights(loop.model, config.init_from)  # every rank loads the same file
+        recorded = (runs.read_json(run_dir / runs.CONFIG_FILE).get("init_weights")
+                    if (run_dir / runs.CONFIG_FILE).is_file() else None)
+        if isinstance(recorded, dict) and recorded.get("sha256") != init["sha256"]:
+            # A fine-tune killed in its first epoch restarts from its source: only if those are the same weights.
+            raise MnistlabError(f"`init_from` {config.init_from}: its weights changed since this run started from "
+                                "them (SHA-256 differs); train a new run")
     if loop.ddp is not None:
         distributed.barrier(loop.ddp)  # every rank has read the checkpoint before rank 0 writes anything
         if not loop.ddp.primary:

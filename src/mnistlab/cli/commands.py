@@ -119,7 +119,7 @@ def _train_new(args: argparse.Namespace) -> int:
         label_smoothing=args.label_smoothing, augment=args.augment, weight_decay=args.weight_decay,
         options=options or None, run_dir=args.out,
         registry=args.registry, progress=False, callbacks=[progress], early_stop=args.early_stop,
-        monitor=args.monitor, init_from=args.init_from, tensorboard=args.tensorboard,
+        monitor=args.monitor or "val_loss", init_from=args.init_from, tensorboard=args.tensorboard,
     )
     if not _replica():
         render.train_result(console, run)
@@ -137,12 +137,14 @@ def _train_resume(args: argparse.Namespace) -> int:
     """``train --resume RUN``: every flag given besides --epochs/--threads/--device must match the run's."""
     from mnistlab import api
 
-    if args.out is not None or args.option or args.early_stop is not None or args.init_from is not None:
+    if (args.out is not None or args.option or args.early_stop is not None or args.init_from is not None
+            or args.monitor is not None):
         raise MnistlabError("--resume continues the run in its own folder from its own weights with its own early "
-                            "stopping; leave out --out, --option, --init-from and --early-stop")
+                            "stopping; leave out --out, --option, --init-from, --early-stop and --monitor")
     changes = {"model": args.model, "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": args.lr,
                "seed": args.seed, "val_split": args.val_split, "precision": args.precision,
                "schedule": args.schedule, "label_smoothing": args.label_smoothing, "dataset": args.dataset,
+               "augment": args.augment,
                "weight_decay": args.weight_decay}
     console = render.console()
     run = api.resume(args.resume, epochs=args.epochs, threads=args.threads, device=args.device,

@@ -124,7 +124,7 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--early-stop", type=int, metavar="PATIENCE",
                        help="stop once --monitor has not improved for PATIENCE epochs (needs --val-split); "
                             "the best epoch's weights are kept in RUN/best.safetensors")
-    train.add_argument("--monitor", choices=("val_loss", "val_accuracy"), default="val_loss",
+    train.add_argument("--monitor", choices=("val_loss", "val_accuracy"),
                        help="the figure --early-stop watches (default val_loss)")
     train.add_argument("--tensorboard", metavar="DIR",
                        help="also log each epoch as TensorBoard events in DIR/RUN-NAME (needs "
