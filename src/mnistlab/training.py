@@ -412,11 +412,16 @@ def _run(config: TrainConfig, *, path: Path, dataset: Dataset, hooks: CallbackLi
         assert ddp is not None
         metrics, history = distributed.share(ddp, None)
         return dataclasses.replace(result, metrics=metrics, history=history, test=_test_of(metrics))
+    title = f"{config.model} on {dataset.name}"
+    deferred = runs.writes_deferred()  # the CLI: curves.png after the metrics, while the summary prints
     try:
-        _write_curves(path, result.history, title=f"{config.model} on {dataset.name}")
+        if not deferred:
+            _write_curves(path, result.history, title=title)
         _write_metrics(path, metrics)
     finally:
         runs.release_run_dir(path)  # the claim lasts while this process trains: a later --resume may take it
+    if deferred:
+        runs.write_later(_write_curves, path, result.history, title)
     if ddp is not None:
         distributed.share(ddp, (metrics, result.history))
     return dataclasses.replace(result, metrics=metrics)
