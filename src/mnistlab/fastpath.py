@@ -126,6 +126,9 @@ def train_epoch(net: DenseNet, *, optimizer: Optimizer, schedule: Schedule | Non
     weights, biases = flat.params[0::2], flat.params[1::2]
     weight_grads, bias_grads = flat.grads[0::2], flat.grads[1::2]
     x = torch.empty(batch_size, shuffled.shape[1], device=device)
+    low_grad = torch.empty_like(flat.flat_grad, dtype=compute)  # bf16: the products' gradients, before the cast
+    low = _views(low_grad, flat.params)
+    low_weight_grads, low_bias_grads = low[0::2], low[1::2]
     try:
         with torch.no_grad():
             for step in range(steps):
@@ -134,11 +137,12 @@ def train_epoch(net: DenseNet, *, optimizer: Optimizer, schedule: Schedule | Non
                 rows = stop - start
                 # The same scaling as models.prepare_batch (a division, not a multiplication by 1/255).
                 inputs = torch.div(shuffled[start:stop], 255.0, out=x[:rows])
-                if bf16:  # autocast's casts: every product's operands in bf16
-                    w_c = [w.to(compute) for w in weights]
+                if bf16:  # autocast's casts: every product's operands in bf16, all weights in one cast
+                    cast = _views(flat.flat.to(compute), flat.params)
+                    w_c, b_c = cast[0::2], cast[1::2]
                     activations = [inputs.to(compute)]
-                    for i, (w, b) in enumerate(zip(w_c, biases, strict=True)):
-                        activations.append(torch.addmm(b.to(compute), activations[-1], w.t()))
+                    for i, (w, b) in enumerate(zip(w_c, b_c, strict=True)):
+                        activations.append(torch.addmm(b, activations[-1], w.t()))
                         if i < len(w_c) - 1:
                             activations[-1].relu_()
                 else:
@@ -160,14 +164,16 @@ def train_epoch(net: DenseNet, *, optimizer: Optimizer, schedule: Schedule | Non
                 for i in range(len(w_c) - 1, -1, -1):
                     below = activations[i]
                     if bf16:  # products in bf16, then cast to the fp32 master gradient (autograd's ToCopy)
-                        weight_grads[i].copy_(torch.mm(grad.t(), below))
-                        bias_grads[i].copy_(grad.sum(dim=0))
+                        torch.mm(grad.t(), below, out=low_weight_grads[i])
+                        torch.sum(grad, dim=0, out=low_bias_grads[i])
                     else:
                         torch.mm(grad.t(), below, out=weight_grads[i])
                         torch.sum(grad, dim=0, out=bias_grads[i])
                     if i:
                         # ReLU's backward (what autograd runs): zero where the ReLU's output is 0.
                         grad = torch.ops.aten.threshold_backward(torch.mm(grad, w_c[i]), below, 0)
+                if bf16:
+                    flat.flat_grad.copy_(low_grad)  # every gradient to fp32 in one cast
                 flat.step()
                 if schedule is not None:
                     schedule.step()
