@@ -50,6 +50,7 @@ def test_train_command_commits_metrics_then_curves_before_exit(capsys: pytest.Ca
                                    "--device", "cpu", "--out", str(out),
                                    "--registry", str(tmp_path / "r.db"))
     assert code == 0, stderr
+    assert "test accuracy" in stdout  # the summary was printed
     assert json.loads((out / runs.METRICS_FILE).read_text())["status"] == "completed"
     # main() returned: the background plot has been joined and written whole.
     assert (out / runs.CURVES_PNG).read_bytes().startswith(PNG_SIGNATURE)
