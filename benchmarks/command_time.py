@@ -30,20 +30,46 @@ import json, sys, threading, time, importlib.abc
 T0 = time.perf_counter() - float(sys.argv.pop(1))   # the parent passes how long the interpreter took to get here
 def stamp(what):
     print("@@" + json.dumps({"what": what, "t": round(time.perf_counter() - T0, 4)}), file=sys.stderr, flush=True)
+import importlib.machinery
 class Hook(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name in ("torch", "matplotlib") and name not in seen:
             seen.add(name); stamp(f"import {name} starts ({threading.current_thread().name})")
+        if name == "mnistlab.checkpoint" and name not in seen:  # training.py imports it right after torch
+            seen.add(name); stamp("torch imported")
+        if name == "mnistlab.training" and name not in seen:
+            seen.add(name)
+            spec = importlib.machinery.PathFinder.find_spec(name, path)
+            run = spec.loader.exec_module
+            def exec_module(module):
+                run(module)
+                epoch, finish = module._train_epoch, module._finish_network
+                def first_epoch(*a, **k):
+                    stamp("training starts (model built, data on the device)"); out = epoch(*a, **k)
+                    stamp("training ends"); return out
+                def test_pass(*a, **k):
+                    out = finish(*a, **k); stamp("test pass done"); return out
+                module._train_epoch, module._finish_network = first_epoch, test_pass
+            spec.loader.exec_module = exec_module
+            return spec
         return None
 seen = set()
 sys.meta_path.insert(0, Hook())
 import mnistlab.data as data
+import mnistlab.runs as runs
+write_metrics = runs.write_json_atomic
+def stamped_write(path, *a, **k):
+    out = write_metrics(path, *a, **k)
+    if str(path).endswith("metrics.json"): stamp("metrics.json written")
+    return out
+runs.write_json_atomic = stamped_write
 load = data.load_dataset
 def timed_load(*a, **k):
     stamp("data read starts"); out = load(*a, **k); stamp("data read and verified"); return out
 data.load_dataset = timed_load
 from mnistlab.cli import main
-code = main(sys.argv[1:])
+sys.argv[0] = "mnistlab"
+code = main()  # as the console script calls it (argv from sys.argv)
 stamp("main returned (summary printed, curves.png joined)")
 import atexit
 atexit.register(lambda: stamp("exit (threads joined)"))
