@@ -77,9 +77,9 @@ sys.exit(code)
 """
 
 
-def one_run(model: str, extra: list[str], tmp: Path, index: int) -> dict:
-    out, registry = tmp / f"run{index}", tmp / "registry.sqlite"
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+def one_run(model: str, extra: list[str], tmp: Path, index: int, src: Path) -> dict:
+    out, registry = tmp / f"run{index}-{src.parent.name}", tmp / "registry.sqlite"
+    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     # The interpreter's own start-up (before the probe's first line), measured separately.
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", "pass"], check=True, env=env)
@@ -103,15 +103,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="fast")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--compare-src", type=Path,
+                        help="another checkout's src/ (e.g. main's) timed in the same run, runs interleaved")
     parser.add_argument("extra", nargs="*", help="more `mnistlab train` arguments (after --)")
     args = parser.parse_args()
     info = {**machine(), "load_average_start": os.getloadavg()}
-    results = []
+    sources = [ROOT / "src", *([args.compare_src.resolve()] if args.compare_src else [])]
+    by_source: dict[Path, list[dict]] = {src: [] for src in sources}
     with tempfile.TemporaryDirectory() as tmp:
         for index in range(args.runs):
-            results.append(one_run(args.model, args.extra, Path(tmp), index))
-            print(f"run {index + 1}: {results[-1]['wall_seconds']:.2f} s", flush=True)
+            for src in sources:
+                by_source[src].append(one_run(args.model, args.extra, Path(tmp), index, src))
+                print(f"run {index + 1} ({src}): {by_source[src][-1]['wall_seconds']:.2f} s", flush=True)
     info["load_average_end"] = os.getloadavg()
+    results = by_source[ROOT / "src"]
+    if args.compare_src:
+        other = by_source[sources[1]]
+        print(f"\nwall seconds, median: this checkout {statistics.median(r['wall_seconds'] for r in results):.2f}, "
+              f"{sources[1]} {statistics.median(r['wall_seconds'] for r in other):.2f}")
     keys = sorted({key for row in results for key in row["stamps"]}, key=lambda k: statistics.median(
         row["stamps"][k] for row in results if k in row["stamps"]))
     table = [[key, f"{statistics.median(row['stamps'][key] for row in results if key in row['stamps']):.2f}"]
@@ -122,7 +131,8 @@ def main() -> None:
     print(f"\n{command}: median of {args.runs} runs, machine: {info['cpu']} x{info['cores']}, "
           f"load average {info['load_average_start'][0]:.1f} at the start")
     print_table(["moment (seconds since interpreter start) or duration", "median s"], table)
-    path = write_json(f"command_time_{args.model}", {"machine": info, "command": command, "runs": results})
+    path = write_json(f"command_time_{args.model}", {"machine": info, "command": command, "runs": results,
+                                                     "compared": {str(k): v for k, v in by_source.items()}})
     print(f"\nwrote {path}")
 
 
