@@ -4,6 +4,12 @@
 
 Both sides train the same architecture with the same recipe (Keras RMSprop, the seed's batch sizes) in the
 same process; the first epoch is reported separately (warm-up) and the rest as a median.
+
+    python benchmarks/epoch_time.py --fastpath [--models softmax,mlp] [--epochs 5]
+
+times the dense models' hand-written epoch (mnistlab.fastpath, what `fit` runs now) against the autograd epoch
+it replaced (training._train_epoch_autograd, kept as its oracle), each on its own model from the same seed with
+the model's recipe (threads, precision), epochs interleaved so that both see the same machine load.
 """
 
 from __future__ import annotations
@@ -29,8 +35,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--no-peer", action="store_true", help="skip the plain-PyTorch peer")
     parser.add_argument("--keras-python", help="a Python with TensorFlow/Keras: also time the seed's Keras models")
+    parser.add_argument("--fastpath", action="store_true",
+                        help="time the dense models' fast path against the autograd epoch instead")
     args = parser.parse_args()
     isolate_registry()
+    if args.fastpath:
+        compare_fastpath(args.models if args.models != "softmax,mlp,cnn" else "softmax,mlp", args.epochs)
+        return
 
     from mnistlab.config import TrainConfig
     from mnistlab.data import load_dataset
@@ -84,6 +95,49 @@ def main() -> None:
         headers += ["Keras median", "Keras acc", "vs Keras"]
     print_table(headers, rows)
     print(f"\nwrote {write_json('epoch_time', results)}")
+
+
+def compare_fastpath(models: str, epochs: int) -> None:
+    """Seconds per epoch: the autograd epoch ("today") against mnistlab.fastpath ("new"), interleaved."""
+    import time
+
+    from mnistlab import training
+    from mnistlab.callbacks import CallbackList
+    from mnistlab.config import TrainConfig
+    from mnistlab.data import load_dataset
+
+    dataset = load_dataset("mnist")
+    results = {"machine": machine(), "epochs": epochs, "models": {}}
+    rows = []
+    for name in models.split(","):
+        config = TrainConfig.for_model(name, device="cpu")
+        torch.set_num_threads(config.threads or training.DEFAULT_THREADS)
+        train_idx, val_idx = training._split(config, dataset)
+        loops = {side: training._setup(config, dataset, torch.device("cpu"), train_idx, val_idx, CallbackList([]))
+                 for side in ("autograd", "fastpath")}
+        epoch = {"autograd": training._train_epoch_autograd, "fastpath": training._train_epoch}
+        times: dict[str, list[float]] = {"autograd": [], "fastpath": []}
+        figures: dict[str, list[tuple[float, float]]] = {"autograd": [], "fastpath": []}
+        for _ in range(epochs):
+            for side in ("autograd", "fastpath"):
+                started = time.perf_counter()
+                figures[side].append(epoch[side](loops[side], CallbackList([])))
+                times[side].append(time.perf_counter() - started)
+        med = {side: statistics.median(values[1:] or values) for side, values in times.items()}
+        drift = max(abs(a - b).max().item() for a, b in zip(loops["autograd"].model.parameters(),
+                                                            loops["fastpath"].model.parameters(), strict=True))
+        results["models"][name] = {"epoch_seconds": times, "loss_accuracy": figures, "threads": config.threads,
+                                   "precision": loops["fastpath"].precision,
+                                   "speedup": med["autograd"] / med["fastpath"], "max_weight_difference": drift}
+        rows.append([name, loops["fastpath"].precision, str(config.threads or training.DEFAULT_THREADS),
+                     f"{med['autograd']:.3f}", f"{med['fastpath']:.3f}", f"{med['autograd'] / med['fastpath']:.2f}x",
+                     f"{figures['autograd'][-1][1]:.4f} / {figures['fastpath'][-1][1]:.4f}"])
+        print(f"{name}: done", flush=True)
+    print(f"\nseconds per epoch (median of epochs 2-{epochs}), machine: {results['machine']['cpu']} "
+          f"x{results['machine']['cores']}, load {results['machine'].get('loadavg_at_start')}")
+    print_table(["model", "precision", "threads", "autograd (today)", "fastpath (new)", "speed-up",
+                 "train acc autograd / fast"], rows)
+    print(f"\nwrote {write_json('epoch_time_fastpath', results)}")
 
 
 if __name__ == "__main__":

@@ -177,6 +177,8 @@ def train(
     check_registry(registry)
     # Reading and verifying the files overlaps the torch import that fit() triggers.
     pending = None if loaded else load_dataset_in_background(config.dataset, data_dir=config.data_dir)
+    if config.family == "network":
+        import mnistlab.training  # noqa: F401  (torch's 1-2 s import, now, while the files are read and hashed)
     hooks = [*progress_callbacks(progress), *_checked_callbacks(callbacks), *board]  # refused before any folder exists
     runs_root = Path("runs")
     root_existed = runs_root.is_dir()

@@ -28,6 +28,9 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -509,3 +512,40 @@ def environment() -> dict[str, Any]:
         info["cuda_device"] = torch.cuda.get_device_name(0)
         info["cuda_version"] = torch.version.cuda
     return info
+
+
+# Threads of deferred_writes()' current block (None: outside one, files are written in line).
+_deferred: list[threading.Thread] | None = None
+
+
+@contextmanager
+def deferred_writes() -> Iterator[None]:
+    """Inside the block, files that no answer depends on (a finished run's ``curves.png``: about 1 s of
+    matplotlib import and plotting) may be written by :func:`write_later` in background threads, so the answer
+    (metrics.json, the registry row, the CLI's summary) does not wait for them. The block's end waits for every
+    one of them, so the process still exits with the run directory complete; each writer writes atomically, so
+    a reader in between sees the whole file or none."""
+    global _deferred
+    outer, _deferred = _deferred, []
+    try:
+        yield
+    finally:
+        pending, _deferred = _deferred, outer
+        for thread in pending:
+            thread.join()
+
+
+def writes_deferred() -> bool:
+    """True inside a :func:`deferred_writes` block (of any thread)."""
+    return _deferred is not None
+
+
+def write_later(writer: Callable[..., object], *args: object) -> None:
+    """Run ``writer(*args)`` in a background thread that the current :func:`deferred_writes` block waits for
+    (in line outside one). A failure is printed by the thread and leaves the file absent, never half-written."""
+    if _deferred is None:
+        writer(*args)
+        return
+    thread = threading.Thread(target=writer, args=args, name=f"mnistlab-{getattr(writer, '__name__', 'write')}")
+    thread.start()
+    _deferred.append(thread)

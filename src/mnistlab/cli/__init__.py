@@ -9,6 +9,7 @@ flags answer instantly. A :class:`MnistlabError` becomes one ``mnistlab: error: 
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import sys
@@ -42,6 +43,16 @@ def _quiet_broken_pipe() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mnistlab`` console script; returns the exit code."""
+    code = _main(argv)
+    if argv is None:
+        # Run as a program: everything dies with the process. Freezing the heap spares the interpreter's final
+        # garbage collections a walk over torch's millions of objects (measured: 1.5-4 s of exit under load,
+        # 0.4 s frozen). Not for calls from Python (tests, notebooks), whose later garbage must still be found.
+        gc.freeze()
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc N` hands it on to each rank
     try:

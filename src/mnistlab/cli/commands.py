@@ -104,7 +104,6 @@ def _train_new(args: argparse.Namespace) -> int:
     if args.model is None:
         raise MnistlabError("train: name the MODEL to train, or pass --resume RUN to continue a run")
     options = dict(parse_option(args.model, text) for text in args.option or [])
-    from mnistlab import api
     from mnistlab.cli import flag_text
     from mnistlab.progress import make_progress
 
@@ -112,6 +111,16 @@ def _train_new(args: argparse.Namespace) -> int:
     progress = make_progress("auto", console=console)
     if hasattr(progress, "translate"):
         progress.translate = flag_text
+    from mnistlab.runs import deferred_writes  # not training: torch is imported after the data read starts
+
+    with deferred_writes():  # the summary prints while matplotlib draws curves.png
+        _train_and_print(args, options, console, progress)
+    return 0
+
+
+def _train_and_print(args: argparse.Namespace, options: dict[str, Any], console: Any, progress: Any) -> None:
+    from mnistlab import api
+
     run = api.train(
         args.model, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         seed=args.seed or 0, val_split=args.val_split or 0.0, device=args.device or "auto", threads=args.threads,
@@ -123,7 +132,6 @@ def _train_new(args: argparse.Namespace) -> int:
     )
     if not _replica():
         render.train_result(console, run)
-    return 0
 
 
 def _replica() -> bool:
