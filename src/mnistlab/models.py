@@ -332,6 +332,12 @@ def load_trained_model(run_dir: str | os.PathLike[str], *, device: torch.device 
     if run.model.get("family") == "classical":
         raise MnistlabError(f"{run.path} holds a classical {name} model, not a network; predict and serve need a "
                             f"network run ({', '.join(BUILDERS)}); `mnistlab evaluate` scores classical runs")
+    if name == "ensemble":  # several networks averaged as one (mnistlab.ensembles), rebuilt member by member
+        from mnistlab.ensembles import module_from_record
+
+        ensemble = module_from_record(run.model, where=run.path)
+        load_weights(ensemble, run.weights, model_name=name)
+        return to_device(ensemble, device).eval(), run
     if name not in BUILDERS:
         custom = run.model.get("custom")
         hint = ("it is a custom model: call mnistlab.models.register_model for it in this process first"
