@@ -49,6 +49,12 @@ def members(tmp_path_factory: pytest.TempPathFactory, mnist) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
+def expected_test(members: list[Path], mnist) -> np.ndarray:
+    """The hand-computed mean probabilities of the three members on all 10,000 test images."""
+    return mean_member_probabilities(members, mnist.test.images)
+
+
+@pytest.fixture(scope="module")
 def ensemble_run(members: list[Path], tmp_path_factory: pytest.TempPathFactory) -> mnistlab.Run:
     return mnistlab.ensemble(members, out=tmp_path_factory.mktemp("ens") / "ensemble", registry=False)
 
@@ -87,9 +93,9 @@ def numpy_shift(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------- ensembles
 def test_ensemble_probabilities_are_the_mean_of_the_members(ensemble_run: mnistlab.Run, members: list[Path],
-                                                            mnist) -> None:
+                                                            expected_test: np.ndarray, mnist) -> None:
     images = mnist.test.images
-    expected = mean_member_probabilities(members, images)
+    expected = expected_test
     got = np.array([p.probabilities for p in ensemble_run.predict(images[:2000])])
     assert np.abs(got - expected[:2000]).max() <= 1e-6
     # The evaluation (the one scoring path, all 10,000 images) and metrics.json agree with the hand figures.
@@ -171,7 +177,8 @@ def test_other_bad_member_lists_are_refused_in_one_line(members: list[Path], ens
         assert not (tmp_path / "never").exists()
 
 
-def test_onnx_export_of_the_ensemble_matches_torch(ensemble_run: mnistlab.Run, members: list[Path], mnist) -> None:
+def test_onnx_export_of_the_ensemble_matches_torch(ensemble_run: mnistlab.Run, expected_test: np.ndarray,
+                                                   mnist) -> None:
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     result = ensemble_run.export()
@@ -180,7 +187,7 @@ def test_onnx_export_of_the_ensemble_matches_torch(ensemble_run: mnistlab.Run, m
     logits = session.run(None, {session.get_inputs()[0].name: (images.astype(np.float32) / 255.0)[:, None]})[0]
     logits = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    assert np.abs(probabilities - mean_member_probabilities(members, images)).max() <= 1e-5
+    assert np.abs(probabilities - expected_test).max() <= 1e-5
     assert result.metadata["model"] == "ensemble"
     card = result.card.read_text() if result.card else ""
     assert "mean of the softmax probabilities of 3 trained networks" in card
@@ -205,24 +212,34 @@ def test_shifted_copies_move_a_dot_where_it_should() -> None:
 
 
 def test_tta_equals_the_mean_of_the_shifted_copies(members: list[Path], mnist) -> None:
-    from mnistlab.analysis import run_scores
+    from mnistlab.analysis import evaluate_scores, run_scores
+    from mnistlab.data import Split
     from mnistlab.inference import TTA_SHIFTS
 
     run_dir = members[0]  # the fast CNN: shifts change its output, unlike a model that ignores position
-    images = mnist.test.images
-    expected = np.mean([hand_probabilities(run_dir, numpy_shift(images, dy, dx)) for dy, dx in TTA_SHIFTS], axis=0)
-    scored = run_scores(run_dir, device="cpu", tta=True)
+    test = Split(mnist.test.images[:1000], mnist.test.labels[:1000])
+    some = dataclasses.replace(mnist, splits={**mnist.splits, "test": test})
+    expected = np.mean([hand_probabilities(run_dir, numpy_shift(test.images, dy, dx)) for dy, dx in TTA_SHIFTS],
+                       axis=0)
+    # batch_size 64: 12 images a forward pass, so the last batch is a partial one
+    scored = run_scores(run_dir, device="cpu", tta=True, dataset=some, batch_size=64)
     assert scored.tta and scored.probabilities is not None
     assert np.abs(scored.probabilities - expected).max() <= 1e-6
-    plain = hand_probabilities(run_dir, images)
+    plain = hand_probabilities(run_dir, test.images)
     assert np.abs(plain - expected).max() > 1e-3  # the transforms did something
+    evaluation = evaluate_scores(scored)
+    assert evaluation.accuracy == pytest.approx(float((expected.argmax(1) == test.labels).mean()), abs=1e-12)
+    assert evaluation.to_dict()["tta"] == ["identity", "right 1 px", "left 1 px", "down 1 px", "up 1 px"]
 
+
+def test_evaluate_tta_writes_its_own_folder(members: list[Path]) -> None:
+    run_dir = members[2]
+    plain = mnistlab.load(run_dir, registry=False).evaluate(registry=False)
     evaluation = mnistlab.load(run_dir, registry=False).evaluate(registry=False, tta=True)
-    assert evaluation.files["json"].parent.name == "test-tta"
+    assert evaluation.files["json"].parent.name == "test-tta" and plain.files["json"].parent.name == "test"
     saved = json.loads(evaluation.files["json"].read_text())
-    assert saved["tta"] == ["identity", "right 1 px", "left 1 px", "down 1 px", "up 1 px"]
-    assert saved["accuracy"] == pytest.approx(float((expected.argmax(1) == mnist.test.labels).mean()), abs=1e-12)
-    assert not (run_dir / "eval" / "test" / "evaluation.json").exists()  # the plain evaluation is not replaced
+    assert saved["tta"] and json.loads(plain.files["json"].read_text())["tta"] is None
+    assert saved["accuracy"] != plain.accuracy  # another scoring rule, kept beside the plain one
 
 
 def test_tta_is_refused_for_a_classical_run(tmp_path: Path, tiny_data_dir: Path) -> None:
@@ -232,13 +249,13 @@ def test_tta_is_refused_for_a_classical_run(tmp_path: Path, tiny_data_dir: Path)
 
 
 # ------------------------------------------------------------------------------------ end to end, CLI
-def test_cli_ensemble_evaluate_predict_serve_end_to_end(members: list[Path], tmp_path: Path, capsys, mnist) -> None:
+def test_cli_ensemble_evaluate_and_predict_on_both_backends(members: list[Path], tmp_path: Path, capsys, mnist) -> None:
     from mnistlab.imaging import encode_png
     from mnistlab.registry import Registry
 
     registry = str(tmp_path / "reg.sqlite")
     out = tmp_path / "ens"
-    code, stdout, err = run_cli(capsys, "ensemble", *map(str, members[:2]), "--out", str(out),
+    code, stdout, err = run_cli(capsys, "ensemble", *map(str, members[1:]), "--out", str(out),
                                 "--registry", registry)
     assert code == 0, err
     assert "mean of 2 softmax probabilities" in stdout and "registry: run 1" in stdout
@@ -254,7 +271,7 @@ def test_cli_ensemble_evaluate_predict_serve_end_to_end(members: list[Path], tmp
     image = mnist.test.images[0]
     png = tmp_path / "digit.png"
     png.write_bytes(encode_png(image))
-    expected = mean_member_probabilities(members[:2], image[None])[0]
+    expected = mean_member_probabilities(members[1:], image[None])[0]
     for backend in ("torch", "onnx"):
         code, stdout, err = run_cli(capsys, "predict", str(out), str(png), "--json", "--backend", backend,
                                     "--registry", registry)
