@@ -191,7 +191,7 @@ def make_ensemble(members: Sequence[str | os.PathLike[str]], *, out: str | os.Pa
     target = Path(out) if out is not None else runfiles.default_run_dir(ENSEMBLE_NAME)
     runfiles.prepare_run_dir(target)
     try:
-        entries = []
+        entries: list[dict[str, Any]] = []
         for index, (run, run_id, (m_loss, m_accuracy)) in enumerate(zip(files, ids, member_figures, strict=True)):
             entries.append({
                 "prefix": f"member{index}.", "path": str(run.path.resolve()), "run_id": run_id,
@@ -215,7 +215,7 @@ def make_ensemble(members: Sequence[str | os.PathLike[str]], *, out: str | os.Pa
             "seed": _shared(files, "seed", 0), "precision": "fp32", "weights": weights,
             "members": [entry["path"] for entry in entries], "environment": runfiles.environment(),
         }
-        accuracies = [entry["test_accuracy"] for entry in entries]
+        accuracies = [accuracy for _, accuracy in member_figures]
         mean = sum(accuracies) / len(accuracies)
         std = math.sqrt(sum((a - mean) ** 2 for a in accuracies) / (len(accuracies) - 1))
         metrics = {
