@@ -10,9 +10,10 @@ both backends, export, the registry) takes it unchanged::
     metrics.json        the ensemble's test loss/accuracy (scored once through the one scoring path) and each
                         member's, with their mean and standard deviation
 
-:class:`Ensemble` returns ``log(mean_i softmax(member_i(x)))``: logits whose softmax IS the averaged probability
-(the log of a distribution is a valid logit vector), so :func:`mnistlab.inference.predict_logits`, the
-cross-entropy of the evaluation and the ONNX graph need no special case.
+:class:`mnistlab.models.Ensemble` returns ``log(mean_i softmax(member_i(x)))``: logits whose softmax IS the
+averaged probability (the log of a distribution is a valid logit vector), so
+:func:`mnistlab.inference.predict_logits`, the cross-entropy of the evaluation and the ONNX graph need no special
+case.
 
 Precision: an ensemble is built and scored in fp32, whatever its members trained in (bf16-trained runs keep
 fp32 master weights, so this is exact and the same on every device); each member's figure here is its fp32
@@ -25,7 +26,6 @@ import datetime as _dt
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,61 +38,6 @@ from mnistlab.runs import RunFiles, WeightsChoice
 
 ENSEMBLE_NAME = "ensemble"
 MAX_MEMBERS = 32  # bounds the memory and time of one ensemble (each member is a full network per batch)
-
-
-class Ensemble(nn.Module):
-    """Members ``member0``, ``member1``, ...; ``forward`` gives log of the mean of their softmax probabilities."""
-
-    def __init__(self, members: Sequence[nn.Module]) -> None:
-        super().__init__()
-        if not members:
-            raise MnistlabError("an ensemble needs at least one member network")
-        for index, member in enumerate(members):
-            self.add_module(f"member{index}", member)
-        self.count = len(members)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, 28, 28) -> (B, classes) logits: ``logsumexp_i log_softmax(member_i(x)) - log(count)``.
-
-        logsumexp of log-probabilities is the stable form of log(sum of probabilities): no probability is
-        exponentiated back from a log that underflowed.
-        """
-        logs = torch.stack([F.log_softmax(member(x).float(), dim=1) for member in self.children()])
-        return torch.logsumexp(logs, dim=0) - math.log(self.count)
-
-
-@dataclass(frozen=True)
-class MemberFigures:
-    """One member's test figures as scored for the ensemble (fp32, the same images)."""
-
-    path: str
-    model: str
-    test_loss: float
-    test_accuracy: float
-
-
-def module_from_record(record: dict[str, Any], *, where: str | os.PathLike[str]) -> Ensemble:
-    """The (untrained) :class:`Ensemble` a ``model.json`` record describes: each member rebuilt by name.
-
-    Custom members need their :func:`mnistlab.models.register_model` in this process, as a custom run does.
-    """
-    from mnistlab.models import BUILDERS, NUM_CLASSES
-
-    members = record.get("members")
-    if not isinstance(members, list) or not members or not all(isinstance(m, dict) for m in members):
-        raise MnistlabError(f"{where}: model.json lists no ensemble members (edited or damaged); rebuild it with "
-                            "`mnistlab ensemble`")
-    modules = []
-    for index, member in enumerate(members):
-        spec = member.get("model") if isinstance(member.get("model"), dict) else {}
-        name = str(spec.get("name"))
-        if name not in BUILDERS:
-            hint = ("it is a custom model: call mnistlab.models.register_model for it in this process first"
-                    if spec.get("custom") else f"known: {', '.join(BUILDERS)}")
-            raise MnistlabError(f"{where}: ensemble member {index} is model {name!r}, which this mnistlab does not "
-                                f"know; {hint}")
-        modules.append(BUILDERS[name](num_classes=int(spec.get("num_classes", NUM_CLASSES))))
-    return Ensemble(modules)
 
 
 def _check_members(runs: Sequence[RunFiles]) -> None:
@@ -147,7 +92,14 @@ def make_ensemble(members: Sequence[str | os.PathLike[str]], *, out: str | os.Pa
     from mnistlab.data import load_run_dataset, split_sha256
     from mnistlab.device import resolve_device
     from mnistlab.inference import predict_logits
-    from mnistlab.models import INPUT_SHAPE, count_parameters, load_trained_model, model_record, weights_bytes
+    from mnistlab.models import (
+        INPUT_SHAPE,
+        Ensemble,
+        count_parameters,
+        load_trained_model,
+        model_record,
+        weights_bytes,
+    )
 
     paths = [Path(member) for member in members]
     if len(paths) < 2:
