@@ -280,3 +280,23 @@ def test_cli_ensemble_evaluate_and_predict_on_both_backends(members: list[Path],
         got = [result["probabilities"][name] for name in map(str, range(10))] \
             if isinstance(result["probabilities"], dict) else result["probabilities"]
         assert np.abs(np.array(got) - expected).max() <= 1e-5, backend
+
+
+def test_serve_answers_with_the_ensemble_on_both_backends(ensemble_run: mnistlab.Run, expected_test: np.ndarray,
+                                                          mnist) -> None:
+    pytest.importorskip("onnxruntime")
+    from fastapi.testclient import TestClient
+
+    from mnistlab.predict import open_predictor
+    from mnistlab.serve import create_app
+
+    images = mnist.test.images[:3]
+    for backend in ("torch", "onnx"):
+        with TestClient(create_app(predictor=open_predictor(ensemble_run.path, backend=backend))) as client:
+            assert client.get("/api/model").json()["model"] == "ensemble"
+            for image, expected in zip(images, expected_test[:3], strict=True):
+                response = client.post("/api/predict", json={"pixels": image.tolist()})
+                assert response.status_code == 200, response.text
+                got = np.array(response.json()["probabilities"])
+                assert np.abs(got - expected).max() <= 1e-5, backend
+                assert response.json()["prediction"] == int(expected.argmax())
