@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 _LAZY: dict[str, tuple[str, str | None]] = {
     "train": ("mnistlab.api", "train"),
     "load": ("mnistlab.api", "load"),
+    "ensemble": ("mnistlab.api", "ensemble"),
     "Run": ("mnistlab.api", "Run"),
     "datasets": ("mnistlab.datasets", None),
     "models": ("mnistlab.models", None),
@@ -41,7 +42,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "TrainingInterrupted": ("mnistlab.errors", "TrainingInterrupted"),
 }
 __all__ = [  # noqa: RUF022 - grouped as in _LAZY
-    "__version__", "train", "load", "Run", "datasets", "models", "register_model", "Callback", "History",
+    "__version__", "train", "load", "ensemble", "Run", "datasets", "models", "register_model", "Callback", "History",
     "LambdaCallback", "TensorBoardLogger", "EpochRecord", "TrainConfig", "Evaluation", "Prediction",
     "prepare_image", "MnistlabError", "TrainingInterrupted",
 ]
@@ -49,7 +50,7 @@ __all__ = [  # noqa: RUF022 - grouped as in _LAZY
 if TYPE_CHECKING:
     from mnistlab import datasets, models
     from mnistlab.analysis import Evaluation
-    from mnistlab.api import Run, load, train
+    from mnistlab.api import Run, ensemble, load, train
     from mnistlab.callbacks import Callback, History, LambdaCallback
     from mnistlab.config import TrainConfig
     from mnistlab.errors import MnistlabError, TrainingInterrupted

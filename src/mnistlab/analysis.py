@@ -65,6 +65,7 @@ class RunScores:
     # score); None: the run recorded no digest (made before mnistlab recorded them).
     same_data: bool | None = None
     data_sha256: str = ""       # of the source split's arrays, as scored
+    tta: tuple[str, ...] = ()   # test-time augmentation: the transforms whose probabilities were averaged
 
     @property
     def probabilities(self) -> np.ndarray | None:
@@ -122,11 +123,16 @@ def _load_split(run: RunFiles, split: str, dataset: Any = None) -> tuple[Any, np
 
 
 def run_scores(run_dir: str | os.PathLike[str], *, split: str = "test", device: str = "auto",
-               batch_size: int = EVAL_BATCH_SIZE, dataset: Any = None, weights: WeightsChoice = "auto") -> RunScores:
+               batch_size: int = EVAL_BATCH_SIZE, dataset: Any = None, weights: WeightsChoice = "auto",
+               tta: bool = False) -> RunScores:
     """Load a run (network or classical) and score every image of ``split`` (test, val or train) with its
-    ``weights`` (``auto``: the best epoch's where the run kept them, else the last's)."""
+    ``weights`` (``auto``: the best epoch's where the run kept them, else the last's). ``tta``: average the
+    probabilities over the image and its one-pixel shifts (networks; :func:`mnistlab.inference.predict_logits`)."""
     check_split(split)
     run = read_run(run_dir, weights=weights)
+    if tta and run.model.get("family") == "classical":
+        raise MnistlabError(f"{run.path}: `tta` (test-time augmentation) scores networks; {run.model.get('name')} "
+                            "is a classical model: evaluate it without `tta`")
     dataset, images, labels, indices, source = _load_split(run, split, dataset)
     class_names = tuple(run.model.get("class_names") or dataset.class_names)
     if len(class_names) != len(dataset.class_names):
@@ -136,6 +142,7 @@ def run_scores(run_dir: str | os.PathLike[str], *, split: str = "test", device: 
 
     digest = split_sha256(dataset.split(source))  # which data these scores are of (hashed once)
     started = time.perf_counter()
+    transforms: tuple[str, ...] = ()
     if run.model.get("family") == "classical":
         from mnistlab.baselines import load_classical_model
 
@@ -147,15 +154,19 @@ def run_scores(run_dir: str | os.PathLike[str], *, split: str = "test", device: 
 
         # Scored in the precision the run was trained and scored in (bf16 autocast where it ran bf16).
         network = load_network(run.path, device=device, weights=run.weights_used)
-        scores = network.logits(images, batch_size=batch_size).cpu().numpy()
+        scores = network.logits(images, batch_size=batch_size, tta=tta).cpu().numpy()
         kind = "logits"
+        if tta:
+            from mnistlab.inference import TTA_NAMES
+
+            transforms = TTA_NAMES
     if not np.isfinite(np.asarray(scores, np.float64)).all():
         raise MnistlabError(f"{run.path}: the model outputs NaN or infinite scores (its weights diverged); "
                             "retrain it with a lower `lr`")
     return RunScores(run=run, split=split, dataset=dataset.name, class_names=class_names, images=images,
                      labels=labels, indices=indices, source_split=source, scores=np.asarray(scores, np.float64),
                      score_kind=kind, seconds=time.perf_counter() - started,
-                     same_data=_same_data(run, digest, source), data_sha256=digest)
+                     same_data=_same_data(run, digest, source), data_sha256=digest, tta=transforms)
 
 
 def _same_data(run: RunFiles, digest: str, source: str) -> bool | None:
@@ -233,6 +244,7 @@ class Evaluation:
     same_data: bool | None = None     # see RunScores.same_data
     weights_used: str = "last"        # which of the run's weights were scored: "last" or "best"
     best: dict[str, Any] | None = None  # for "best": the epoch and the monitor that chose it
+    tta: tuple[str, ...] = ()           # test-time augmentation: the transforms averaged (none: plain scoring)
     # Where it was written (evaluation.json, PNGs, report.html) and its registry ids, once saved.
     files: dict[str, Path] = field(default_factory=dict, compare=False, repr=False)
     html_path: Path | None = field(default=None, compare=False, repr=False)
@@ -264,7 +276,7 @@ class Evaluation:
             weights_sha256=str(data["weights_sha256"]), seconds=float(data["seconds"]),
             recorded={"test_accuracy": data.get("recorded_test_accuracy")}, training=dict(data.get("training") or {}),
             same_data=data.get("same_data"), weights_used=str(data.get("weights_used", "last")),
-            best=data.get("best_epoch"),
+            best=data.get("best_epoch"), tta=tuple(str(name) for name in data.get("tta") or ()),
         )
 
     def with_files(self, files: dict[str, Path], *, html: Path | None = None,
@@ -316,6 +328,7 @@ class Evaluation:
             "training": self.training,
             "same_data": self.same_data,
             "weights_used": self.weights_used, "best_epoch": self.best,
+            "tta": list(self.tta) or None,
         }
 
 
@@ -353,7 +366,7 @@ def evaluate_scores(scored: RunScores, *, gallery: int = GALLERY_SIZE, pairs: in
         calibration=calibration, mistakes=mistakes, weights_sha256=weights_sha256(scored.run.weights),
         seconds=scored.seconds, recorded=dict(scored.run.metrics or {}), training=training_record(scored.run),
         same_data=scored.same_data, weights_used=scored.run.weights_used,
-        best=scored.run.best if scored.run.weights_used == "best" else None,
+        best=scored.run.best if scored.run.weights_used == "best" else None, tta=scored.tta,
     )
 
 
@@ -479,16 +492,20 @@ def _weights_folder(split: str, run: RunFiles) -> str:
 
 def evaluate_report(run_dir: str | os.PathLike[str], *, split: str = "test", device: str = "auto",
                     html: str | os.PathLike[str] | None = None, dataset: Any = None,
-                    batch_size: int = EVAL_BATCH_SIZE, weights: WeightsChoice = "auto") -> EvaluationFiles:
+                    batch_size: int = EVAL_BATCH_SIZE, weights: WeightsChoice = "auto",
+                    tta: bool = False) -> EvaluationFiles:
     """Score ``run_dir`` on ``split`` with its ``weights``, compute every metric, write ``RUN/eval/<split>/``
-    (``<split>-last`` for the last weights of a run that kept best ones) and ``html``."""
+    (``<split>-last`` for the last weights of a run that kept best ones; ``-tta`` appended with test-time
+    augmentation) and ``html``."""
     check_split(split)
     if html is not None:
         check_html_path(html)   # fail before minutes of work, not after
-    scored = run_scores(run_dir, split=split, device=device, batch_size=batch_size, dataset=dataset, weights=weights)
+    scored = run_scores(run_dir, split=split, device=device, batch_size=batch_size, dataset=dataset, weights=weights,
+                        tta=tta)
     evaluation = evaluate_scores(scored)
     # Other data never overwrites the run's own evaluation: it gets a folder of its own, named by its digest.
-    folder = _weights_folder(split, scored.run)
+    # Nor does test-time augmentation: another scoring rule, its own folder.
+    folder = _weights_folder(split, scored.run) + ("-tta" if tta else "")
     if scored.same_data is False:
         folder = f"{folder}-other-{scored.data_sha256[:8]}"
     return write_evaluation(evaluation, scored, out_dir=evaluation_dir(scored.run.path, folder), html=html)

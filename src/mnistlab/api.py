@@ -51,7 +51,8 @@ def _open_registry(registry: RegistryChoice, *, create: bool = True) -> Registry
     return Registry.open(registry, create=create)
 
 
-def record_runs(run_dirs: Sequence[str | os.PathLike[str]], *, source: Literal["train", "evaluate", "reproduce"],
+def record_runs(run_dirs: Sequence[str | os.PathLike[str]], *,
+                source: Literal["train", "evaluate", "reproduce", "ensemble"],
                 registry: RegistryChoice = None) -> list[RunRecord]:
     """Record finished (or interrupted) runs in the registry; if that fails, the error says they are safe."""
     opened = None
@@ -406,6 +407,27 @@ def _load(run: str | int | os.PathLike[str], *, registry: RegistryChoice = None)
     return Run(check_run_dir(Path(str(run))))
 
 
+def ensemble(runs: Sequence[str | int | os.PathLike[str]], *, out: str | os.PathLike[str] | None = None,
+             weights: WeightsChoice = "auto", device: str = "auto", registry: RegistryChoice = None) -> Run:
+    """Average several network runs (directories or registry ids) into one run-like directory, and return it.
+
+    The directory (``out``, default ``runs/ensemble-<time>``) holds a copy of every member's ``weights`` (best
+    where a member kept them, with ``auto``), so it evaluates, predicts, serves and exports like a single run
+    and keeps working when a member is deleted; its score is the mean of the members' softmax probabilities
+    (:mod:`mnistlab.ensembles`). Members must share input, classes and dataset. Recorded in the registry.
+    """
+    from mnistlab.ensembles import make_ensemble
+
+    if isinstance(runs, str | int | os.PathLike):
+        raise MnistlabError("ensemble(runs=...): give a list of two or more runs (directories or ids)")
+    check_registry(registry)
+    found = [_load(run, registry=registry) for run in runs]
+    path = make_ensemble([run.path for run in found], out=out, weights=weights, device=device,
+                         run_ids=[run.id for run in found])
+    records = record_runs([path], source="ensemble", registry=registry)
+    return Run(path, run_id=records[0].id if records else None)
+
+
 def resolve_run_dir(run: str | int | os.PathLike[str], *, registry: RegistryChoice = None) -> Path:
     """The directory of a run given as a path or a registry id (what every command that takes a run accepts)."""
     return _load(run, registry=registry).path
@@ -452,7 +474,21 @@ class Run:
     @property
     def config(self) -> TrainConfig:
         """The settings it was trained with."""
+        if self.is_ensemble:
+            raise MnistlabError(f"{self.path}: an ensemble was not trained, so it has no training settings; "
+                                "Run.members are the runs it averages")
         return TrainConfig.from_dict(self.files.config)
+
+    @property
+    def is_ensemble(self) -> bool:
+        """True for a directory made by :func:`ensemble` (several networks averaged as one)."""
+        return self.files.model.get("name") == "ensemble"
+
+    @property
+    def members(self) -> tuple[dict[str, Any], ...]:
+        """An ensemble's members as recorded (path, run id, which weights and their SHA-256, model record);
+        empty for a single run."""
+        return tuple(dict(member) for member in self.files.model.get("members") or ())
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -516,12 +552,15 @@ class Run:
         return evaluate_run(self.path, split=split, device=device, weights=self.weights)[0]
 
     def evaluate(self, *, split: str = "test", device: str = "auto", html: str | os.PathLike[str] | None = None,
-                 data_dir: str | os.PathLike[str] | None = None, registry: RegistryChoice = None) -> Evaluation:
+                 data_dir: str | os.PathLike[str] | None = None, registry: RegistryChoice = None,
+                 tta: bool = False) -> Evaluation:
         """The full evaluation on ``split``: per-class table, confusion matrix, mistakes, calibration.
 
         Writes ``RUN/eval/<split>/`` (JSON, PNGs, a self-contained report.html; ``html`` copies the page) and
         records it in the registry. ``data_dir``: the run's data files moved to this folder (their checksums
-        must match the run's). The result's ``to_html()`` is the report page.
+        must match the run's). ``tta``: test-time augmentation, the probabilities averaged over each image and
+        its copies shifted by one pixel (:data:`mnistlab.inference.TTA_SHIFTS`), written to
+        ``RUN/eval/<split>-tta/``. The result's ``to_html()`` is the report page.
         """
         from mnistlab.analysis import evaluate_report
 
@@ -536,7 +575,7 @@ class Run:
 
             dataset = load_run_dataset(self.files.config, data_dir=data_dir, run_name=str(self.path))
         out = evaluate_report(self.path, split=split, device=device, html=html, dataset=dataset,
-                              weights=self.weights)
+                              weights=self.weights, tta=tta)
         opened = _open_registry(registry)
         if opened is not None:
             with opened:

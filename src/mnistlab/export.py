@@ -432,8 +432,13 @@ def cached_onnx(run_dir: str | os.PathLike[str], *, timeout_s: float = 600.0, we
                 return target
         except MnistlabError:
             pass  # a broken cache is rebuilt below
-    model_name = str(read_json(run / MODEL_FILE).get("name"))
-    if model_name not in MODELS and model_name not in CLASSICAL_MODELS:
+    record = read_json(run / MODEL_FILE)
+    model_name = str(record.get("name"))
+    if model_name == "ensemble":  # a child process can build it when its members are built-in networks
+        members = [str((m.get("model") or {}).get("name")) for m in record.get("members") or [] if isinstance(m, dict)]
+        custom = [name for name in members if name not in MODELS]
+        model_name = custom[0] if custom else "ensemble"
+    if model_name not in MODELS and model_name not in CLASSICAL_MODELS and model_name != "ensemble":
         if model_name not in CUSTOM_MODELS:
             raise MnistlabError(
                 f"--backend onnx: {run} is the custom model {model_name!r}, which only the Python that registers "
@@ -526,6 +531,10 @@ def _training_text(config: dict[str, Any], metadata: dict[str, str]) -> str:
     if metadata["family"] == "classical":
         options = ", ".join(f"{k}={v}" for k, v in (config.get("options") or {}).items())
         return f"Fitted with scikit-learn ({options or 'default options'}), seed {config.get('seed')}."
+    if metadata["model"] == "ensemble":
+        members = config.get("members") or []
+        return (f"An ensemble: the mean of the softmax probabilities of {len(members)} trained networks (the graph "
+                "outputs the log of that mean, so softmax of the output is the averaged probability).")
     epochs = config.get("epochs")
     return (f"Trained {epochs} epoch{'' if epochs == 1 else 's'}, batch {config.get('batch_size')}, optimizer "
             f"{config.get('optimizer')}, seed {config.get('seed')}, in {metadata['trained_precision']} (the export "

@@ -7,13 +7,15 @@ left out of the modules on purpose: cross-entropy on logits is the numerically s
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mnistlab.config import model_info
@@ -269,6 +271,52 @@ def summarize(model: nn.Module, *, name: str, input_shape: tuple[int, ...] = INP
     )
 
 
+# ---------------------------------------------------------------------------------------------- ensembles
+# An ensemble run (made by mnistlab.ensembles) is rebuilt here, beside the other networks, so that loading a run
+# never needs the module that makes ensembles.
+class Ensemble(nn.Module):
+    """Members ``member0``, ``member1``, ...; ``forward`` gives log of the mean of their softmax probabilities."""
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise MnistlabError("an ensemble needs at least one member network")
+        for index, member in enumerate(members):
+            self.add_module(f"member{index}", member)
+        self.count = len(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 28, 28) -> (B, classes) logits: ``logsumexp_i log_softmax(member_i(x)) - log(count)``.
+
+        logsumexp of log-probabilities is the stable form of log(sum of probabilities): no probability is
+        exponentiated back from a log that underflowed.
+        """
+        logs = torch.stack([F.log_softmax(member(x).float(), dim=1) for member in self.children()])
+        return torch.logsumexp(logs, dim=0) - math.log(self.count)
+
+
+def ensemble_from_record(record: dict[str, Any], *, where: str | os.PathLike[str]) -> Ensemble:
+    """The (untrained) :class:`Ensemble` a ``model.json`` record describes: each member rebuilt by name.
+
+    Custom members need their :func:`mnistlab.models.register_model` in this process, as a custom run does.
+    """
+    members = record.get("members")
+    if not isinstance(members, list) or not members or not all(isinstance(m, dict) for m in members):
+        raise MnistlabError(f"{where}: model.json lists no ensemble members (edited or damaged); rebuild it with "
+                            "`mnistlab ensemble`")
+    modules = []
+    for index, member in enumerate(members):
+        spec = member.get("model") if isinstance(member.get("model"), dict) else {}
+        name = str(spec.get("name"))
+        if name not in BUILDERS:
+            hint = ("it is a custom model: call mnistlab.models.register_model for it in this process first"
+                    if spec.get("custom") else f"known: {', '.join(BUILDERS)}")
+            raise MnistlabError(f"{where}: ensemble member {index} is model {name!r}, which this mnistlab does not "
+                                f"know; {hint}")
+        modules.append(BUILDERS[name](num_classes=int(spec.get("num_classes", NUM_CLASSES))))
+    return Ensemble(modules)
+
+
 # ----------------------------------------------------------------------------------------------- weights
 def model_record(name: str, model: nn.Module, *, class_names: tuple[str, ...], dataset: str,
                  precision: str = "fp32") -> dict[str, Any]:
@@ -332,6 +380,10 @@ def load_trained_model(run_dir: str | os.PathLike[str], *, device: torch.device 
     if run.model.get("family") == "classical":
         raise MnistlabError(f"{run.path} holds a classical {name} model, not a network; predict and serve need a "
                             f"network run ({', '.join(BUILDERS)}); `mnistlab evaluate` scores classical runs")
+    if name == "ensemble":  # several networks averaged as one (mnistlab.ensembles), rebuilt member by member
+        ensemble = ensemble_from_record(run.model, where=run.path)
+        load_weights(ensemble, run.weights, model_name=name)
+        return to_device(ensemble, device).eval(), run
     if name not in BUILDERS:
         custom = run.model.get("custom")
         hint = ("it is a custom model: call mnistlab.models.register_model for it in this process first"

@@ -35,7 +35,7 @@ REGISTRY_FILE = "registry.sqlite"
 APPLICATION = "mnistlab-registry"
 BUSY_TIMEOUT_S = 30.0
 SQLITE_MAGIC = b"SQLite format 3\x00"
-RecordSource = Literal["train", "evaluate", "reproduce"]
+RecordSource = Literal["train", "evaluate", "reproduce", "ensemble"]
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -44,7 +44,7 @@ CREATE TABLE runs (
     path        TEXT NOT NULL UNIQUE,          -- absolute run directory
     created     TEXT NOT NULL,                 -- first recorded, UTC ISO 8601
     updated     TEXT NOT NULL,
-    source      TEXT NOT NULL,                 -- train | evaluate | reproduce
+    source      TEXT NOT NULL,                 -- train | evaluate | reproduce | ensemble
     model       TEXT NOT NULL,
     family      TEXT NOT NULL,                 -- network | classical
     dataset     TEXT NOT NULL,

@@ -213,15 +213,30 @@ def evaluate(args: argparse.Namespace) -> int:
 
     run = api.load(args.run_dir, registry=args.registry, weights=args.weights)
     if args.corruptions:
+        if args.tta:
+            raise MnistlabError("--corruptions and --tta are two different reports; run them one at a time")
         return _evaluate_corruptions(args, run)
     result = run.evaluate(split=args.split, device=args.device, html=args.html, data_dir=args.data_dir,
-                          registry=args.registry)
+                          registry=args.registry, tta=args.tta)
     if args.json:
         ids = result.registry_ids or (None, None)
         print(json_text({**result.to_dict(), "files": {key: str(path) for key, path in result.files.items()},
                          "html": str(result.html_path), "registry": {"run": ids[0], "evaluation": ids[1]}}))
         return 0
     render.evaluation(render.console(), result)
+    return 0
+
+
+def ensemble(args: argparse.Namespace) -> int:
+    """``mnistlab ensemble RUN RUN ...``: one run-like directory averaging the members' probabilities."""
+    from mnistlab import api
+
+    run = api.ensemble(args.runs, out=args.out, weights=args.weights, device=args.device, registry=args.registry)
+    if args.json:
+        print(json_text({"run_dir": str(run.path), "registry": run.id,
+                         **{k: v for k, v in run.metrics.items() if k != "environment"}}))
+        return 0
+    render.ensemble_result(render.console(), run)
     return 0
 
 

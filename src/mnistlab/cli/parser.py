@@ -201,6 +201,9 @@ def _evaluate_parser(commands: argparse._SubParsersAction) -> None:
                           help="instead: the robustness report, test accuracy under 15 MNIST-C-style corruptions "
                                "(written to RUN/eval/test/corruptions.*)")
     evaluate.add_argument("--seed", type=int, default=0, help="with --corruptions: the corruptions' seed (default 0)")
+    evaluate.add_argument("--tta", action="store_true",
+                          help="test-time augmentation: average the probabilities over each image and its copies "
+                               "shifted by 1 px right, left, down and up (written to RUN/eval/SPLIT-tta/)")
     evaluate.add_argument("--data-dir", help="read the run's dataset from this folder (when its files moved)")
     _add_weights_flag(evaluate)
     _add_registry_flag(evaluate)
@@ -265,6 +268,24 @@ def _predict_parsers(commands: argparse._SubParsersAction) -> None:
     serve.set_defaults(handler=cmd.serve)
 
 
+def _ensemble_parser(commands: argparse._SubParsersAction) -> None:
+    from mnistlab.cli import commands as cmd
+
+    ensemble = commands.add_parser(
+        "ensemble", help="average several network runs into one run-like directory (mean softmax probabilities)",
+        description="The directory holds a copy of every member's weights, so it evaluates, predicts, serves and "
+                    "exports like a single run, and keeps working when a member is deleted. Members must share "
+                    "input, classes and dataset; any architectures may mix.")
+    ensemble.add_argument("runs", metavar="RUN", nargs="+", help="two or more run directories or run ids")
+    ensemble.add_argument("--out", help="the ensemble directory to create (default runs/ensemble-TIMESTAMP)")
+    ensemble.add_argument("--device", default="auto", help=f"where to score the test split: "
+                                                           f"{', '.join(DEVICE_NAMES)} (figures are fp32)")
+    ensemble.add_argument("--json", action="store_true", help="print metrics.json as JSON")
+    _add_weights_flag(ensemble)
+    _add_registry_flag(ensemble)
+    ensemble.set_defaults(handler=cmd.ensemble)
+
+
 def _reproduce_parser(commands: argparse._SubParsersAction) -> None:
     from mnistlab.cli import commands as cmd
 
@@ -325,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="mnistlab", description="MNIST done properly: data, models, training, evaluation.")
     parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
-    for add in (_data_parsers, _train_parser, _sweep_parser, _evaluate_parser, _predict_parsers, _export_parser,
-                _reproduce_parser, _runs_parsers):
+    for add in (_data_parsers, _train_parser, _sweep_parser, _evaluate_parser, _ensemble_parser, _predict_parsers,
+                _export_parser, _reproduce_parser, _runs_parsers):
         add(commands)
     return parser

@@ -137,6 +137,22 @@ def train_result(out: Console, run: Run) -> None:
         out.print(f"registry: run {run.id}")
 
 
+def ensemble_result(out: Console, run: Run) -> None:
+    """The lines after ``ensemble``: each member's test figures, the ensemble's, where it is."""
+    m = run.metrics
+    rows = [[str(i), esc(member.get("model")), esc(member.get("weights")), fmt(member.get("test_accuracy")),
+             fmt(member.get("test_loss")), esc(member.get("path"))] for i, member in enumerate(m.get("members", []))]
+    table(out, ["member", "model", "weights", "test accuracy", "test loss", "run"], rows,
+          title="members (scored in fp32 on the same images)")
+    out.print(f"members: test accuracy {m['member_test_accuracy_mean']:.4f} ± {m['member_test_accuracy_std']:.4f} "
+              "(mean ± std)")
+    out.print(f"[bold]ensemble[/bold] (mean of {len(rows)} softmax probabilities): test accuracy "
+              f"{m['test_accuracy']:.4f}  test loss {fmt(m.get('test_loss'))}  ({m['test_count']:,} images)")
+    out.print(f"ensemble directory: {esc(run.path)} (a self-contained copy of the members' weights)")
+    if run.id is not None:
+        out.print(f"registry: run {run.id}")
+
+
 def config_line(config: TrainConfig) -> str:
     """Every setting of a run as ``key=value`` pairs."""
     return ", ".join(f"{k}={v}" for k, v in config.to_dict().items() if v is not None and v != {})
@@ -164,14 +180,19 @@ def evaluation(out: Console, ev: Evaluation) -> None:
     """``evaluate``: headline figures, per-class report, confusion matrix, confused pairs, files."""
     data = ev.to_dict()
     loss = "n/a (no probabilities)" if ev.loss is None else f"{ev.loss:.4f}"
-    out.print(f"[bold]{esc(ev.model)}[/bold] on {esc(ev.dataset)} {ev.split}: accuracy {ev.accuracy:.4f}  "
-              f"error {100 * ev.error:.2f}%  loss {loss}  ({ev.count:,} images)")
+    out.print(f"[bold]{esc(ev.model)}[/bold] on {esc(ev.dataset)} {ev.split}"
+              + (" with test-time augmentation" if ev.tta else "")
+              + f": accuracy {ev.accuracy:.4f}  error {100 * ev.error:.2f}%  loss {loss}  ({ev.count:,} images)")
+    if ev.tta:
+        out.print(f"test-time augmentation: the mean probability over {len(ev.tta)} copies of each image "
+                  f"({esc(', '.join(ev.tta))})")
     if ev.same_data is False:
         out.print(f"[yellow]other data:[/yellow] these {ev.split} images are not the ones this run was trained and "
                   "tested on (SHA-256 differs): this is not the run's own score")
     out.print(weights_line(ev.weights_used, ev.best, epochs=len(ev.training.get("history") or [])))
     recorded = data["recorded_test_accuracy"]
-    if ev.split == "test" and recorded is not None and ev.same_data is not False and ev.weights_used == "last":
+    if (ev.split == "test" and recorded is not None and ev.same_data is not False and ev.weights_used == "last"
+            and not ev.tta):
         same = abs(float(recorded) - ev.accuracy) < 1e-9
         out.print(f"recorded at training: accuracy {recorded:.4f}"
                   + ("  (matches)" if same else "  (differs: the weights, the data or the arithmetic "
