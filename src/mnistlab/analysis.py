@@ -233,6 +233,9 @@ class Evaluation:
     same_data: bool | None = None     # see RunScores.same_data
     weights_used: str = "last"        # which of the run's weights were scored: "last" or "best"
     best: dict[str, Any] | None = None  # for "best": the epoch and the monitor that chose it
+    # With a calibration.json for these weights (fitted on val): NLL/ECE before and after temperature scaling on
+    # this split, and the not-sure share (:func:`mnistlab.calibration.split_figures`); None without one.
+    temperature_scaling: dict[str, Any] | None = None
     # Where it was written (evaluation.json, PNGs, report.html) and its registry ids, once saved.
     files: dict[str, Path] = field(default_factory=dict, compare=False, repr=False)
     html_path: Path | None = field(default=None, compare=False, repr=False)
@@ -264,7 +267,7 @@ class Evaluation:
             weights_sha256=str(data["weights_sha256"]), seconds=float(data["seconds"]),
             recorded={"test_accuracy": data.get("recorded_test_accuracy")}, training=dict(data.get("training") or {}),
             same_data=data.get("same_data"), weights_used=str(data.get("weights_used", "last")),
-            best=data.get("best_epoch"),
+            best=data.get("best_epoch"), temperature_scaling=data.get("temperature_scaling"),
         )
 
     def with_files(self, files: dict[str, Path], *, html: Path | None = None,
@@ -316,6 +319,7 @@ class Evaluation:
             "training": self.training,
             "same_data": self.same_data,
             "weights_used": self.weights_used, "best_epoch": self.best,
+            "temperature_scaling": self.temperature_scaling,
         }
 
 
@@ -354,7 +358,23 @@ def evaluate_scores(scored: RunScores, *, gallery: int = GALLERY_SIZE, pairs: in
         seconds=scored.seconds, recorded=dict(scored.run.metrics or {}), training=training_record(scored.run),
         same_data=scored.same_data, weights_used=scored.run.weights_used,
         best=scored.run.best if scored.run.weights_used == "best" else None,
+        temperature_scaling=_temperature_scaling(scored),
     )
+
+
+def _temperature_scaling(scored: RunScores) -> dict[str, Any] | None:
+    """Temperature scaling's effect on this split, if the run has a calibration.json for these weights."""
+    from mnistlab.calibration import StaleCalibration, calibration_path, load_calibration, split_figures
+
+    if scored.score_kind != "logits" or not len(scored.labels) or not calibration_path(scored.run.path).is_file():
+        return None
+    try:
+        record = load_calibration(scored.run.path, weights_sha256=weights_sha256(scored.run.weights))
+    except StaleCalibration as exc:
+        return {"stale": str(exc)}
+    if record is None:
+        return None
+    return split_figures(record, scored.scores, scored.labels)
 
 
 TRAINING_SETTINGS = ("epochs", "batch_size", "optimizer", "lr", "schedule", "label_smoothing", "seed", "val_split",
@@ -442,6 +462,17 @@ def write_evaluation(evaluation: Evaluation, scored: RunScores, *, out_dir: str 
         scored.images[rows] if rows else np.zeros((0, 28, 28), np.uint8),
         [_mistake_caption(m, evaluation) for m in evaluation.mistakes], out / "mistakes.png",
         title=f"{title}: most confident mistakes")
+    if rows and evaluation.family != "classical":  # which pixels drove each mistake
+        from mnistlab.inference import load_network
+        from mnistlab.report import plot_saliency
+        from mnistlab.saliency import input_gradient_saliency
+
+        network = load_network(scored.run.path, device="cpu", weights=scored.run.weights_used)
+        maps = input_gradient_saliency(network.model, scored.images[rows], device=network.device)
+        files["saliency_png"] = plot_saliency(scored.images[rows], maps,
+                                              [_mistake_caption(m, evaluation) for m in evaluation.mistakes],
+                                              out / "mistakes_saliency.png",
+                                              title=f"{title}: pixels that drove each mistake")
     if evaluation.calibration is not None:
         files["reliability_png"] = plot_reliability(evaluation.calibration, out / "reliability.png",
                                                     title=f"{title}: reliability")

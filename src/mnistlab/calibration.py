@@ -125,7 +125,8 @@ class CalibrationRecord:
         except TypeError as exc:
             raise MnistlabError(f"{name}: incomplete ({exc}); rerun `mnistlab calibrate RUN`") from None
         if not (math.isfinite(record.temperature) and record.temperature > 0 and 0 <= record.threshold <= 1):
-            raise MnistlabError(f"{name}: temperature must be > 0 and threshold in [0, 1]; rerun `mnistlab calibrate RUN`")
+            raise MnistlabError(f"{name}: temperature must be > 0 and threshold in [0, 1]; "
+                                "rerun `mnistlab calibrate RUN`")
         return record
 
     def scale(self, logits: Any) -> np.ndarray:
@@ -171,8 +172,9 @@ def fit_calibration(logits: Any, labels: Any, *, target_accuracy: float = DEFAUL
     answered = top >= threshold
     return CalibrationRecord(
         temperature=temperature, threshold=threshold, target_accuracy=float(target_accuracy),
-        weights_sha256=weights_sha256, weights_used=weights_used, split=split, count=int(len(y)),
-        nll_before=metrics.cross_entropy_from_logits(z, y), nll_after=metrics.cross_entropy_from_logits(z / temperature, y),
+        weights_sha256=weights_sha256, weights_used=weights_used, split=split, count=len(y),
+        nll_before=metrics.cross_entropy_from_logits(z, y),
+        nll_after=metrics.cross_entropy_from_logits(z / temperature, y),
         ece_before=metrics.calibration(before.max(axis=1), before.argmax(axis=1) == y).ece,
         ece_after=metrics.calibration(top, correct).ece,
         not_sure_fraction=float(1.0 - answered.mean()), answered_accuracy=float(correct[answered].mean()),
@@ -189,11 +191,12 @@ def calibrate_run(run_dir: str | os.PathLike[str], *, weights: str = "auto", dev
 
     run = read_run(run_dir, weights=weights)  # type: ignore[arg-type]
     if run.model.get("family") == "classical":
-        raise MnistlabError(f"{run.path}: a classical baseline has no logits to temperature-scale; calibrate a network run")
+        raise MnistlabError(f"{run.path}: a classical baseline has no logits to temperature-scale; "
+                            "calibrate a network run")
     if float(run.config.get("val_split") or 0.0) <= 0.0:
         raise MnistlabError(f"{run.path}: trained without a validation split, so it cannot be calibrated honestly "
                             "(never on the test split); retrain with `val_split` (e.g. 0.1)")
-    scored = run_scores(run.path, split="val", device=device, dataset=dataset, weights=run.weights_used)  # type: ignore[arg-type]
+    scored = run_scores(run.path, split="val", device=device, dataset=dataset, weights=run.weights_used)
     record = fit_calibration(scored.scores, scored.labels, target_accuracy=target_accuracy,
                              weights_sha256=weights_sha256(scored.run.weights), weights_used=scored.run.weights_used)
     write_json_atomic(calibration_path(run.path), record.to_dict())

@@ -215,6 +215,19 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def calibrate(args: argparse.Namespace) -> int:
+    """``mnistlab calibrate RUN``: temperature scaling and the not-sure threshold, fitted on the val split."""
+    from mnistlab import api
+
+    run = api.load(args.run_dir, registry=args.registry, weights=args.weights)
+    record = run.calibrate(target_accuracy=args.target_accuracy, device=args.device, data_dir=args.data_dir)
+    if args.json:
+        print(json_text(record.to_dict()))
+        return 0
+    render.calibration_result(render.console(), record, run_dir=run.path)
+    return 0
+
+
 def _evaluate_corruptions(args: argparse.Namespace, run: Any) -> int:
     """``evaluate RUN --corruptions``: the robustness report (test split only)."""
     if args.split != "test":
