@@ -27,7 +27,7 @@ def input_gradient_saliency(model: nn.Module, images: np.ndarray, *, classes: An
     The model is left in the mode it was in; its parameters get no gradients.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    pixels = torch.as_tensor(np.ascontiguousarray(images), device=device)
+    pixels = torch.tensor(np.asarray(images), device=device)  # a copy: the dataset's arrays are read-only
     if pixels.ndim == 2:
         pixels = pixels[None]
     if len(pixels) == 0:
