@@ -362,7 +362,7 @@ def test_a_scribble_is_not_sure_and_a_digit_is_read(browser, trained_mlp_run: Pa
     still read as 3, and both show the saliency heat map beside the 28x28 input."""
     import shutil
 
-    from mnistlab.calibration import calibrate_run
+    from mnistlab.analysis import calibrate_run
 
     run = Path(shutil.copytree(trained_mlp_run, tmp_path / "calibrated"))
     threshold = calibrate_run(run, device="cpu", dataset=mnist).threshold

@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from mnistlab import api, metrics
+from mnistlab.analysis import calibrate_run
 from mnistlab.calibration import (
     CALIBRATION_JSON,
     CalibrationRecord,
     StaleCalibration,
-    calibrate_run,
     fit_calibration,
     fit_temperature,
     load_calibration,

@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from mnistlab.runs import (
     write_json_atomic,
     write_text_atomic,
 )
+
+if TYPE_CHECKING:
+    from mnistlab.calibration import CalibrationRecord
 
 EvalSplit = Literal["test", "val", "train"]
 EVAL_SPLITS: tuple[str, ...] = get_args(EvalSplit)
@@ -542,3 +545,24 @@ def cached_evaluation(run_dir: str | os.PathLike[str], split: str = "test", *,
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         return None
     return data if data.get("weights_sha256") == weights_sha256(run.weights) else None
+
+
+def calibrate_run(run_dir: str | os.PathLike[str], *, weights: WeightsChoice = "auto", device: str = "auto",
+                  target_accuracy: float = 0.995, dataset: Any = None) -> CalibrationRecord:
+    """Fit temperature scaling and the not-sure threshold on a network run's validation split; write
+    ``RUN/calibration.json`` (atomically) and return it (:mod:`mnistlab.calibration`; it lives here, beside
+    :func:`run_scores`, so that module stays numpy-only). Refuses runs trained without ``val_split``."""
+    from mnistlab.calibration import calibration_path, fit_calibration
+
+    run = read_run(run_dir, weights=weights)
+    if run.model.get("family") == "classical":
+        raise MnistlabError(f"{run.path}: a classical baseline has no logits to temperature-scale; "
+                            "calibrate a network run")
+    if float(run.config.get("val_split") or 0.0) <= 0.0:
+        raise MnistlabError(f"{run.path}: trained without a validation split, so it cannot be calibrated honestly "
+                            "(never on the test split); retrain with `val_split` (e.g. 0.1)")
+    scored = run_scores(run.path, split="val", device=device, dataset=dataset, weights=run.weights_used)
+    record = fit_calibration(scored.scores, scored.labels, target_accuracy=target_accuracy,
+                             weights_sha256=weights_sha256(scored.run.weights), weights_used=scored.run.weights_used)
+    write_json_atomic(calibration_path(run.path), record.to_dict())
+    return record

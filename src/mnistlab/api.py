@@ -564,14 +564,14 @@ class Run:
         """Fit temperature scaling and the "not sure" threshold on the run's validation split and write
         ``RUN/calibration.json`` (:func:`mnistlab.calibration.calibrate_run`); later predictions use them.
         A run trained without ``val_split`` is refused: nothing else is held out honestly."""
-        from mnistlab.calibration import calibrate_run
+        from mnistlab.analysis import calibrate_run
 
         dataset = None
         if data_dir is not None:
             from mnistlab.data import load_run_dataset
 
             dataset = load_run_dataset(self.files.config, data_dir=data_dir, run_name=str(self.path))
-        record = calibrate_run(self.path, weights=self.weights_used, device=device, target_accuracy=target_accuracy,
+        record = calibrate_run(self.path, weights=self.weights, device=device, target_accuracy=target_accuracy,
                                dataset=dataset)
         self._predictors.clear()  # loaded before: they would answer uncalibrated
         return record

@@ -9,9 +9,11 @@ Both are fitted on the VALIDATION split only (:func:`mnistlab.analysis.validatio
 run's config): fitting them on the test split would make the test figures that ``evaluate`` reports dishonest,
 and a run trained without ``--val-split`` has no held-out data to fit them on, so it is refused.
 
-The result is ``RUN/calibration.json`` (written atomically), tied to the SHA-256 of the weights it was fitted
-for: once the weights change (``train --resume``, another ``--weights`` choice), :func:`load_calibration`
-refuses it and predictions behave as uncalibrated ones until ``mnistlab calibrate RUN`` is run again.
+:func:`mnistlab.analysis.calibrate_run` fits both on a run (it lives there, beside the scoring path, so this
+module stays numpy/scipy only) and writes ``RUN/calibration.json`` (atomically), tied to the SHA-256 of the weights
+it was fitted for: once the weights change (``train --resume``, another ``--weights`` choice),
+:func:`load_calibration` refuses it and predictions behave as uncalibrated ones until ``mnistlab calibrate RUN``
+is run again.
 """
 
 from __future__ import annotations
@@ -180,27 +182,6 @@ def fit_calibration(logits: Any, labels: Any, *, target_accuracy: float = DEFAUL
         not_sure_fraction=float(1.0 - answered.mean()), answered_accuracy=float(correct[answered].mean()),
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     )
-
-
-def calibrate_run(run_dir: str | os.PathLike[str], *, weights: str = "auto", device: str = "auto",
-                  target_accuracy: float = DEFAULT_TARGET_ACCURACY, dataset: Any = None) -> CalibrationRecord:
-    """Fit temperature scaling and the not-sure threshold on a network run's validation split; write
-    ``RUN/calibration.json`` (atomically) and return it. Refuses runs trained without ``val_split``."""
-    from mnistlab.analysis import run_scores, weights_sha256
-    from mnistlab.runs import read_run, write_json_atomic
-
-    run = read_run(run_dir, weights=weights)  # type: ignore[arg-type]
-    if run.model.get("family") == "classical":
-        raise MnistlabError(f"{run.path}: a classical baseline has no logits to temperature-scale; "
-                            "calibrate a network run")
-    if float(run.config.get("val_split") or 0.0) <= 0.0:
-        raise MnistlabError(f"{run.path}: trained without a validation split, so it cannot be calibrated honestly "
-                            "(never on the test split); retrain with `val_split` (e.g. 0.1)")
-    scored = run_scores(run.path, split="val", device=device, dataset=dataset, weights=run.weights_used)
-    record = fit_calibration(scored.scores, scored.labels, target_accuracy=target_accuracy,
-                             weights_sha256=weights_sha256(scored.run.weights), weights_used=scored.run.weights_used)
-    write_json_atomic(calibration_path(run.path), record.to_dict())
-    return record
 
 
 def split_figures(record: CalibrationRecord, logits: Any, labels: Any) -> dict[str, Any]:
