@@ -263,3 +263,23 @@ def test_saliency_through_the_api(calibrated_run: Path, mnist) -> None:
         from mnistlab.predict import OnnxPredictor
 
         OnnxPredictor.predict(object.__new__(OnnxPredictor), images, saliency=True)
+
+
+def test_predict_cli_says_not_sure_and_offers_guesses(calibrated_run: Path, mnist, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    image = tmp_path / "seven.png"
+    Image.fromarray(mnist.split("test").images[0]).save(image)
+    code, out, _ = run_cli(capsys, "predict", str(calibrated_run), str(image))
+    assert code == 0 and "  7   (7 " in out and "not sure" not in out
+    data = json.loads((calibrated_run / CALIBRATION_JSON).read_text())
+    (calibrated_run / CALIBRATION_JSON).write_text(json.dumps({**data, "temperature": 100.0}))
+    code, out, _ = run_cli(capsys, "predict", str(calibrated_run), str(image))
+    assert code == 0 and "not sure   (maybe: 7 " in out
+    code, out, _ = run_cli(capsys, "predict", str(calibrated_run), str(image), "--json")
+    assert json.loads(out)["results"][0]["not_sure"] is True
+    # Stale: other weights' calibration is not applied, and stderr says so once.
+    (calibrated_run / CALIBRATION_JSON).write_text(json.dumps({**data, "weights_sha256": "0" * 64}))
+    code, out, err = run_cli(capsys, "predict", str(calibrated_run), str(image))
+    assert code == 0 and "not sure" not in out and "other weights" in err and "answering uncalibrated" in err

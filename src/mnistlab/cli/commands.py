@@ -459,6 +459,9 @@ def predict(args: argparse.Namespace) -> int:
                          "test_accuracy": info["test_accuracy"], "weights": info["weights"], "results": results,
                          "failed": len(failed)}))
     else:
+        note = predictor.calibration_note
+        if note and predictor.calibration is None and "other weights" in note:  # a stale calibration.json
+            print(f"mnistlab: {note}; answering uncalibrated", file=sys.stderr)
         if predictor.info()["weights"] != "last":  # said once, on stderr: stdout stays one line per image
             print(f"mnistlab: using the run's best weights ({predictor.info()['weights']}); --weights last for "
                   "the last epoch's", file=sys.stderr)
@@ -469,7 +472,9 @@ def predict(args: argparse.Namespace) -> int:
                 continue
             ranked = "  ".join(f"{name} {format_percent(p)}" for _, name, p in predictions[path].top(args.top))
             shown = f"  -> {outs[path]}" if path in outs else ""
-            print(f"{path!s:<{width}}  {predictions[path].name}   ({ranked}){shown}")
+            # Below a calibrated run's threshold the answer is "not sure", and the top classes are the guesses.
+            guesses = "maybe: " if predictions[path].not_sure else ""
+            print(f"{path!s:<{width}}  {predictions[path].answer}   ({guesses}{ranked}){shown}")
     if failed:
         print(f"mnistlab: {len(failed)} of {len(paths)} images could not be read", file=sys.stderr)
         return 2

@@ -333,7 +333,9 @@
       maxBytes = info.limits.max_bytes;
       const accuracy = info.test_accuracy === null ? "test accuracy not recorded"
         : `test accuracy ${(100 * info.test_accuracy).toFixed(2)}%`;
-      modelInfoEl.textContent = `${info.model} trained on ${info.dataset} · ${accuracy} · run ${info.run}`;
+      const calibration = info.calibration && info.calibration.calibrated
+        ? ` · "not sure" below ${percent(info.calibration.threshold)}` : "";
+      modelInfoEl.textContent = `${info.model} trained on ${info.dataset} · ${accuracy} · run ${info.run}${calibration}`;
     } catch (error) {
       modelInfoEl.textContent = `cannot load the model's description (${error.message})`;
     }
