@@ -182,7 +182,7 @@ def test_html_report_is_self_contained_and_shows_the_numbers(mlp_test_report) ->
     assert extra.read_text() == text   # --html writes the same page
     page = parse_page(text)
     pngs = assert_self_contained(page)
-    assert len(pngs) == 4   # training curves, confusion, mistakes, reliability
+    assert len(pngs) == 5   # training curves, confusion, mistakes, their saliency, reliability
     e = out.evaluation
     # The page says how the model was made, on its own: settings, status, every epoch.
     made = dict(row for row in table_after(page, "setting")[1:])

@@ -333,3 +333,65 @@ def test_the_page_works_with_a_token(browser, trained_cnn_run: Path, tmp_path: P
         plain.wait_for_function("document.body.dataset.state === 'empty'", timeout=30_000)
         assert len(asked) == 1 and "access token" in asked[0]
         assert "cnn trained on mnist" in plain.locator("#model-info").inner_text()
+
+
+# A scribble that is no digit: a hash sign across the pad (unit-square strokes, as digit_strokes gives).
+HASH_SCRIBBLE = [[(0.1, 0.35), (0.9, 0.35)], [(0.1, 0.65), (0.9, 0.65)], [(0.35, 0.1), (0.35, 0.9)],
+                 [(0.65, 0.1), (0.65, 0.9)]]
+
+
+def draw_strokes_with_mouse(page, strokes: list[list[tuple[float, float]]]) -> None:
+    for stroke in strokes:
+        points = stroke_points(page, stroke)
+        page.mouse.move(*points[0])
+        page.mouse.down()
+        for x, y in points[1:]:
+            page.mouse.move(x, y, steps=8)
+        page.mouse.up()
+
+
+def saliency_heat(page) -> int:
+    """Sum of the saliency canvas's red channel: > 0 when a heat map is drawn."""
+    return int(page.evaluate("""() => {
+        const data = document.getElementById('saliency').getContext('2d').getImageData(0, 0, 28, 28).data;
+        let sum = 0; for (let i = 0; i < data.length; i += 4) sum += data[i]; return sum; }"""))
+
+
+def test_a_scribble_is_not_sure_and_a_digit_is_read(browser, trained_mlp_run: Path, tmp_path: Path, mnist) -> None:
+    """A calibrated run (issue 13, item 4): a scribble shows "not sure" with the next guesses, a drawn 3 is
+    still read as 3, and both show the saliency heat map beside the 28x28 input."""
+    import shutil
+
+    from mnistlab.analysis import calibrate_run
+
+    run = Path(shutil.copytree(trained_mlp_run, tmp_path / "calibrated"))
+    threshold = calibrate_run(run, device="cpu", dataset=mnist).threshold
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with running_server(run, tmp_path / "serve.log") as url:
+        page = open_page(browser, url, viewport={"width": 1100, "height": 760})
+        assert page.locator("#saliency-figure").is_hidden()
+        before = results(page)
+        draw_strokes_with_mouse(page, HASH_SCRIBBLE)
+        settle(page, results_before=before)
+        assert page.locator("#prediction").inner_text().strip() == "not sure"
+        assert page.evaluate("document.body.dataset.notSure") == "true"
+        _, top, probabilities = shown_answer(page)
+        assert max(probabilities) < threshold
+        guesses = page.locator("#status").inner_text()
+        assert guesses.startswith("maybe: ") and guesses.count("(") == 3
+        assert guesses.split()[1] == top  # the first guess is the highest bar
+        assert page.locator("#saliency-figure").is_visible() and saliency_heat(page) > 0
+        page.screenshot(path=str(ARTIFACTS / "browser-not-sure.png"), full_page=True)
+
+        page.click("#clear")
+        page.wait_for_function("document.body.dataset.state === 'empty'")
+        assert page.locator("#saliency-figure").is_hidden()
+        before = results(page)
+        draw_with_mouse(page, 3)
+        settle(page, results_before=before)
+        prediction, top, probabilities = shown_answer(page)
+        assert prediction == "3" and top == "3" and probabilities[3] >= threshold
+        assert page.evaluate("document.body.dataset.notSure") == "false"
+        assert "sure" in page.locator("#confidence").inner_text() and saliency_heat(page) > 0
+        page.screenshot(path=str(ARTIFACTS / "browser-calibrated-3.png"), full_page=True)
+        assert page.problems == []  # type: ignore[attr-defined]

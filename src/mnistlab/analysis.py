@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from mnistlab.runs import (
     write_json_atomic,
     write_text_atomic,
 )
+
+if TYPE_CHECKING:
+    from mnistlab.calibration import CalibrationRecord
 
 EvalSplit = Literal["test", "val", "train"]
 EVAL_SPLITS: tuple[str, ...] = get_args(EvalSplit)
@@ -245,6 +248,9 @@ class Evaluation:
     weights_used: str = "last"        # which of the run's weights were scored: "last" or "best"
     best: dict[str, Any] | None = None  # for "best": the epoch and the monitor that chose it
     tta: tuple[str, ...] = ()           # test-time augmentation: the transforms averaged (none: plain scoring)
+    # With a calibration.json for these weights (fitted on val): NLL/ECE before and after temperature scaling on
+    # this split, and the not-sure share (:func:`mnistlab.calibration.split_figures`); None without one.
+    temperature_scaling: dict[str, Any] | None = None
     # Where it was written (evaluation.json, PNGs, report.html) and its registry ids, once saved.
     files: dict[str, Path] = field(default_factory=dict, compare=False, repr=False)
     html_path: Path | None = field(default=None, compare=False, repr=False)
@@ -277,6 +283,7 @@ class Evaluation:
             recorded={"test_accuracy": data.get("recorded_test_accuracy")}, training=dict(data.get("training") or {}),
             same_data=data.get("same_data"), weights_used=str(data.get("weights_used", "last")),
             best=data.get("best_epoch"), tta=tuple(str(name) for name in data.get("tta") or ()),
+            temperature_scaling=data.get("temperature_scaling"),
         )
 
     def with_files(self, files: dict[str, Path], *, html: Path | None = None,
@@ -329,6 +336,7 @@ class Evaluation:
             "same_data": self.same_data,
             "weights_used": self.weights_used, "best_epoch": self.best,
             "tta": list(self.tta) or None,
+            "temperature_scaling": self.temperature_scaling,
         }
 
 
@@ -367,7 +375,23 @@ def evaluate_scores(scored: RunScores, *, gallery: int = GALLERY_SIZE, pairs: in
         seconds=scored.seconds, recorded=dict(scored.run.metrics or {}), training=training_record(scored.run),
         same_data=scored.same_data, weights_used=scored.run.weights_used,
         best=scored.run.best if scored.run.weights_used == "best" else None, tta=scored.tta,
+        temperature_scaling=_temperature_scaling(scored),
     )
+
+
+def _temperature_scaling(scored: RunScores) -> dict[str, Any] | None:
+    """Temperature scaling's effect on this split, if the run has a calibration.json for these weights."""
+    from mnistlab.calibration import StaleCalibration, calibration_path, load_calibration, split_figures
+
+    if scored.score_kind != "logits" or not len(scored.labels) or not calibration_path(scored.run.path).is_file():
+        return None
+    try:
+        record = load_calibration(scored.run.path, weights_sha256=weights_sha256(scored.run.weights))
+    except StaleCalibration as exc:
+        return {"stale": str(exc)}
+    if record is None:
+        return None
+    return split_figures(record, scored.scores, scored.labels)
 
 
 TRAINING_SETTINGS = ("epochs", "batch_size", "optimizer", "lr", "schedule", "label_smoothing", "seed", "val_split",
@@ -455,6 +479,17 @@ def write_evaluation(evaluation: Evaluation, scored: RunScores, *, out_dir: str 
         scored.images[rows] if rows else np.zeros((0, 28, 28), np.uint8),
         [_mistake_caption(m, evaluation) for m in evaluation.mistakes], out / "mistakes.png",
         title=f"{title}: most confident mistakes")
+    if rows and evaluation.family != "classical":  # which pixels drove each mistake
+        from mnistlab.inference import load_network
+        from mnistlab.report import plot_saliency
+        from mnistlab.saliency import input_gradient_saliency
+
+        network = load_network(scored.run.path, device="cpu", weights=scored.run.weights_used)
+        maps = input_gradient_saliency(network.model, scored.images[rows], device=network.device)
+        files["saliency_png"] = plot_saliency(scored.images[rows], maps,
+                                              [_mistake_caption(m, evaluation) for m in evaluation.mistakes],
+                                              out / "mistakes_saliency.png",
+                                              title=f"{title}: pixels that drove each mistake")
     if evaluation.calibration is not None:
         files["reliability_png"] = plot_reliability(evaluation.calibration, out / "reliability.png",
                                                     title=f"{title}: reliability")
@@ -528,3 +563,24 @@ def cached_evaluation(run_dir: str | os.PathLike[str], split: str = "test", *,
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         return None
     return data if data.get("weights_sha256") == weights_sha256(run.weights) else None
+
+
+def calibrate_run(run_dir: str | os.PathLike[str], *, weights: WeightsChoice = "auto", device: str = "auto",
+                  target_accuracy: float = 0.995, dataset: Any = None) -> CalibrationRecord:
+    """Fit temperature scaling and the not-sure threshold on a network run's validation split; write
+    ``RUN/calibration.json`` (atomically) and return it (:mod:`mnistlab.calibration`; it lives here, beside
+    :func:`run_scores`, so that module stays numpy-only). Refuses runs trained without ``val_split``."""
+    from mnistlab.calibration import calibration_path, fit_calibration
+
+    run = read_run(run_dir, weights=weights)
+    if run.model.get("family") == "classical":
+        raise MnistlabError(f"{run.path}: a classical baseline has no logits to temperature-scale; "
+                            "calibrate a network run")
+    if float(run.config.get("val_split") or 0.0) <= 0.0:
+        raise MnistlabError(f"{run.path}: trained without a validation split, so it cannot be calibrated honestly "
+                            "(never on the test split); retrain with `val_split` (e.g. 0.1)")
+    scored = run_scores(run.path, split="val", device=device, dataset=dataset, weights=run.weights_used)
+    record = fit_calibration(scored.scores, scored.labels, target_accuracy=target_accuracy,
+                             weights_sha256=weights_sha256(scored.run.weights), weights_used=scored.run.weights_used)
+    write_json_atomic(calibration_path(run.path), record.to_dict())
+    return record

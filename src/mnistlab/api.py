@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # torch and the heavier modules load only when a Run needs th
     from torch import nn
 
     from mnistlab.analysis import Evaluation
+    from mnistlab.calibration import CalibrationRecord
     from mnistlab.corruptions import RobustnessReport
     from mnistlab.data import Dataset
     from mnistlab.export import ExportFormat, ExportResult, Quantize
@@ -599,6 +600,33 @@ class Run:
             dataset = load_run_dataset(self.files.config, data_dir=data_dir, run_name=str(self.path))
         return robustness_report(self.path, seed=seed, device=device, dataset=dataset, weights=self.weights)
 
+    def calibrate(self, *, target_accuracy: float = 0.995, device: str = "auto",
+                  data_dir: str | os.PathLike[str] | None = None) -> CalibrationRecord:
+        """Fit temperature scaling and the "not sure" threshold on the run's validation split and write
+        ``RUN/calibration.json`` (:func:`mnistlab.calibration.calibrate_run`); later predictions use them.
+        A run trained without ``val_split`` is refused: nothing else is held out honestly."""
+        from mnistlab.analysis import calibrate_run
+
+        dataset = None
+        if data_dir is not None:
+            from mnistlab.data import load_run_dataset
+
+            dataset = load_run_dataset(self.files.config, data_dir=data_dir, run_name=str(self.path))
+        record = calibrate_run(self.path, weights=self.weights, device=device, target_accuracy=target_accuracy,
+                               dataset=dataset)
+        self._predictors.clear()  # loaded before: they would answer uncalibrated
+        return record
+
+    def saliency(self, images: Any, *, invert: str = "auto", device: str = "cpu") -> Any:
+        """float64 (N, 28, 28) input-gradient saliency maps in [0, 1] (which pixels drove each predicted class),
+        for ``images`` as :meth:`predict` takes them (torch only: onnxruntime gives no gradients)."""
+        import numpy as np
+
+        prepared = self._prepared(images, invert=invert)
+        if not prepared:
+            return np.zeros((0, 28, 28), np.float64)
+        return self.predictor(device=device).saliency(np.stack(prepared))
+
     def predictor(self, *, device: str = "cpu") -> Predictor:
         """The loaded model as a :class:`mnistlab.predict.Predictor` (kept for later calls)."""
         if device not in self._predictors:
@@ -627,14 +655,30 @@ class Run:
                           run_id=self.id, model=model, weights=self.weights_used)
 
     def predict(self, images: Any, *, invert: str = "auto", device: str = "cpu",
-                backend: Literal["torch", "onnx"] = "torch") -> list[Prediction]:
+                backend: Literal["torch", "onnx"] = "torch", saliency: bool = False) -> list[Prediction]:
         """Read digits: ``images`` is one image or a list of them: file paths, PIL images, image bytes, or
         arrays (a 28x28 uint8 array is used as it is; an (N, 28, 28) array is N images).
 
         Photos and drawings are prepared as MNIST was made (:func:`mnistlab.imaging.prepare_image`).
         ``backend="onnx"`` scores with onnxruntime on the run's export (``RUN/export/model.onnx``, written on
-        first use).
+        first use). A calibrated run (:meth:`calibrate`) says ``not_sure`` below its threshold;
+        ``saliency=True`` adds each image's saliency map (torch only).
         """
+        import numpy as np
+
+        prepared = self._prepared(images, invert=invert)
+        if not prepared:
+            return []
+        if backend not in ("torch", "onnx"):
+            raise MnistlabError(f"predict(backend={backend!r}): choose torch or onnx")
+        if backend == "onnx":
+            if device not in ("cpu", "auto"):
+                raise MnistlabError(f"predict(device={device!r}): the onnx backend runs on the CPU")
+            return self._onnx_predictor().predict(np.stack(prepared), saliency=saliency)
+        return self.predictor(device=device).predict(np.stack(prepared), saliency=saliency)
+
+    def _prepared(self, images: Any, *, invert: str) -> list[Any]:
+        """``images`` (see :meth:`predict`) prepared as MNIST was made: a list of uint8 28x28 arrays."""
         import numpy as np
 
         from mnistlab.imaging import prepare_image
@@ -651,16 +695,7 @@ class Run:
             items = images
         else:
             items = [images]
-        prepared = [prepare_image(item, invert=invert).pixels for item in items]  # type: ignore[arg-type]
-        if not prepared:
-            return []
-        if backend not in ("torch", "onnx"):
-            raise MnistlabError(f"predict(backend={backend!r}): choose torch or onnx")
-        if backend == "onnx":
-            if device not in ("cpu", "auto"):
-                raise MnistlabError(f"predict(device={device!r}): the onnx backend runs on the CPU")
-            return self._onnx_predictor().predict(np.stack(prepared))
-        return self.predictor(device=device).predict(np.stack(prepared))
+        return [prepare_image(item, invert=invert).pixels for item in items]  # type: ignore[arg-type]
 
 
 def _is_pixel_rows(value: Sequence[Any]) -> bool:

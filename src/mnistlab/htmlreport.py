@@ -81,6 +81,16 @@ def summary_rows(data: Mapping[str, Any]) -> list[tuple[str, str]]:
                  ("maximum calibration error", pct(cal["mce"]))]
     else:
         rows.append(("calibration", "n/a: this model gives decision values, not probabilities"))
+    scaled = data.get("temperature_scaling")
+    if scaled and "stale" in scaled:
+        rows.append(("temperature scaling", f"not applied: {scaled['stale']}"))
+    elif scaled:
+        rows += [(f"ECE after temperature scaling (T = {scaled['temperature']:.3f}, fitted on {scaled['fitted_on']})",
+                  f"{pct(scaled['ece_after'])} (before {pct(scaled['ece_before'])})"),
+                 ("loss after temperature scaling", f"{num(scaled['nll_after'])} (before {num(scaled['nll_before'])})"),
+                 (f"not sure (top probability < {scaled['threshold']:.4f})",
+                  f"{pct(scaled['not_sure_fraction'])} of images; the others {pct(scaled['answered_accuracy'])} "
+                  "accurate")]
     published = data.get("published")
     if published and data["split"] == "test":
         rows.append((f"published: {published['method']}", f"{pct(published['test_error'])} error "
@@ -194,6 +204,10 @@ def evaluation_body(data: Mapping[str, Any], images: Mapping[str, bytes], *, hea
     parts.append(f"<{h}>Most confident mistakes</{h}>")
     if "mistakes_png" in images:
         parts.append(data_uri_img(images["mistakes_png"], "most confident mistakes"))
+    if "saliency_png" in images:
+        parts.append("<p>The same mistakes with their input-gradient saliency over them: the pixels whose change "
+                     "moves the predicted class's log-probability most (hot: most).</p>")
+        parts.append(data_uri_img(images["saliency_png"], "saliency of the most confident mistakes"))
     kind = "decision value" if data["score_kind"] == "decision" else "confidence"
     parts.append(table(["image", "true", "predicted", kind, "probability of the true class"],
                        mistakes_rows(data)))

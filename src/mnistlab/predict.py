@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -30,12 +30,31 @@ BACKENDS: tuple[str, ...] = get_args(Backend)
 # ----------------------------------------------------------------------------------------------- predictor
 @dataclass(frozen=True)
 class Prediction:
-    """One image's answer: the most probable class and every class's probability (softmax of the logits)."""
+    """One image's answer: the most probable class and every class's probability (softmax of the logits).
+
+    For a calibrated run (``mnistlab calibrate``) the probabilities are softmax(logits / ``temperature``) and
+    ``not_sure`` is True when the top probability is below the run's ``threshold`` (then :meth:`top` gives the
+    guesses to offer instead of one answer). ``saliency``: (28, 28) in [0, 1], when asked for.
+    """
 
     label: int
     name: str
     probabilities: tuple[float, ...]
     class_names: tuple[str, ...]
+    not_sure: bool = False
+    threshold: float | None = None      # None: the run is not calibrated
+    temperature: float | None = None
+    saliency: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def confidence(self) -> float:
+        """The top probability."""
+        return self.probabilities[self.label]
+
+    @property
+    def answer(self) -> str:
+        """What to show: the class name, or ``not sure``."""
+        return "not sure" if self.not_sure else self.name
 
     def top(self, k: int = 3) -> list[tuple[int, str, float]]:
         """The ``k`` most probable classes as (index, name, probability), most probable first."""
@@ -43,13 +62,21 @@ class Prediction:
         return [(i, self.class_names[i], self.probabilities[i]) for i in order[:k]]
 
     def to_dict(self, *, top: int = 3) -> dict[str, Any]:
-        """JSON-ready: prediction, label name, all probabilities, and the top ``top``."""
-        return {
+        """JSON-ready: prediction, label name, all probabilities, the top ``top``, and the not-sure verdict
+        (``not_sure``, ``threshold`` and ``temperature`` are false/null for an uncalibrated run)."""
+        data: dict[str, Any] = {
             "prediction": self.label,
             "label": self.name,
+            "answer": self.answer,
             "probabilities": [round(p, 6) for p in self.probabilities],
             "top": [{"class": i, "label": n, "probability": round(p, 6)} for i, n, p in self.top(top)],
+            "not_sure": self.not_sure,
+            "threshold": None if self.threshold is None else round(self.threshold, 6),
+            "temperature": None if self.temperature is None else round(self.temperature, 6),
         }
+        if self.saliency is not None:
+            data["saliency"] = np.round(self.saliency, 3).tolist()
+        return data
 
 
 class Predictor:
@@ -70,6 +97,12 @@ class Predictor:
         self.model, self.run = self.network.model, self.network.run
         names = self.run.model.get("class_names") or [str(i) for i in range(10)]
         self.class_names: tuple[str, ...] = tuple(str(n) for n in names)
+        self.calibration, self.calibration_note = _run_calibration(self.run.path, self.run.weights)
+
+    @property
+    def has_saliency(self) -> bool:
+        """True: :meth:`predict` can return saliency maps (torch backend)."""
+        return True
 
     @property
     def num_classes(self) -> int:
@@ -85,13 +118,25 @@ class Predictor:
         from mnistlab.metrics import softmax
 
         images = _checked_images(images)
-        logits = self.network.logits(images, batch_size=self.batch_size)
-        return softmax(logits.cpu().numpy().astype(np.float64))
+        logits = self.network.logits(images, batch_size=self.batch_size).cpu().numpy().astype(np.float64)
+        if self.calibration is not None:  # temperature scaling: same argmax, honest probabilities
+            return self.calibration.scale(logits)
+        return softmax(logits)
 
-    def predict(self, images: np.ndarray | Sequence[np.ndarray]) -> list[Prediction]:
-        """One :class:`Prediction` per uint8 28x28 image."""
+    def saliency(self, images: np.ndarray) -> np.ndarray:
+        """float64 (N, 28, 28) input-gradient saliency in [0, 1] of the predicted class
+        (:func:`mnistlab.saliency.input_gradient_saliency`)."""
+        from mnistlab.saliency import input_gradient_saliency
+
+        images = _checked_images(images)
+        return np.concatenate([input_gradient_saliency(self.model, images[i:i + self.batch_size], device=self.device)
+                               for i in range(0, max(len(images), 1), self.batch_size)])
+
+    def predict(self, images: np.ndarray | Sequence[np.ndarray], *, saliency: bool = False) -> list[Prediction]:
+        """One :class:`Prediction` per uint8 28x28 image (with its saliency map if ``saliency``)."""
         batch = np.stack(list(images)) if not isinstance(images, np.ndarray) else images
-        return _predictions(self.probabilities(batch), self.class_names)
+        maps = self.saliency(batch) if saliency else None
+        return _predictions(self.probabilities(batch), self.class_names, calibration=self.calibration, maps=maps)
 
     def info(self) -> dict[str, Any]:
         """What is loaded: model, dataset, classes, parameters, and the run's recorded test accuracy."""
@@ -111,6 +156,7 @@ class Predictor:
             "precision": self.precision,
             "backend": "torch",
             "weights": self.run.weights_used,
+            "calibration": _calibration_info(self.calibration, self.calibration_note),
         }
 
 
@@ -123,10 +169,35 @@ def _checked_images(images: np.ndarray) -> np.ndarray:
     return images
 
 
-def _predictions(probs: np.ndarray, class_names: tuple[str, ...]) -> list[Prediction]:
+def _predictions(probs: np.ndarray, class_names: tuple[str, ...], *, calibration: Any = None,
+                 maps: np.ndarray | None = None) -> list[Prediction]:
+    threshold = None if calibration is None else float(calibration.threshold)
+    temperature = None if calibration is None else float(calibration.temperature)
     return [Prediction(label=int(row.argmax()), name=class_names[int(row.argmax())],
-                       probabilities=tuple(float(p) for p in row), class_names=class_names)
-            for row in probs]
+                       probabilities=tuple(float(p) for p in row), class_names=class_names,
+                       not_sure=threshold is not None and float(row.max()) < threshold,
+                       threshold=threshold, temperature=temperature, saliency=None if maps is None else maps[i])
+            for i, row in enumerate(probs)]
+
+
+def _run_calibration(run_dir: Path, weights_file: Path) -> tuple[Any, str]:
+    """(the run's calibration record or None, a one-line note on why there is none)."""
+    from mnistlab.calibration import StaleCalibration, calibration_path, load_calibration
+    from mnistlab.runs import file_sha256
+
+    if not calibration_path(run_dir).is_file():
+        return None, "not calibrated (`mnistlab calibrate RUN` fits it on the validation split)"
+    try:
+        return load_calibration(run_dir, weights_sha256=file_sha256(weights_file)), ""
+    except StaleCalibration as exc:  # other weights: behave as uncalibrated, and say why
+        return None, str(exc)
+
+
+def _calibration_info(record: Any, note: str) -> dict[str, Any]:
+    if record is None:
+        return {"calibrated": False, "note": note}
+    return {"calibrated": True, "temperature": record.temperature, "threshold": record.threshold,
+            "target_accuracy": record.target_accuracy, "fitted_on": record.split}
 
 
 class OnnxPredictor:
@@ -146,6 +217,14 @@ class OnnxPredictor:
         self.device = "cpu"
         self.precision = "int8" if self.metadata.get("exported_precision", "").startswith("int8") else "fp32"
         self.class_names: tuple[str, ...] = tuple(str(n) for n in _json_list(self.metadata.get("class_names")))
+        # An exported file travels without its run's calibration.json: it answers uncalibrated.
+        self.calibration: Any = None
+        self.calibration_note = "not calibrated (an exported file carries no calibration; use the run directory)"
+
+    @property
+    def has_saliency(self) -> bool:
+        """False: onnxruntime gives no input gradients (see :mod:`mnistlab.saliency`)."""
+        return False
 
     @property
     def num_classes(self) -> int:
@@ -167,8 +246,11 @@ class OnnxPredictor:
 
         return softmax(self.logits(images).astype(np.float64))
 
-    def predict(self, images: np.ndarray | Sequence[np.ndarray]) -> list[Prediction]:
-        """One :class:`Prediction` per uint8 28x28 image."""
+    def predict(self, images: np.ndarray | Sequence[np.ndarray], *, saliency: bool = False) -> list[Prediction]:
+        """One :class:`Prediction` per uint8 28x28 image; ``saliency`` is not available on this backend."""
+        if saliency:
+            raise MnistlabError("saliency needs input gradients, which the onnx backend does not give; "
+                                "use --backend torch (the run directory)")
         batch = np.stack(list(images)) if not isinstance(images, np.ndarray) else images
         return _predictions(self.probabilities(batch), self.class_names)
 
@@ -191,6 +273,7 @@ class OnnxPredictor:
             "backend": "onnx",
             "weights": meta.get("weights_used", "last"),
             "file": str(self.path),
+            "calibration": _calibration_info(None, self.calibration_note),
         }
 
 

@@ -331,6 +331,29 @@ def plot_mistakes(images: np.ndarray, captions: Sequence[str], path: str | os.Pa
     return save_figure(fig, path)
 
 
+def plot_saliency(images: np.ndarray, maps: np.ndarray, captions: Sequence[str], path: str | os.PathLike[str], *,
+                  title: str = "") -> Path:
+    """The mistakes gallery with each digit's input-gradient saliency (hot colours) over it, dimmed."""
+    plt = _pyplot()
+    count = len(images)
+    cols = max(1, min(9, count))
+    rows = max(1, math.ceil(count / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.35 * cols + 0.4, 1.65 * rows + 0.5), squeeze=False)
+    for slot, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if slot < count:
+            ax.imshow(images[slot], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            # The map over the digit, transparent where it is zero, so the strokes it points at stay visible.
+            ax.imshow(maps[slot], cmap="hot", vmin=0, vmax=1, alpha=np.clip(maps[slot], 0, 1) * 0.85,
+                      interpolation="nearest")
+            ax.set_title(captions[slot], fontsize=7, color="#b00020")
+    if count == 0:
+        axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
+
+
 def plot_reliability(calibration: Any, path: str | os.PathLike[str], *, title: str = "") -> Path:
     """Reliability diagram: accuracy against confidence per bin (with the gap to the diagonal), and counts."""
     plt = _pyplot()

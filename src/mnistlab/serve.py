@@ -226,7 +226,10 @@ def predict_openapi(limits: ServeLimits, *, num_classes: int, token: bool) -> di
     if token:
         answers[401] = "no or wrong `Authorization: Bearer TOKEN` (the server was started with --token)"
     responses: dict[str, Any] = {
-        "200": {"description": "prediction, every class's probability, top-k, the 28x28 the model saw"},
+        "200": {"description": ("prediction, every class's probability, top-k, the 28x28 the model saw; "
+                                "not_sure (true when a calibrated run's top probability is below its threshold), "
+                                "threshold and temperature (null: not calibrated), and saliency (28x28 in [0, 1]: "
+                                "which pixels drove the decision; null on the onnx backend)")},
         **{str(code): {"description": text, "content": error} for code, text in sorted(answers.items())},
     }
     return {
@@ -399,8 +402,11 @@ def _predict_one(predictor: AnyPredictor, limits: ServeLimits, payload: bytes | 
     # neither; copying the upload to bytes would double its memory.
     prepared = prepare_image(cast(Any, payload), invert=invert, name=name, max_bytes=limits.max_bytes,
                              max_pixels=limits.max_pixels)
-    prediction = predictor.predict(prepared.pixels[None])[0]
+    # The saliency map costs one backward pass (about as much as the forward one): the page shows it beside
+    # the 28x28 input. The onnx backend has no gradients, so its answers carry "saliency": null.
+    prediction = predictor.predict(prepared.pixels[None], saliency=predictor.has_saliency)[0]
     return {
+        "saliency": None,
         **prediction.to_dict(top=top),
         "inverted": prepared.inverted,
         "source_size": list(prepared.source_size),

@@ -240,6 +240,19 @@ def ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def calibrate(args: argparse.Namespace) -> int:
+    """``mnistlab calibrate RUN``: temperature scaling and the not-sure threshold, fitted on the val split."""
+    from mnistlab import api
+
+    run = api.load(args.run_dir, registry=args.registry, weights=args.weights)
+    record = run.calibrate(target_accuracy=args.target_accuracy, device=args.device, data_dir=args.data_dir)
+    if args.json:
+        print(json_text(record.to_dict()))
+        return 0
+    render.calibration_result(render.console(), record, run_dir=run.path)
+    return 0
+
+
 def _evaluate_corruptions(args: argparse.Namespace, run: Any) -> int:
     """``evaluate RUN --corruptions``: the robustness report (test split only)."""
     if args.split != "test":
@@ -471,6 +484,9 @@ def predict(args: argparse.Namespace) -> int:
                          "test_accuracy": info["test_accuracy"], "weights": info["weights"], "results": results,
                          "failed": len(failed)}))
     else:
+        note = predictor.calibration_note
+        if note and predictor.calibration is None and "other weights" in note:  # a stale calibration.json
+            print(f"mnistlab: {note}; answering uncalibrated", file=sys.stderr)
         if predictor.info()["weights"] != "last":  # said once, on stderr: stdout stays one line per image
             print(f"mnistlab: using the run's best weights ({predictor.info()['weights']}); --weights last for "
                   "the last epoch's", file=sys.stderr)
@@ -481,7 +497,9 @@ def predict(args: argparse.Namespace) -> int:
                 continue
             ranked = "  ".join(f"{name} {format_percent(p)}" for _, name, p in predictions[path].top(args.top))
             shown = f"  -> {outs[path]}" if path in outs else ""
-            print(f"{path!s:<{width}}  {predictions[path].name}   ({ranked}){shown}")
+            # Below a calibrated run's threshold the answer is "not sure", and the top classes are the guesses.
+            guesses = "maybe: " if predictions[path].not_sure else ""
+            print(f"{path!s:<{width}}  {predictions[path].answer}   ({guesses}{ranked}){shown}")
     if failed:
         print(f"mnistlab: {len(failed)} of {len(paths)} images could not be read", file=sys.stderr)
         return 2

@@ -210,6 +210,27 @@ def _evaluate_parser(commands: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(handler=cmd.evaluate)
 
 
+def _calibrate_parser(commands: argparse._SubParsersAction) -> None:
+    from mnistlab.cli import commands as cmd
+
+    calibrate = commands.add_parser(
+        "calibrate", help="fit temperature scaling and a 'not sure' threshold on the run's validation split",
+        description="Writes RUN/calibration.json: one temperature T (minimising the validation NLL of "
+                    "softmax(logits / T)) and the smallest top probability at which the validation images answered "
+                    "reach --target-accuracy; below it predict, serve and the page say 'not sure'. Needs a run "
+                    "trained with --val-split (never fitted on the test split). evaluate then reports test ECE "
+                    "before and after.")
+    _add_run_argument(calibrate)
+    calibrate.add_argument("--target-accuracy", type=float, default=0.995,
+                           help="accuracy the answered validation images must reach (default 0.995)")
+    calibrate.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_NAMES)}")
+    calibrate.add_argument("--data-dir", help="read the run's dataset from this folder (when its files moved)")
+    calibrate.add_argument("--json", action="store_true", help="print calibration.json")
+    _add_weights_flag(calibrate)
+    _add_registry_flag(calibrate)
+    calibrate.set_defaults(handler=cmd.calibrate)
+
+
 BACKEND_CHOICES = ("auto", "torch", "onnx")  # = mnistlab.predict.BACKENDS (kept here so --help stays light)
 _MODEL_HELP = ("a run directory, a run id from `mnistlab runs list`, or a .onnx file from `mnistlab export` "
                "(runs on onnxruntime, without torch)")
@@ -346,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="mnistlab", description="MNIST done properly: data, models, training, evaluation.")
     parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
-    for add in (_data_parsers, _train_parser, _sweep_parser, _evaluate_parser, _ensemble_parser, _predict_parsers,
+    for add in (_data_parsers, _train_parser, _sweep_parser, _evaluate_parser, _ensemble_parser, _calibrate_parser,
+                _predict_parsers,
                 _export_parser, _reproduce_parser, _runs_parsers):
         add(commands)
     return parser

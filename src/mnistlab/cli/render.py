@@ -18,6 +18,7 @@ from rich.markup import escape
 if TYPE_CHECKING:
     from mnistlab.analysis import Evaluation
     from mnistlab.api import Run
+    from mnistlab.calibration import CalibrationRecord
     from mnistlab.compare import Comparison
     from mnistlab.config import ModelInfo, TrainConfig
     from mnistlab.corruptions import RobustnessReport
@@ -201,6 +202,17 @@ def evaluation(out: Console, ev: Evaluation) -> None:
     if ev.calibration is not None:
         out.print(f"calibration: ECE {100 * ev.calibration.ece:.2f}%  MCE {100 * ev.calibration.mce:.2f}% "
                   f"({len(ev.calibration.count)} bins)")
+    scaled = ev.temperature_scaling
+    if scaled and "stale" in scaled:
+        out.print(f"[yellow]temperature scaling not applied:[/yellow] {esc(scaled['stale'])}")
+    elif scaled:
+        out.print(f"temperature scaling (T {scaled['temperature']:.3f}, fitted on {scaled['fitted_on']}): "
+                  f"ECE {100 * scaled['ece_before']:.2f}% -> {100 * scaled['ece_after']:.2f}%  "
+                  f"loss {scaled['nll_before']:.4f} -> {scaled['nll_after']:.4f}  "
+                  f"not sure (< {scaled['threshold']:.4f}) {100 * scaled['not_sure_fraction']:.2f}%, the rest "
+                  f"{100 * scaled['answered_accuracy']:.2f}% accurate")
+    elif ev.calibration is not None and ev.family != "classical":
+        out.print("not calibrated: `mnistlab calibrate RUN` fits temperature scaling on the validation split")
     if data["published"] and ev.split == "test":
         out.print(f"published ({esc(data['published']['method'])}): "
                   f"{100 * data['published']['test_error']:.2f}% error; this run: {100 * ev.error:.2f}%")
@@ -221,6 +233,18 @@ def evaluation(out: Console, ev: Evaluation) -> None:
         out.print(f"report: {esc(ev.html_path)}")
     if ev.registry_ids is not None:
         out.print(f"registry: run {ev.registry_ids[0]}, evaluation {ev.registry_ids[1]}")
+
+
+def calibration_result(out: Console, record: CalibrationRecord, *, run_dir: Any) -> None:
+    """``calibrate``: T, the threshold, and what they do on the validation split."""
+    out.print(f"temperature T = {record.temperature:.4f} (fitted on {record.count:,} {record.split} images, "
+              f"{record.weights_used} weights)")
+    out.print(f"val loss {record.nll_before:.4f} -> {record.nll_after:.4f}   "
+              f"val ECE {100 * record.ece_before:.2f}% -> {100 * record.ece_after:.2f}%")
+    out.print(f"not sure below top probability {record.threshold:.4f}: {100 * record.not_sure_fraction:.2f}% of val; "
+              f"the answered are {100 * record.answered_accuracy:.2f}% accurate (target "
+              f"{100 * record.target_accuracy:.2f}%)")
+    out.print(f"wrote {esc(run_dir)}/calibration.json; predict, serve and evaluate use it for these weights")
 
 
 def robustness(out: Console, report: RobustnessReport) -> None:

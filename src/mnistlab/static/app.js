@@ -10,6 +10,8 @@
   const pad = document.getElementById("pad");
   const ctx = pad.getContext("2d");
   const input28 = document.getElementById("input28").getContext("2d");
+  const saliencyCanvas = document.getElementById("saliency");
+  const saliencyFigure = document.getElementById("saliency-figure");
   const predictionEl = document.getElementById("prediction");
   const confidenceEl = document.getElementById("confidence");
   const barsEl = document.getElementById("bars");
@@ -200,26 +202,40 @@
     confidenceEl.textContent = "";
     statusEl.textContent = "Draw a digit in the box.";
     input28.clearRect(0, 0, 28, 28);
+    drawSaliency(null);
     renderBars(null);
     body.dataset.state = "empty";
+    body.dataset.notSure = "false";
   }
 
   function showError(message) {
     predictionEl.textContent = "?";
     confidenceEl.textContent = "";
     statusEl.textContent = message;
+    drawSaliency(null);
     renderBars(null);
     body.dataset.state = "error";
+    body.dataset.notSure = "false";
   }
 
   function showResult(data) {
-    predictionEl.textContent = data.label;
     const top = data.probabilities[data.prediction];
-    confidenceEl.textContent = `${percent(top)} sure`;
-    const second = data.top[1];
-    statusEl.textContent = second ? `next best: ${second.label} (${percent(second.probability)})` : "";
+    if (data.not_sure) {
+      // A calibrated run's top probability is below the threshold chosen on its validation split: offer
+      // the guesses instead of one answer.
+      predictionEl.textContent = "not sure";
+      confidenceEl.textContent = `top guess only ${percent(top)} (needs ${percent(data.threshold)})`;
+      statusEl.textContent = "maybe: " + data.top.map((t) => `${t.label} (${percent(t.probability)})`).join(", ");
+    } else {
+      predictionEl.textContent = data.label;
+      confidenceEl.textContent = `${percent(top)} sure`;
+      const second = data.top[1];
+      statusEl.textContent = second ? `next best: ${second.label} (${percent(second.probability)})` : "";
+    }
     renderBars(data.probabilities, data.prediction);
     drawInput(data.input);
+    drawSaliency(data.saliency || null);
+    body.dataset.notSure = String(Boolean(data.not_sure));
     body.dataset.prediction = String(data.prediction);
     body.dataset.results = String(++results);
     body.dataset.state = "ready";
@@ -257,6 +273,24 @@
       }
     }
     input28.putImageData(image, 0, 0);
+  }
+
+  function drawSaliency(rows) {
+    // A heat map: black where the pixel did not matter, through red to yellow where it mattered most.
+    saliencyFigure.hidden = rows === null;
+    if (rows === null) return;
+    const context = saliencyCanvas.getContext("2d");
+    const image = context.createImageData(28, 28);
+    for (let r = 0; r < 28; r++) {
+      for (let c = 0; c < 28; c++) {
+        const v = Math.max(0, Math.min(1, rows[r][c])), o = 4 * (28 * r + c);
+        image.data[o] = Math.round(255 * Math.min(1, 2 * v));
+        image.data[o + 1] = Math.round(255 * Math.max(0, 2 * v - 1));
+        image.data[o + 2] = 0;
+        image.data[o + 3] = 255;
+      }
+    }
+    context.putImageData(image, 0, 0);
   }
 
   // ------------------------------------------------------------------------------------------ upload
@@ -299,7 +333,9 @@
       maxBytes = info.limits.max_bytes;
       const accuracy = info.test_accuracy === null ? "test accuracy not recorded"
         : `test accuracy ${(100 * info.test_accuracy).toFixed(2)}%`;
-      modelInfoEl.textContent = `${info.model} trained on ${info.dataset} · ${accuracy} · run ${info.run}`;
+      const calibration = info.calibration && info.calibration.calibrated
+        ? ` · "not sure" below ${percent(info.calibration.threshold)}` : "";
+      modelInfoEl.textContent = `${info.model} trained on ${info.dataset} · ${accuracy} · run ${info.run}${calibration}`;
     } catch (error) {
       modelInfoEl.textContent = `cannot load the model's description (${error.message})`;
     }
