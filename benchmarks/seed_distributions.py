@@ -75,14 +75,23 @@ def welch(a: tuple[float, ...], b: tuple[float, ...]) -> tuple[float | None, flo
 
 
 def load_mnistlab(paths: list[Path]) -> dict[str, dict[str, Any]]:
-    """Experiment -> its row from ``seeds.json`` files; a later file's row replaces an earlier one's."""
+    """Experiment -> its row from ``seeds.json`` files, an experiment's seeds pooled over the files (a CNN study
+    extended by a second ``--seed K --seeds M`` run); a seed twice is refused, it would count one run double."""
     rows: dict[str, dict[str, Any]] = {}
     for path in paths:
         data = json.loads(path.read_text())
         if data.get("quick"):
             raise SystemExit(f"--mnistlab {path}: a --quick run (1 epoch); compare the full recipe")
         for row in data["rows"]:
-            rows[row["name"]] = row
+            pooled = rows.setdefault(row["name"], {**row, "seeds": [], "accuracies": []})
+            twice = sorted(set(pooled["seeds"]) & set(row.get("seeds", [])))
+            if twice:
+                raise SystemExit(f"--mnistlab {path}: {row['name']} seed(s) {twice} are in an earlier file too")
+            if row["evaluated_on"] != pooled["evaluated_on"]:
+                raise SystemExit(f"--mnistlab {path}: {row['name']} measured on {row['evaluated_on']}, "
+                                 f"an earlier file on {pooled['evaluated_on']}")
+            pooled["seeds"] = [*pooled["seeds"], *row.get("seeds", [])]
+            pooled["accuracies"] = [*pooled["accuracies"], *row["accuracies"]]
     return rows
 
 

@@ -61,9 +61,11 @@ def test_welch_has_nothing_to_say_without_spread() -> None:
     assert welch((0.9, 0.9), (0.8, 0.8)) == (None,) * 5
 
 
-def _mnistlab_file(path: Path, rows: dict[str, tuple[str, list[float]]], *, quick: bool = False) -> Path:
+def _mnistlab_file(path: Path, rows: dict[str, tuple[str, list[float]]], *, quick: bool = False,
+                   first_seed: int = 0) -> Path:
     path.write_text(json.dumps({"quick": quick, "rows": [
-        {"name": name, "evaluated_on": on, "accuracies": acc, "seed_accuracy": 0.9}
+        {"name": name, "evaluated_on": on, "accuracies": acc, "seed_accuracy": 0.9,
+         "seeds": list(range(first_seed, first_seed + len(acc)))}
         for name, (on, acc) in rows.items()]}))
     return path
 
@@ -72,9 +74,9 @@ def test_compare_pairs_experiments_and_reports_points(tmp_path: Path) -> None:
     bench = load_benchmark("seed_distributions")
     mnistlab = bench.load_mnistlab([
         _mnistlab_file(tmp_path / "a.json", {"softmax": ("test set", [0.91, 0.92, 0.93]),
-                                             "cnn": ("test set", [0.5, 0.5])}),
-        # A later file's row replaces the earlier one's (the CNN run apart).
-        _mnistlab_file(tmp_path / "b.json", {"cnn": ("test set", [0.99, 0.991])}),
+                                             "cnn": ("test set", [0.99])}),
+        # A second file's seeds join the first's (the CNN study extended by another run).
+        _mnistlab_file(tmp_path / "b.json", {"cnn": ("test set", [0.991])}, first_seed=1),
     ])
     keras = {"experiments": {"softmax": {"evaluated_on": "test set", "accuracies": [0.90, 0.91, 0.92]},
                              "cnn": {"evaluated_on": "test set", "accuracies": [0.99, 0.992, 0.994]},
@@ -87,6 +89,14 @@ def test_compare_pairs_experiments_and_reports_points(tmp_path: Path) -> None:
     assert rows[1].mnistlab == (0.99, 0.991)
     table = bench.markdown(rows)
     assert "| softmax | test set | 92.00 ± 1.00 (3) | 91.00 ± 1.00 (3) | 90.00 | +1.00 | +1.22 |" in table
+
+
+def test_a_seed_in_two_files_is_refused(tmp_path: Path) -> None:
+    bench = load_benchmark("seed_distributions")
+    files = [_mnistlab_file(tmp_path / "a.json", {"cnn": ("test set", [0.99, 0.991])}),
+             _mnistlab_file(tmp_path / "b.json", {"cnn": ("test set", [0.992])}, first_seed=1)]
+    with pytest.raises(SystemExit, match=r"seed\(s\) \[1\]"):
+        bench.load_mnistlab(files)
 
 
 def test_compare_refuses_figures_measured_on_different_sets(tmp_path: Path) -> None:
