@@ -140,6 +140,12 @@ def markdown(rows: list[Comparison]) -> str:
     lines.append("Accuracies in percent; std is the sample standard deviation over seeds. Difference = mnistlab mean "
                  "- Keras mean; its standard error is Welch's sqrt(s1²/n1 + s2²/n2), the CI uses Welch-Satterthwaite "
                  "degrees of freedom, p is two-sided (scipy.stats.ttest_ind, equal_var=False).")
+    lines.append("")
+    lines.append("Each seed's figure (%):")
+    lines.append("")
+    for r in rows:
+        lines.append(f"- {r.name}: mnistlab {', '.join(f'{100 * v:.2f}' for v in r.mnistlab)}; "
+                     f"Keras {', '.join(f'{100 * v:.2f}' for v in r.keras)}")
     return "\n".join(lines) + "\n"
 
 
