@@ -312,8 +312,9 @@ def plot_confusion_grid(panels: Sequence[tuple[str, np.ndarray]], class_names: S
 
 
 def plot_mistakes(images: np.ndarray, captions: Sequence[str], path: str | os.PathLike[str], *,
-                  title: str = "") -> Path:
-    """A grid of misclassified digits, each captioned with index, true→predicted and confidence."""
+                  title: str = "", maps: np.ndarray | None = None) -> Path:
+    """A grid of misclassified digits, each captioned with index, true→predicted and confidence; with ``maps``
+    (one saliency map in [0, 1] per digit) drawn over each digit in hot colours."""
     plt = _pyplot()
     count = len(images)
     cols = max(1, min(9, count))
@@ -323,6 +324,10 @@ def plot_mistakes(images: np.ndarray, captions: Sequence[str], path: str | os.Pa
         ax.axis("off")
         if slot < count:
             ax.imshow(images[slot], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            if maps is not None:
+                # Transparent where the map is zero, so the strokes it points at stay visible.
+                ax.imshow(maps[slot], cmap="hot", vmin=0, vmax=1, alpha=np.clip(maps[slot], 0, 1) * 0.85,
+                          interpolation="nearest")
             ax.set_title(captions[slot], fontsize=7, color="#b00020")
     if count == 0:
         axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
@@ -333,25 +338,8 @@ def plot_mistakes(images: np.ndarray, captions: Sequence[str], path: str | os.Pa
 
 def plot_saliency(images: np.ndarray, maps: np.ndarray, captions: Sequence[str], path: str | os.PathLike[str], *,
                   title: str = "") -> Path:
-    """The mistakes gallery with each digit's input-gradient saliency (hot colours) over it, dimmed."""
-    plt = _pyplot()
-    count = len(images)
-    cols = max(1, min(9, count))
-    rows = max(1, math.ceil(count / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.35 * cols + 0.4, 1.65 * rows + 0.5), squeeze=False)
-    for slot, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if slot < count:
-            ax.imshow(images[slot], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-            # The map over the digit, transparent where it is zero, so the strokes it points at stay visible.
-            ax.imshow(maps[slot], cmap="hot", vmin=0, vmax=1, alpha=np.clip(maps[slot], 0, 1) * 0.85,
-                      interpolation="nearest")
-            ax.set_title(captions[slot], fontsize=7, color="#b00020")
-    if count == 0:
-        axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return save_figure(fig, path)
+    """The mistakes gallery with each digit's input-gradient saliency (hot colours) over it."""
+    return plot_mistakes(images, captions, path, title=title, maps=maps)
 
 
 def plot_reliability(calibration: Any, path: str | os.PathLike[str], *, title: str = "") -> Path:
