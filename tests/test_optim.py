@@ -11,13 +11,10 @@ importable, a live test steps it side by side with mnistlab on fresh gradients.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import itertools
 import json
-import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -29,6 +26,7 @@ from mnistlab.errors import MnistlabError
 from mnistlab.models import build_model
 from mnistlab.optim import KerasRMSprop
 from mnistlab.training import build_optimizer, build_schedule
+from tests.benchtools import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "keras_legacy_rmsprop.json"
@@ -40,18 +38,6 @@ Factory = Callable[[Iterable[nn.Parameter]], Any]
 @functools.cache
 def fixture() -> dict[str, Any]:
     return json.loads(FIXTURE.read_text())
-
-
-def load_benchmark(name: str) -> ModuleType:
-    """A module from benchmarks/ (not a package), to test the code the benchmarks actually run."""
-    if f"_bench_{name}" in sys.modules:
-        return sys.modules[f"_bench_{name}"]
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def replay(make_optimizer: Factory, initial: dict[str, np.ndarray],

@@ -6,28 +6,13 @@ degrees of freedom, whose two-sided critical values are in every t-table; the fi
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_benchmark(name: str) -> ModuleType:
-    """A module from benchmarks/ (not a package), to test the code the benchmark actually runs."""
-    if f"_bench_{name}" in sys.modules:
-        return sys.modules[f"_bench_{name}"]
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from tests.benchtools import load_benchmark
 
 
 def test_welch_matches_the_t_table() -> None:
