@@ -342,14 +342,18 @@ def read_run(path: str | os.PathLike[str], *, weights: WeightsChoice = "last") -
     model = read_json(path / MODEL_FILE)
     metrics = read_json(path / METRICS_FILE) if (path / METRICS_FILE).is_file() else None
     history = read_json(path / HISTORY_JSON) if (path / HISTORY_JSON).is_file() else []
-    committed = _committed(path, history)
+    # The manifest and its state are read (and digest-checked) once for both the last and the best weights.
+    manifest = read_manifest(path)
+    state = committed_state(path, manifest) if manifest is not None else None
+    committed = _committed(path, history, manifest, state)
     if committed is not None:
         # The manifest is the commit point: its history and weights always belong together, while the
         # top-level copies lag by one epoch if a kill landed between the commit and their update.
         history, weights_file = committed
     else:
         weights_file = path / WEIGHTS_FILE
-    best_file, best = _best_weights(path)
+    # The best file's digest is checked only when it is the one to be used.
+    best_file, best = _best_weights(path, manifest, state, verify=weights != "last")
     used: Literal["best", "last"] = "last"
     if weights == "best" and best_file is None:
         raise MnistlabError(f"{path}: this run kept no best-epoch weights (only runs trained with `early_stop` "
@@ -373,20 +377,21 @@ def read_run(path: str | os.PathLike[str], *, weights: WeightsChoice = "last") -
                     weights_used=used, has_best=best_file is not None, best=best)
 
 
-def _best_weights(path: Path) -> tuple[Path | None, dict[str, Any] | None]:
+def _best_weights(path: Path, manifest: dict[str, Any] | None, state: dict[str, Any] | None, *,
+                  verify: bool) -> tuple[Path | None, dict[str, Any] | None]:
     """(file, record) of the run's best-epoch weights: the committed checkpoint's (the top-level copy may lag
     by one epoch after a kill), or the top-level ``best.safetensors`` of a run without a checkpoint."""
-    manifest = read_manifest(path)
-    if manifest is not None:
+    if manifest is not None and state is not None:
         if BEST_FILE not in manifest["files"]:
             return None, None
-        best = committed_state(path, manifest).get("best")
-        return committed_file(path, manifest, BEST_FILE), best if isinstance(best, dict) else None
+        best = state.get("best")
+        return committed_file(path, manifest, BEST_FILE, verify=verify), best if isinstance(best, dict) else None
     top = path / BEST_FILE
     return (top, None) if top.is_file() else (None, None)
 
 
-def _committed(path: Path, top_history: Any) -> tuple[Any, Path] | None:
+def _committed(path: Path, top_history: Any, manifest: dict[str, Any] | None, state: dict[str, Any] | None
+               ) -> tuple[Any, Path] | None:
     """(history, weights file) from the run's committed checkpoint, or None for a run without one.
 
     The top-level weights are used when their SHA-256 is the committed one. When the top-level history is
@@ -394,10 +399,8 @@ def _committed(path: Path, top_history: Any) -> tuple[Any, Path] | None:
     Otherwise (history current, weights different) the file was replaced after training: it is loaded as it is,
     and checked as any weights file is.
     """
-    manifest = read_manifest(path)
-    if manifest is None:
+    if manifest is None or state is None:
         return None
-    state = committed_state(path, manifest)
     top = path / WEIGHTS_FILE
     if top.is_file() and file_sha256(top) == manifest["files"].get(WEIGHTS):
         return state.get("history"), top
