@@ -520,3 +520,20 @@ def test_empty_idx_files_are_rejected(tmp_path: Path) -> None:
     write_idx(directory / (FILE_STEMS["test_labels"] + ".gz"), np.zeros(0, np.uint8))
     with pytest.raises(MnistlabError, match="hold no images"):
         load_dataset(data_dir=directory)
+
+
+def test_split_sha256_is_the_hash_of_the_arrays_bytes(mnist) -> None:
+    """The digest a run records: the loader's precomputed value, the on-demand one for a subset and a plain
+    hashlib over the arrays' bytes (the oracle) all agree, and a different subset gives another digest."""
+    from mnistlab.data import Split, split_sha256
+
+    test = mnist.test
+    oracle = hashlib.sha256(test.images.tobytes() + test.labels.tobytes()).hexdigest()
+    assert test.sha256 == oracle                      # computed by the loader
+    assert split_sha256(test) == oracle
+    copy = Split(np.array(test.images), np.array(test.labels))
+    assert copy.sha256 is None and split_sha256(copy) == oracle
+    part = test.subset(np.arange(100))
+    assert part.sha256 is None
+    assert split_sha256(part) == hashlib.sha256(test.images[:100].tobytes() + test.labels[:100].tobytes()).hexdigest()
+    assert split_sha256(part) != oracle
