@@ -92,7 +92,18 @@ def test_wrong_types_from_python_callers_are_one_clear_error(overrides: dict, me
 def test_fast_recipe_is_fixed_in_code() -> None:
     config = TrainConfig.for_model("fast")
     assert (config.epochs, config.batch_size, config.optimizer, config.schedule) == (1, 256, "adam", "onecycle")
-    assert config.lr == 1.6e-2 and config.label_smoothing == 0.1
+    assert config.lr == 1.6e-2 and config.label_smoothing == 0.1 and config.augment == "none"
+
+
+def test_best_recipe_is_fixed_in_code_and_augments() -> None:
+    config = TrainConfig.for_model("best")
+    assert (config.epochs, config.batch_size, config.optimizer, config.schedule) == (20, 128, "adam", "onecycle")
+    assert (config.lr, config.label_smoothing, config.augment) == (5e-3, 0.1, "light")
+    # the recipe's augmentation is a default like the others: a flag replaces it, None keeps it
+    assert TrainConfig.for_model("best", augment="none").augment == "none"
+    assert TrainConfig.for_model("best", augment=None).augment == "light"
+    # and it is the recipe's only: another model's default stays none
+    assert TrainConfig.for_model("cnn").augment == "none"
 
 
 # ------------------------------------------------------------------------ schedule options and weight decay

@@ -164,3 +164,17 @@ def test_fast_model_shapes_and_size() -> None:
     expected = (16 * 16) + (32 * 16 * 9) + (64 * 32 * 9) + 2 * (16 + 32 + 64) + (576 * 10 + 10)
     assert count_parameters(model) == expected
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 3
+
+
+def test_best_model_shapes_and_size() -> None:
+    """``best``: fast's strided stem and layout at twice the width, with a second convolution at 7x7."""
+    model = build_model("best")
+    summary = summarize(model, name="best")
+    convs = [row.output_shape for row in summary.layers if row.kind == "Conv2d"]
+    assert convs == [(None, 32, 14, 14), (None, 64, 14, 14), (None, 128, 7, 7), (None, 128, 7, 7)]
+    assert summary.layers[-1].output_shape == (None, 10)
+    expected = (32 * 16) + (64 * 32 * 9) + (128 * 64 * 9) + (128 * 128 * 9) + 2 * (32 + 64 + 128 + 128) \
+        + (1152 * 10 + 10)
+    assert count_parameters(model) == expected
+    out = model(torch.rand(3, 1, 28, 28))
+    assert out.shape == (3, 10) and torch.isfinite(out).all()

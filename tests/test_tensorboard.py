@@ -200,3 +200,40 @@ def test_event_files_sort_in_session_order_even_within_one_second(tmp_path: Path
     started = [next(iter(EventFileLoader(str(path)).Load())).wall_time for path in sessions]
     assert len(sessions) == 12 and started == sorted(started)
     assert_events_are_the_history(tmp_path / "tb" / "quick", run.path)
+
+
+def test_a_folder_marker_is_claimed_once(tmp_path: Path) -> None:
+    """Two runs claiming one folder: the first marker stays whole, the second claim is refused."""
+    from mnistlab.tensorboard import _create_marker, _marker_run
+
+    marker = tmp_path / "run" / "mnistlab-run.json"
+    marker.parent.mkdir()
+    assert _create_marker(marker, "/runs/a/run") is True
+    assert _create_marker(marker, "/runs/b/run") is False
+    assert _marker_run(marker) == "/runs/a/run"
+    assert sorted(p.name for p in marker.parent.iterdir()) == ["mnistlab-run.json"]  # no private files left
+
+
+def test_runs_of_one_name_claiming_at_once_get_a_folder_each(tmp_path: Path) -> None:
+    """Six real processes, released together, each claim a log folder for a run named ``run`` (from different
+    parents): six different folders, each marker naming its own run."""
+    import time
+
+    go = tmp_path / "go"
+    code = ("import sys, time, pathlib\n"
+            "from mnistlab.tensorboard import TensorBoardLogger\n"
+            "go = pathlib.Path(sys.argv[1])\n"
+            "logger = TensorBoardLogger(log_dir=sys.argv[2])\n"
+            "while not go.exists(): time.sleep(0.0005)\n"
+            "print(logger._claim_folder(pathlib.Path(sys.argv[3])))\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(go), str(tmp_path / "tb"),
+                               str(tmp_path / f"p{i}" / "run")], stdout=subprocess.PIPE, text=True) for i in range(6)]
+    time.sleep(3.0)  # every interpreter up and waiting
+    go.touch()
+    folders = [Path(proc.communicate(timeout=60)[0].strip()) for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs)
+    assert len(set(folders)) == 6
+    from mnistlab.tensorboard import _marker_run
+
+    for i, folder in enumerate(folders):
+        assert _marker_run(folder / "mnistlab-run.json") == str((tmp_path / f"p{i}" / "run").resolve())

@@ -808,3 +808,15 @@ def test_a_fine_tune_killed_in_its_first_epoch_restarts_only_from_the_same_sourc
     fit(tiny_config(epochs=1, seed=9), run_dir=source.run_dir, dataset=dataset)      # other weights, same path
     with pytest.raises(MnistlabError, match="weights changed since this run started"):
         resume(tmp_path / "tuned", dataset=dataset)
+
+
+def test_best_end_to_end_on_a_fraction_of_real_mnist(tmp_path: Path, mnist) -> None:
+    """``best`` (its own augmentation on) through the real loop on a tenth of the training set, 2 epochs: it
+    trains, records its augmentation, and is already far past a linear model on the full test set."""
+    subset = mnist.train.subset(slice(0, 6_000))
+    small = dataclasses.replace(mnist, splits={"train": Split(subset.images, subset.labels), "test": mnist.test})
+    result = fit(TrainConfig.for_model("best", epochs=2, device="cpu"), run_dir=tmp_path / "best", dataset=small)
+    assert [row.epoch for row in result.history] == [1, 2]
+    saved = json.loads((tmp_path / "best" / "config.json").read_text())
+    assert saved["model"] == "best" and saved["augment"] == "light"
+    assert result.test.accuracy >= 0.95

@@ -694,5 +694,5 @@ def _arrays_sha256(*arrays: np.ndarray) -> str:
     # The arrays' own buffers are hashed (no tobytes() copy of 47 MB); hashlib releases the GIL meanwhile.
     digest = hashlib.sha256()
     for array in arrays:
-        digest.update(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+        digest.update(np.ascontiguousarray(array).data)  # the buffer itself, no copy
     return digest.hexdigest()

@@ -173,10 +173,9 @@ class TensorBoardLogger(Callback):
                 if folder.exists() and any(folder.iterdir()):
                     continue  # someone else's events (another tool, or a run from before markers)
                 folder.mkdir(exist_ok=True)
-                from mnistlab.runs import write_json_atomic
-
-                write_json_atomic(marker, {"run_dir": identity})
-                return folder
+                if _create_marker(marker, identity) or _marker_run(marker) == identity:
+                    return folder
+                # another run named the same claimed this folder between our checks: try the next name
         except OSError as exc:
             raise MnistlabError(f"`tensorboard` {self.log_dir}: cannot write there ({exc.strerror}); "
                                 "name a writable folder") from None
@@ -230,6 +229,25 @@ class _EventFile:
 
 def _now() -> float:
     return time.time()
+
+
+def _create_marker(marker: Path, identity: str) -> bool:
+    """Write ``marker`` naming ``identity`` unless it exists; False when another process made it first.
+
+    The marker is written whole to a private file and hard-linked into place: the link fails when the name
+    exists, so of two runs claiming one folder at once exactly one wins, and nobody reads a half-written marker.
+    """
+    private = marker.with_name(f".{marker.name}.{os.getpid()}.{time.monotonic_ns()}")
+    try:
+        private.write_text(json.dumps({"run_dir": identity}), encoding="utf-8")
+        with open(private, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.link(private, marker)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        private.unlink(missing_ok=True)
 
 
 def _marker_run(marker: Path) -> str | None:
