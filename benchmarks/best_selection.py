@@ -83,7 +83,13 @@ def main() -> None:
     table = candidates()
     chosen = list(table)
     if args.candidates:
-        chosen = [next(name for name in table if name.startswith(prefix)) for prefix in args.candidates.split(",")]
+        chosen = []
+        for prefix in args.candidates.split(","):
+            matches = [name for name in table if name.startswith(prefix)]
+            if len(matches) != 1:
+                parser.error(f"--candidates {prefix!r} matches {len(matches)} candidates; the names: "
+                             + "; ".join(table))
+            chosen.append(matches[0])
     original = models.BUILDERS["best"]
     scores: dict[str, list[tuple[float, float]]] = {name: [] for name in chosen}
     try:

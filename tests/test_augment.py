@@ -58,8 +58,8 @@ def test_a_quarter_turn_moves_a_dot_to_the_next_side() -> None:
 
 
 def test_augmentation_is_seeded_batched_and_keeps_shape_dtype_and_range() -> None:
-    # seeded: the images themselves must not make the test pass or fail by chance
-    images = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0)).contiguous(
+    # one image, sixteen times: any difference between the outputs comes from the per-image transforms
+    images = torch.rand(1, 1, 28, 28, generator=torch.Generator().manual_seed(0)).expand(16, 1, 28, 28).contiguous(
         memory_format=torch.channels_last)
     for name in ("light", "strong"):
         a = augment_batch(images, spec=spec_for(name), generator=torch.Generator().manual_seed(7))
@@ -69,9 +69,9 @@ def test_augmentation_is_seeded_batched_and_keeps_shape_dtype_and_range() -> Non
         assert a.shape == images.shape and a.dtype == torch.float32
         assert a.is_contiguous(memory_format=torch.channels_last)          # the layout the convnets expect
         assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
-        # Each image gets its own transform: no two augmented images moved alike.
-        diffs = (a - images).flatten(1).abs().sum(1)
-        assert torch.unique(diffs).numel() == 16
+        # Each image gets its own transform: no two copies of the same image come out alike.
+        apart = torch.cdist(a.flatten(1), a.flatten(1), p=1) + torch.eye(16) * 1e9
+        assert float(apart.min()) > 1.0
 
 
 def test_stroke_changes_thicken_and_thin() -> None:
@@ -84,20 +84,27 @@ def test_stroke_changes_thicken_and_thin() -> None:
 
 
 def test_thinning_keeps_real_digits_readable() -> None:
-    """On real MNIST digits, thinning must not erase them: each keeps at least a fifth of its ink and full
-    contrast somewhere (a 3x3 erosion failed this on about a fifth of the digits)."""
+    """On real MNIST digits (training split), thinning must not erase them: they keep about half their ink (a
+    tenth at least) and contrast (a 3x3 erosion failed this on about a fifth of the digits); thickening
+    widens by one pixel per axis, not two; and the anchor corner is random, so the ink does not drift one way."""
+    from mnistlab.augment import change_strokes as strokes
     from mnistlab.data import load_dataset
 
-    images = torch.tensor(load_dataset("mnist", splits=("test",)).test.images[:500]).float().div(255).unsqueeze(1)
-    draws = iter(range(10**6))
-    for _ in range(8):  # until both thinned and thickened digits have been seen
-        out = change_strokes(images, probability=1.0, generator=torch.Generator().manual_seed(next(draws)))
-        thinner = out.sum((1, 2, 3)) < images.sum((1, 2, 3))
-        if thinner.any() and (~thinner).any():
-            break
+    images = torch.tensor(load_dataset("mnist", splits=("train",)).train.images[:500]).float().div(255).unsqueeze(1)
+    out = strokes(images, probability=1.0, generator=torch.Generator().manual_seed(0))
+    thinner = out.sum((1, 2, 3)) < images.sum((1, 2, 3))
+    assert 150 < int(thinner.sum()) < 350                                 # about half thinned, half thickened
     kept = out[thinner].sum((1, 2, 3)) / images[thinner].sum((1, 2, 3))
-    assert kept.min() >= 0.2
+    assert kept.min() >= 0.1 and float(kept.median()) >= 0.4            # 3x3: median 0.12
     assert (out[thinner].amax((1, 2, 3)) >= 0.5).float().mean() >= 0.99
+    grown = out[~thinner].sum((1, 2, 3)) / images[~thinner].sum((1, 2, 3))
+    assert 1.2 < float(grown.median()) < 1.8                              # 3x3 dilation doubles the ink
+
+    def column_mass(x: torch.Tensor) -> torch.Tensor:
+        return (x.sum(2).squeeze(1) * torch.arange(28.0)).sum(1) / x.sum((1, 2, 3))
+
+    shift = column_mass(out) - column_mass(images)
+    assert shift.abs().mean() > 0.1 and abs(float(shift.mean())) < 0.1   # moved, but not all one way
 
 
 def test_the_elastic_field_has_the_requested_size_and_smoothness() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import os
@@ -523,14 +524,17 @@ def test_empty_idx_files_are_rejected(tmp_path: Path) -> None:
 
 
 def test_split_sha256_is_the_hash_of_the_arrays_bytes(mnist) -> None:
-    """The digest a run records: the loader's precomputed value, the on-demand one for a subset and a plain
-    hashlib over the arrays' bytes (the oracle) all agree, and a different subset gives another digest."""
+    """The digest a run records: the cached value, a fresh copy's and a plain hashlib over the arrays' bytes (the
+    oracle) agree; a split changed with dataclasses.replace and a subset give other digests."""
     from mnistlab.data import Split, split_sha256
 
     test = mnist.test
     oracle = hashlib.sha256(test.images.tobytes() + test.labels.tobytes()).hexdigest()
-    assert test.sha256 == oracle                      # computed by the loader
     assert split_sha256(test) == oracle
+    assert test.sha256 == oracle                      # cached on the split
+    # a copy with other arrays never inherits the cached digest
+    changed = dataclasses.replace(test, images=np.ascontiguousarray(test.images[::-1]))
+    assert changed.sha256 is None and split_sha256(changed) != oracle
     copy = Split(np.array(test.images), np.array(test.labels))
     assert copy.sha256 is None and split_sha256(copy) == oracle
     part = test.subset(np.arange(100))

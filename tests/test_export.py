@@ -61,8 +61,8 @@ def tiny_custom(num_classes: int = 10):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory, mnist, trained_cnn_run: Path, trained_mlp_run: Path
          ) -> dict[str, Path]:
-    """One trained run per network kind: the session's cnn and mlp, and 1-epoch softmax, fast and custom runs
-    on 6,000 training images."""
+    """One trained run per network kind: the session's cnn and mlp, and 1-epoch softmax, fast, best and custom
+    runs on 6,000 training images."""
     from mnistlab.models import register_model
 
     register_model("tiny_custom", replace=True, epochs=1, batch_size=128)(tiny_custom)
@@ -72,6 +72,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, mnist, trained_cnn_run: Path,
         "cnn": trained_cnn_run, "mlp": trained_mlp_run,
         "softmax": _fit("softmax", root / "softmax", small, epochs=1),
         "fast": _fit("fast", root / "fast", small, epochs=1, precision="fp32"),
+        "best": _fit("best", root / "best", small, epochs=1, precision="fp32"),
         "tiny_custom": _fit("tiny_custom", root / "custom", small, epochs=1),
     }
 
@@ -90,7 +91,7 @@ def exported(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
 
 
 # ------------------------------------------------------------------------------------------------ parity
-@pytest.mark.parametrize("name", ["softmax", "mlp", "cnn", "fast", "tiny_custom"])
+@pytest.mark.parametrize("name", ["softmax", "mlp", "cnn", "fast", "best", "tiny_custom"])
 def test_onnxruntime_matches_torch_on_every_test_image(name: str, runs, exported, mnist) -> None:
     """max |ORT - torch fp32| <= 1e-4 on all 10,000 test logits and the same argmax on every image; for an fp32
     run that is also the accuracy recorded at training."""

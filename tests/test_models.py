@@ -178,3 +178,16 @@ def test_best_model_shapes_and_size() -> None:
     assert count_parameters(model) == expected
     out = model(torch.rand(3, 1, 28, 28))
     assert out.shape == (3, 10) and torch.isfinite(out).all()
+
+
+def test_a_custom_run_named_like_a_later_built_in_network_is_one_clear_line(tmp_path) -> None:
+    """A user's network registered as ``best`` before mnistlab had a built-in ``best``: rebuilding it (a run's
+    loader and an ensemble's call the same check) must say so, not build the built-in network and fail on its
+    weights; the built-in record itself still builds."""
+    from mnistlab.models import ensemble_from_record
+
+    record = {"name": "best", "custom": True, "family": "network", "num_classes": 10}
+    with pytest.raises(MnistlabError, match="custom network named 'best', now the name of a built-in"):
+        ensemble_from_record({"members": [{"model": record}]}, where=tmp_path)
+    built = ensemble_from_record({"members": [{"model": {**record, "custom": False}}]}, where=tmp_path)
+    assert count_parameters(built) == count_parameters(build_model("best"))

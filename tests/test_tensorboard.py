@@ -211,7 +211,27 @@ def test_a_folder_marker_is_claimed_once(tmp_path: Path) -> None:
     assert _create_marker(marker, "/runs/a/run") is True
     assert _create_marker(marker, "/runs/b/run") is False
     assert _marker_run(marker) == "/runs/a/run"
-    assert sorted(p.name for p in marker.parent.iterdir()) == ["mnistlab-run.json"]  # no private files left
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["mnistlab-run.json", "run"]  # no private files left
+
+
+def test_a_folder_marker_without_hard_links_is_still_exclusive(tmp_path: Path, monkeypatch) -> None:
+    """On a filesystem without hard links (FAT, some network mounts: EPERM) the marker is made by an exclusive
+    create instead: still one winner, and a whole marker."""
+    import errno
+    import os
+
+    from mnistlab.tensorboard import _create_marker, _marker_run
+
+    def no_links(*_args: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    marker = tmp_path / "run" / "mnistlab-run.json"
+    marker.parent.mkdir()
+    assert _create_marker(marker, "/runs/a/run") is True
+    assert _create_marker(marker, "/runs/b/run") is False
+    assert _marker_run(marker) == "/runs/a/run"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["mnistlab-run.json", "run"]
 
 
 def test_runs_of_one_name_claiming_at_once_get_a_folder_each(tmp_path: Path) -> None:
@@ -224,11 +244,16 @@ def test_runs_of_one_name_claiming_at_once_get_a_folder_each(tmp_path: Path) -> 
             "from mnistlab.tensorboard import TensorBoardLogger\n"
             "go = pathlib.Path(sys.argv[1])\n"
             "logger = TensorBoardLogger(log_dir=sys.argv[2])\n"
+            "pathlib.Path(sys.argv[4]).touch()\n"
             "while not go.exists(): time.sleep(0.0005)\n"
             "print(logger._claim_folder(pathlib.Path(sys.argv[3])))\n")
+    ready = [tmp_path / f"ready-{i}" for i in range(6)]
     procs = [subprocess.Popen([sys.executable, "-c", code, str(go), str(tmp_path / "tb"),
-                               str(tmp_path / f"p{i}" / "run")], stdout=subprocess.PIPE, text=True) for i in range(6)]
-    time.sleep(3.0)  # every interpreter up and waiting
+                               str(tmp_path / f"p{i}" / "run"), str(ready[i])], stdout=subprocess.PIPE, text=True)
+             for i in range(6)]
+    deadline = time.monotonic() + 120
+    while not all(path.exists() for path in ready) and time.monotonic() < deadline:  # all six waiting
+        time.sleep(0.01)
     go.touch()
     folders = [Path(proc.communicate(timeout=60)[0].strip()) for proc in procs]
     assert all(proc.returncode == 0 for proc in procs)

@@ -810,6 +810,7 @@ def test_a_fine_tune_killed_in_its_first_epoch_restarts_only_from_the_same_sourc
         resume(tmp_path / "tuned", dataset=dataset)
 
 
+@pytest.mark.integration
 def test_best_end_to_end_on_a_fraction_of_real_mnist(tmp_path: Path, mnist) -> None:
     """``best`` (its own augmentation on) through the real loop on a tenth of the training set, 2 epochs: it
     trains, records its augmentation, and is already far past a linear model on the full test set."""

@@ -394,8 +394,9 @@ def _temperature_scaling(scored: RunScores) -> dict[str, Any] | None:
     return split_figures(record, scored.scores, scored.labels)
 
 
-TRAINING_SETTINGS = ("epochs", "batch_size", "optimizer", "lr", "schedule", "label_smoothing", "seed", "val_split",
-                     "precision", "device", "threads", "options", "dataset", "data_dir", "init_from")
+TRAINING_SETTINGS = ("epochs", "batch_size", "optimizer", "lr", "schedule", "label_smoothing", "augment",
+                     "weight_decay", "seed", "val_split", "precision", "device", "threads", "options", "dataset",
+                     "data_dir", "init_from")
 
 
 def training_record(run: RunFiles) -> dict[str, Any]:

@@ -497,9 +497,9 @@ class Split:
 
     images: np.ndarray
     labels: np.ndarray
-    # split_sha256 of these arrays, when the loader computed it (in its thread, off the critical path); the
-    # arrays are read-only, so it stays true. None: computed on demand.
-    sha256: str | None = field(default=None, compare=False, repr=False)
+    # split_sha256's cache: not an init field, so dataclasses.replace() with other arrays never carries it over.
+    # The loader's arrays are read-only; code that makes them writable and edits them owns the consequences.
+    sha256: str | None = field(default=None, init=False, compare=False, repr=False)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -599,7 +599,7 @@ def load_dataset(
     for split in splits:
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         _check_split(images, labels, where=f"{spec.name} {split}", num_classes=len(spec.class_names))
-        loaded[split] = Split(images=images, labels=labels, sha256=_arrays_sha256(images, labels))
+        loaded[split] = Split(images=images, labels=labels)
     return Dataset(
         name=spec.name, title=spec.title, class_names=spec.class_names, files=files,
         checksums="verified" if len(verified) == len(roles) else ("partly verified" if verified else "no checksums"),
@@ -687,7 +687,10 @@ def dataset_info(dataset: Dataset) -> dict[str, object]:
 def split_sha256(split: Split) -> str:
     """SHA-256 of a loaded split's images and labels (as arrays, whatever files they came from): what a run
     records so that scoring it on other data can be told apart from its own test score."""
-    return split.sha256 if split.sha256 is not None else _arrays_sha256(split.images, split.labels)
+    if split.sha256 is None:  # hashed once per split, when first asked (data info and predict never ask)
+        object.__setattr__(split, "sha256", _arrays_sha256(split.images, split.labels))
+    assert split.sha256 is not None
+    return split.sha256
 
 
 def _arrays_sha256(*arrays: np.ndarray) -> str:

@@ -537,8 +537,9 @@ def _training_text(config: dict[str, Any], metadata: dict[str, str]) -> str:
                 "outputs the log of that mean, so softmax of the output is the averaged probability).")
     epochs = config.get("epochs")
     return (f"Trained {epochs} epoch{'' if epochs == 1 else 's'}, batch {config.get('batch_size')}, optimizer "
-            f"{config.get('optimizer')}, seed {config.get('seed')}, in {metadata['trained_precision']} (the export "
-            "holds the fp32 master weights).")
+            f"{config.get('optimizer')}, seed {config.get('seed')}, batch augmentation "
+            f"{config.get('augment', 'none')}, in {metadata['trained_precision']} (the export holds the fp32 master "
+            "weights).")
 
 
 def _evaluation_lines(evaluation: dict[str, Any], names: list[str]) -> list[str]:

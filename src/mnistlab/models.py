@@ -129,6 +129,8 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "fast": build_fast,
     "best": build_best,
 }
+# The networks this package defines (a run's model.json says "custom" for any other, registered by a user).
+BUILTIN_NETWORKS: frozenset[str] = frozenset(BUILDERS)
 
 
 def register_model(
@@ -318,6 +320,16 @@ class Ensemble(nn.Module):
         return torch.logsumexp(logs, dim=0) - math.log(self.count)
 
 
+def _refuse_renamed_custom(spec: dict[str, Any], *, where: str) -> None:
+    """One line for a user's own network saved under a name a later mnistlab took for a built-in network
+    (building the built-in one would only fail later, with weights that do not match)."""
+    name = spec.get("name")
+    if spec.get("custom") and name in BUILTIN_NETWORKS:
+        raise MnistlabError(f"{where} is a custom network named {name!r}, now the name of a built-in mnistlab "
+                            "network; register yours under another name and retrain, or load it with the mnistlab "
+                            "version that trained it")
+
+
 def ensemble_from_record(record: dict[str, Any], *, where: str | os.PathLike[str]) -> Ensemble:
     """The (untrained) :class:`Ensemble` a ``model.json`` record describes: each member rebuilt by name.
 
@@ -331,6 +343,7 @@ def ensemble_from_record(record: dict[str, Any], *, where: str | os.PathLike[str
     for index, member in enumerate(members):
         spec = member.get("model") if isinstance(member.get("model"), dict) else {}
         name = str(spec.get("name"))
+        _refuse_renamed_custom(spec, where=f"{where}: ensemble member {index}")
         if name not in BUILDERS:
             hint = ("it is a custom model: call mnistlab.models.register_model for it in this process first"
                     if spec.get("custom") else f"known: {', '.join(BUILDERS)}")
@@ -353,7 +366,7 @@ def model_record(name: str, model: nn.Module, *, class_names: tuple[str, ...], d
         "input_shape": list(INPUT_SHAPE),
         "params": count_parameters(model),
         "precision": precision,
-        "custom": name not in ("softmax", "mlp", "cnn", "fast", "best"),
+        "custom": name not in BUILTIN_NETWORKS,
     }
 
 
@@ -407,6 +420,7 @@ def load_trained_model(run_dir: str | os.PathLike[str], *, device: torch.device 
         ensemble = ensemble_from_record(run.model, where=run.path)
         load_weights(ensemble, run.weights, model_name=name)
         return to_device(ensemble, device).eval(), run
+    _refuse_renamed_custom(run.model, where=f"{run.path}: its model")
     if name not in BUILDERS:
         custom = run.model.get("custom")
         hint = ("it is a custom model: call mnistlab.models.register_model for it in this process first"

@@ -18,6 +18,8 @@ imported only when a logger is created, so ``import mnistlab`` stays light.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
 import json
 import math
@@ -234,20 +236,38 @@ def _now() -> float:
 def _create_marker(marker: Path, identity: str) -> bool:
     """Write ``marker`` naming ``identity`` unless it exists; False when another process made it first.
 
-    The marker is written whole to a private file and hard-linked into place: the link fails when the name
-    exists, so of two runs claiming one folder at once exactly one wins, and nobody reads a half-written marker.
+    The marker is written whole to a private file beside the folder and hard-linked into place: the link fails
+    when the name exists, so of two runs claiming one folder at once exactly one wins, and nobody reads a
+    half-written marker. Where the filesystem has no hard links (FAT, some network mounts) an exclusive create
+    does the same job; a reader of a marker still being written sees no run in it, i.e. someone else's claim.
     """
-    private = marker.with_name(f".{marker.name}.{os.getpid()}.{time.monotonic_ns()}")
+    text = json.dumps({"run_dir": identity}).encode()
+    # Beside the folder, not in it: a private file left by a kill must not make the folder look taken.
+    private = marker.parent.parent / f".{marker.parent.name}.{MARKER_FILE}.{os.getpid()}.{time.monotonic_ns()}"
     try:
-        private.write_text(json.dumps({"run_dir": identity}), encoding="utf-8")
-        with open(private, "rb") as fh:
+        with open(private, "wb") as fh:
+            fh.write(text)
+            fh.flush()
             os.fsync(fh.fileno())
         os.link(private, marker)
         return True
     except FileExistsError:
         return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
+            raise
     finally:
-        private.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            private.unlink()
+    try:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return True
 
 
 def _marker_run(marker: Path) -> str | None:

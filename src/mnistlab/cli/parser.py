@@ -92,7 +92,8 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
                        help="a classical model's hyper-parameter (k=5 for knn), or a network's --schedule "
                             "parameter (patience=3 for plateau); repeatable")
     train.add_argument("--epochs", type=int, help="default: the model's recipe (softmax/mlp/cnn: the tutorial's 30)")
-    train.add_argument("--batch-size", type=int, help="default: the recipe's (softmax 128, mlp/cnn 200, fast 256)")
+    train.add_argument("--batch-size", type=int,
+                       help="default: the recipe's (softmax 128, mlp/cnn 200, fast 256, best 128)")
     train.add_argument("--optimizer", help=f"one of {', '.join(OPTIMIZER_NAMES)} (default: the recipe's)")
     train.add_argument("--lr", type=float, help="learning rate (default: the recipe's, else Keras' for the optimizer)")
     # Defaults None (filled in by the handler) so that --resume can tell a given setting from a default.
@@ -117,7 +118,7 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing in [0, 1)")
     train.add_argument("--augment", choices=("none", "light", "strong"),
                        help="random warps of each batch: light (slant, size, position), strong (+ elastic, "
-                            "stroke width); default none")
+                            "stroke width); default: the recipe's (best: light, the others none)")
     train.add_argument("--out", help="run directory to create (default runs/MODEL-TIMESTAMP)")
     train.add_argument("--init-from", metavar="RUN", help="fine-tune: start from this run's weights (a folder or "
                                                           "run id; best where it kept them), same architecture")
@@ -165,7 +166,8 @@ def _sweep_parser(commands: argparse._SubParsersAction) -> None:
     sweep.add_argument("--precision", help="auto, fp32 or bf16 (default: the recipe's)")
     sweep.add_argument("--schedule", help="constant, onecycle, cosine, step or plateau (default: the recipe's)")
     sweep.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing in [0, 1)")
-    sweep.add_argument("--augment", choices=("none", "light", "strong"), help="batch augmentation (default none)")
+    sweep.add_argument("--augment", choices=("none", "light", "strong"),
+                       help="batch augmentation (default: the recipe's; best: light, the others none)")
     sweep.add_argument("--out", help="the sweep's folder, to create (default runs/sweep-TIMESTAMP)")
     sweep.add_argument("--address", metavar="HOST:PORT",
                        help="run on this Ray cluster (`ray start --head --port PORT`); default: an embedded Ray "

@@ -107,7 +107,7 @@ def recipe_line(info: ModelInfo) -> str:
     lr = r.lr if r.lr is not None else DEFAULT_LR[r.optimizer]
     threads = "all cores" if r.threads is None else str(r.threads)
     return (f"recipe: {r.epochs} epochs, batch {r.batch_size}, {r.optimizer} lr {lr:g}, schedule {r.schedule}, "
-            f"label smoothing {r.label_smoothing:g}, precision {r.precision}, threads {threads}")
+            f"label smoothing {r.label_smoothing:g}, augment {r.augment}, precision {r.precision}, threads {threads}")
 
 
 def model_summary(out: Console, summary: ModelSummary, info: ModelInfo) -> None:
