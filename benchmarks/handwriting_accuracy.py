@@ -104,10 +104,16 @@ def score(run_dir: Path, data: dict[str, Any], prepared: np.ndarray, refused: np
               "fonts_ink": data["styles"] == "ink", "fonts_photo": data["styles"] == "photo",
               "all": np.ones(len(labels), dtype=bool)}
     confusions = Counter((int(t), int(p)) for t, p in zip(labels[~correct], predicted[~correct], strict=True))
-    config = run.config
+    if run.members:  # an ensemble: described by its members' settings (it was not trained itself)
+        configs = [mnistlab.load(member["path"]).config for member in run.members]
+        settings = {"model": f"ensemble of {len(configs)} {'/'.join(sorted({c.model for c in configs}))}",
+                    "augment": "/".join(sorted({c.augment for c in configs})),
+                    "epochs": max(c.epochs for c in configs), "seed": "+".join(str(c.seed) for c in configs)}
+    else:
+        config = run.config
+        settings = {"model": config.model, "augment": config.augment, "epochs": config.epochs, "seed": config.seed}
     return {
-        "run": str(run_dir), "model": config.model, "augment": config.augment, "epochs": config.epochs,
-        "seed": config.seed, "mnist_test_accuracy": run.metrics.get("test_accuracy"),
+        "run": str(run_dir), **settings, "mnist_test_accuracy": run.metrics.get("test_accuracy"),
         **{name: rate(correct[mask]) for name, mask in groups.items()},
         "per_digit": {str(d): rate(correct[labels == d]) for d in range(10)},
         "confusions": [{"true": t, "predicted": p, "count": c} for (t, p), c in confusions.most_common(TOP_CONFUSIONS)],

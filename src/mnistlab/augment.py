@@ -49,10 +49,12 @@ class AugmentSpec:
 
 
 # light: what a careful writer varies (slant, size, position); strong: adds elastic wobble and pen width.
+# The elastic field is 1 px RMS: at 2 px (sigma 3) an unaugmented `best` run misread 14.5% of the warped
+# *training* digits (1 px: 0.9%, light: 0.8%), i.e. the warp changed what many digits are.
 LEVELS: dict[str, AugmentSpec] = {
     "none": AugmentSpec(),
     "light": AugmentSpec(rotation=10.0, scale=0.1, shear=8.0, translate=2.0),
-    "strong": AugmentSpec(rotation=15.0, scale=0.15, shear=12.0, translate=3.0, elastic_alpha=2.0,
+    "strong": AugmentSpec(rotation=15.0, scale=0.15, shear=12.0, translate=3.0, elastic_alpha=1.0,
                           elastic_sigma=3.0, stroke=0.3),
 }
 
