@@ -105,3 +105,44 @@ def print_table(headers: list[str], rows: list[list[Any]]) -> None:
                         enumerate(zip(row, widths, strict=True))))
         if n == 0:
             print("  ".join("-" * w for w in widths))
+
+
+def validation_dataset() -> Any:
+    """MNIST with ``train[:50000]`` as its training split and ``train[50000:]`` as its "test" split: what the
+    recipe selections score on, so that no selection ever sees the real test set."""
+    import dataclasses
+
+    from mnistlab.data import Split, load_dataset
+
+    dataset = load_dataset("mnist")
+    fit_part, val_part = dataset.train.subset(slice(0, 50_000)), dataset.train.subset(slice(50_000, 60_000))
+    return dataclasses.replace(dataset, splits={"train": Split(fit_part.images, fit_part.labels),
+                                                "test": Split(val_part.images, val_part.labels)})
+
+
+def score_candidates(model: str, table: dict[str, tuple[Any, dict[str, Any]]], chosen: list[str], *, seeds: int,
+                     defaults: dict[str, Any] | None = None) -> dict[str, list[tuple[float, float]]]:
+    """Train each candidate (its builder swapped in for ``model``'s, its recipe values over ``defaults``) on the
+    validation split through mnistlab's own loop; (train seconds, validation accuracy) per seed. Candidates are
+    interleaved within each seed, so drift in the machine's load hits them alike."""
+    from mnistlab import models
+    from mnistlab.config import TrainConfig
+    from mnistlab.training import fit
+
+    validation = validation_dataset()
+    original = models.BUILDERS[model]
+    scores: dict[str, list[tuple[float, float]]] = {name: [] for name in chosen}
+    try:
+        for seed in range(seeds):
+            for name in chosen:
+                builder, overrides = table[name]
+                models.BUILDERS[model] = builder
+                settings = {**(defaults or {}), **overrides}
+                with tempfile.TemporaryDirectory() as tmp:
+                    run = fit(TrainConfig.for_model(model, seed=seed, device="cpu", **settings),
+                              run_dir=Path(tmp) / "r", dataset=validation)
+                scores[name].append((run.train_seconds, run.test.accuracy))
+                print(f"{name} seed {seed}: val {run.test.accuracy:.4f} in {run.train_seconds:.2f} s", flush=True)
+    finally:
+        models.BUILDERS[model] = original
+    return scores

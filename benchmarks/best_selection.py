@@ -12,17 +12,14 @@ stay out of every selection decision.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from _common import RESULTS_DIR, isolate_registry, machine, print_table, write_json
+from _common import RESULTS_DIR, isolate_registry, machine, print_table, score_candidates, write_json
 
 
 def _bn_relu(channels: int) -> list[nn.Module]:
@@ -71,15 +68,6 @@ def main() -> None:
     args = parser.parse_args()
     isolate_registry()
 
-    from mnistlab import models
-    from mnistlab.config import TrainConfig
-    from mnistlab.data import Split, load_dataset
-    from mnistlab.training import fit
-
-    dataset = load_dataset("mnist")
-    fit_part, val_part = dataset.train.subset(slice(0, 50_000)), dataset.train.subset(slice(50_000, 60_000))
-    validation = dataclasses.replace(dataset, splits={"train": Split(fit_part.images, fit_part.labels),
-                                                      "test": Split(val_part.images, val_part.labels)})
     table = candidates()
     chosen = list(table)
     if args.candidates:
@@ -90,21 +78,7 @@ def main() -> None:
                 parser.error(f"--candidates {prefix!r} matches {len(matches)} candidates; the names: "
                              + "; ".join(table))
             chosen.append(matches[0])
-    original = models.BUILDERS["best"]
-    scores: dict[str, list[tuple[float, float]]] = {name: [] for name in chosen}
-    try:
-        for seed in range(args.seeds):      # candidates interleaved, so drift hits them alike
-            for name in chosen:
-                builder, overrides = table[name]
-                models.BUILDERS["best"] = builder
-                with tempfile.TemporaryDirectory() as tmp:
-                    settings = {"epochs": args.epochs, **overrides}  # a candidate may set its own epochs
-                    run = fit(TrainConfig.for_model("best", seed=seed, device="cpu", **settings),
-                              run_dir=Path(tmp) / "r", dataset=validation)
-                scores[name].append((run.train_seconds, run.test.accuracy))
-                print(f"{name} seed {seed}: val {run.test.accuracy:.4f} in {run.train_seconds:.1f} s", flush=True)
-    finally:
-        models.BUILDERS["best"] = original
+    scores = score_candidates("best", table, chosen, seeds=args.seeds, defaults={"epochs": args.epochs})
     # Runs of some candidates add to (or replace) those candidates' entries in the results file.
     previous = RESULTS_DIR / "best_selection.json"
     results = json.loads(previous.read_text()) if previous.exists() else {"candidates": {}}

@@ -11,15 +11,12 @@ max learning rate.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
 from torch import nn
 
-from _common import isolate_registry, machine, print_table, write_json
+from _common import isolate_registry, machine, print_table, score_candidates, write_json
 
 
 def strided(widths: tuple[int, int, int]) -> Callable[..., nn.Module]:
@@ -68,31 +65,9 @@ def main() -> None:
     args = parser.parse_args()
     isolate_registry()
 
-    from mnistlab import models
-    from mnistlab.config import TrainConfig
-    from mnistlab.data import Split, load_dataset
-    from mnistlab.training import fit
-
-    dataset = load_dataset("mnist")
-    fit_part, val_part = dataset.train.subset(slice(0, 50_000)), dataset.train.subset(slice(50_000, 60_000))
-    validation = dataclasses.replace(dataset, splits={"train": Split(fit_part.images, fit_part.labels),
-                                                      "test": Split(val_part.images, val_part.labels)})
     table = candidates()
     chosen = args.candidates.split(",") if args.candidates else list(table)
-    original = models.BUILDERS["fast"]
-    scores: dict[str, list[tuple[float, float]]] = {name: [] for name in chosen}
-    try:
-        for seed in range(args.seeds):      # candidates interleaved, so drift hits them alike
-            for name in chosen:
-                builder, overrides = table[name]
-                models.BUILDERS["fast"] = builder
-                with tempfile.TemporaryDirectory() as tmp:
-                    run = fit(TrainConfig.for_model("fast", seed=seed, device="cpu", **overrides),
-                              run_dir=Path(tmp) / "r", dataset=validation)
-                scores[name].append((run.train_seconds, run.test.accuracy))
-                print(f"{name} seed {seed}: val {run.test.accuracy:.4f} in {run.train_seconds:.2f} s", flush=True)
-    finally:
-        models.BUILDERS["fast"] = original
+    scores = score_candidates("fast", table, chosen, seeds=args.seeds)
     rows, results = [], {"machine": machine(), "candidates": {}}
     for name in chosen:
         seconds = [s for s, _ in scores[name]]
