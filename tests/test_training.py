@@ -821,3 +821,39 @@ def test_best_end_to_end_on_a_fraction_of_real_mnist(tmp_path: Path, mnist) -> N
     saved = json.loads((tmp_path / "best" / "config.json").read_text())
     assert saved["model"] == "best" and saved["augment"] == "light"
     assert result.test.accuracy >= 0.95
+
+
+def test_resume_refuses_a_run_whose_augmentation_has_changed_since_it_trained(tmp_path: Path,
+                                                                             tiny_data_dir: Path) -> None:
+    """config.json records the transform's parameters; a level whose ranges changed (as ``strong``'s did) must not
+    continue silently with the new ones, and a run from before the record says it cannot be checked."""
+    from mnistlab.augment import spec_for
+    from mnistlab.callbacks import Callback
+    from mnistlab.training import resume
+
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    config = tiny(epochs=2, augment="strong")
+    fit(dataclasses.replace(config, epochs=1), run_dir=tmp_path / "run", dataset=dataset)
+    path = tmp_path / "run" / runs.CONFIG_FILE
+    saved = json.loads(path.read_text())
+    assert saved["augmentation"] == dataclasses.asdict(spec_for("strong"))
+    assert saved["augmentation"]["elastic_alpha"] == 1.0
+
+    older = {**saved, "augmentation": {**saved["augmentation"], "elastic_alpha": 2.0}}
+    path.write_text(json.dumps(older))
+    with pytest.raises(MnistlabError, match=r"^`augment` 'strong' has changed since this run trained "
+                                            r"\(elastic_alpha 2\.0 -> 1\.0\)"):
+        resume(tmp_path / "run", changes={"epochs": 2}, dataset=dataset)
+
+    messages: list[str] = []
+
+    class Notes(Callback):
+        def on_message(self, text: str) -> None:
+            messages.append(text)
+
+    path.write_text(json.dumps({k: v for k, v in saved.items() if k != "augmentation"}))
+    resumed = resume(tmp_path / "run", changes={"epochs": 2}, dataset=dataset, callbacks=[Notes()])
+    assert len(resumed.history) == 2
+    assert any("does not record its `strong` augmentation's parameters" in m for m in messages)
+    # The resumed run now records what it continued with.
+    assert json.loads(path.read_text())["augmentation"] == saved["augmentation"]

@@ -323,6 +323,7 @@ def resume(
     path = Path(run_dir)
     stored = _stored_config(path)
     config, notes = resume_config(stored, dict(changes or {}))
+    notes += _augmentation_notes(path, config)
     device = _prepare_device(config)
     ddp = distributed.current()
     recorded = runs.read_json(path / runs.CONFIG_FILE).get("environment", {}).get("distributed") or {}
@@ -444,6 +445,27 @@ def _status(path: Path) -> str | None:
     except MnistlabError:
         return None
     return metrics.get("status") if isinstance(metrics, dict) else None
+
+
+def _augmentation_notes(path: Path, config: TrainConfig) -> list[str]:
+    """Refuse to resume a run whose recorded augmentation differs from what its level means today.
+
+    Runs written before the parameters were recorded get a note for a non-identity level instead: their
+    transform cannot be checked (``strong`` changed once, at stop 19), only assumed.
+    """
+    recorded = runs.read_json(path / runs.CONFIG_FILE).get("augmentation")
+    today = dataclasses.asdict(spec_for(config.augment))
+    if recorded is None:
+        if config.augment == "none":
+            return []
+        return [f"this run does not record its `{config.augment}` augmentation's parameters (written by an earlier "
+                "mnistlab); it continues with today's, which may differ from what it trained with"]
+    if recorded != today:
+        differ = ", ".join(f"{key} {recorded.get(key)!r} -> {value!r}" for key, value in today.items()
+                           if recorded.get(key) != value)
+        raise MnistlabError(f"`augment` {config.augment!r} has changed since this run trained ({differ}): resuming "
+                            "would continue with another transform; train a new run")
+    return []
 
 
 def _stored_config(path: Path) -> TrainConfig:
@@ -723,7 +745,9 @@ def _fit_network(config: TrainConfig, *, run_dir: Path, dataset: Dataset, hooks:
     env = runs.environment()
     if loop.ddp is not None:
         env["distributed"] = loop.ddp.record()
-    stored = {**config.to_dict(), "environment": env}
+    # The transform's own parameters, not just its level's name: a level's ranges can change between versions
+    # (``strong`` did), and resuming must not silently continue with a different transform.
+    stored = {**config.to_dict(), "augmentation": dataclasses.asdict(loop.augment), "environment": env}
     if init is None and (run_dir / runs.CONFIG_FILE).is_file():  # a resumed fine-tune keeps its record
         init = runs.read_json(run_dir / runs.CONFIG_FILE).get("init_weights")
     if init is not None:

@@ -399,7 +399,8 @@ def runs_show(out: Console, record: RunRecord) -> None:
         asked = record.config.get("precision")
         out.print(f"  ran on     {esc(device)} in {esc(precision)} (asked: precision={esc(asked)})")
     out.print("  versions   " + esc(", ".join(f"{k} {v}" for k, v in record.versions.items())))
-    config = {k: v for k, v in record.config.items() if v is not None}
+    # The level (augment=...) is shown; its recorded parameters are for resume's check.
+    config = {k: v for k, v in record.config.items() if v is not None and k != "augmentation"}
     out.print("  config     " + esc(", ".join(f"{k}={v}" for k, v in config.items())))
     figures = {k: v for k, v in record.metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     out.print("  metrics    " + esc(", ".join(f"{k}={v:.6g}" for k, v in figures.items())))
