@@ -124,3 +124,25 @@ def test_levels_and_bad_specs() -> None:
         spec_for("heavy")
     with pytest.raises(MnistlabError, match="scale < 1"):
         AugmentSpec(scale=1.5)
+
+
+def test_record_differences_name_each_change_and_fill_fields_the_record_lacks() -> None:
+    from mnistlab.augment import REVISIONS, augment_record, record_differences
+
+    strong = "strong"
+    REVISION = REVISIONS[strong]
+    record = augment_record(strong)
+    assert REVISION == 3 and record["elastic_alpha"] == 1.0 and record["rotation"] == 15.0
+    assert record_differences(record, strong) == []
+    assert record_differences({**record, "elastic_alpha": 2.0, "revision": 2}, strong) == [
+        "elastic_alpha 2.0 -> 1.0", f"revision 2 -> {REVISION}"]
+    # A field added later, off by default, makes no difference; one of today's not at its default does.
+    assert record_differences({k: v for k, v in record.items() if k != "elastic_sigma"}, strong) == []
+    assert record_differences({k: v for k, v in record.items() if k != "stroke"}, strong) == ["stroke 0.0 -> 0.3"]
+    # A key the record has and today's transform no longer knows is named too (never an empty list of changes).
+    assert record_differences({**record, "blur": 1.0}, strong) == ["blur 1.0 -> None"]
+    # Levels have their own revisions: strong's code changes do not refuse `none` or `light` runs.
+    assert record_differences(augment_record("light"), "light") == []
+    assert record_differences({}, "none") == ["revision 0 -> 1"]
+    with pytest.raises(MnistlabError, match="recorded augmentation is not an object"):
+        record_differences("strong", strong)

@@ -825,35 +825,43 @@ def test_best_end_to_end_on_a_fraction_of_real_mnist(tmp_path: Path, mnist) -> N
 
 def test_resume_refuses_a_run_whose_augmentation_has_changed_since_it_trained(tmp_path: Path,
                                                                              tiny_data_dir: Path) -> None:
-    """config.json records the transform's parameters; a level whose ranges changed (as ``strong``'s did) must not
-    continue silently with the new ones, and a run from before the record says it cannot be checked."""
-    from mnistlab.augment import spec_for
+    """config.json records the transform's revision and ranges; a level that changed (as ``strong`` did, in its
+    code and in its ranges) must not continue silently, and a run from before the record says it cannot be
+    checked, on every resume (the unknown record is kept, never replaced by today's)."""
     from mnistlab.callbacks import Callback
     from mnistlab.training import resume
 
     dataset = load_dataset(data_dir=tiny_data_dir)
-    config = tiny(epochs=2, augment="strong")
-    fit(dataclasses.replace(config, epochs=1), run_dir=tmp_path / "run", dataset=dataset)
+    fit(tiny(epochs=1, augment="strong"), run_dir=tmp_path / "run", dataset=dataset)
     path = tmp_path / "run" / runs.CONFIG_FILE
     saved = json.loads(path.read_text())
-    assert saved["augmentation"] == dataclasses.asdict(spec_for("strong"))
-    assert saved["augmentation"]["elastic_alpha"] == 1.0
+    assert saved["augmentation"]["revision"] == 3 and saved["augmentation"]["elastic_alpha"] == 1.0
+    assert saved["augmentation"]["stroke"] == 0.3 and saved["augmentation"]["rotation"] == 15.0
 
-    older = {**saved, "augmentation": {**saved["augmentation"], "elastic_alpha": 2.0}}
-    path.write_text(json.dumps(older))
+    def resume_with(record: object, epochs: int) -> list[str]:
+        path.write_text(json.dumps({**saved, "augmentation": record}))
+        messages: list[str] = []
+
+        class Notes(Callback):
+            def on_message(self, text: str) -> None:
+                messages.append(text)
+
+        resume(tmp_path / "run", changes={"epochs": epochs}, dataset=dataset, callbacks=[Notes()])
+        return messages
+
+    old_ranges = {**saved["augmentation"], "elastic_alpha": 2.0}
     with pytest.raises(MnistlabError, match=r"^`augment` 'strong' has changed since this run trained "
                                             r"\(elastic_alpha 2\.0 -> 1\.0\)"):
-        resume(tmp_path / "run", changes={"epochs": 2}, dataset=dataset)
+        resume_with(old_ranges, 2)
+    with pytest.raises(MnistlabError, match=r"\(revision 2 -> 3\): resuming would continue"):
+        resume_with({**saved["augmentation"], "revision": 2}, 2)  # same ranges, older code
+    with pytest.raises(MnistlabError, match=r"^the run's recorded augmentation is not an object \(list\)"):
+        resume_with([1, 2], 2)
+    # A field the record lacks counts as its default (strong's elastic_sigma is the default 3.0): no difference.
+    lacking = {k: v for k, v in saved["augmentation"].items() if k != "elastic_sigma"}
+    assert not any("augment" in m for m in resume_with(lacking, 2))
+    assert json.loads(path.read_text())["augmentation"] == lacking  # kept as it was, not rewritten
 
-    messages: list[str] = []
-
-    class Notes(Callback):
-        def on_message(self, text: str) -> None:
-            messages.append(text)
-
-    path.write_text(json.dumps({k: v for k, v in saved.items() if k != "augmentation"}))
-    resumed = resume(tmp_path / "run", changes={"epochs": 2}, dataset=dataset, callbacks=[Notes()])
-    assert len(resumed.history) == 2
-    assert any("does not record its `strong` augmentation's parameters" in m for m in messages)
-    # The resumed run now records what it continued with.
-    assert json.loads(path.read_text())["augmentation"] == saved["augmentation"]
+    assert any("does not record its `strong` augmentation" in m for m in resume_with(None, 3))
+    assert json.loads(path.read_text())["augmentation"] is None  # still unknown after resuming
+    assert any("does not record its `strong` augmentation" in m for m in resume_with(None, 4))

@@ -13,8 +13,10 @@ turning the digit clockwise as displayed (rows grow downward).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +59,32 @@ LEVELS: dict[str, AugmentSpec] = {
     "strong": AugmentSpec(rotation=15.0, scale=0.15, shear=12.0, translate=3.0, elastic_alpha=1.0,
                           elastic_sigma=3.0, stroke=0.3),
 }
+
+
+# Each level's revision, bumped whenever its transform's *code* changes what it draws or does for the same
+# ranges (the ranges are recorded beside it). strong 2: its stroke change became a 2x2 element at a random
+# corner (from 3x3; it also draws one more number per batch); strong 3: its elastic field 2 px -> 1 px RMS.
+REVISIONS: dict[str, int] = {"none": 1, "light": 1, "strong": 3}
+
+
+def augment_record(name: str) -> dict[str, Any]:
+    """What a run's config.json records of its augmentation level: its revision and its ranges."""
+    return {"revision": REVISIONS[name], **dataclasses.asdict(spec_for(name))}
+
+
+def record_differences(recorded: object, name: str) -> list[str]:
+    """How a recorded :func:`augment_record` differs from level ``name`` today, one ``"key old -> new"`` each.
+
+    A field missing from the record (added after it was written) counts as its default, so a new transform
+    that is off by default does not make older runs different; a record that is not a mapping is refused.
+    """
+    if not isinstance(recorded, dict):
+        raise MnistlabError(f"the run's recorded augmentation is not an object ({type(recorded).__name__}); "
+                            "its config.json was edited or damaged; train a new run")
+    today = augment_record(name)
+    before = {**dataclasses.asdict(AugmentSpec()), "revision": 0, **recorded}
+    return [f"{key} {before.get(key)!r} -> {today.get(key)!r}"
+            for key in sorted(set(today) | set(before)) if before.get(key) != today.get(key)]
 
 
 def spec_for(name: str) -> AugmentSpec:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnistlab import checkpoint, distributed, fastpath, runs
-from mnistlab.augment import AugmentSpec, augment_batch, spec_for
+from mnistlab.augment import AugmentSpec, augment_batch, augment_record, record_differences, spec_for
 from mnistlab.callbacks import Callback, CallbackList
 from mnistlab.config import SCHEDULE_NAMES, SCHEDULE_OPTIONS, TrainConfig
 from mnistlab.data import Dataset, load_dataset, split_sha256, train_val_indices
@@ -323,7 +323,6 @@ def resume(
     path = Path(run_dir)
     stored = _stored_config(path)
     config, notes = resume_config(stored, dict(changes or {}))
-    notes += _augmentation_notes(path, config)
     device = _prepare_device(config)
     ddp = distributed.current()
     recorded = runs.read_json(path / runs.CONFIG_FILE).get("environment", {}).get("distributed") or {}
@@ -354,6 +353,8 @@ def resume(
         if done > config.epochs or (done == config.epochs and finished):
             raise MnistlabError(f"{path} already holds {done} of its {config.epochs} epochs; pass `epochs` "
                                 f"above {done} to train it further")
+        if saved is not None:  # with no checkpoint the run restarts from its seed: nothing trained with the old one
+            notes += _augmentation_notes(path, config)
     except BaseException:
         if writer:
             runs.release_run_dir(path)
@@ -448,23 +449,21 @@ def _status(path: Path) -> str | None:
 
 
 def _augmentation_notes(path: Path, config: TrainConfig) -> list[str]:
-    """Refuse to resume a run whose recorded augmentation differs from what its level means today.
+    """Refuse to resume a run whose recorded augmentation (revision and ranges) differs from its level today.
 
-    Runs written before the parameters were recorded get a note for a non-identity level instead: their
-    transform cannot be checked (``strong`` changed once, at stop 19), only assumed.
+    A run written before the record existed (or a resume of one, which keeps it unknown) cannot be checked:
+    for a level other than ``none`` it gets a note instead.
     """
     recorded = runs.read_json(path / runs.CONFIG_FILE).get("augmentation")
-    today = dataclasses.asdict(spec_for(config.augment))
     if recorded is None:
         if config.augment == "none":
             return []
-        return [f"this run does not record its `{config.augment}` augmentation's parameters (written by an earlier "
-                "mnistlab); it continues with today's, which may differ from what it trained with"]
-    if recorded != today:
-        differ = ", ".join(f"{key} {recorded.get(key)!r} -> {value!r}" for key, value in today.items()
-                           if recorded.get(key) != value)
-        raise MnistlabError(f"`augment` {config.augment!r} has changed since this run trained ({differ}): resuming "
-                            "would continue with another transform; train a new run")
+        return [f"this run does not record its `{config.augment}` augmentation (written by an earlier mnistlab); "
+                "it continues with today's, which may differ from what it trained with"]
+    differ = record_differences(recorded, config.augment)
+    if differ:
+        raise MnistlabError(f"`augment` {config.augment!r} has changed since this run trained ({', '.join(differ)}): "
+                            "resuming would continue with another transform; train a new run")
     return []
 
 
@@ -745,9 +744,13 @@ def _fit_network(config: TrainConfig, *, run_dir: Path, dataset: Dataset, hooks:
     env = runs.environment()
     if loop.ddp is not None:
         env["distributed"] = loop.ddp.record()
-    # The transform's own parameters, not just its level's name: a level's ranges can change between versions
-    # (``strong`` did), and resuming must not silently continue with a different transform.
-    stored = {**config.to_dict(), "augmentation": dataclasses.asdict(loop.augment), "environment": env}
+    # The transform's revision and ranges, not just its level's name: a level can change between versions
+    # (``strong`` did), and resuming must not silently continue with another transform. A resumed run keeps
+    # the record it started with (None: unknown, an older run), so the record never claims more than it knows.
+    augmentation: dict[str, Any] | None = augment_record(config.augment)
+    if saved is not None and (run_dir / runs.CONFIG_FILE).is_file():
+        augmentation = runs.read_json(run_dir / runs.CONFIG_FILE).get("augmentation")
+    stored = {**config.to_dict(), "augmentation": augmentation, "environment": env}
     if init is None and (run_dir / runs.CONFIG_FILE).is_file():  # a resumed fine-tune keeps its record
         init = runs.read_json(run_dir / runs.CONFIG_FILE).get("init_weights")
     if init is not None:
