@@ -321,11 +321,11 @@ def resume(
     """
     hooks = CallbackList([*callbacks, *([observer] if observer is not None else [])])
     path = Path(run_dir)
-    stored = _stored_config(path)
+    stored, record = _stored_config(path)
     config, notes = resume_config(stored, dict(changes or {}))
     device = _prepare_device(config)
     ddp = distributed.current()
-    recorded = runs.read_json(path / runs.CONFIG_FILE).get("environment", {}).get("distributed") or {}
+    recorded = record.get("environment", {}).get("distributed") or {}
     before, now = int(recorded.get("world_size", 1)), ddp.world_size if ddp is not None else 1
     if before != now:  # the same arithmetic, summed in another order: close, not bit for bit
         notes.append(f"resuming with {now} process{'es' if now > 1 else ''} (the run trained with {before}): the "
@@ -354,7 +354,7 @@ def resume(
             raise MnistlabError(f"{path} already holds {done} of its {config.epochs} epochs; pass `epochs` "
                                 f"above {done} to train it further")
         if saved is not None:  # with no checkpoint the run restarts from its seed: nothing trained with the old one
-            notes += _augmentation_notes(path, config)
+            notes += _augmentation_notes(record.get("augmentation"), config)
     except BaseException:
         if writer:
             runs.release_run_dir(path)
@@ -448,13 +448,12 @@ def _status(path: Path) -> str | None:
     return metrics.get("status") if isinstance(metrics, dict) else None
 
 
-def _augmentation_notes(path: Path, config: TrainConfig) -> list[str]:
+def _augmentation_notes(recorded: object, config: TrainConfig) -> list[str]:
     """Refuse to resume a run whose recorded augmentation (revision and ranges) differs from its level today.
 
     A run written before the record existed (or a resume of one, which keeps it unknown) cannot be checked:
     for a level other than ``none`` it gets a note instead.
     """
-    recorded = runs.read_json(path / runs.CONFIG_FILE).get("augmentation")
     if recorded is None:
         if config.augment == "none":
             return []
@@ -467,8 +466,9 @@ def _augmentation_notes(path: Path, config: TrainConfig) -> list[str]:
     return []
 
 
-def _stored_config(path: Path) -> TrainConfig:
-    """The config of the run to resume, refused with one line when there is nothing resumable."""
+def _stored_config(path: Path) -> tuple[TrainConfig, dict[str, Any]]:
+    """The config of the run to resume and its whole config.json record, refused with one line when there is
+    nothing resumable."""
     if not (path / runs.CONFIG_FILE).is_file():
         raise MnistlabError(f"`resume` {path}: no run there (no {runs.CONFIG_FILE}); pass a folder written by "
                             "`mnistlab train`")
@@ -477,7 +477,7 @@ def _stored_config(path: Path) -> TrainConfig:
     if config.family != "network":
         raise MnistlabError(f"`resume` {path}: a classical {config.model} model is fitted in one step; "
                             "there is nothing to resume (train it again)")
-    return config
+    return config, data
 
 
 # Settings a resumed run may change: they do not change what it computes (device: not bit for bit).
@@ -727,12 +727,13 @@ def _fit_network(config: TrainConfig, *, run_dir: Path, dataset: Dataset, hooks:
     loop = _setup(config, dataset, device, train_idx, val_idx, hooks)
     progress = _Progress(early_stop=early_stop)
     init: dict[str, Any] | None = None
+    # What this folder's config.json already records (a resumed or restarted run): read once, kept below.
+    previous = runs.read_json(run_dir / runs.CONFIG_FILE) if (run_dir / runs.CONFIG_FILE).is_file() else {}
     if saved is not None:
         _restore(loop, saved, progress)
     elif config.init_from is not None:
         init = init_weights(loop.model, config.init_from)  # every rank loads the same file
-        recorded = (runs.read_json(run_dir / runs.CONFIG_FILE).get("init_weights")
-                    if (run_dir / runs.CONFIG_FILE).is_file() else None)
+        recorded = previous.get("init_weights")
         if isinstance(recorded, dict) and recorded.get("sha256") != init["sha256"]:
             # A fine-tune killed in its first epoch restarts from its source: only if those are the same weights.
             raise MnistlabError(f"`init_from` {config.init_from}: its weights changed since this run started from "
@@ -747,12 +748,10 @@ def _fit_network(config: TrainConfig, *, run_dir: Path, dataset: Dataset, hooks:
     # The transform's revision and ranges, not just its level's name: a level can change between versions
     # (``strong`` did), and resuming must not silently continue with another transform. A resumed run keeps
     # the record it started with (None: unknown, an older run), so the record never claims more than it knows.
-    augmentation: dict[str, Any] | None = augment_record(config.augment)
-    if saved is not None and (run_dir / runs.CONFIG_FILE).is_file():
-        augmentation = runs.read_json(run_dir / runs.CONFIG_FILE).get("augmentation")
+    augmentation = previous.get("augmentation") if saved is not None else augment_record(config.augment)
     stored = {**config.to_dict(), "augmentation": augmentation, "environment": env}
-    if init is None and (run_dir / runs.CONFIG_FILE).is_file():  # a resumed fine-tune keeps its record
-        init = runs.read_json(run_dir / runs.CONFIG_FILE).get("init_weights")
+    if init is None:  # a resumed fine-tune keeps its record
+        init = previous.get("init_weights")
     if init is not None:
         stored["init_weights"] = init
     runs.write_json_atomic(run_dir / runs.CONFIG_FILE, stored)
