@@ -12,7 +12,8 @@ Payloads (``--payload``, default both, one after the other):
 The client runs on the same machine as the server, so both share its cores: figures are lower bounds of what
 the server alone could do. Traffic goes to 127.0.0.1 only; the loop is bounded by count and by --timeout.
 
-    python benchmarks/serve_load.py --run RUN_DIR [--requests 2000] [--concurrency 2] [--out results.json]
+    python benchmarks/serve_load.py --run RUN_DIR [--requests 2000] [--concurrency 2] [--workers 1 2]
+        [--out results.json]
 
 Without --run, a CNN is trained for one epoch into a temporary folder first (about half a minute).
 """
@@ -148,6 +149,73 @@ def run_load(port: int, body: bytes, content_type: str, digit: int, *, requests:
     }
 
 
+def process_tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live children (the server and its worker processes)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    for one in [pid, *(int(c) for c in (children.read_text().split() if children.exists() else []))]:
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def serve_and_load(run_dir: Path, workers: int, args: argparse.Namespace, log: Path,
+                   report: dict[str, Any]) -> bool:
+    """Start `mnistlab serve RUN --workers N`, run every payload and concurrency against it, add the rows."""
+    port = free_port()
+    with log.open("w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", str(run_dir), "--port", str(port),
+                                   "--quiet", "--workers", str(workers)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    print(log.read_text(), file=sys.stderr)
+                    return False
+                time.sleep(0.2)
+        time.sleep(1.0)  # every worker up, not just the first to answer
+        for name, (body, content_type, digit) in payloads().items():
+            if name not in args.payload:
+                continue
+            run_load(port, body, content_type, digit, requests=args.warmup, concurrency=2, timeout=args.timeout)
+            for concurrency in args.concurrency:
+                server_cpu, client_cpu = process_tree_cpu_seconds(server.pid), os.times()
+                timed = run_load(port, body, content_type, digit, requests=args.requests,
+                                 concurrency=concurrency, timeout=args.timeout)
+                after = os.times()
+                done = max(1, timed["completed"])
+                result = {"payload": name, "workers": workers, **timed,
+                          # CPU per answered request: what the cores spend, whatever the wall clock says
+                          "server_cpu_ms_per_request": round(
+                              (process_tree_cpu_seconds(server.pid) - server_cpu) / done * 1000, 3),
+                          "client_cpu_ms_per_request": round(
+                              (after.user - client_cpu.user + after.system - client_cpu.system) / done * 1000, 3)}
+                report["results"].append(result)
+                lat = result["latency_ms"]
+                print(f"{name:<4} workers {workers} concurrency {concurrency:>2}: "
+                      f"{result['completed']}/{args.requests} done, "
+                      f"{result['errors']} errors, {result['requests_per_second']} req/s, "
+                      f"p50 {lat.get('p50')} ms, p90 {lat.get('p90')} ms, p99 {lat.get('p99')} ms "
+                      f"(server work p50 {result['server_ms_p50']} ms; CPU per request: server "
+                      f"{result['server_cpu_ms_per_request']} ms, client {result['client_cpu_ms_per_request']} ms)",
+                      flush=True)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    return True
+
+
 def machine() -> dict[str, Any]:
     """The shared machine description, plus what this benchmark pins on the server side."""
     from _common import machine as common_machine
@@ -164,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--payload", nargs="+", choices=("json", "png"), default=["json", "png"])
     parser.add_argument("--warmup", type=int, default=100, help="untimed requests first (default 100)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds before a load run stops")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1],
+                        help="server processes (`serve --workers`); several values start one server each, "
+                             "one after another (default 1)")
     parser.add_argument("--out", default="benchmarks/serve_load.json", help="JSON file for the figures")
     args = parser.parse_args(argv)
     if not 1 <= args.requests <= 100_000 or not all(1 <= c <= 64 for c in args.concurrency):
@@ -178,47 +249,12 @@ def main(argv: list[str] | None = None) -> int:
             print("training a 1-epoch CNN to serve ...", flush=True)
             subprocess.run([sys.executable, "-m", "mnistlab", "train", "cnn", "--epochs", "1",
                             "--device", "cpu", "--out", str(run_dir)], check=True, stdout=subprocess.DEVNULL)
-        port = free_port()
-        log = Path(scratch) / "serve.log"
-        with log.open("w") as out:
-            server = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", str(run_dir),
-                                       "--port", str(port), "--quiet"], stdout=out, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
-                        break
-                except OSError:
-                    if server.poll() is not None or time.monotonic() > deadline:
-                        print(log.read_text(), file=sys.stderr)
-                        return 1
-                    time.sleep(0.2)
-            report: dict[str, Any] = {"command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
-                                      "machine": machine(), "results": []}
-            for name, (body, content_type, digit) in payloads().items():
-                if name not in args.payload:
-                    continue
-                run_load(port, body, content_type, digit, requests=args.warmup, concurrency=2,
-                         timeout=args.timeout)
-                for concurrency in args.concurrency:
-                    timed = run_load(port, body, content_type, digit, requests=args.requests,
-                                     concurrency=concurrency, timeout=args.timeout)
-                    result = {"payload": name, **timed}
-                    report["results"].append(result)
-                    lat = result["latency_ms"]
-                    print(f"{name:<4} concurrency {concurrency:>2}: "
-                          f"{result['completed']}/{args.requests} done, "
-                          f"{result['errors']} errors, {result['requests_per_second']} req/s, "
-                          f"p50 {lat.get('p50')} ms, p90 {lat.get('p90')} ms, p99 {lat.get('p99')} ms "
-                          f"(server work p50 {result['server_ms_p50']} ms)", flush=True)
-            report["machine"]["loadavg_after"] = os.getloadavg()
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        report: dict[str, Any] = {"command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+                                  "machine": machine(), "results": []}
+        for workers in args.workers:
+            if not serve_and_load(run_dir, workers, args, Path(scratch) / f"serve-{workers}.log", report):
+                return 1
+        report["machine"]["loadavg_after"] = os.getloadavg()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

@@ -502,3 +502,49 @@ def test_drawings_and_scans_are_prepared_without_importing_scipy() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
                           env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"}, cwd=root)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_ink_map_of_8_bit_images_from_histograms_equals_numpy_median_and_percentile() -> None:
+    """The uint8 path reads the border's median and 99th percentile from one histogram; the float path, the
+    oracle, calls np.median and np.percentile. On 1,500 random images (any background, noise, a blob of ink
+    of either polarity) and each invert mode they agree (the same ink, polarity and refusals), and the
+    cropped map is the full map's ink box."""
+    from mnistlab.imaging import BlankImage, _bounding_box, _frame_ink_map
+
+    rng = np.random.default_rng(7)
+    compared = 0
+    for _ in range(500):
+        height, width = (int(v) for v in rng.integers(16, 90, 2))
+        spread = int(rng.integers(0, 70))
+        gray = rng.integers(0, 256) + rng.integers(-spread, spread + 1, (height, width))
+        row, col = int(rng.integers(0, height)), int(rng.integers(0, width))
+        gray[max(0, row - 6):row + 6, max(0, col - 3):col + 3] = rng.integers(0, 256)
+        gray = np.clip(gray, 0, 255).astype(np.uint8)
+        for invert in ("auto", "yes", "no"):
+            outcomes = []
+            for image in (gray.astype(np.float32), gray):
+                try:
+                    outcomes.append(_frame_ink_map(image, invert=invert))
+                except BlankImage as exc:
+                    outcomes.append(str(exc))
+            expected, got = outcomes
+            if isinstance(expected, str):
+                assert got == expected
+                continue
+            assert isinstance(got, tuple) and got[1] == expected[1]
+            np.testing.assert_allclose(got[0], expected[0], rtol=0, atol=1e-6)
+            cropped, _ = _frame_ink_map(gray, invert=invert, crop=True)
+            box = _bounding_box(expected[0])
+            if box is not None:
+                assert np.array_equal(cropped, got[0][box[0]:box[1], box[2]:box[3]])
+            compared += 1
+    assert compared > 800  # most images have ink: the comparison is not vacuous
+
+
+def test_header_pixels_reads_the_size_without_decoding() -> None:
+    from mnistlab.imaging import header_pixels
+
+    assert header_pixels(encode(Image.new("L", (50, 30)))) == 1500
+    assert header_pixels(bomb_png(5000, 4000)) == 20_000_000  # a bomb's claim, read without decoding it
+    assert header_pixels(b"not an image") is None
+    assert header_pixels(b"") is None

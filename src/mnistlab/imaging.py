@@ -174,6 +174,22 @@ def decode_image(data: bytes, *, name: str = "image", max_bytes: int = MAX_IMAGE
     return img
 
 
+def header_pixels(data: bytes | bytearray) -> int | None:
+    """width x height from the image's header alone (nothing decoded), or None when it is not readable.
+
+    What a caller needs to judge an upload's cost before decoding it (the server prepares small images on its
+    event loop and sends large ones to worker threads).
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+    except Exception:  # whatever the header's problem, decode_image will name it
+        return None
+    return int(width) * int(height)
+
+
 # -------------------------------------------------------------------------------------------- grayscale
 def _high_bit_depth_to_gray(img: Image.Image, *, name: str = "image") -> np.ndarray:
     """16-bit/32-bit/float grayscale -> float32 in 0..255 (Pillow's convert("L") would clip, not scale).
@@ -290,9 +306,11 @@ def _label(mask: np.ndarray, *, diagonal: bool) -> tuple[np.ndarray, int]:
     height, width = mask.shape
     padded = np.zeros((height, width + 2), dtype=np.int8)
     padded[:, 1:-1] = mask
-    steps = np.diff(padded, axis=1)
-    rows, starts = np.nonzero(steps == 1)   # row-major order: runs sorted by (row, start)
-    _, ends = np.nonzero(steps == -1)       # exclusive ends, paired with the starts in the same order
+    # Within a row the changes alternate start (+1), end (-1), so one pass over the nonzero steps, in row-major
+    # order, gives the runs sorted by (row, start) with their exclusive ends.
+    changes = np.flatnonzero(np.diff(padded, axis=1))
+    rows, starts = np.divmod(changes[0::2], width + 1)
+    ends = changes[1::2] - rows * (width + 1)
     count = int(rows.size)
     labels = np.zeros(height * width, dtype=np.int32)
     if count == 0:
@@ -588,6 +606,8 @@ def _frame_ink_map(gray: np.ndarray, *, invert: Invert = "auto", name: str = "im
     background reaches further (darkest vs brightest 0.1%), so black-on-white paper, white-on-black MNIST and
     dark pen on grey paper all come out right.
     """
+    if gray.dtype == np.uint8:
+        return _frame_ink_map_uint8(gray, invert=invert, name=name, crop=crop)
     if invert == "auto":
         border_level = float(np.median(_border(gray)))
         darkest, brightest = _extreme_levels(gray)
@@ -599,36 +619,96 @@ def _frame_ink_map(gray: np.ndarray, *, invert: Invert = "auto", name: str = "im
     # Background and noise floor come from the ink image itself, so mirrored inputs give identical results.
     background = float(np.median(border_ink))
     peak = 255.0 - float(gray.min()) if inverted else float(gray.max())
+    floor = _noise_floor(border_ink, background=background, peak=peak, inverted=inverted, invert=invert,
+                         name=name)
+    values = _to_ink(gray.astype(np.float32, copy=False), inverted=inverted, background=background, peak=peak,
+                     floor=floor)
+    return values.astype(np.float32, copy=False), inverted
+
+
+def _check_contrast(*, background: float, peak: float, inverted: bool, invert: Invert, name: str) -> None:
     if peak - background < MIN_CONTRAST:
         polarity = "dark ink on a light" if inverted else "light ink on a dark"
         hint = "" if invert == "auto" else f" (invert={invert} assumes {polarity} background; try auto)"
         raise BlankImage(f"{name}: blank: no ink stands out from the background{hint}; draw or photograph "
                          "a digit with clear contrast")
+
+
+def _noise_floor(border_ink: np.ndarray, *, background: float, peak: float, inverted: bool, invert: Invert,
+                 name: str) -> float:
+    """The share of the ink range the border's own texture reaches (its 99th percentile), at most 0.5."""
+    _check_contrast(background=background, peak=peak, inverted=inverted, invert=invert, name=name)
     # Paper texture, JPEG noise and uneven light: cut off what the border itself reaches.
     border_values = np.clip((border_ink - background) / (peak - background), 0.0, 1.0)
-    floor = min(0.5, float(np.percentile(border_values, 99.0)))
+    return min(0.5, float(np.percentile(border_values, 99.0)))
 
-    def to_ink(levels: np.ndarray) -> np.ndarray:
-        ink = 255.0 - levels if inverted else levels
-        values = np.clip((ink - background) / (peak - background), 0.0, 1.0)
-        return np.clip((values - floor) / (1.0 - floor), 0.0, 1.0) if floor > 0.0 else values
 
-    if gray.dtype == np.uint8:  # the usual case: one table lookup instead of several passes over the image
-        table = to_ink(np.arange(256, dtype=np.float32)).astype(np.float32)
-        if crop:
-            # to_ink is monotone in the level, so the inked levels are one end of 0..255: the ink's box comes
-            # from one comparison, and only that box is looked up.
-            inked = np.flatnonzero(table > 0)
-            if inked.size == 0:
-                return np.zeros((1, 1), dtype=np.float32), inverted
-            box = _bounding_box(gray <= inked[-1] if inverted else gray >= inked[0])
-            if box is None:
-                return np.zeros((1, 1), dtype=np.float32), inverted
-            gray = gray[box[0]:box[1], box[2]:box[3]]
-        values = table[gray]
+def _to_ink(levels: np.ndarray, *, inverted: bool, background: float, peak: float, floor: float) -> np.ndarray:
+    """Gray levels -> ink in [0, 1]: background 0, peak 1, the noise floor cut off."""
+    ink = 255.0 - levels if inverted else levels
+    values = np.clip((ink - background) / (peak - background), 0.0, 1.0)
+    return np.clip((values - floor) / (1.0 - floor), 0.0, 1.0) if floor > 0.0 else values
+
+
+def _order_statistic(cumulative: np.ndarray, k: int) -> int:
+    """The k-th smallest (0-based) value of a uint8 sample, from its cumulative 256-bin histogram."""
+    return int(np.searchsorted(cumulative, k, side="right"))
+
+
+def _percentile_neighbours(cumulative: np.ndarray, q: float) -> tuple[int, int, float]:
+    """The two order statistics ``np.percentile(sample, q)`` interpolates between, and the fraction between
+    them (numpy's default "linear" method), for a uint8 sample given by its cumulative 256-bin histogram."""
+    n = int(cumulative[-1])
+    position = (n - 1) * q / 100.0
+    below = int(np.floor(position))
+    low = _order_statistic(cumulative, below)
+    high = _order_statistic(cumulative, min(below + 1, n - 1))
+    return low, high, position - below
+
+
+def _histogram_percentile(cumulative: np.ndarray, q: float) -> float:
+    """``np.percentile(sample, q)`` of a uint8 sample, from its cumulative histogram."""
+    low, high, fraction = _percentile_neighbours(cumulative, q)
+    return low + (high - low) * fraction
+
+
+def _frame_ink_map_uint8(gray: np.ndarray, *, invert: Invert, name: str, crop: bool) -> tuple[np.ndarray, bool]:
+    """:func:`_frame_ink_map` of an 8-bit image: the border's statistics from one 256-bin histogram.
+
+    The same function as the float path (tests/test_imaging.py checks the two agree): a median or percentile
+    of uint8 values is an order statistic (or the mean of two), which the cumulative histogram gives exactly,
+    and the ink levels are a monotone map of the gray levels, so their order statistics are the gray levels'.
+    """
+    border_counts = np.bincount(_border(gray), minlength=256)
+    if invert == "auto":
+        border_level = _histogram_percentile(np.cumsum(border_counts), 50.0)
+        darkest, brightest = _extreme_levels(gray)
+        inverted = (border_level - darkest) > (brightest - border_level)
     else:
-        values = to_ink(gray.astype(np.float32, copy=False))
-    return values.astype(np.float32, copy=False), inverted
+        inverted = invert == "yes"
+    ink_counts = border_counts[::-1] if inverted else border_counts
+    cumulative = np.cumsum(ink_counts)  # of the border's ink levels (255 - gray when inverted)
+    background = _histogram_percentile(cumulative, 50.0)
+    peak = 255.0 - float(gray.min()) if inverted else float(gray.max())
+    _check_contrast(background=background, peak=peak, inverted=inverted, invert=invert, name=name)
+    # The percentile of the scaled, clipped border interpolates between the two order statistics of its levels
+    # (a monotone map keeps the order), each scaled and clipped as the float path does, in float32.
+    low, high, fraction = _percentile_neighbours(cumulative, 99.0)
+    scaled = np.clip((np.array([low, high], dtype=np.float32) - background) / (peak - background), 0.0, 1.0)
+    floor = min(0.5, float(scaled[0] + (scaled[1] - scaled[0]) * np.float32(fraction)))
+    table = _to_ink(np.arange(256, dtype=np.float32), inverted=inverted, background=background, peak=peak,
+                    floor=floor).astype(np.float32)
+    if crop:
+        # to_ink is monotone in the level, so the inked levels are one end of 0..255: the ink's box comes
+        # from one comparison, and only that box is looked up.
+        inked = np.flatnonzero(table > 0)
+        if inked.size == 0:
+            return np.zeros((1, 1), dtype=np.float32), inverted
+        box = _bounding_box(gray <= inked[-1] if inverted else gray >= inked[0])
+        if box is None:
+            return np.zeros((1, 1), dtype=np.float32), inverted
+        gray = gray[box[0]:box[1], box[2]:box[3]]
+    return table[gray], inverted
 
 
 def drop_specks(values: np.ndarray) -> np.ndarray:

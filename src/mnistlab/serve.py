@@ -21,7 +21,8 @@ Memory and time are bounded on every request, in this order:
    streamed into the form parser, which spools files over 1 MB to disk.
 4. Decoding, preprocessing and inference run in worker threads behind a limiter of ``concurrency``, so a
    large photo never blocks the event loop (``/healthz`` is answered on the loop itself). A 28x28 JSON array
-   is so cheap that it is predicted inline.
+   and an image of at most ``INLINE_PIXELS`` (by its header; a drawing from the page) are so cheap that they
+   are predicted inline.
 
 Every user-caused problem is a 4xx (503 when busy) with ``{"detail": "one line"}``; a 500 would be a bug. A
 client that goes away mid-upload is one info line in the log. With a token (``--token``/``MNISTLAB_TOKEN``)
@@ -35,6 +36,7 @@ imports this module only inside ``mnistlab serve``.
 # No `from __future__ import annotations`: FastAPI must evaluate the endpoints' annotations, and the `top`
 # parameter's bound (the model's number of classes) is a local of create_app.
 import asyncio
+import dataclasses
 import errno
 import hmac
 import ipaddress
@@ -72,11 +74,14 @@ from mnistlab.imaging import (
     ImageTooLarge,
     Invert,
     UnreadableImage,
+    header_pixels,
     prepare_image,
 )
 from mnistlab.predict import AnyPredictor, Predictor, open_predictor
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundary lines and part headers on top of the image itself
+# Uploads up to this size and pixel count (a 512x512 canvas) are prepared on the event loop: 1-4 ms each.
+INLINE_BYTES, INLINE_PIXELS = 256 * 1024, 512 * 512
 JSON_MAX_BYTES = 1024 * 1024    # 28x28 numbers fit in a few KB; 1 MB leaves room for whitespace, stops JSON bombs
 TOKEN_ENV = "MNISTLAB_TOKEN"
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._~-]{16,256}")  # URL-fragment and header safe, long enough to guess
@@ -317,9 +322,9 @@ async def _answer_predict(request: Request, *, top: int, invert: Invert, limits:
         # The reservation comes first: until it is granted, nothing of the body is read.
         async with budget.hold(cap if declared is None else declared, wait_seconds=limits.queue_seconds):
             payload, name = await _read_payload(request, kind, cap, limits, received)
-            if isinstance(payload, list):
-                # A 28x28 array is validated and predicted in well under a millisecond: a thread hop
-                # would cost more than it saves, so it runs right here.
+            if isinstance(payload, list) or _small_image(payload):
+                # A 28x28 array, or a drawing the size of the page's canvas, is prepared and predicted in a
+                # millisecond or two: the thread hop (and its GIL hand-offs) would cost a third of that again.
                 result = work(payload, invert=invert, top=top, name=name)
             else:
                 # Decoding an upload can take tens of milliseconds (a 12 Mpx photo): worker threads keep
@@ -392,6 +397,14 @@ def _token_guard(token: str | None) -> list[Any]:
                                 headers={"WWW-Authenticate": "Bearer", "Connection": "close"})
 
     return [Depends(require_token)]
+
+
+def _small_image(payload: bytes | bytearray) -> bool:
+    """True for an upload cheap enough to prepare on the event loop (a few ms at most): few bytes, few pixels."""
+    if len(payload) > INLINE_BYTES:
+        return False
+    pixels = header_pixels(payload)
+    return pixels is not None and pixels <= INLINE_PIXELS
 
 
 def _predict_one(predictor: AnyPredictor, limits: ServeLimits, payload: bytes | bytearray | list[Any], *,
@@ -548,6 +561,41 @@ def _raw_json_response(status: int, detail: str) -> bytes:
     return head.encode() + body
 
 
+class CoalescingTransport:
+    """A transport whose writes within one turn of the event loop leave in one ``send``.
+
+    uvicorn writes a response's status line and headers, then its body, each straight to the socket: two
+    system calls and two packets for every answer, which on loopback cost about as much as the rest of the
+    HTTP layer. Here writes are gathered and sent once the current callback returns (``call_soon``), and
+    before the transport closes, so nothing is reordered or lost. Everything else is the real transport's.
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._pending = bytearray()
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending += data
+
+    def _flush(self) -> None:
+        if self._pending:
+            data, self._pending = bytes(self._pending), bytearray()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 # Over 60 lines because it defines the protocol class inside (it closes over the limits): one unit to read.
 def bounded_protocol(limits: ServeLimits) -> type[asyncio.Protocol]:
     """uvicorn's h11 protocol with a cap on open connections and a time limit on receiving a request header.
@@ -564,7 +612,7 @@ def bounded_protocol(limits: ServeLimits) -> type[asyncio.Protocol]:
         header_timer: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
+            super().connection_made(cast(asyncio.Transport, CoalescingTransport(transport)))
             if len(self.connections) > limits.max_connections:
                 LOG.warning("refused a connection: %d are open (the limit)", limits.max_connections)
                 transport.write(_raw_json_response(503, f"the server has {limits.max_connections} connections "
@@ -668,20 +716,66 @@ def check_port(host: str, port: int) -> None:
             raise MnistlabError(f"{where}; check --host and --port") from None
 
 
+# `serve --workers N`: uvicorn spawns N processes that import the app, protocol and loop by name from
+# mnistlab.serve_worker, which reads its settings from this environment variable.
+WORKER_SETTINGS_ENV = "MNISTLAB_SERVE_WORKER"
+WORKER_APP = "mnistlab.serve_worker:app"
+WORKER_PROTOCOL = "mnistlab.serve_worker:WorkerProtocol"
+WORKER_LOOP = "mnistlab.serve_worker:BalancedLoop"
+MAX_WORKERS = 64
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What one worker process needs to build the same app as the others."""
+
+    model: str             # a run directory or an .onnx file, already resolved by the parent
+    backend: str
+    device: str
+    threads: int | None
+    weights: str
+    token: str | None
+    limits: dict[str, Any]  # ServeLimits of one worker (its share), as a dict
+    workers: int
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+
+def worker_limits(limits: ServeLimits, workers: int) -> ServeLimits:
+    """One worker's share of ``limits`` so that N workers together keep the server's bounds.
+
+    Connections, buffered bytes and decoding threads are divided (rounded up for connections, so the total
+    may exceed the limit by less than N); each worker keeps room for one max-size upload and one decoder.
+    """
+    if not 1 <= workers <= MAX_WORKERS:
+        raise MnistlabError(f"--workers must be in 1..{MAX_WORKERS}, got {workers}")
+    if workers == 1:
+        return limits
+    return dataclasses.replace(
+        limits,
+        max_connections=-(-limits.max_connections // workers),
+        buffered_bytes=max(limits.buffered_bytes // workers, limits.max_bytes + MULTIPART_OVERHEAD),
+        concurrency=max(1, limits.concurrency // workers),
+    )
+
+
 def serve(*, run_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
           access_log: bool = True, threads: int | None = 1, backend: str = "auto", token: str | None = None,
-          limits: ServeLimits | None = None, weights: str = "auto") -> None:
+          limits: ServeLimits | None = None, weights: str = "auto", workers: int = 1) -> None:
     """Load ``run_dir`` (a run, or a ``.onnx`` file) and serve the page and API with uvicorn until Ctrl-C.
 
     ``threads`` caps the engine's intra-op threads: one image is too small to split, and on a small machine
     the HTTP loop needs the other cores. ``backend``: see :func:`mnistlab.predict.open_predictor` (the onnx
     backend never imports torch; ``weights``: the run's best, last or auto). ``token`` makes ``/api/*``
-    require ``Authorization: Bearer <token>``.
+    require ``Authorization: Bearer <token>``. ``workers`` > 1 serves from that many processes sharing the
+    socket (:mod:`mnistlab.serve_worker`): image uploads scale with cores, each process holds its own model.
     """
     import uvicorn
 
     limits = limits or ServeLimits()
     token = check_token(token)
+    share = worker_limits(limits, workers)  # refuses a bad count before anything is loaded
     check_port(host, port)
     predictor = open_predictor(run_dir, backend=backend, device=device, threads=threads,  # type: ignore[arg-type]
                                weights=weights)
@@ -689,18 +783,52 @@ def serve(*, run_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int
         import torch
 
         torch.set_num_threads(threads)
-    app = create_app(predictor=predictor, limits=limits, token=token)
+    info = predictor.info()
+    app = create_app(predictor=predictor, limits=limits, token=token) if workers == 1 else None
+    del predictor  # with workers, each loads its own: the parent only checked that the model opens
     warning = exposure_warning(host, token=token is not None)
     if warning:
         print(warning, file=sys.stderr, flush=True)
     shown_host = f"[{host}]" if ":" in host else host
     # The token goes in the URL's fragment: the browser keeps it (the page reads it) and never sends it.
     page = f"http://{shown_host}:{port}/" + (f"#token={token}" if token else "")
-    used = predictor.info().get("weights", "last")
+    used = info.get("weights", "last")
     which = "" if used == "last" else f" with its {used} weights"
-    print(f"mnistlab: serving {Path(run_dir)}{which} on {page}  (API docs: /docs; Ctrl-C stops)", flush=True)
+    processes = f" from {workers} processes" if workers > 1 else ""
+    print(f"mnistlab: serving {Path(run_dir)}{which} on {page}{processes}  (API docs: /docs; Ctrl-C stops)",
+          flush=True)
     # http= the bounded protocol explicitly: with httptools installed, "auto" would pick a protocol without the
     # header timeout. backlog: connections the kernel queues before accept; more are refused by it.
-    uvicorn.run(app, host=host, port=port, log_level="info" if access_log else "warning",
-                access_log=access_log, http=bounded_protocol(limits), backlog=limits.max_connections,
-                timeout_keep_alive=5)
+    common: dict[str, Any] = {"host": host, "port": port, "log_level": "info" if access_log else "warning",
+                              "access_log": access_log, "backlog": limits.max_connections,
+                              "timeout_keep_alive": 5}
+    if app is not None:
+        uvicorn.run(app, http=bounded_protocol(limits), **common)
+        return
+    # The backend the parent ended up on (auto resolved; a run's on-the-fly export already written).
+    _serve_from_workers(run_dir=run_dir, backend=info.get("backend", backend), device=device,
+                        threads=threads, weights=weights, token=token, share=share, workers=workers,
+                        common=common)
+
+
+def _serve_from_workers(*, run_dir: str | os.PathLike[str], backend: str, device: str, threads: int | None,
+                        weights: str, token: str | None, share: ServeLimits, workers: int,
+                        common: dict[str, Any]) -> None:
+    """uvicorn's multi-process supervisor over :mod:`mnistlab.serve_worker`, its settings in the environment.
+
+    The parent has already loaded the model once, so a broken file is refused in one line before any process
+    is spawned; the workers load it again (spawned interpreters share nothing).
+    """
+    import uvicorn
+
+    chosen = WorkerSettings(model=str(run_dir), backend=backend, device=device, threads=threads,
+                            weights=weights, token=token, limits=dataclasses.asdict(share), workers=workers)
+    before = os.environ.get(WORKER_SETTINGS_ENV)
+    os.environ[WORKER_SETTINGS_ENV] = chosen.to_json()  # inherited by the spawned workers, read there on first use
+    try:
+        uvicorn.run(WORKER_APP, factory=True, workers=workers, http=WORKER_PROTOCOL, loop=WORKER_LOOP, **common)
+    finally:
+        if before is None:
+            os.environ.pop(WORKER_SETTINGS_ENV, None)
+        else:
+            os.environ[WORKER_SETTINGS_ENV] = before

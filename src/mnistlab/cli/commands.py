@@ -515,7 +515,7 @@ def serve(args: argparse.Namespace) -> int:
     run_dir = model_source(args)
     run_server(run_dir=run_dir, host=args.host, port=args.port, device=args.device, access_log=not args.quiet,
                backend=args.backend, token=args.token or os.environ.get("MNISTLAB_TOKEN") or None,
-               weights=args.weights)
+               weights=args.weights, workers=args.workers)
     return 0
 
 

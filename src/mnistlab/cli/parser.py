@@ -286,6 +286,9 @@ def _predict_parsers(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--token", help="require `Authorization: Bearer TOKEN` on /api/* (the page takes it "
                        "from the URL printed at start); default: $MNISTLAB_TOKEN, else none")
     serve.add_argument("--backend", default="auto", choices=BACKEND_CHOICES, help=_BACKEND_HELP)
+    serve.add_argument("--workers", type=int, default=1,
+                       help="server processes sharing the port, each with its own model (default 1); image "
+                            "uploads scale with cores: 2 on a 2-core machine")
     _add_weights_flag(serve)
     _add_registry_flag(serve)
     serve.set_defaults(handler=cmd.serve)
