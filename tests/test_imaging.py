@@ -532,7 +532,7 @@ def test_ink_map_of_8_bit_images_from_histograms_equals_numpy_median_and_percent
                 assert got == expected
                 continue
             assert isinstance(got, tuple) and got[1] == expected[1]
-            np.testing.assert_allclose(got[0], expected[0], rtol=0, atol=1e-6)
+            assert np.array_equal(got[0], expected[0])
             cropped, _ = _frame_ink_map(gray, invert=invert, crop=True)
             box = _bounding_box(expected[0])
             if box is not None:
@@ -541,10 +541,22 @@ def test_ink_map_of_8_bit_images_from_histograms_equals_numpy_median_and_percent
     assert compared > 800  # most images have ink: the comparison is not vacuous
 
 
-def test_header_pixels_reads_the_size_without_decoding() -> None:
-    from mnistlab.imaging import header_pixels
+def test_plain_png_pixels_reads_the_size_of_plain_pngs_only() -> None:
+    """The server's test for "cheap enough for the event loop": the header's size for a plain PNG, None for a
+    PNG with compressed text or a colour profile, any other format, truncated data or too many chunks."""
+    from PIL import PngImagePlugin
 
-    assert header_pixels(encode(Image.new("L", (50, 30)))) == 1500
-    assert header_pixels(bomb_png(5000, 4000)) == 20_000_000  # a bomb's claim, read without decoding it
-    assert header_pixels(b"not an image") is None
-    assert header_pixels(b"") is None
+    from mnistlab.imaging import plain_png_pixels
+
+    assert plain_png_pixels(encode(Image.new("L", (50, 30)))) == 1500
+    assert plain_png_pixels(encode(Image.new("RGBA", (280, 280), (255, 255, 255, 255)))) == 280 * 280
+    assert plain_png_pixels(bomb_png(5000, 4000)) == 20_000_000  # a bomb's claim, read without decoding it
+    text = PngImagePlugin.PngInfo()
+    text.add_text("comment", "x" * 1000, zip=True)  # zTXt: Pillow would inflate it on open
+    assert plain_png_pixels(encode(Image.new("L", (50, 30)), pnginfo=text)) is None
+    assert plain_png_pixels(encode(Image.new("L", (50, 30)), icc_profile=b"\0" * 200)) is None
+    assert plain_png_pixels(encode(Image.new("L", (50, 30)), "JPEG")) is None
+    whole = encode(Image.new("L", (50, 30)))
+    assert plain_png_pixels(whole[:-12]) is None  # no IEND
+    assert plain_png_pixels(whole, max_chunks=2) is None
+    assert plain_png_pixels(b"not an image") is None and plain_png_pixels(b"") is None

@@ -23,7 +23,7 @@ from mnistlab.errors import MnistlabError
 from mnistlab.serve import WORKER_SETTINGS_ENV as SETTINGS_ENV
 from mnistlab.serve import CoalescingTransport, ServeLimits, WorkerSettings, worker_limits
 from mnistlab.serve_worker import settings
-from tests.test_serve import TOKEN, CliServer, cli_server_status
+from tests.test_serve import TOKEN, CliServer, cli_server_status, free_port
 
 # ------------------------------------------------------------------------------------------------ limits
 
@@ -49,19 +49,49 @@ def test_a_worker_count_out_of_range_is_one_line(workers: int) -> None:
         worker_limits(ServeLimits(), workers)
 
 
-def test_settings_round_trip_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_round_trip_through_a_file_named_in_the_environment(monkeypatch: pytest.MonkeyPatch,
+                                                                       tmp_path: Path) -> None:
     chosen = WorkerSettings(model="/m.onnx", backend="onnx", device="cpu", threads=1, weights="auto",
                             token=None, limits={"concurrency": 2}, workers=2)
+    path = tmp_path / "settings.json"
+    path.write_text(chosen.to_json())
     settings.cache_clear()
-    monkeypatch.setenv(SETTINGS_ENV, chosen.to_json())
+    monkeypatch.setenv(SETTINGS_ENV, str(path))
     try:
         assert settings() == chosen
+        settings.cache_clear()
+        path.write_text("{not json")
+        with pytest.raises(MnistlabError, match=r"worker settings .* are unreadable"):
+            settings()
+        settings.cache_clear()
+        monkeypatch.delenv(SETTINGS_ENV)
+        with pytest.raises(MnistlabError, match="mnistlab serve --workers N"):
+            settings()
     finally:
         settings.cache_clear()
-    monkeypatch.delenv(SETTINGS_ENV)
-    with pytest.raises(MnistlabError, match="mnistlab serve --workers N"):
-        settings()
+
+
+def test_a_worker_that_cannot_load_its_model_exits_with_the_startup_failure_code(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """uvicorn's supervisor stops (instead of respawning for ever) on exit code 3; the one-line reason is left
+    beside the settings for the parent to raise."""
+    from mnistlab import serve_worker
+    from mnistlab.serve import worker_failure_path
+
+    broken = tmp_path / "gone.onnx"
+    path = tmp_path / "settings.json"
+    path.write_text(WorkerSettings(model=str(broken), backend="auto", device="cpu", threads=1, weights="auto",
+                                   token=None, limits={}, workers=2).to_json())
+    monkeypatch.setenv(SETTINGS_ENV, str(path))
     settings.cache_clear()
+    try:
+        with pytest.raises(SystemExit) as exited:
+            serve_worker.app()
+    finally:
+        settings.cache_clear()
+    assert exited.value.code == serve_worker.STARTUP_FAILURE == 3
+    reason = worker_failure_path(path).read_text()
+    assert str(broken) in reason and len(reason.strip().splitlines()) == 1
 
 
 # ------------------------------------------------------------------------------------ one send per answer
@@ -155,8 +185,13 @@ def onnx_model(trained_cnn_run: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="module")
 def two_workers(onnx_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliServer]:
-    server = CliServer(onnx_model, tmp_path_factory.mktemp("two-workers"), "--workers", "2", "--quiet")
+    # Not --quiet: each worker logs "Application startup complete", which says both have loaded the model.
+    server = CliServer(onnx_model, tmp_path_factory.mktemp("two-workers"), "--workers", "2")
     try:
+        deadline = time.monotonic() + 120
+        while server.stderr().count("Application startup complete") < 2:
+            assert time.monotonic() < deadline and server.process.poll() is None, server.stderr()
+            time.sleep(0.1)
         yield server
     finally:
         server.stop()
@@ -164,7 +199,7 @@ def two_workers(onnx_model: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 
 def test_connections_spread_over_the_workers_and_every_answer_is_right(two_workers: CliServer, mnist,
                                                                          onnx_model: Path) -> None:
-    """Two kept-alive connections opened at once land on different workers (the balanced accept), each
+    """Pairs of kept-alive connections opened at once land on different workers (the balanced accept), each
     answers canvas-sized PNGs and 28x28 arrays exactly as the model in this process does, and neither
     worker ever maps libtorch."""
     from mnistlab.imaging import encode_png
@@ -172,7 +207,8 @@ def test_connections_spread_over_the_workers_and_every_answer_is_right(two_worke
 
     workers = _workers_of(two_workers.process, 2)
     predictor = OnnxPredictor(onnx_model)
-    for trial in range(8):
+    spread = []
+    for trial in range(20):
         connections = [http.client.HTTPConnection("127.0.0.1", two_workers.port, timeout=30) for _ in range(2)]
         try:
             for connection in connections:  # both at once, as a browser or a load test opens them
@@ -188,28 +224,49 @@ def test_connections_spread_over_the_workers_and_every_answer_is_right(two_worke
                 want = predictor.predict(np.asarray(answer["input"], dtype=np.uint8)[None])[0]
                 assert answer["prediction"] == want.label == int(mnist.test.labels[trial * 2 + index])
             held = [len(_sockets_of(pid) & _established_on(two_workers.port)) for pid in workers]
-            assert sorted(held) == [1, 1], f"trial {trial}: connections per worker {held}"
+            assert sum(held) == 2
+            spread.append(sorted(held) == [1, 1])
         finally:
             for connection in connections:
                 connection.close()
         time.sleep(0.2)  # the workers see the closes before the next pair
+    # On asyncio's own loop one worker took both connections of 3 pairs in 8 (measured); the balanced loop
+    # split every pair in every run here, but a loaded 2-core machine may now and then keep a sibling off the
+    # CPU for longer than the deferral. 16 of 20: a chance of about 5% to pass unbalanced, under 1% to fail
+    # balanced if it splits 95% of pairs.
+    assert sum(spread) >= 16, f"pairs split over the two workers: {spread}"
     for pid in workers:
         assert "libtorch" not in Path(f"/proc/{pid}/maps").read_text()
     assert "Traceback" not in two_workers.stderr()
     assert "from 2 processes" in two_workers.stdout_path.read_text()
+    for pid in workers:
+        assert f"Started server process [{pid}]" in two_workers.stderr()
 
 
-def test_workers_keep_the_token_and_leave_no_settings_behind(onnx_model: Path, tmp_path: Path) -> None:
-    server = CliServer(onnx_model, tmp_path, "--workers", "2", "--quiet", env={"MNISTLAB_TOKEN": TOKEN})
+def test_workers_keep_the_token_out_of_their_environment_and_remove_their_settings(onnx_model: Path,
+                                                                                    tmp_path: Path) -> None:
+    """--token reaches every worker through a file only this user can read; no process's environment holds
+    it, and Ctrl-C stops the supervisor and every worker and removes the file."""
+    server = CliServer(onnx_model, tmp_path, "--workers", "2", "--quiet", "--token", TOKEN)
     try:
         workers = _workers_of(server.process, 2)
         for _ in range(4):  # new connections each time: both workers answer some of them
             assert cli_server_status(server, "/api/model") == 401
             assert cli_server_status(server, "/api/model", token=TOKEN) == 200
-        assert SETTINGS_ENV not in os.environ
+        settings_files = set()
+        for pid in workers:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            assert not any(TOKEN.encode() in entry for entry in environ)
+            named = [entry.split(b"=", 1)[1].decode() for entry in environ
+                     if entry.startswith(SETTINGS_ENV.encode() + b"=")]
+            settings_files.update(named)
+        assert len(settings_files) == 1
+        settings_file = Path(settings_files.pop())
+        assert settings_file.exists() and oct(settings_file.parent.stat().st_mode & 0o777) == "0o700"
     finally:
         server.process.send_signal(signal.SIGINT)  # Ctrl-C: the supervisor stops every worker and exits
         assert server.process.wait(timeout=30) == 0
+    assert not settings_file.exists()
     for pid in workers:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
 
@@ -217,8 +274,9 @@ def test_workers_keep_the_token_and_leave_no_settings_behind(onnx_model: Path, t
 def test_a_bad_model_or_worker_count_is_refused_before_any_worker_starts(tmp_path: Path) -> None:
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not an onnx file")
-    for args in ([str(broken), "--workers", "2"], [str(broken), "--workers", "0"]):
-        done = subprocess.run([sys.executable, "-m", "mnistlab", "serve", *args, "--port", "0"],
+    for args, says in (([str(broken), "--workers", "2"], "broken.onnx"),
+                       ([str(broken), "--workers", "0"], "--workers must be in 1..64")):
+        done = subprocess.run([sys.executable, "-m", "mnistlab", "serve", *args, "--port", str(free_port())],
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 2, done.stderr
-        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and says in done.stderr, done.stderr

@@ -174,20 +174,40 @@ def decode_image(data: bytes, *, name: str = "image", max_bytes: int = MAX_IMAGE
     return img
 
 
-def header_pixels(data: bytes | bytearray) -> int | None:
-    """width x height from the image's header alone (nothing decoded), or None when it is not readable.
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Chunks a plain PNG (a canvas export) is made of; none of them is compressed or parsed at length by Pillow.
+PLAIN_PNG_CHUNKS = frozenset({b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND", b"sRGB", b"gAMA", b"pHYs", b"cHRM",
+                              b"bKGD", b"sBIT"})
 
-    What a caller needs to judge an upload's cost before decoding it (the server prepares small images on its
-    event loop and sends large ones to worker threads).
+
+def plain_png_pixels(data: bytes | bytearray, *, max_chunks: int = 64) -> int | None:
+    """width x height of a PNG made only of image chunks, from its chunk headers; None for anything else.
+
+    What a caller needs to judge an upload's cost before decoding it: the server prepares small plain PNGs
+    (the page's canvas) on its event loop and sends everything else to worker threads. Compressed text, colour
+    profiles and EXIF (which Pillow inflates or parses when it opens a file), any other format, a truncated file
+    and more than ``max_chunks`` chunks all give None: only pixels are left to decode, bounded by the header.
     """
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-    except Exception:  # whatever the header's problem, decode_image will name it
+    if not data.startswith(PNG_SIGNATURE):
         return None
-    return int(width) * int(height)
+    view = memoryview(data)
+    position, pixels = len(PNG_SIGNATURE), None
+    for _ in range(max_chunks):
+        if position + 8 > len(view):
+            return None
+        length = int.from_bytes(view[position:position + 4], "big")
+        kind = bytes(view[position + 4:position + 8])
+        if kind not in PLAIN_PNG_CHUNKS:
+            return None
+        if kind == b"IHDR":
+            if length != 13 or position + 16 > len(view):
+                return None
+            pixels = int.from_bytes(view[position + 8:position + 12], "big") * int.from_bytes(
+                view[position + 12:position + 16], "big")
+        elif kind == b"IEND":
+            return pixels
+        position += 12 + length
+    return None
 
 
 # -------------------------------------------------------------------------------------------- grayscale
@@ -666,6 +686,14 @@ def _percentile_neighbours(cumulative: np.ndarray, q: float) -> tuple[int, int, 
     return low, high, position - below
 
 
+def _lerp(low: np.float32, high: np.float32, fraction: float) -> np.float32:
+    """numpy's own linear interpolation for percentiles, in float32: from the upper end when past halfway."""
+    difference = high - low
+    if fraction >= 0.5:
+        return np.float32(high - difference * np.float32(1.0 - fraction))
+    return np.float32(low + difference * np.float32(fraction))
+
+
 def _histogram_percentile(cumulative: np.ndarray, q: float) -> float:
     """``np.percentile(sample, q)`` of a uint8 sample, from its cumulative histogram."""
     low, high, fraction = _percentile_neighbours(cumulative, q)
@@ -675,7 +703,7 @@ def _histogram_percentile(cumulative: np.ndarray, q: float) -> float:
 def _frame_ink_map_uint8(gray: np.ndarray, *, invert: Invert, name: str, crop: bool) -> tuple[np.ndarray, bool]:
     """:func:`_frame_ink_map` of an 8-bit image: the border's statistics from one 256-bin histogram.
 
-    The same function as the float path (tests/test_imaging.py checks the two agree): a median or percentile
+    The same function as the float path, bit for bit (tests/test_imaging.py checks it): a median or percentile
     of uint8 values is an order statistic (or the mean of two), which the cumulative histogram gives exactly,
     and the ink levels are a monotone map of the gray levels, so their order statistics are the gray levels'.
     """
@@ -695,7 +723,7 @@ def _frame_ink_map_uint8(gray: np.ndarray, *, invert: Invert, name: str, crop: b
     # (a monotone map keeps the order), each scaled and clipped as the float path does, in float32.
     low, high, fraction = _percentile_neighbours(cumulative, 99.0)
     scaled = np.clip((np.array([low, high], dtype=np.float32) - background) / (peak - background), 0.0, 1.0)
-    floor = min(0.5, float(scaled[0] + (scaled[1] - scaled[0]) * np.float32(fraction)))
+    floor = min(0.5, float(_lerp(scaled[0], scaled[1], fraction)))
     table = _to_ink(np.arange(256, dtype=np.float32), inverted=inverted, background=background, peak=peak,
                     floor=floor).astype(np.float32)
     if crop:

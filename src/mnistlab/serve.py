@@ -21,8 +21,8 @@ Memory and time are bounded on every request, in this order:
    streamed into the form parser, which spools files over 1 MB to disk.
 4. Decoding, preprocessing and inference run in worker threads behind a limiter of ``concurrency``, so a
    large photo never blocks the event loop (``/healthz`` is answered on the loop itself). A 28x28 JSON array
-   and an image of at most ``INLINE_PIXELS`` (by its header; a drawing from the page) are so cheap that they
-   are predicted inline.
+   and a plain PNG of at most ``INLINE_PIXELS`` (by its header; a drawing from the page) are so cheap that
+   they are predicted inline: ``/healthz`` waits behind at most one of those (a few ms).
 
 Every user-caused problem is a 4xx (503 when busy) with ``{"detail": "one line"}``; a 500 would be a bug. A
 client that goes away mid-upload is one info line in the log. With a token (``--token``/``MNISTLAB_TOKEN``)
@@ -74,13 +74,13 @@ from mnistlab.imaging import (
     ImageTooLarge,
     Invert,
     UnreadableImage,
-    header_pixels,
+    plain_png_pixels,
     prepare_image,
 )
 from mnistlab.predict import AnyPredictor, Predictor, open_predictor
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundary lines and part headers on top of the image itself
-# Uploads up to this size and pixel count (a 512x512 canvas) are prepared on the event loop: 1-4 ms each.
+# Plain PNGs up to this size and pixel count (a 512x512 canvas) are prepared on the event loop: 1-4 ms each.
 INLINE_BYTES, INLINE_PIXELS = 256 * 1024, 512 * 512
 JSON_MAX_BYTES = 1024 * 1024    # 28x28 numbers fit in a few KB; 1 MB leaves room for whitespace, stops JSON bombs
 TOKEN_ENV = "MNISTLAB_TOKEN"
@@ -349,7 +349,8 @@ def _add_service_routes(app: FastAPI, *, model_info: dict[str, Any], limits: Ser
 
     @app.get("/healthz", tags=["service"], summary="Liveness check")
     async def healthz() -> dict[str, str]:
-        """Liveness: answers while the server runs (on the event loop: never queued behind uploads)."""
+        """Liveness: answers while the server runs (on the event loop: never queued behind photos or slow uploads,
+        at most behind one drawing being prepared)."""
         return {"status": "ok"}
 
     @app.get("/api/model", tags=["service"], summary="What is loaded, and its recorded test accuracy",
@@ -400,10 +401,16 @@ def _token_guard(token: str | None) -> list[Any]:
 
 
 def _small_image(payload: bytes | bytearray) -> bool:
-    """True for an upload cheap enough to prepare on the event loop (a few ms at most): few bytes, few pixels."""
+    """True for an upload cheap enough to prepare on the event loop: a small plain PNG such as the page's canvas.
+
+    Few bytes, few pixels by the header, and nothing Pillow would inflate or parse besides the pixels (no text,
+    colour profile or EXIF); every other upload (JPEG, photos, other formats) goes to a worker thread. The
+    one slow case left is a small PNG photo of a sheet of paper, whose page search imports scipy the first time
+    (about 0.5 s, once per process) and then costs some 10 ms.
+    """
     if len(payload) > INLINE_BYTES:
         return False
-    pixels = header_pixels(payload)
+    pixels = plain_png_pixels(payload)
     return pixels is not None and pixels <= INLINE_PIXELS
 
 
@@ -566,8 +573,9 @@ class CoalescingTransport:
 
     uvicorn writes a response's status line and headers, then its body, each straight to the socket: two
     system calls and two packets for every answer, which on loopback cost about as much as the rest of the
-    HTTP layer. Here writes are gathered and sent once the current callback returns (``call_soon``), and
-    before the transport closes, so nothing is reordered or lost. Everything else is the real transport's.
+    HTTP layer. Here writes are gathered and sent when the response is complete (:meth:`flush`, called by
+    the protocol), else once the current callback returns (``call_soon``), and before the transport closes, so
+    nothing is reordered or lost. Everything else is the real transport's.
     """
 
     def __init__(self, transport: asyncio.Transport) -> None:
@@ -579,17 +587,18 @@ class CoalescingTransport:
         if not data:
             return
         if not self._pending:
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self.flush)
         self._pending += data
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Send what is pending now (the protocol calls it when a response is complete)."""
         if self._pending:
             data, self._pending = bytes(self._pending), bytearray()
             if not self._transport.is_closing():
                 self._transport.write(data)
 
     def close(self) -> None:
-        self._flush()
+        self.flush()
         self._transport.close()
 
     def __getattr__(self, name: str) -> Any:
@@ -626,6 +635,10 @@ def bounded_protocol(limits: ServeLimits) -> type[asyncio.Protocol]:
             self._watch_header()
 
         def on_response_complete(self) -> None:
+            # The answer leaves now, not after whatever else is ready on the loop (other requests' images).
+            transport = self.transport
+            if isinstance(transport, CoalescingTransport):
+                transport.flush()
             super().on_response_complete()
             self._watch_header()
 
@@ -718,7 +731,7 @@ def check_port(host: str, port: int) -> None:
 
 # `serve --workers N`: uvicorn spawns N processes that import the app, protocol and loop by name from
 # mnistlab.serve_worker, which reads its settings from this environment variable.
-WORKER_SETTINGS_ENV = "MNISTLAB_SERVE_WORKER"
+WORKER_SETTINGS_ENV = "MNISTLAB_SERVE_WORKER"  # the path of the settings file
 WORKER_APP = "mnistlab.serve_worker:app"
 WORKER_PROTOCOL = "mnistlab.serve_worker:WorkerProtocol"
 WORKER_LOOP = "mnistlab.serve_worker:BalancedLoop"
@@ -814,21 +827,38 @@ def serve(*, run_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int
 def _serve_from_workers(*, run_dir: str | os.PathLike[str], backend: str, device: str, threads: int | None,
                         weights: str, token: str | None, share: ServeLimits, workers: int,
                         common: dict[str, Any]) -> None:
-    """uvicorn's multi-process supervisor over :mod:`mnistlab.serve_worker`, its settings in the environment.
+    """uvicorn's multi-process supervisor over :mod:`mnistlab.serve_worker`.
 
     The parent has already loaded the model once, so a broken file is refused in one line before any process
-    is spawned; the workers load it again (spawned interpreters share nothing).
+    is spawned; the workers load it again (spawned interpreters share nothing). Their settings, the token
+    among them, go in a file only this user can read (the environment names the file, so no token sits in
+    any process's environment); it is removed when the server stops. A worker that cannot start writes its
+    one-line reason beside it, the supervisor stops, and that line is raised here.
     """
+    import tempfile
+
     import uvicorn
 
     chosen = WorkerSettings(model=str(run_dir), backend=backend, device=device, threads=threads,
                             weights=weights, token=token, limits=dataclasses.asdict(share), workers=workers)
-    before = os.environ.get(WORKER_SETTINGS_ENV)
-    os.environ[WORKER_SETTINGS_ENV] = chosen.to_json()  # inherited by the spawned workers, read there on first use
-    try:
-        uvicorn.run(WORKER_APP, factory=True, workers=workers, http=WORKER_PROTOCOL, loop=WORKER_LOOP, **common)
-    finally:
-        if before is None:
-            os.environ.pop(WORKER_SETTINGS_ENV, None)
-        else:
-            os.environ[WORKER_SETTINGS_ENV] = before
+    with tempfile.TemporaryDirectory(prefix="mnistlab-serve-") as folder:  # 0700: this user only
+        path = Path(folder) / "settings.json"
+        path.write_text(chosen.to_json())
+        before = os.environ.get(WORKER_SETTINGS_ENV)
+        os.environ[WORKER_SETTINGS_ENV] = str(path)  # inherited by the spawned workers, read there on first use
+        try:
+            uvicorn.run(WORKER_APP, factory=True, workers=workers, http=WORKER_PROTOCOL, loop=WORKER_LOOP,
+                        **common)
+        finally:
+            if before is None:
+                os.environ.pop(WORKER_SETTINGS_ENV, None)
+            else:
+                os.environ[WORKER_SETTINGS_ENV] = before
+        failed = worker_failure_path(path)
+        if failed.exists():
+            raise MnistlabError(failed.read_text().strip())
+
+
+def worker_failure_path(settings_path: Path) -> Path:
+    """Where a worker that could not start writes its one-line reason, beside the settings file."""
+    return settings_path.with_name("failed.txt")

@@ -1,23 +1,28 @@
 """What each process of ``mnistlab serve --workers N`` runs: the app factory and the bounded protocol by name.
 
-One server process decodes and prepares one image at a time under Python's GIL (about 2-3 ms for a canvas
-PNG), so on a machine with several cores it tops out near 400 uploads a second however fast the model is.
+One server process decodes and prepares one image at a time under Python's GIL (about 2 ms for a canvas
+PNG, plus 1-2 ms of HTTP), so it uses one core however many the machine has.
 With ``--workers N`` uvicorn's own supervisor binds the socket once and spawns N processes that accept from it;
 each loads the model and serves the same app. uvicorn needs the app and the protocol as import strings for
 that ("module:attribute"), and each process is a fresh interpreter, so the settings travel in one environment
-variable (JSON, set by :func:`mnistlab.serve.serve` for the spawn and removed after) and are read here, on
-first use, never at import time.
+variable (the path of a JSON file only this user can read, written by :func:`mnistlab.serve.serve` and
+removed when the server stops) and are read here, on first use, never at import time.
 
-Every bound of :class:`mnistlab.serve.ServeLimits` is shared out so the whole server keeps it: connections,
-buffered bytes and decoding threads are divided among the processes (each keeping at least one max-size
-upload's room), and the time limits apply unchanged.
+The bounds of :class:`mnistlab.serve.ServeLimits` are shared out (:func:`mnistlab.serve.worker_limits`):
+connections, buffered bytes and decoding threads are divided among the processes, and the time limits apply
+unchanged. Each process keeps at least one max-size upload's room and one decoding thread, so past
+``buffered_bytes / (max_bytes + 64 KiB)`` workers (6 with the defaults) or ``concurrency`` workers (4) the
+totals are those floors times N, not the configured figures.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mnistlab.errors import MnistlabError
@@ -28,29 +33,53 @@ if TYPE_CHECKING:
 
     from fastapi import FastAPI
 
+STARTUP_FAILURE = 3  # uvicorn's exit code for "failed before serving": its supervisor then stops, not respawns
+
+
 @cache
 def settings() -> WorkerSettings:
-    """This process's settings, from the environment variable the parent set before spawning it."""
-    raw = os.environ.get(WORKER_SETTINGS_ENV)
-    if not raw:
+    """This process's settings, from the file whose path the parent put in the environment."""
+    path = os.environ.get(WORKER_SETTINGS_ENV)
+    if not path:
         raise MnistlabError(f"{__name__}:app runs inside `mnistlab serve --workers N`, which sets "
                             f"${WORKER_SETTINGS_ENV}; start the server with that command")
-    return WorkerSettings(**json.loads(raw))
+    try:
+        return WorkerSettings(**json.loads(Path(path).read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        raise MnistlabError(f"the server's worker settings ({path}) are unreadable ({exc}); start the server "
+                            "again") from None
 
 
 def app() -> FastAPI:
-    """uvicorn's app factory in each worker: load the model (torch threads capped) and build the app."""
+    """uvicorn's app factory in each worker: load the model (torch threads capped) and build the app.
+
+    A worker that cannot start says why in one line (in the log and, for the parent to raise, in a file beside
+    the settings) and exits with uvicorn's startup-failure code, so the supervisor stops instead of spawning it
+    again every half second.
+    """
     from mnistlab.predict import Predictor, open_predictor
-    from mnistlab.serve import ServeLimits, create_app
+    from mnistlab.serve import LOG, ServeLimits, create_app, worker_failure_path
 
-    chosen = settings()
-    predictor = open_predictor(chosen.model, backend=chosen.backend,  # type: ignore[arg-type]
-                               device=chosen.device, threads=chosen.threads, weights=chosen.weights)
-    if chosen.threads is not None and isinstance(predictor, Predictor):
-        import torch
+    try:
+        chosen = settings()
+        predictor = open_predictor(chosen.model, backend=chosen.backend,  # type: ignore[arg-type]
+                                   device=chosen.device, threads=chosen.threads, weights=chosen.weights)
+        if chosen.threads is not None and isinstance(predictor, Predictor):
+            import torch
 
-        torch.set_num_threads(chosen.threads)
-    return create_app(predictor=predictor, limits=ServeLimits(**chosen.limits), token=chosen.token)
+            torch.set_num_threads(chosen.threads)
+        return create_app(predictor=predictor, limits=ServeLimits(**chosen.limits), token=chosen.token)
+    except Exception as exc:
+        line = str(exc) if isinstance(exc, MnistlabError) else f"a server worker failed to start: {exc!r}"
+        if isinstance(exc, MnistlabError):
+            LOG.error("%s", line)
+        else:  # our bug: the traceback is for us
+            LOG.exception("%s", line)
+        path = os.environ.get(WORKER_SETTINGS_ENV)
+        if path:
+            with contextlib.suppress(OSError):
+                worker_failure_path(Path(path)).write_text(line + "\n")
+        sys.exit(STARTUP_FAILURE)
 
 
 # Connections this process holds now (uvicorn's own set, shared by its protocols); read by BalancedLoop.
@@ -83,7 +112,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-DEFER_SECONDS = 0.002  # per connection already held; at most MAX_DEFER_SECONDS
+DEFER_SECONDS = 0.004  # per connection already held (or just accepted); at most MAX_DEFER_SECONDS
 MAX_DEFER_SECONDS = 0.02
 
 
@@ -94,10 +123,15 @@ def _balanced_loop() -> type[asyncio.AbstractEventLoop]:
     The workers share one listening socket, and the kernel wakes all of them for each new connection: whoever
     calls accept() first wins, and an idle process accepts every pending connection in one go. A browser's
     or a client's few kept-alive connections then often land on one process while the others idle, which
-    halves the throughput of two workers on two connections. Here a process accepts one connection per
-    wake-up and then stops looking for ``DEFER_SECONDS``, and one that already holds connections waits
-    ``DEFER_SECONDS`` for each (bounded) before it looks, so an idle sibling takes the next connection; if none
-    does, the busy one accepts it after the wait. A new connection waits at most ``MAX_DEFER_SECONDS``.
+    halves the throughput of two workers on two connections.
+
+    Here a process that holds no connection accepts one per wake-up. One that holds some, or accepted one less
+    than ``DEFER_SECONDS`` ago (its protocol starts a loop turn later, so it is not counted yet; a wake-up that
+found the connection already taken by a sibling counts too), waits
+    ``DEFER_SECONDS`` per connection held (at most ``MAX_DEFER_SECONDS``) before it looks, so an idle sibling
+    takes the connection first; after the wait it accepts everything still pending, so a burst drains and no
+    connection waits longer than that. The listening socket is watched again before each accept, so asyncio's
+    own handling of accept errors (its 1 s back-off when out of file descriptors) stays as it is.
 
     This overrides asyncio's private ``_accept_connection`` (its signature is checked; where it differs, the
     loop is asyncio's own, unbalanced but correct).
@@ -106,41 +140,40 @@ def _balanced_loop() -> type[asyncio.AbstractEventLoop]:
     import inspect
     from asyncio.selector_events import BaseSelectorEventLoop
 
-    parameters = list(inspect.signature(BaseSelectorEventLoop._accept_connection).parameters)  # type: ignore[attr-defined]
+    method = BaseSelectorEventLoop._accept_connection  # type: ignore[attr-defined]
+    parameters = list(inspect.signature(method).parameters)
     if parameters[:6] != ["self", "protocol_factory", "sock", "sslcontext", "server", "backlog"]:
         return asyncio.SelectorEventLoop
 
     class BalancedLoop(asyncio.SelectorEventLoop):
-        """asyncio's selector loop, accepting one connection at a time and deferring while it holds some."""
+        """asyncio's selector loop, letting idle sibling processes accept first."""
+
+        _quiet_until = 0.0
 
         def _accept_connection(self, protocol_factory: Any, sock: Any, *args: Any) -> None:
             held = len(_HELD[0]) if _HELD else 0
-            if held:
+            if held or self.time() < self._quiet_until:
                 self._remove_reader(sock.fileno())  # type: ignore[attr-defined]
-                self.call_later(min(MAX_DEFER_SECONDS, DEFER_SECONDS * held), self._accept_late,
+                self.call_later(min(MAX_DEFER_SECONDS, DEFER_SECONDS * max(1, held)), self._accept_late,
                                 protocol_factory, sock, args)
                 return
-            self._accept_one(protocol_factory, sock, args)
-            # The accepted connection counts as held only once its protocol starts (a later turn of the loop):
-            # until then this loop stops looking, or it would take the next pending one too.
-            self._remove_reader(sock.fileno())  # type: ignore[attr-defined]
-            self.call_later(DEFER_SECONDS, self._listen_again, protocol_factory, sock, args)
-
-        def _listen_again(self, protocol_factory: Any, sock: Any, args: tuple[Any, ...]) -> None:
-            if sock.fileno() != -1:
-                self._add_reader(sock.fileno(), self._accept_connection,  # type: ignore[attr-defined]
-                                 protocol_factory, sock, *args)
+            # args: sslcontext, server, backlog, then the SSL timeouts; a backlog of 1 accepts one connection.
+            self._quiet_until = self.time() + DEFER_SECONDS
+            super()._accept_connection(protocol_factory, sock, *_with_backlog(args, 1))  # type: ignore[misc]
 
         def _accept_late(self, protocol_factory: Any, sock: Any, args: tuple[Any, ...]) -> None:
             if sock.fileno() == -1:  # the server closed meanwhile
                 return
-            self._accept_one(protocol_factory, sock, args)  # nothing pending (a sibling took it) is a no-op
-            self._listen_again(protocol_factory, sock, args)
-
-        def _accept_one(self, protocol_factory: Any, sock: Any, args: tuple[Any, ...]) -> None:
-            # args: sslcontext, server, backlog, then the SSL timeouts; backlog 1 accepts a single connection,
-            # and the socket, still readable, wakes this loop again for the next one.
-            one = (*args[:2], 1, *args[3:]) if len(args) >= 3 else (*args, *(None,) * (2 - len(args)), 1)
-            super()._accept_connection(protocol_factory, sock, *one)  # type: ignore[misc]
+            # Watched again first: if the accept below fails, asyncio's handling (or its back-off) decides.
+            self._add_reader(sock.fileno(), self._accept_connection,  # type: ignore[attr-defined]
+                             protocol_factory, sock, *args)
+            self._quiet_until = self.time() + DEFER_SECONDS
+            super()._accept_connection(protocol_factory, sock, *args)  # type: ignore[misc]  # all pending
 
     return BalancedLoop
+
+
+def _with_backlog(args: tuple[Any, ...], backlog: int) -> tuple[Any, ...]:
+    """``_accept_connection``'s arguments after ``sock`` (sslcontext, server, backlog, ...) with ``backlog``."""
+    padded = (*args, *(None,) * max(0, 2 - len(args)))
+    return (*padded[:2], backlog, *padded[3:])
