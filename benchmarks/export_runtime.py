@@ -53,24 +53,11 @@ def time_predict(model: Path, image: Path, *, repeat: int) -> dict[str, Any]:
 
 
 def serve_figures(model: Path, *, requests: int, concurrency: int, log: Path) -> dict[str, Any]:
-    from serve_load import free_port, payloads, run_load
+    from serve_load import payloads, run_load, start_server, stop_server
 
-    port = free_port()
-    with log.open("w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", str(model), "--port", str(port),
-                                   "--quiet"], stdout=out, stderr=subprocess.STDOUT)
+    server, port, ready = start_server(model, log)
     try:
-        started = time.perf_counter()
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(log.read_text()) from None
-                time.sleep(0.05)
-        figures: dict[str, Any] = {"ready_s": round(time.perf_counter() - started, 2)}
+        figures: dict[str, Any] = {"ready_s": round(ready, 2)}
         bodies = payloads()
         for body, content_type, digit in bodies.values():  # warm-up: every code path once
             run_load(port, body, content_type, digit, requests=50, concurrency=1, timeout=60)
@@ -83,8 +70,7 @@ def serve_figures(model: Path, *, requests: int, concurrency: int, log: Path) ->
             figures["backend"] = json.loads(answer.read()).get("backend")
         return figures
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_server(server)
 
 
 def int8_figures(run_dir: Path, fp32: Path, int8: Path) -> dict[str, Any]:

@@ -163,24 +163,45 @@ def process_tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def start_server(model: Path, log: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int, float]:
+    """`mnistlab serve MODEL --quiet EXTRA...` on a free port: (process, port, seconds until /healthz answered).
+
+    RuntimeError with the server's log when it exits or does not answer within 120 s.
+    """
+    port = free_port()
+    started = time.perf_counter()
+    with log.open("w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", str(model), "--port", str(port),
+                                   "--quiet", *extra], stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                return server, port, time.perf_counter() - started
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                raise RuntimeError(log.read_text()) from None
+            time.sleep(0.05)
+
+
+def stop_server(server: subprocess.Popen[bytes]) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
 def serve_and_load(run_dir: Path, workers: int, args: argparse.Namespace, log: Path,
                    report: dict[str, Any]) -> bool:
     """Start `mnistlab serve RUN --workers N`, run every payload and concurrency against it, add the rows."""
-    port = free_port()
-    with log.open("w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", str(run_dir), "--port", str(port),
-                                   "--quiet", "--workers", str(workers)], stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    print(log.read_text(), file=sys.stderr)
-                    return False
-                time.sleep(0.2)
+        server, port, _ = start_server(run_dir, log, "--workers", str(workers))
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return False
+    try:
         time.sleep(1.0)  # every worker up, not just the first to answer
         for name, (body, content_type, digit) in payloads().items():
             if name not in args.payload:
@@ -208,11 +229,7 @@ def serve_and_load(run_dir: Path, workers: int, args: argparse.Namespace, log: P
                       f"{result['server_cpu_ms_per_request']} ms, client {result['client_cpu_ms_per_request']} ms)",
                       flush=True)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
     return True
 
 
