@@ -541,22 +541,39 @@ def test_ink_map_of_8_bit_images_from_histograms_equals_numpy_median_and_percent
     assert compared > 800  # most images have ink: the comparison is not vacuous
 
 
-def test_plain_png_pixels_reads_the_size_of_plain_pngs_only() -> None:
-    """The server's test for "cheap enough for the event loop": the header's size for a plain PNG, None for a
-    PNG with compressed text or a colour profile, any other format, truncated data or too many chunks."""
+def _png(*chunks: tuple[bytes, bytes]) -> bytes:
+    import struct
+    import zlib
+
+    return b"\x89PNG\r\n\x1a\n" + b"".join(struct.pack(">I", len(data)) + kind + data + struct.pack(
+        ">I", zlib.crc32(kind + data) & 0xFFFFFFFF) for kind, data in chunks)
+
+
+def test_plain_png_bytes_reads_the_decoded_size_of_plain_pngs_only() -> None:
+    """The server's test for "cheap enough for the event loop": the header's decoded size for a plain PNG,
+    None for a PNG with compressed text or a colour profile, a second header (Pillow would believe the one
+    before the pixels), any other format, truncated data or too many chunks."""
+    import struct
+
     from PIL import PngImagePlugin
 
-    from mnistlab.imaging import plain_png_pixels
+    from mnistlab.imaging import plain_png_bytes
 
-    assert plain_png_pixels(encode(Image.new("L", (50, 30)))) == 1500
-    assert plain_png_pixels(encode(Image.new("RGBA", (280, 280), (255, 255, 255, 255)))) == 280 * 280
-    assert plain_png_pixels(bomb_png(5000, 4000)) == 20_000_000  # a bomb's claim, read without decoding it
+    assert plain_png_bytes(encode(Image.new("L", (50, 30)))) == 1500
+    assert plain_png_bytes(encode(Image.new("RGBA", (280, 280), (255, 255, 255, 255)))) == 280 * 280 * 4
+    assert plain_png_bytes(encode(Image.new("I;16", (10, 10)))) == 200  # 16-bit samples count twice
+    assert plain_png_bytes(bomb_png(5000, 4000)) is not None and plain_png_bytes(bomb_png(5000, 4000)) >= 20_000_000
     text = PngImagePlugin.PngInfo()
     text.add_text("comment", "x" * 1000, zip=True)  # zTXt: Pillow would inflate it on open
-    assert plain_png_pixels(encode(Image.new("L", (50, 30)), pnginfo=text)) is None
-    assert plain_png_pixels(encode(Image.new("L", (50, 30)), icc_profile=b"\0" * 200)) is None
-    assert plain_png_pixels(encode(Image.new("L", (50, 30)), "JPEG")) is None
+    assert plain_png_bytes(encode(Image.new("L", (50, 30)), pnginfo=text)) is None
+    assert plain_png_bytes(encode(Image.new("L", (50, 30)), icc_profile=b"\0" * 200)) is None
+    assert plain_png_bytes(encode(Image.new("L", (50, 30)), "JPEG")) is None
     whole = encode(Image.new("L", (50, 30)))
-    assert plain_png_pixels(whole[:-12]) is None  # no IEND
-    assert plain_png_pixels(whole, max_chunks=2) is None
-    assert plain_png_pixels(b"not an image") is None and plain_png_pixels(b"") is None
+    assert plain_png_bytes(whole[:-12]) is None  # no IEND
+    assert plain_png_bytes(whole, max_chunks=2) is None
+    assert plain_png_bytes(b"not an image") is None and plain_png_bytes(b"") is None
+    big, small = struct.pack(">IIBBBBB", 2000, 2000, 16, 6, 0, 0, 0), struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)
+    forged = _png((b"IHDR", big), (b"IDAT", b""), (b"IHDR", small), (b"IEND", b""))
+    assert Image.open(io.BytesIO(forged)).size == (2000, 2000)  # what Pillow would decode
+    assert plain_png_bytes(forged) is None
+    assert plain_png_bytes(_png((b"IDAT", b""), (b"IHDR", small), (b"IEND", b""))) is None  # header not first

@@ -180,32 +180,41 @@ PLAIN_PNG_CHUNKS = frozenset({b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND", b"sRG
                               b"bKGD", b"sBIT"})
 
 
-def plain_png_pixels(data: bytes | bytearray, *, max_chunks: int = 64) -> int | None:
-    """width x height of a PNG made only of image chunks, from its chunk headers; None for anything else.
+PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
+
+
+def plain_png_bytes(data: bytes | bytearray, *, max_chunks: int = 64) -> int | None:
+    """The decoded size in bytes of a PNG made only of image chunks, from its header; None for anything else.
 
     What a caller needs to judge an upload's cost before decoding it: the server prepares small plain PNGs
-    (the page's canvas) on its event loop and sends everything else to worker threads. Compressed text, colour
-    profiles and EXIF (which Pillow inflates or parses when it opens a file), any other format, a truncated file
-    and more than ``max_chunks`` chunks all give None: only pixels are left to decode, bounded by the header.
+    (the page's canvas) on its event loop and sends everything else to worker threads. The header must be the
+    first chunk and the only one (Pillow takes the size from the last header before the pixels, so a second one
+    could claim a smaller image). Compressed text, colour profiles and EXIF (which Pillow inflates or parses when
+    it opens a file), any other format, a truncated file and more than ``max_chunks`` chunks all give None:
+    only pixels are left to decode, and the header bounds them.
     """
     if not data.startswith(PNG_SIGNATURE):
         return None
     view = memoryview(data)
-    position, pixels = len(PNG_SIGNATURE), None
-    for _ in range(max_chunks):
+    position, size = len(PNG_SIGNATURE), None
+    for index in range(max_chunks):
         if position + 8 > len(view):
             return None
         length = int.from_bytes(view[position:position + 4], "big")
         kind = bytes(view[position + 4:position + 8])
-        if kind not in PLAIN_PNG_CHUNKS:
+        if kind not in PLAIN_PNG_CHUNKS or (kind == b"IHDR") != (index == 0):
             return None
         if kind == b"IHDR":
-            if length != 13 or position + 16 > len(view):
+            if length != 13 or position + 8 + 13 > len(view):
                 return None
-            pixels = int.from_bytes(view[position + 8:position + 12], "big") * int.from_bytes(
-                view[position + 12:position + 16], "big")
+            width = int.from_bytes(view[position + 8:position + 12], "big")
+            height = int.from_bytes(view[position + 12:position + 16], "big")
+            depth, colour = view[position + 16], view[position + 17]
+            if colour not in PNG_CHANNELS:
+                return None
+            size = width * height * PNG_CHANNELS[colour] * max(depth, 8) // 8
         elif kind == b"IEND":
-            return pixels
+            return size
         position += 12 + length
     return None
 

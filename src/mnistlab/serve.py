@@ -21,8 +21,9 @@ Memory and time are bounded on every request, in this order:
    streamed into the form parser, which spools files over 1 MB to disk.
 4. Decoding, preprocessing and inference run in worker threads behind a limiter of ``concurrency``, so a
    large photo never blocks the event loop (``/healthz`` is answered on the loop itself). A 28x28 JSON array
-   and a plain PNG of at most ``INLINE_PIXELS`` (by its header; a drawing from the page) are so cheap that
-   they are predicted inline: ``/healthz`` waits behind at most one of those (a few ms).
+   and a small plain PNG (``INLINE_DECODED_BYTES`` by its header; a drawing from the page) are so cheap that
+   they are predicted inline: ``/healthz`` waits behind the drawings already queued on that process (a few ms
+   each).
 
 Every user-caused problem is a 4xx (503 when busy) with ``{"detail": "one line"}``; a 500 would be a bug. A
 client that goes away mid-upload is one info line in the log. With a token (``--token``/``MNISTLAB_TOKEN``)
@@ -74,14 +75,15 @@ from mnistlab.imaging import (
     ImageTooLarge,
     Invert,
     UnreadableImage,
-    plain_png_pixels,
+    plain_png_bytes,
     prepare_image,
 )
 from mnistlab.predict import AnyPredictor, Predictor, open_predictor
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundary lines and part headers on top of the image itself
-# Plain PNGs up to this size and pixel count (a 512x512 canvas) are prepared on the event loop: 1-4 ms each.
-INLINE_BYTES, INLINE_PIXELS = 256 * 1024, 512 * 512
+# Plain PNGs up to this size, decoding to at most this many bytes (a 512x512 8-bit RGBA canvas), are prepared on
+# the event loop: 2 ms for the page's 280x280 canvas, about 7 ms at the bound.
+INLINE_BYTES, INLINE_DECODED_BYTES = 256 * 1024, 512 * 512 * 4
 JSON_MAX_BYTES = 1024 * 1024    # 28x28 numbers fit in a few KB; 1 MB leaves room for whitespace, stops JSON bombs
 TOKEN_ENV = "MNISTLAB_TOKEN"
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._~-]{16,256}")  # URL-fragment and header safe, long enough to guess
@@ -350,7 +352,7 @@ def _add_service_routes(app: FastAPI, *, model_info: dict[str, Any], limits: Ser
     @app.get("/healthz", tags=["service"], summary="Liveness check")
     async def healthz() -> dict[str, str]:
         """Liveness: answers while the server runs (on the event loop: never queued behind photos or slow uploads,
-        at most behind one drawing being prepared)."""
+        only behind the drawings already queued, a few ms each)."""
         return {"status": "ok"}
 
     @app.get("/api/model", tags=["service"], summary="What is loaded, and its recorded test accuracy",
@@ -403,15 +405,15 @@ def _token_guard(token: str | None) -> list[Any]:
 def _small_image(payload: bytes | bytearray) -> bool:
     """True for an upload cheap enough to prepare on the event loop: a small plain PNG such as the page's canvas.
 
-    Few bytes, few pixels by the header, and nothing Pillow would inflate or parse besides the pixels (no text,
-    colour profile or EXIF); every other upload (JPEG, photos, other formats) goes to a worker thread. The
+    Few bytes, a small decoded size by the header, and nothing Pillow would inflate or parse besides the pixels
+    (no text, colour profile or EXIF); every other upload (JPEG, photos, other formats) goes to a worker thread. The
     one slow case left is a small PNG photo of a sheet of paper, whose page search imports scipy the first time
     (about 0.5 s, once per process) and then costs some 10 ms.
     """
     if len(payload) > INLINE_BYTES:
         return False
-    pixels = plain_png_pixels(payload)
-    return pixels is not None and pixels <= INLINE_PIXELS
+    decoded = plain_png_bytes(payload)
+    return decoded is not None and decoded <= INLINE_DECODED_BYTES
 
 
 def _predict_one(predictor: AnyPredictor, limits: ServeLimits, payload: bytes | bytearray | list[Any], *,
@@ -844,16 +846,19 @@ def _serve_from_workers(*, run_dir: str | os.PathLike[str], backend: str, device
     with tempfile.TemporaryDirectory(prefix="mnistlab-serve-") as folder:  # 0700: this user only
         path = Path(folder) / "settings.json"
         path.write_text(chosen.to_json())
-        before = os.environ.get(WORKER_SETTINGS_ENV)
-        os.environ[WORKER_SETTINGS_ENV] = str(path)  # inherited by the spawned workers, read there on first use
+        # The workers inherit the environment: the settings file's path in, the token (if it came from there) out.
+        saved = {name: os.environ.get(name) for name in (WORKER_SETTINGS_ENV, TOKEN_ENV)}
+        os.environ[WORKER_SETTINGS_ENV] = str(path)
+        os.environ.pop(TOKEN_ENV, None)
         try:
             uvicorn.run(WORKER_APP, factory=True, workers=workers, http=WORKER_PROTOCOL, loop=WORKER_LOOP,
                         **common)
         finally:
-            if before is None:
-                os.environ.pop(WORKER_SETTINGS_ENV, None)
-            else:
-                os.environ[WORKER_SETTINGS_ENV] = before
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
         failed = worker_failure_path(path)
         if failed.exists():
             raise MnistlabError(failed.read_text().strip())

@@ -17,13 +17,12 @@ totals are those floors times N, not the configured figures.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from mnistlab.errors import MnistlabError
 from mnistlab.serve import WORKER_SETTINGS_ENV, WorkerSettings
@@ -50,15 +49,31 @@ def settings() -> WorkerSettings:
                             "again") from None
 
 
+def _refuse_to_start(exc: Exception) -> NoReturn:
+    """Leave the one-line reason for the parent to raise (or log it) and exit with uvicorn's startup-failure
+    code, so the supervisor stops instead of spawning the worker again every half second."""
+    from mnistlab.serve import LOG, worker_failure_path
+
+    line = str(exc) if isinstance(exc, MnistlabError) else f"a server worker failed to start: {exc!r}"
+    if not isinstance(exc, MnistlabError):
+        LOG.exception("%s", line)  # our bug: the traceback is for us
+    path = os.environ.get(WORKER_SETTINGS_ENV)
+    try:
+        if not path:
+            raise OSError("no settings path")
+        worker_failure_path(Path(path)).write_text(line + "\n")
+    except OSError:
+        LOG.error("%s", line)  # nobody will read a file: say it here
+    sys.exit(STARTUP_FAILURE)
+
+
 def app() -> FastAPI:
     """uvicorn's app factory in each worker: load the model (torch threads capped) and build the app.
 
-    A worker that cannot start says why in one line (in the log and, for the parent to raise, in a file beside
-    the settings) and exits with uvicorn's startup-failure code, so the supervisor stops instead of spawning it
-    again every half second.
+    A worker that cannot start says why in one line and exits (:func:`_refuse_to_start`).
     """
     from mnistlab.predict import Predictor, open_predictor
-    from mnistlab.serve import LOG, ServeLimits, create_app, worker_failure_path
+    from mnistlab.serve import ServeLimits, create_app
 
     try:
         chosen = settings()
@@ -70,16 +85,7 @@ def app() -> FastAPI:
             torch.set_num_threads(chosen.threads)
         return create_app(predictor=predictor, limits=ServeLimits(**chosen.limits), token=chosen.token)
     except Exception as exc:
-        line = str(exc) if isinstance(exc, MnistlabError) else f"a server worker failed to start: {exc!r}"
-        if isinstance(exc, MnistlabError):
-            LOG.error("%s", line)
-        else:  # our bug: the traceback is for us
-            LOG.exception("%s", line)
-        path = os.environ.get(WORKER_SETTINGS_ENV)
-        if path:
-            with contextlib.suppress(OSError):
-                worker_failure_path(Path(path)).write_text(line + "\n")
-        sys.exit(STARTUP_FAILURE)
+        _refuse_to_start(exc)
 
 
 # Connections this process holds now (uvicorn's own set, shared by its protocols); read by BalancedLoop.
@@ -90,7 +96,11 @@ _HELD: list[set[Any]] = []
 def _protocol() -> type[asyncio.Protocol]:
     from mnistlab.serve import ServeLimits, bounded_protocol
 
-    base: Any = bounded_protocol(ServeLimits(**settings().limits))
+    try:  # uvicorn imports the protocol before it calls the app factory: the settings are read here first
+        limits = ServeLimits(**settings().limits)
+    except Exception as exc:
+        _refuse_to_start(exc)
+    base: Any = bounded_protocol(limits)
 
     class WorkerProtocol(base):
         """The bounded protocol, telling this process's loop how many connections it holds."""
@@ -112,8 +122,8 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-DEFER_SECONDS = 0.004  # per connection already held (or just accepted); at most MAX_DEFER_SECONDS
-MAX_DEFER_SECONDS = 0.02
+DEFER_SECONDS = 0.004  # per connection already held (or just accepted)
+MAX_DEFER_SECONDS = 0.02  # the longest one wait; past it, everything pending is accepted at once
 
 
 @cache
@@ -126,39 +136,52 @@ def _balanced_loop() -> type[asyncio.AbstractEventLoop]:
     halves the throughput of two workers on two connections.
 
     Here a process that holds no connection accepts one per wake-up. One that holds some, or accepted one less
-    than ``DEFER_SECONDS`` ago (its protocol starts a loop turn later, so it is not counted yet; a wake-up that
-found the connection already taken by a sibling counts too), waits
-    ``DEFER_SECONDS`` per connection held (at most ``MAX_DEFER_SECONDS``) before it looks, so an idle sibling
-    takes the connection first; after the wait it accepts everything still pending, so a burst drains and no
-    connection waits longer than that. The listening socket is watched again before each accept, so asyncio's
-    own handling of accept errors (its 1 s back-off when out of file descriptors) stays as it is.
+    than ``DEFER_SECONDS`` ago (its protocol starts a loop turn later, so it is not counted yet), waits
+    ``DEFER_SECONDS`` per connection held (at most ``MAX_DEFER_SECONDS``) and then accepts one, so an idle
+    sibling takes the connection first and a burst alternates between the processes. Once connections have
+    been pending for ``MAX_DEFER_SECONDS``, everything still pending is accepted at once, so a burst drains.
+    The listening socket is watched again before each accept, so asyncio's own handling of accept errors (its
+    1 s back-off when out of file descriptors) stays as it is.
 
-    This overrides asyncio's private ``_accept_connection`` (its signature is checked; where it differs, the
-    loop is asyncio's own, unbalanced but correct).
+    This overrides asyncio's private ``_accept_connection`` and ``_accept_connection2`` (their signatures are
+    checked; where they differ, the loop is asyncio's own, unbalanced but correct).
     """
     import asyncio
     import inspect
     from asyncio.selector_events import BaseSelectorEventLoop
 
-    method = BaseSelectorEventLoop._accept_connection  # type: ignore[attr-defined]
-    parameters = list(inspect.signature(method).parameters)
-    if parameters[:6] != ["self", "protocol_factory", "sock", "sslcontext", "server", "backlog"]:
+    accept = getattr(BaseSelectorEventLoop, "_accept_connection", None)
+    started = getattr(BaseSelectorEventLoop, "_accept_connection2", None)
+    if accept is None or started is None:
+        return asyncio.SelectorEventLoop
+    if (list(inspect.signature(accept).parameters)[:6]
+            != ["self", "protocol_factory", "sock", "sslcontext", "server", "backlog"]):
         return asyncio.SelectorEventLoop
 
     class BalancedLoop(asyncio.SelectorEventLoop):
         """asyncio's selector loop, letting idle sibling processes accept first."""
 
-        _quiet_until = 0.0
+        _accepted_at = -1.0          # loop time of this process's last accepted connection
+        _pending_since: float | None = None  # when a wake-up was first deferred with connections waiting
+        _backlog = 1                 # the largest backlog asyncio asked for (its own retry path passes 1)
+
+        def _accept_connection2(self, *args: Any, **kwargs: Any) -> Any:
+            # Called once per accepted connection, right after accept(): the moment this process took one.
+            self._accepted_at = self.time()
+            return super()._accept_connection2(*args, **kwargs)  # type: ignore[misc]
 
         def _accept_connection(self, protocol_factory: Any, sock: Any, *args: Any) -> None:
+            if len(args) >= 3 and isinstance(args[2], int):
+                self._backlog = max(self._backlog, args[2])
             held = len(_HELD[0]) if _HELD else 0
-            if held or self.time() < self._quiet_until:
+            if held or self.time() - self._accepted_at < DEFER_SECONDS:
+                if self._pending_since is None:
+                    self._pending_since = self.time()
                 self._remove_reader(sock.fileno())  # type: ignore[attr-defined]
                 self.call_later(min(MAX_DEFER_SECONDS, DEFER_SECONDS * max(1, held)), self._accept_late,
                                 protocol_factory, sock, args)
                 return
             # args: sslcontext, server, backlog, then the SSL timeouts; a backlog of 1 accepts one connection.
-            self._quiet_until = self.time() + DEFER_SECONDS
             super()._accept_connection(protocol_factory, sock, *_with_backlog(args, 1))  # type: ignore[misc]
 
         def _accept_late(self, protocol_factory: Any, sock: Any, args: tuple[Any, ...]) -> None:
@@ -167,8 +190,13 @@ found the connection already taken by a sibling counts too), waits
             # Watched again first: if the accept below fails, asyncio's handling (or its back-off) decides.
             self._add_reader(sock.fileno(), self._accept_connection,  # type: ignore[attr-defined]
                              protocol_factory, sock, *args)
-            self._quiet_until = self.time() + DEFER_SECONDS
-            super()._accept_connection(protocol_factory, sock, *args)  # type: ignore[misc]  # all pending
+            since = self._pending_since if self._pending_since is not None else self.time()
+            drain = self.time() - since >= MAX_DEFER_SECONDS
+            before = self._accepted_at
+            super()._accept_connection(  # type: ignore[misc]
+                protocol_factory, sock, *_with_backlog(args, self._backlog if drain else 1))
+            if drain or self._accepted_at == before:  # drained, or nothing was left for this process
+                self._pending_since = None
 
     return BalancedLoop
 
