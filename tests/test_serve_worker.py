@@ -231,7 +231,7 @@ def test_connections_spread_over_the_workers_and_every_answer_is_right(two_worke
                 connection.close()
         time.sleep(0.2)  # the workers see the closes before the next pair
     # On asyncio's own loop one worker took both connections of 3 pairs in 8 (measured); the balanced loop
-    # split every pair in every run here, but a loaded 2-core machine may now and then keep a sibling off the
+    # passed in every run here, but a loaded 2-core machine may now and then keep a sibling off the
     # CPU for longer than the deferral. 16 of 20: a chance of about 8% to pass at asyncio's 5-in-8 split, and
     # under 2% to fail if the balanced loop splits 95% of pairs.
     assert sum(spread) >= 16, f"pairs split over the two workers: {spread}"
