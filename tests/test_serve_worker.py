@@ -139,6 +139,69 @@ def test_writes_in_one_turn_of_the_loop_leave_in_one_send() -> None:
     assert received == b'HTTP/1.1 200 OK\r\n\r\n{"a": 1}tail'
 
 
+# ---------------------------------------------------------------------------------- the balanced accept
+def _accept_times(connections: int, *, close_after_first: bool = False) -> tuple[list[float], list[object]]:
+    """Run a real listening socket on BalancedLoop; connect ``connections`` clients at once. Returns the seconds
+    (from the connects) at which the server's protocol saw each connection, and what the loop reported as an
+    error."""
+    import socket
+
+    from mnistlab import serve_worker
+
+    loop = serve_worker.BalancedLoop()
+    assert type(loop).__name__ == "BalancedLoop"  # this Python's asyncio has the methods it overrides
+    errors: list[object] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    made: list[float] = []
+    clients: list[socket.socket] = []
+
+    class Counting(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            made.append(loop.time())
+
+    async def scenario() -> None:
+        server = await loop.create_server(Counting, "127.0.0.1", 0, backlog=64)
+        port = server.sockets[0].getsockname()[1]
+        started = loop.time()
+        for _ in range(connections):
+            clients.append(socket.create_connection(("127.0.0.1", port)))
+        deadline = started + 2.0
+        while len(made) < (1 if close_after_first else connections) and loop.time() < deadline:
+            await asyncio.sleep(0.001)
+        if close_after_first:
+            server.close()  # with the second connection's deferred accept still pending
+            await asyncio.sleep(0.1)
+        server.close()
+        made[:] = [at - started for at in made]
+
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        for client in clients:
+            client.close()
+        loop.close()
+    return made, errors
+
+
+def test_the_balanced_loop_takes_one_connection_per_wake_up_then_waits_then_drains() -> None:
+    from mnistlab.serve_worker import DEFER_SECONDS, MAX_DEFER_SECONDS
+
+    made, errors = _accept_times(2)
+    assert len(made) == 2 and not errors
+    # The second connection waited: this process had just taken one, so an idle sibling would go first.
+    assert made[1] - made[0] >= DEFER_SECONDS * 0.9
+    made, errors = _accept_times(60)
+    assert len(made) == 60 and not errors
+    # A burst drains: once connections have waited MAX_DEFER_SECONDS everything pending is taken (about 30 ms
+    # here), where one connection per wait would take 60 x 4 ms.
+    assert made[-1] < MAX_DEFER_SECONDS * 2 + 0.08 < 59 * DEFER_SECONDS
+
+
+def test_closing_the_server_during_a_deferred_accept_is_clean() -> None:
+    made, errors = _accept_times(2, close_after_first=True)
+    assert len(made) == 1 and not errors
+
+
 # ------------------------------------------------------------------------------------- real processes
 def _sockets_of(pid: int) -> set[str]:
     inodes = set()

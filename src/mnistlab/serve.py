@@ -37,6 +37,7 @@ imports this module only inside ``mnistlab serve``.
 # No `from __future__ import annotations`: FastAPI must evaluate the endpoints' annotations, and the `top`
 # parameter's bound (the model's number of classes) is a local of create_app.
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import hmac
@@ -737,6 +738,7 @@ WORKER_SETTINGS_ENV = "MNISTLAB_SERVE_WORKER"  # the path of the settings file
 WORKER_APP = "mnistlab.serve_worker:app"
 WORKER_PROTOCOL = "mnistlab.serve_worker:WorkerProtocol"
 WORKER_LOOP = "mnistlab.serve_worker:BalancedLoop"
+WORKER_STARTUP_FAILURE = 3  # uvicorn's exit code for "failed before serving": its supervisor then stops
 MAX_WORKERS = 64
 
 
@@ -840,6 +842,7 @@ def _serve_from_workers(*, run_dir: str | os.PathLike[str], backend: str, device
     import tempfile
 
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     chosen = WorkerSettings(model=str(run_dir), backend=backend, device=device, threads=threads,
                             weights=weights, token=token, limits=dataclasses.asdict(share), workers=workers)
@@ -851,8 +854,12 @@ def _serve_from_workers(*, run_dir: str | os.PathLike[str], backend: str, device
         os.environ[WORKER_SETTINGS_ENV] = str(path)
         os.environ.pop(TOKEN_ENV, None)
         try:
-            uvicorn.run(WORKER_APP, factory=True, workers=workers, http=WORKER_PROTOCOL, loop=WORKER_LOOP,
-                        **common)
+            # uvicorn.run(..., workers=N) does the same, but hides whether a worker failed to start.
+            config = uvicorn.Config(WORKER_APP, factory=True, workers=workers, http=WORKER_PROTOCOL,
+                                    loop=WORKER_LOOP, **common)
+            supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+            with contextlib.suppress(KeyboardInterrupt):
+                supervisor.run()
         finally:
             for name, value in saved.items():
                 if value is None:
@@ -862,6 +869,9 @@ def _serve_from_workers(*, run_dir: str | os.PathLike[str], backend: str, device
         failed = worker_failure_path(path)
         if failed.exists():
             raise MnistlabError(failed.read_text().strip())
+        if any(process.exitcode == WORKER_STARTUP_FAILURE for process in supervisor.processes):
+            raise MnistlabError("a server worker failed to start (its reason is in the log above); the server "
+                                "stopped")
 
 
 def worker_failure_path(settings_path: Path) -> Path:

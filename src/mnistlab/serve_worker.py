@@ -25,14 +25,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from mnistlab.errors import MnistlabError
-from mnistlab.serve import WORKER_SETTINGS_ENV, WorkerSettings
+from mnistlab.serve import WORKER_SETTINGS_ENV, WORKER_STARTUP_FAILURE, WorkerSettings
 
 if TYPE_CHECKING:
     import asyncio
 
     from fastapi import FastAPI
 
-STARTUP_FAILURE = 3  # uvicorn's exit code for "failed before serving": its supervisor then stops, not respawns
+STARTUP_FAILURE = WORKER_STARTUP_FAILURE
 
 
 @cache
