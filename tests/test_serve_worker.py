@@ -52,7 +52,7 @@ def test_a_worker_count_out_of_range_is_one_line(workers: int) -> None:
 def test_settings_round_trip_through_a_file_named_in_the_environment(monkeypatch: pytest.MonkeyPatch,
                                                                        tmp_path: Path) -> None:
     chosen = WorkerSettings(model="/m.onnx", backend="onnx", device="cpu", threads=1, weights="auto",
-                            token=None, limits={"concurrency": 2}, workers=2)
+                            token=None, limits={"concurrency": 2})
     path = tmp_path / "settings.json"
     path.write_text(chosen.to_json())
     settings.cache_clear()
@@ -81,7 +81,7 @@ def test_a_worker_that_cannot_load_its_model_exits_with_the_startup_failure_code
     broken = tmp_path / "gone.onnx"
     path = tmp_path / "settings.json"
     path.write_text(WorkerSettings(model=str(broken), backend="auto", device="cpu", threads=1, weights="auto",
-                                   token=None, limits={}, workers=2).to_json())
+                                   token=None, limits={}).to_json())
     monkeypatch.setenv(SETTINGS_ENV, str(path))
     settings.cache_clear()
     try:

@@ -648,8 +648,8 @@ def _frame_ink_map(gray: np.ndarray, *, invert: Invert = "auto", name: str = "im
     # Background and noise floor come from the ink image itself, so mirrored inputs give identical results.
     background = float(np.median(border_ink))
     peak = 255.0 - float(gray.min()) if inverted else float(gray.max())
-    floor = _noise_floor(border_ink, background=background, peak=peak, inverted=inverted, invert=invert,
-                         name=name)
+    _check_contrast(background=background, peak=peak, inverted=inverted, invert=invert, name=name)
+    floor = _noise_floor(border_ink, background=background, peak=peak)
     values = _to_ink(gray.astype(np.float32, copy=False), inverted=inverted, background=background, peak=peak,
                      floor=floor)
     return values.astype(np.float32, copy=False), inverted
@@ -663,10 +663,8 @@ def _check_contrast(*, background: float, peak: float, inverted: bool, invert: I
                          "a digit with clear contrast")
 
 
-def _noise_floor(border_ink: np.ndarray, *, background: float, peak: float, inverted: bool, invert: Invert,
-                 name: str) -> float:
+def _noise_floor(border_ink: np.ndarray, *, background: float, peak: float) -> float:
     """The share of the ink range the border's own texture reaches (its 99th percentile), at most 0.5."""
-    _check_contrast(background=background, peak=peak, inverted=inverted, invert=invert, name=name)
     # Paper texture, JPEG noise and uneven light: cut off what the border itself reaches.
     border_values = np.clip((border_ink - background) / (peak - background), 0.0, 1.0)
     return min(0.5, float(np.percentile(border_values, 99.0)))

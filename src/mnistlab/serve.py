@@ -732,6 +732,18 @@ def check_port(host: str, port: int) -> None:
             raise MnistlabError(f"{where}; check --host and --port") from None
 
 
+def open_for_serving(run_dir: str | os.PathLike[str], *, backend: str, device: str, threads: int | None,
+                     weights: str) -> AnyPredictor:
+    """The predictor a server process answers with: :func:`open_predictor`, torch's intra-op threads capped."""
+    predictor = open_predictor(run_dir, backend=backend, device=device, threads=threads,  # type: ignore[arg-type]
+                               weights=weights)
+    if threads is not None and isinstance(predictor, Predictor):
+        import torch
+
+        torch.set_num_threads(threads)
+    return predictor
+
+
 # `serve --workers N`: uvicorn spawns N processes that import the app, protocol and loop by name from
 # mnistlab.serve_worker, which reads its settings from this environment variable.
 WORKER_SETTINGS_ENV = "MNISTLAB_SERVE_WORKER"  # the path of the settings file
@@ -753,7 +765,6 @@ class WorkerSettings:
     weights: str
     token: str | None
     limits: dict[str, Any]  # ServeLimits of one worker (its share), as a dict
-    workers: int
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -794,12 +805,7 @@ def serve(*, run_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int
     token = check_token(token)
     share = worker_limits(limits, workers)  # refuses a bad count before anything is loaded
     check_port(host, port)
-    predictor = open_predictor(run_dir, backend=backend, device=device, threads=threads,  # type: ignore[arg-type]
-                               weights=weights)
-    if threads is not None and isinstance(predictor, Predictor):
-        import torch
-
-        torch.set_num_threads(threads)
+    predictor = open_for_serving(run_dir, backend=backend, device=device, threads=threads, weights=weights)
     info = predictor.info()
     app = create_app(predictor=predictor, limits=limits, token=token) if workers == 1 else None
     del predictor  # with workers, each loads its own: the parent only checked that the model opens
@@ -845,7 +851,7 @@ def _serve_from_workers(*, run_dir: str | os.PathLike[str], backend: str, device
     from uvicorn.supervisors import Multiprocess
 
     chosen = WorkerSettings(model=str(run_dir), backend=backend, device=device, threads=threads,
-                            weights=weights, token=token, limits=dataclasses.asdict(share), workers=workers)
+                            weights=weights, token=token, limits=dataclasses.asdict(share))
     with tempfile.TemporaryDirectory(prefix="mnistlab-serve-") as folder:  # 0700: this user only
         path = Path(folder) / "settings.json"
         path.write_text(chosen.to_json())

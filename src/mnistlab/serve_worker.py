@@ -25,7 +25,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from mnistlab.errors import MnistlabError
-from mnistlab.serve import WORKER_SETTINGS_ENV, WORKER_STARTUP_FAILURE, WorkerSettings
+from mnistlab.serve import (
+    LOG,
+    WORKER_SETTINGS_ENV,
+    WORKER_STARTUP_FAILURE,
+    ServeLimits,
+    WorkerSettings,
+    bounded_protocol,
+    create_app,
+    open_for_serving,
+    worker_failure_path,
+)
 
 if TYPE_CHECKING:
     import asyncio
@@ -52,8 +62,6 @@ def settings() -> WorkerSettings:
 def _refuse_to_start(exc: Exception) -> NoReturn:
     """Leave the one-line reason for the parent to raise (or log it) and exit with uvicorn's startup-failure
     code, so the supervisor stops instead of spawning the worker again every half second."""
-    from mnistlab.serve import LOG, worker_failure_path
-
     line = str(exc) if isinstance(exc, MnistlabError) else f"a server worker failed to start: {exc!r}"
     if not isinstance(exc, MnistlabError):
         LOG.exception("%s", line)  # our bug: the traceback is for us
@@ -72,17 +80,10 @@ def app() -> FastAPI:
 
     A worker that cannot start says why in one line and exits (:func:`_refuse_to_start`).
     """
-    from mnistlab.predict import Predictor, open_predictor
-    from mnistlab.serve import ServeLimits, create_app
-
     try:
         chosen = settings()
-        predictor = open_predictor(chosen.model, backend=chosen.backend,  # type: ignore[arg-type]
-                                   device=chosen.device, threads=chosen.threads, weights=chosen.weights)
-        if chosen.threads is not None and isinstance(predictor, Predictor):
-            import torch
-
-            torch.set_num_threads(chosen.threads)
+        predictor = open_for_serving(chosen.model, backend=chosen.backend, device=chosen.device,
+                                     threads=chosen.threads, weights=chosen.weights)
         return create_app(predictor=predictor, limits=ServeLimits(**chosen.limits), token=chosen.token)
     except Exception as exc:
         _refuse_to_start(exc)
@@ -94,8 +95,6 @@ _HELD: list[set[Any]] = []
 
 @cache
 def _protocol() -> type[asyncio.Protocol]:
-    from mnistlab.serve import ServeLimits, bounded_protocol
-
     try:  # uvicorn imports the protocol before it calls the app factory: the settings are read here first
         limits = ServeLimits(**settings().limits)
     except Exception as exc:
