@@ -649,7 +649,10 @@ def _drive(ray: Any, plan: SweepPlan, *, address: str | None, ray_start: float,
                 ray.cancel(ref, force=True)
             trial = book.trials[index]
             book.refresh_attempts()
-            trial["state"] = "interrupted" if trial["state"] == "running" else "cancelled"
+            # A trial that had not yet written its run's config.json has nothing `--resume` could continue.
+            started = trial["state"] == "running" and bool(trial.get("run_dir")) and Path(
+                trial["run_dir"], "config.json").is_file()
+            trial["state"] = "interrupted" if started else "cancelled"
             trial["error"] = ("the sweep was interrupted; the run keeps its completed epochs "
                               f"(`mnistlab train --resume {trial['run_dir']}` continues it)"
                               if trial["state"] == "interrupted" else "the sweep was interrupted before it started")
