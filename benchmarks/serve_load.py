@@ -5,9 +5,11 @@ sends ``--requests`` single-image predictions from ``--concurrency`` keep-alive 
 and prints p50/p90/p99 latency, requests per second and the error count; the figures also go to a JSON file.
 Every answer is checked (status 200 and the expected digit), so "0 errors" means every prediction was right.
 
-Payloads (``--payload``, default both, one after the other):
-  json   {"pixels": 28x28} of an MNIST test digit, used as-is (the model's own format)
-  png    a 280x280 canvas PNG of a drawn "3", uploaded as multipart (what the page sends)
+Payloads (``--payload``, default json and png, one after the other):
+  json      {"pixels": 28x28} of an MNIST test digit, used as-is (the model's own format)
+  png       what the page uploads for a "3" drawn on its 280x280 canvas: the ink and a white margin
+            (``imaging.ink_crop_box``, 245x143 px; the server gives it the whole canvas's answer), as multipart
+  png-full  the whole 280x280 canvas, as a client that does not crop would send it
 
 The client runs on the same machine as the server, so both share its cores: figures are lower bounds of what
 the server alone could do. Traffic goes to 127.0.0.1 only; the loop is bounded by count and by --timeout.
@@ -76,8 +78,27 @@ def payloads() -> dict[str, tuple[bytes, str, int]]:
 
     test = load_dataset("mnist", splits=("test",)).test
     pixels = json.dumps({"pixels": test.images[0].tolist()}).encode()
-    png_body, png_type = multipart("image", "drawing.png", canvas_three_png(), "image/png")
-    return {"json": (pixels, "application/json", int(test.labels[0])), "png": (png_body, png_type, 3)}
+    whole = canvas_three_png()
+    png_body, png_type = multipart("image", "drawing.png", page_upload(whole), "image/png")
+    full_body, full_type = multipart("image", "drawing.png", whole, "image/png")
+    return {"json": (pixels, "application/json", int(test.labels[0])), "png": (png_body, png_type, 3),
+            "png-full": (full_body, full_type, 3)}
+
+
+def page_upload(canvas_png: bytes) -> bytes:
+    """What the page sends for this canvas: its ink crop (the same rule as static/app.js), else all of it."""
+    from PIL import Image
+
+    from mnistlab.imaging import ink_crop_box
+
+    pad = np.asarray(Image.open(io.BytesIO(canvas_png)).convert("RGBA"))
+    box = ink_crop_box(pad)
+    if box is None:
+        return canvas_png
+    top, bottom, left, right = box
+    buffer = io.BytesIO()
+    Image.fromarray(pad[top:bottom, left:right]).save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def run_load(port: int, body: bytes, content_type: str, digit: int, *, requests: int, concurrency: int,
@@ -246,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000, help="timed requests per run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[2],
                         help="connections sending at once; several values run one after another (default 2)")
-    parser.add_argument("--payload", nargs="+", choices=("json", "png"), default=["json", "png"])
+    parser.add_argument("--payload", nargs="+", choices=("json", "png", "png-full"),
+                        default=["json", "png"])
     parser.add_argument("--warmup", type=int, default=100, help="untimed requests first (default 100)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds before a load run stops")
     parser.add_argument("--workers", type=int, nargs="+", default=[1],

@@ -174,10 +174,40 @@ def input_ink(page) -> int:
         let sum = 0; for (let i = 0; i < data.length; i += 4) sum += data[i]; return sum; }"""))
 
 
+def check_upload_is_the_ink_crop(page, upload: tuple[str, bytes]) -> None:
+    """The page's last upload is exactly imaging.ink_crop_box's crop of the whole pad, and the server's
+    preparation gives it the whole pad's 28x28 (the page sends fewer pixels, never a different digit)."""
+    import base64
+    import email.parser
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from mnistlab.imaging import ink_crop_box, prepare_image
+
+    content_type, body = upload
+    message = email.parser.BytesParser().parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    parts = [part for part in message.walk() if part.get_filename() == "drawing.png"]
+    assert len(parts) == 1
+    sent = parts[0].get_payload(decode=True)
+    url = page.evaluate("document.getElementById('pad').toDataURL('image/png')")
+    whole = base64.b64decode(url.split(",", 1)[1])
+    pad = np.asarray(Image.open(io.BytesIO(whole)).convert("RGBA"))
+    box = ink_crop_box(pad)
+    assert box is not None  # the test's digit is drawn well inside the pad
+    top, bottom, left, right = box
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(sent)).convert("RGBA")), pad[top:bottom, left:right])
+    assert np.array_equal(prepare_image(sent).pixels, prepare_image(whole).pixels)
+
+
 def test_draw_a_three_with_the_mouse_and_see_three(browser, server_url: str, mnist, tmp_path: Path) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page = open_page(browser, server_url, viewport={"width": 1100, "height": 760})
     assert "cnn trained on mnist" in page.locator("#model-info").inner_text()
+    uploads: list[tuple[str, bytes]] = []
+    page.on("request", lambda r: "/api/predict" in r.url and uploads.append(
+        (r.headers["content-type"], r.post_data_buffer)))
     before = results(page)
     for stroke in digit_strokes(3):
         points = stroke_points(page, stroke)
@@ -197,6 +227,7 @@ def test_draw_a_three_with_the_mouse_and_see_three(browser, server_url: str, mni
     assert prediction == "3" and top == "3"
     assert probabilities[3] == max(probabilities) and abs(sum(probabilities) - 1) < 1e-3
     assert input_ink(page) > 0
+    check_upload_is_the_ink_crop(page, uploads[-1])
     page.wait_for_timeout(300)  # let the bars finish their 120 ms transition
     page.screenshot(path=str(ARTIFACTS / "browser-desktop-3.png"), full_page=True)
 

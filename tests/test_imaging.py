@@ -577,3 +577,85 @@ def test_plain_png_bytes_reads_the_decoded_size_of_plain_pngs_only() -> None:
     assert Image.open(io.BytesIO(forged)).size == (2000, 2000)  # what Pillow would decode
     assert plain_png_bytes(forged) is None
     assert plain_png_bytes(_png((b"IDAT", b""), (b"IHDR", small), (b"IEND", b""))) is None  # header not first
+
+
+# ------------------------------------------------------------------------------------- the page's upload
+def _random_drawing(rng: np.random.Generator) -> np.ndarray:
+    """A 280x280 opaque RGBA pad like the page's: white, with 1-4 anti-aliased strokes of a random pen, ink
+    colour and place (some run up to the edge), drawn at 2x and reduced with Lanczos for in-between levels."""
+    from PIL import ImageDraw
+
+    big = Image.new("RGB", (560, 560), (255, 255, 255))
+    draw = ImageDraw.Draw(big)
+    ink = tuple(int(v) for v in rng.integers(0, 120, size=3))
+    low, high = sorted(rng.uniform(0, 560, size=2))
+    for _ in range(int(rng.integers(1, 5))):
+        points = [tuple(rng.uniform(low, high, size=2)) for _ in range(int(rng.integers(2, 7)))]
+        draw.line(points, fill=ink, width=int(rng.integers(2, 60)), joint="curve")
+    small = big.resize((280, 280), Image.Resampling.LANCZOS).convert("RGBA")
+    return np.asarray(small).copy()
+
+
+def test_the_pages_ink_crop_gives_exactly_the_whole_pads_answer() -> None:
+    """prepare_image of the crop the page uploads equals prepare_image of the whole pad, pixel for pixel,
+    on 150 random drawings; the crop is offered for most of them and refused when the ink nears the edge."""
+    from mnistlab.imaging import ink_crop_box
+
+    rng = np.random.default_rng(12)
+    cropped = refused = 0
+    for _ in range(150):
+        pad = _random_drawing(rng)
+        box = ink_crop_box(pad)
+        if box is None:
+            refused += 1
+            continue
+        top, bottom, left, right = box
+        outside = np.ones(pad.shape[:2], dtype=bool)
+        outside[top + 12:bottom - 12, left + 12:right - 12] = False
+        # Oracle for "white": Pillow's own conversion, not the function's luma.
+        gray = np.asarray(Image.fromarray(pad).convert("L"))
+        assert (gray[outside] == 255).all()
+        whole = prepare_image(encode(Image.fromarray(pad)))
+        part = prepare_image(encode(Image.fromarray(pad[top:bottom, left:right])))
+        assert np.array_equal(part.pixels, whole.pixels) and part.inverted == whole.inverted
+        assert part.source_size == (right - left, bottom - top)
+        cropped += 1
+    assert cropped >= 60 and refused >= 10, (cropped, refused)
+
+
+def test_the_ink_crop_is_refused_where_it_could_change_the_answer() -> None:
+    from mnistlab.imaging import INK_CROP_MARGIN, _pillow_luma, ink_crop_box
+
+    pad = np.full((280, 280, 4), 255, dtype=np.uint8)
+    assert ink_crop_box(pad) is None  # no ink
+    pad[100:109, 100:109, :3] = 17  # 81 px: over 0.1% of 78,400
+    assert ink_crop_box(pad) == (100 - INK_CROP_MARGIN, 109 + INK_CROP_MARGIN, 100 - INK_CROP_MARGIN,
+                                 109 + INK_CROP_MARGIN)
+    small = np.full((280, 280, 4), 255, dtype=np.uint8)
+    small[100:108, 100:109, :3] = 17  # 72 px: the whole pad's darkest 0.1% is white, the crop's is not
+    assert ink_crop_box(small) is None
+    near = pad.copy()
+    near[5:20, 200:220, :3] = 0  # ink 5 px from the top
+    assert ink_crop_box(near) is None
+    clear = pad.copy()
+    clear[0, 0, 3] = 254  # not opaque: the server composites alpha
+    assert ink_crop_box(clear) is None
+    off_white = np.full((280, 280, 4), 255, dtype=np.uint8)
+    off_white[..., 2] = 254  # luma still 255 everywhere: no ink by the server's measure
+    assert ink_crop_box(off_white) is None
+    big = np.full((900, 900, 4), 255, dtype=np.uint8)
+    big[300:400, 300:400, :3] = 0
+    margin = round(0.02 * 900) + 5  # wider than find_page's band on this size
+    assert ink_crop_box(big) == (300 - margin, 400 + margin, 300 - margin, 400 + margin)
+    assert ink_crop_box(np.full((1100, 300, 4), 255, dtype=np.uint8)) is None  # shrunk first: never cropped
+    with pytest.raises(BadPixels, match="RGBA"):
+        ink_crop_box(pad[..., :3])
+    rgb = np.random.default_rng(0).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    assert np.array_equal(_pillow_luma(rgb), np.asarray(Image.fromarray(rgb).convert("L")))
+
+
+def test_the_page_mirrors_the_crop_margin() -> None:
+    from mnistlab.imaging import INK_CROP_MARGIN
+
+    script = (Path(__file__).parents[1] / "src" / "mnistlab" / "static" / "app.js").read_text()
+    assert re.search(r"const CROP_MARGIN = (\d+);", script).group(1) == str(INK_CROP_MARGIN)  # type: ignore[union-attr]

@@ -951,3 +951,48 @@ def encode_png(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+# ------------------------------------------------------------------------------------- the page's upload
+INK_CROP_MARGIN = 12  # px of white kept round the ink: over find_page's short-cut band on the 280 px canvas (10)
+
+
+def _pillow_luma(rgb: np.ndarray) -> np.ndarray:
+    """Pillow's RGB -> L conversion (ITU-R 601-2 in 16-bit fixed point, rounded), exactly, as uint8."""
+    weighted = (rgb[..., 0].astype(np.uint32) * 19595 + rgb[..., 1].astype(np.uint32) * 38470
+                + rgb[..., 2].astype(np.uint32) * 7471 + 0x8000)
+    return (weighted >> 16).astype(np.uint8)
+
+
+def ink_crop_box(rgba: np.ndarray, *, margin: int = INK_CROP_MARGIN) -> tuple[int, int, int, int] | None:
+    """(top, bottom, left, right) of the ink plus ``margin`` px of white, for which :func:`prepare_image` gives
+    the crop exactly the answer it gives the whole image; None when that is not guaranteed (send it all).
+
+    The draw-a-digit page crops its 280x280 canvas this way before uploading (static/app.js mirrors this
+    function), so the server decodes and scans about half the pixels. ``rgba`` is (H, W, 4) uint8. The crop
+    is offered only when every pixel is opaque and every pixel outside the ink's box is gray level 255 (white,
+    by Pillow's own luma), so both images have a pure-white frame:
+    - :func:`find_page` ends at its short cut for both (the margin is wider than its band);
+    - the border's median and 99th percentile are white for both, so background, noise floor and contrast
+      are the same; the darkest 0.1% is ink for both when the ink is over 0.1% of the WHOLE image (checked);
+    - everything after the ink map looks only inside the ink's box, which the crop keeps whole.
+    tests/test_imaging.py checks the identity on random drawings; tests/test_browser.py checks that the page
+    uploads exactly this crop.
+    """
+    if rgba.ndim != 3 or rgba.shape[2] != 4 or rgba.dtype != np.uint8:
+        raise BadPixels(f"an ink crop needs an (H, W, 4) uint8 RGBA array, got {rgba.shape} {rgba.dtype}")
+    height, width = rgba.shape[:2]
+    if max(height, width) > WORK_SIDE or not (rgba[..., 3] == 255).all():
+        return None  # a large image is shrunk first, which the crop would change
+    # At least find_page's band (2% of the shorter side, plus the blur's 4 px) and one more pixel.
+    margin = max(margin, round(0.02 * min(height, width)) + 5)
+    inked = _pillow_luma(rgba[..., :3]) < 255
+    count = int(inked.sum())
+    if count * 1000 <= height * width:  # under 0.1% of the image: its darkest 0.1% would be white
+        return None
+    box = _bounding_box(inked)
+    assert box is not None  # count > 0
+    top, bottom, left, right = box[0] - margin, box[1] + margin, box[2] - margin, box[3] + margin
+    if top < 0 or left < 0 or bottom > height or right > width:
+        return None  # ink near the edge: the whole image's frame is not plain white
+    return top, bottom, left, right

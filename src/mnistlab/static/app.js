@@ -5,6 +5,7 @@
   const PEN_WIDTH = 20;          // in canvas pixels (the pad is 280x280 inside, whatever its size on screen)
   const THROTTLE_MS = 120;       // at most one request per this while drawing; one more when the stroke ends
   const INK = "#111";
+  const CROP_MARGIN = 12;        // px of white kept round the ink in an upload (imaging.INK_CROP_MARGIN)
 
   const body = document.body;
   const pad = document.getElementById("pad");
@@ -167,9 +168,39 @@
     if (timer !== null) { clearTimeout(timer); timer = null; }
     if (strokes.length === 0 && !uploaded) { showEmpty(); return; }
     track(+1);
-    pad.toBlob((blob) => {
+    uploadCanvas().toBlob((blob) => {
       if (blob) send(blob, "drawing.png").finally(() => track(-1)); else track(-1);
     }, "image/png");
+  }
+
+  // The pad's ink with a white margin, or the whole pad: the same rule as imaging.ink_crop_box, under which
+  // the server's 28x28 is exactly the one it makes of the whole pad (tests check both), from about half the
+  // pixels to decode. Gray levels are Pillow's luma, so "white" means what the server will see as 255.
+  function uploadCanvas() {
+    const { width, height } = pad;
+    const image = ctx.getImageData(0, 0, width, height);
+    const data = image.data;
+    let top = height, bottom = -1, left = width, right = -1, inked = 0;
+    for (let y = 0, i = 0; y < height; y++) {
+      for (let x = 0; x < width; x++, i += 4) {
+        if (data[i + 3] !== 255) return pad;
+        if ((data[i] * 19595 + data[i + 1] * 38470 + data[i + 2] * 7471 + 0x8000) >>> 16 >= 255) continue;
+        inked++;
+        if (x < left) left = x;
+        if (x > right) right = x;
+        if (y < top) top = y;
+        bottom = y;
+      }
+    }
+    const margin = Math.max(CROP_MARGIN, Math.round(0.02 * Math.min(width, height)) + 5);
+    if (inked * 1000 <= width * height) return pad;
+    top -= margin; left -= margin; bottom += 1 + margin; right += 1 + margin;
+    if (top < 0 || left < 0 || bottom > height || right > width) return pad;
+    const crop = document.createElement("canvas");
+    crop.width = right - left;
+    crop.height = bottom - top;
+    crop.getContext("2d").putImageData(ctx.getImageData(left, top, crop.width, crop.height), 0, 0);
+    return crop;
   }
 
   function track(delta) {
