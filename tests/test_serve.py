@@ -8,6 +8,7 @@ import http.client
 import io
 import json
 import os
+import re
 import select
 import socket
 import subprocess
@@ -627,7 +628,13 @@ def test_half_headers_and_silent_connections_are_closed_and_connections_are_capp
     limits = ServeLimits()
     half = socket.create_connection(("127.0.0.1", cli_server.port))
     half.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: ima")
-    silent = [socket.create_connection(("127.0.0.1", cli_server.port)) for _ in range(limits.max_connections + 20)]
+    # A kept-alive connection that was answered once, then sends half of its next header.
+    again = socket.create_connection(("127.0.0.1", cli_server.port))
+    again.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    again.settimeout(5)
+    assert again.recv(4096).startswith(b"HTTP/1.1 200 ")
+    again.sendall(b"GET /healthz HTTP/1.1\r\nHo")
+    silent = [socket.create_connection(("127.0.0.1", cli_server.port)) for _ in range(limits.max_connections + 19)]
     try:
         # The last ones are over the cap: refused with 503 right away (well before the header timeout).
         refused = 0
@@ -645,14 +652,36 @@ def test_half_headers_and_silent_connections_are_closed_and_connections_are_capp
         assert answer.startswith(b"HTTP/1.1 408 ") and b"request header took over" in answer, answer
         silent[0].settimeout(limits.header_seconds * 3)
         assert silent[0].recv(4096) == b""  # closed, with nothing to say: it never started a request
+        again.settimeout(limits.header_seconds * 3)
+        answer = b""
+        while chunk := again.recv(4096):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
     finally:
         half.close()
+        again.close()
         for connection in silent:
             connection.close()
     assert refused == 10
     time.sleep(0.5)
     assert cli_server.get("/healthz")[0] == 200
     assert "no complete request header within 10 s" in cli_server.stderr()
+
+
+def test_pipelined_requests_are_all_answered_in_order(cli_server: CliServer) -> None:
+    """Three requests in one send (HTTP/1.1 pipelining): three answers, in order, on the bounded protocol."""
+    with socket.create_connection(("127.0.0.1", cli_server.port)) as connection:
+        connection.settimeout(10)
+        request = b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        connection.sendall(request % b"/healthz" + request % b"/api/model" + request % b"/nothing-here")
+        answer = b""
+        while answer.count(b"HTTP/1.1 ") < 3 or not answer.rstrip().endswith(b"}"):
+            chunk = connection.recv(65536)
+            assert chunk, answer
+            answer += chunk
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)
+    assert statuses == [b"200", b"200", b"404"], answer[:300]
+    assert answer.index(b'"class_names"') < answer.index(b"HTTP/1.1 404")
 
 
 def test_a_token_from_the_environment_guards_the_real_server(trained_cnn_run: Path, tmp_path: Path,

@@ -610,18 +610,24 @@ class CoalescingTransport:
 
 # Over 60 lines because it defines the protocol class inside (it closes over the limits): one unit to read.
 def bounded_protocol(limits: ServeLimits) -> type[asyncio.Protocol]:
-    """uvicorn's h11 protocol with a cap on open connections and a time limit on receiving a request header.
+    """uvicorn's httptools protocol with a cap on open connections and a time limit on receiving a request
+    header.
 
     uvicorn closes idle kept-alive connections (``timeout_keep_alive``) but never one that is sending a header
-    slowly (or sends nothing at all), so a few thousand half-headers would hold sockets for ever.
+    slowly (or sends nothing at all), so a few thousand half-headers would hold sockets for ever. httptools
+    (llhttp, in C) rather than h11 (pure Python): on the page's canvas uploads it cut the server's CPU per
+    request by about a tenth (RESULTS.md, issue 12).
     """
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    class BoundedH11Protocol(H11Protocol):
-        """H11Protocol that closes connections whose request header does not arrive in time."""
+    class BoundedHttpToolsProtocol(HttpToolsProtocol):
+        """HttpToolsProtocol that closes connections whose request header does not arrive in time."""
 
         header_timer: asyncio.TimerHandle | None = None
+        # Requests whose first byte, whole header, and answer have been seen on this connection. Counting
+        # (not one flag) keeps pipelined requests right: a header is awaited only when every request whose
+        # header arrived has been answered.
+        begun = headed = answered = 0
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(cast(asyncio.Transport, CoalescingTransport(transport)))
@@ -635,13 +641,23 @@ def bounded_protocol(limits: ServeLimits) -> type[asyncio.Protocol]:
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
+            self._watch_header()  # a malformed request was answered 400 and closed: stop the timer
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self.begun += 1
+
+        def on_headers_complete(self) -> None:
+            self.headed += 1
             self._watch_header()
+            super().on_headers_complete()
 
         def on_response_complete(self) -> None:
             # The answer leaves now, not after whatever else is ready on the loop (other requests' images).
             transport = self.transport
             if isinstance(transport, CoalescingTransport):
                 transport.flush()
+            self.answered += 1
             super().on_response_complete()
             self._watch_header()
 
@@ -649,9 +665,11 @@ def bounded_protocol(limits: ServeLimits) -> type[asyncio.Protocol]:
             self._stop_watching()
             super().connection_lost(exc)
 
+        def _waiting(self) -> bool:
+            return self.headed == self.answered and not self.transport.is_closing()
+
         def _watch_header(self) -> None:
-            # h11 says IDLE for "their request header has not been received yet" (first or next request).
-            waiting = self.conn.their_state is h11.IDLE and not self.transport.is_closing()
+            waiting = self._waiting()
             if waiting and self.header_timer is None:
                 self.header_timer = self.loop.call_later(limits.header_seconds, self._header_timeout)
             elif not waiting:
@@ -664,9 +682,9 @@ def bounded_protocol(limits: ServeLimits) -> type[asyncio.Protocol]:
 
         def _header_timeout(self) -> None:
             self.header_timer = None
-            if self.conn.their_state is not h11.IDLE or self.transport.is_closing():
+            if not self._waiting():
                 return
-            if self.conn.our_state is h11.IDLE and self.conn.trailing_data[0]:
+            if self.begun > self.headed:
                 # Part of a header arrived: say why before closing. (A silent idle keep-alive is just closed.)
                 who = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
                 LOG.info("closed a connection from %s: no complete request header within %g s", who,
@@ -675,7 +693,7 @@ def bounded_protocol(limits: ServeLimits) -> type[asyncio.Protocol]:
                     408, f"the request header took over {limits.header_seconds:g} s"))
             self.transport.close()
 
-    return BoundedH11Protocol
+    return BoundedHttpToolsProtocol
 
 
 def is_loopback(host: str) -> bool:
@@ -820,8 +838,8 @@ def serve(*, run_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int
     processes = f" from {workers} processes" if workers > 1 else ""
     print(f"mnistlab: serving {Path(run_dir)}{which} on {page}{processes}  (API docs: /docs; Ctrl-C stops)",
           flush=True)
-    # http= the bounded protocol explicitly: with httptools installed, "auto" would pick a protocol without the
-    # header timeout. backlog: connections the kernel queues before accept; more are refused by it.
+    # http= the bounded protocol explicitly: "auto" would pick uvicorn's own, without the header timeout or the
+    # connection cap. backlog: connections the kernel queues before accept; more are refused by it.
     common: dict[str, Any] = {"host": host, "port": port, "log_level": "info" if access_log else "warning",
                               "access_log": access_log, "backlog": limits.max_connections,
                               "timeout_keep_alive": 5}
