@@ -53,12 +53,12 @@ def time_predict(model: Path, image: Path, *, repeat: int) -> dict[str, Any]:
 
 
 def serve_figures(model: Path, *, requests: int, concurrency: int, log: Path) -> dict[str, Any]:
-    from serve_load import payloads, run_load, start_server, stop_server
+    from serve_load import payload, run_load, start_server, stop_server
 
     server, port, ready = start_server(model, log)
     try:
         figures: dict[str, Any] = {"ready_s": round(ready, 2)}
-        bodies = payloads()
+        bodies = {name: payload(name) for name in ("json", "png")}
         for body, content_type, digit in bodies.values():  # warm-up: every code path once
             run_load(port, body, content_type, digit, requests=50, concurrency=1, timeout=60)
         figures["rss_after_warmup"] = rss_mb(server.pid)

@@ -8,14 +8,17 @@ Every answer is checked (status 200 and the expected digit), so "0 errors" means
 Payloads (``--payload``, default json and png, one after the other):
   json      {"pixels": 28x28} of an MNIST test digit, used as-is (the model's own format)
   png       what the page uploads for a "3" drawn on its 280x280 canvas: the ink and a white margin
-            (``imaging.ink_crop_box``, 245x143 px; the server gives it the whole canvas's answer), as multipart
+            (``imaging.ink_crop_box``, 143x245 px) as a grayscale PNG, multipart; the server gives it exactly
+            the whole canvas's answer
   png-full  the whole 280x280 canvas, as a client that does not crop would send it
 
 The client runs on the same machine as the server, so both share its cores: figures are lower bounds of what
-the server alone could do. Traffic goes to 127.0.0.1 only; the loop is bounded by count and by --timeout.
+the server alone could do. Its default (``--client raw``) sends a request prepared once over a plain
+keep-alive socket, to leave the cores to the server; ``--client http.client`` is the stdlib's client, as
+before. Traffic goes to 127.0.0.1 only; the loop is bounded by count and by --timeout.
 
     python benchmarks/serve_load.py --run RUN_DIR [--requests 2000] [--concurrency 2] [--workers 1 2]
-        [--out results.json]
+        [--client raw|http.client] [--out results.json]
 
 Without --run, a CNN is trained for one epoch into a temporary folder first (about half a minute).
 """
@@ -72,37 +75,103 @@ def multipart(field: str, filename: str, data: bytes, content_type: str) -> tupl
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def payloads() -> dict[str, tuple[bytes, str, int]]:
-    """name -> (body, content type, expected digit)."""
-    from mnistlab.data import load_dataset
+def payload(name: str) -> tuple[bytes, str, int]:
+    """(body, content type, expected digit) of one ``--payload`` name."""
+    if name == "json":
+        from mnistlab.data import load_dataset
 
-    test = load_dataset("mnist", splits=("test",)).test
-    pixels = json.dumps({"pixels": test.images[0].tolist()}).encode()
+        test = load_dataset("mnist", splits=("test",)).test
+        return json.dumps({"pixels": test.images[0].tolist()}).encode(), "application/json", int(test.labels[0])
     whole = canvas_three_png()
-    png_body, png_type = multipart("image", "drawing.png", page_upload(whole), "image/png")
-    full_body, full_type = multipart("image", "drawing.png", whole, "image/png")
-    return {"json": (pixels, "application/json", int(test.labels[0])), "png": (png_body, png_type, 3),
-            "png-full": (full_body, full_type, 3)}
+    body, content_type = multipart("image", "drawing.png", page_upload(whole) if name == "png" else whole,
+                                   "image/png")
+    return body, content_type, 3
 
 
 def page_upload(canvas_png: bytes) -> bytes:
-    """What the page sends for this canvas: its ink crop (the same rule as static/app.js), else all of it."""
+    """What the page sends for this canvas (static/app.js): its ink crop by ``imaging.ink_crop_box`` (else all
+    of it) as an 8-bit grayscale PNG of Pillow's luma levels, rows unfiltered and zlib-deflated."""
+    import struct
+    import zlib
+
     from PIL import Image
 
     from mnistlab.imaging import ink_crop_box
 
-    pad = np.asarray(Image.open(io.BytesIO(canvas_png)).convert("RGBA"))
-    box = ink_crop_box(pad)
-    if box is None:
-        return canvas_png
-    top, bottom, left, right = box
-    buffer = io.BytesIO()
-    Image.fromarray(pad[top:bottom, left:right]).save(buffer, "PNG")
-    return buffer.getvalue()
+    pad = Image.open(io.BytesIO(canvas_png)).convert("RGBA")
+    box = ink_crop_box(np.asarray(pad))
+    gray = np.asarray(pad.convert("L"))
+    if box is not None:
+        gray = gray[box[0]:box[1], box[2]:box[3]]
+    height, width = gray.shape
+    raw = np.zeros((height, width + 1), dtype=np.uint8)  # filter type 0 before each row
+    raw[:, 1:] = gray
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw.tobytes())) + chunk(b"IEND", b""))
+
+
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection that sends a request prepared once and reads the answer by its
+    Content-Length: about a quarter of http.client's CPU per request (it builds and parses every header in
+    Python), which matters when the client shares the server's cores."""
+
+    def __init__(self, port: int, request: bytes) -> None:
+        self.request = request
+        self.socket = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def post(self) -> tuple[int, bytes]:
+        self.socket.sendall(self.request)
+        data = b""
+        while (end := data.find(b"\r\n\r\n")) < 0:
+            data += self._recv()
+        head, body = data[:end], data[end + 4:]
+        length = None
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if length is None:
+            raise ValueError(f"no Content-Length in {head[:200]!r}")
+        while len(body) < length:
+            body += self._recv()
+        return int(head[9:12]), body[:length]
+
+    def _recv(self) -> bytes:
+        chunk = self.socket.recv(65536)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        return chunk
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+class StdlibConnection:
+    """The same through ``http.client`` (the client of the figures before issue 12's stop 22)."""
+
+    def __init__(self, port: int, body: bytes, content_type: str) -> None:
+        self.body, self.content_type = body, content_type
+        self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def post(self) -> tuple[int, bytes]:
+        self.connection.request("POST", PATH, body=self.body, headers={"Content-Type": self.content_type})
+        response = self.connection.getresponse()
+        return response.status, response.read()
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+PATH = "/api/predict?top=1"
 
 
 def run_load(port: int, body: bytes, content_type: str, digit: int, *, requests: int, concurrency: int,
-             timeout: float) -> dict[str, Any]:
+             timeout: float, client: str = "raw") -> dict[str, Any]:
     """Send ``requests`` POSTs from ``concurrency`` threads; return latency percentiles and throughput."""
     latencies: list[float] = []
     server_ms: list[float] = []
@@ -111,9 +180,14 @@ def run_load(port: int, body: bytes, content_type: str, digit: int, *, requests:
     counter = iter(range(requests))
     attempted = [0]
     deadline = time.monotonic() + timeout
+    request = (f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {content_type}\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+    def connect() -> RawConnection | StdlibConnection:
+        return RawConnection(port, request) if client == "raw" else StdlibConnection(port, body, content_type)
 
     def worker() -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection = connect()
         mine: list[float] = []
         mine_server: list[float] = []
         try:
@@ -124,20 +198,18 @@ def run_load(port: int, body: bytes, content_type: str, digit: int, *, requests:
                     attempted[0] += 1
                 started = time.perf_counter()
                 try:
-                    connection.request("POST", "/api/predict?top=1", body=body,
-                                       headers={"Content-Type": content_type})
-                    response = connection.getresponse()
-                    answer = json.loads(response.read())
+                    status, raw = connection.post()
+                    answer = json.loads(raw)
                 except (OSError, http.client.HTTPException, ValueError) as exc:
                     with lock:
                         errors.append(f"{type(exc).__name__}: {exc}")
                     connection.close()
-                    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                    connection = connect()
                     continue
                 mine.append(time.perf_counter() - started)
-                if response.status != 200 or answer.get("prediction") != digit:
+                if status != 200 or answer.get("prediction") != digit:
                     with lock:
-                        errors.append(f"{response.status}: {str(answer)[:200]}")
+                        errors.append(f"{status}: {str(answer)[:200]}")
                 else:
                     mine_server.append(float(answer["milliseconds"]))
         finally:
@@ -224,17 +296,17 @@ def serve_and_load(run_dir: Path, workers: int, args: argparse.Namespace, log: P
         return False
     try:
         time.sleep(1.0)  # every worker up, not just the first to answer
-        for name, (body, content_type, digit) in payloads().items():
-            if name not in args.payload:
-                continue
-            run_load(port, body, content_type, digit, requests=args.warmup, concurrency=2, timeout=args.timeout)
+        for name in args.payload:
+            body, content_type, digit = payload(name)
+            run_load(port, body, content_type, digit, requests=args.warmup, concurrency=2, timeout=args.timeout,
+                     client=args.client)
             for concurrency in args.concurrency:
                 server_cpu, client_cpu = process_tree_cpu_seconds(server.pid), os.times()
                 timed = run_load(port, body, content_type, digit, requests=args.requests,
-                                 concurrency=concurrency, timeout=args.timeout)
+                                 concurrency=concurrency, timeout=args.timeout, client=args.client)
                 after = os.times()
                 done = max(1, timed["completed"])
-                result = {"payload": name, "workers": workers, **timed,
+                result = {"payload": name, "workers": workers, "client": args.client, **timed,
                           # CPU per answered request: what the cores spend, whatever the wall clock says
                           "server_cpu_ms_per_request": round(
                               (process_tree_cpu_seconds(server.pid) - server_cpu) / done * 1000, 3),
@@ -269,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="connections sending at once; several values run one after another (default 2)")
     parser.add_argument("--payload", nargs="+", choices=("json", "png", "png-full"),
                         default=["json", "png"])
+    parser.add_argument("--client", choices=("raw", "http.client"), default="raw",
+                        help="raw: a prepared request on a plain socket (default); http.client: the stdlib's")
     parser.add_argument("--warmup", type=int, default=100, help="untimed requests first (default 100)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds before a load run stops")
     parser.add_argument("--workers", type=int, nargs="+", default=[1],

@@ -174,9 +174,18 @@ def input_ink(page) -> int:
         let sum = 0; for (let i = 0; i < data.length; i += 4) sum += data[i]; return sum; }"""))
 
 
-def check_upload_is_the_ink_crop(page, upload: tuple[str, bytes]) -> None:
-    """The page's last upload is exactly imaging.ink_crop_box's crop of the whole pad, and the server's
-    preparation gives it the whole pad's 28x28 (the page sends fewer pixels, never a different digit)."""
+def record_uploads(page) -> list[tuple[str, bytes]]:
+    """(content type, body) of every /api/predict request the page sends, in order."""
+    uploads: list[tuple[str, bytes]] = []
+    page.on("request", lambda r: "/api/predict" in r.url and uploads.append(
+        (r.headers["content-type"], r.post_data_buffer)))
+    return uploads
+
+
+def check_upload_is_the_ink_crop(page, upload: tuple[str, bytes], *, gray: bool) -> None:
+    """The page's upload is exactly imaging.ink_crop_box's crop of the whole pad, as a grayscale PNG of
+    Pillow's luma levels (``gray``) or the canvas's own RGBA PNG, and the server's preparation gives it the
+    whole pad's 28x28: the page sends fewer bytes, never a different digit."""
     import base64
     import email.parser
     import io
@@ -184,7 +193,7 @@ def check_upload_is_the_ink_crop(page, upload: tuple[str, bytes]) -> None:
     import numpy as np
     from PIL import Image
 
-    from mnistlab.imaging import ink_crop_box, prepare_image
+    from mnistlab.imaging import ink_crop_box, plain_png_bytes, prepare_image
 
     content_type, body = upload
     message = email.parser.BytesParser().parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
@@ -193,11 +202,15 @@ def check_upload_is_the_ink_crop(page, upload: tuple[str, bytes]) -> None:
     sent = parts[0].get_payload(decode=True)
     url = page.evaluate("document.getElementById('pad').toDataURL('image/png')")
     whole = base64.b64decode(url.split(",", 1)[1])
-    pad = np.asarray(Image.open(io.BytesIO(whole)).convert("RGBA"))
-    box = ink_crop_box(pad)
+    pad = Image.open(io.BytesIO(whole)).convert("RGBA")
+    box = ink_crop_box(np.asarray(pad))
     assert box is not None  # the test's digit is drawn well inside the pad
     top, bottom, left, right = box
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(sent)).convert("RGBA")), pad[top:bottom, left:right])
+    uploaded = Image.open(io.BytesIO(sent))
+    expected = np.asarray(pad.convert("L") if gray else pad)[top:bottom, left:right]  # Pillow's luma: the oracle
+    assert uploaded.mode == ("L" if gray else "RGBA")
+    assert np.array_equal(np.asarray(uploaded), expected)
+    assert plain_png_bytes(sent) == expected.size  # the server prepares it inline: a plain PNG
     assert np.array_equal(prepare_image(sent).pixels, prepare_image(whole).pixels)
 
 
@@ -205,9 +218,7 @@ def test_draw_a_three_with_the_mouse_and_see_three(browser, server_url: str, mni
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page = open_page(browser, server_url, viewport={"width": 1100, "height": 760})
     assert "cnn trained on mnist" in page.locator("#model-info").inner_text()
-    uploads: list[tuple[str, bytes]] = []
-    page.on("request", lambda r: "/api/predict" in r.url and uploads.append(
-        (r.headers["content-type"], r.post_data_buffer)))
+    uploads = record_uploads(page)
     before = results(page)
     for stroke in digit_strokes(3):
         points = stroke_points(page, stroke)
@@ -227,7 +238,7 @@ def test_draw_a_three_with_the_mouse_and_see_three(browser, server_url: str, mni
     assert prediction == "3" and top == "3"
     assert probabilities[3] == max(probabilities) and abs(sum(probabilities) - 1) < 1e-3
     assert input_ink(page) > 0
-    check_upload_is_the_ink_crop(page, uploads[-1])
+    check_upload_is_the_ink_crop(page, uploads[-1], gray=True)
     page.wait_for_timeout(300)  # let the bars finish their 120 ms transition
     page.screenshot(path=str(ARTIFACTS / "browser-desktop-3.png"), full_page=True)
 
@@ -262,6 +273,9 @@ def test_draw_a_seven_with_touch_on_a_phone(browser, server_url: str) -> None:
     # Phone layout: nothing wider than the screen, the pad fills most of the width.
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     assert page.locator("#pad").bounding_box()["width"] >= 300
+    # A browser without CompressionStream (Safari before 16.4): the crop goes as the canvas's RGBA PNG.
+    page.evaluate("delete window.CompressionStream")
+    uploads = record_uploads(page)
     cdp = page.context.new_cdp_session(page)
     before = results(page)
     for stroke in digit_strokes(7):
@@ -277,6 +291,7 @@ def test_draw_a_seven_with_touch_on_a_phone(browser, server_url: str) -> None:
     prediction, top, probabilities = shown_answer(page)
     assert prediction == "7" and top == "7" and probabilities[7] == max(probabilities)
     assert page.evaluate("window.scrollY") == 0  # drawing did not scroll the page
+    check_upload_is_the_ink_crop(page, uploads[-1], gray=False)
     page.wait_for_timeout(300)  # let the bars finish their 120 ms transition
     page.screenshot(path=str(ARTIFACTS / "browser-phone-7.png"), full_page=True)
     page.click("#clear")

@@ -324,10 +324,39 @@ def _border(values: np.ndarray) -> np.ndarray:
 # `mnistlab predict FILE.onnx`. These are the few operations the pipeline needs, in numpy, each the same
 # function as scipy's (tests/test_imaging.py checks them against scipy.ndimage on random images). scipy is
 # still used on the photo path past the page checks (convex hull, distance transform), where it is needed.
+@dataclass(frozen=True)
+class _Runs:
+    """A mask's runs of set pixels, row by row, each with its component's label (1..count)."""
+
+    width: int
+    rows: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray       # exclusive
+    labels: np.ndarray
+    count: int
+
+    def paint(self, height: int) -> np.ndarray:
+        """The (height, width) int32 label image."""
+        labels = np.zeros(height * self.width, dtype=np.int32)
+        lengths = self.ends - self.starts
+        flat_starts = self.rows * self.width + self.starts
+        positions = np.arange(int(lengths.sum())) + np.repeat(flat_starts - (np.cumsum(lengths) - lengths), lengths)
+        labels[positions] = np.repeat(self.labels, lengths)
+        return labels.reshape(height, self.width)
+
+
 def _label(mask: np.ndarray, *, diagonal: bool) -> tuple[np.ndarray, int]:
     """Connected components of a 2-D bool mask: (int32 labels 1..count in raster order of first pixel, count).
 
     ``diagonal`` True is 8-connectivity, False 4-connectivity (``scipy.ndimage.label``'s default structure).
+    """
+    runs = _component_runs(mask, diagonal=diagonal)
+    return runs.paint(mask.shape[0]), runs.count
+
+
+def _component_runs(mask: np.ndarray, *, diagonal: bool) -> _Runs:
+    """:func:`_label` without painting the label image (a caller that only needs the count stops here).
+
     Works on runs of set pixels per row: runs in adjacent rows that touch are joined by a vectorised
     union-find (hook each root to the smallest root it touches, then compress paths), so the Python-level
     work is a few numpy passes over the runs, not a loop over pixels.
@@ -341,9 +370,8 @@ def _label(mask: np.ndarray, *, diagonal: bool) -> tuple[np.ndarray, int]:
     rows, starts = np.divmod(changes[0::2], width + 1)
     ends = changes[1::2] - rows * (width + 1)
     count = int(rows.size)
-    labels = np.zeros(height * width, dtype=np.int32)
     if count == 0:
-        return labels.reshape(height, width), 0
+        return _Runs(width, rows, starts, ends, rows.astype(np.int32), 0)
     stride = width + 2
     gap = 1 if diagonal else 0
     start_keys, end_keys = rows * stride + starts, rows * stride + ends
@@ -373,12 +401,7 @@ def _label(mask: np.ndarray, *, diagonal: bool) -> tuple[np.ndarray, int]:
     # A root is its component's first run (parents only ever point to smaller indices), so numbering the roots
     # in index order numbers the components in raster order of their first pixel, as scipy does.
     is_root = parent == np.arange(count)
-    run_label = np.cumsum(is_root, dtype=np.int32)[parent]
-    lengths = ends - starts
-    flat_starts = rows * width + starts
-    positions = np.arange(int(lengths.sum())) + np.repeat(flat_starts - (np.cumsum(lengths) - lengths), lengths)
-    labels[positions] = np.repeat(run_label, lengths)
-    return labels.reshape(height, width), int(is_root.sum())
+    return _Runs(width, rows, starts, ends, np.cumsum(is_root, dtype=np.int32)[parent], int(is_root.sum()))
 
 
 def _erode(mask: np.ndarray, *, iterations: int = 1) -> np.ndarray:
@@ -753,9 +776,11 @@ def drop_specks(values: np.ndarray) -> np.ndarray:
         return values
     rows, cols = slice(box[0], box[1]), slice(box[2], box[3])  # labelling only the ink's box is the same
     inked = values[rows, cols]
-    labels, count = _label(inked > 0, diagonal=True)
-    if count <= 1:
+    runs = _component_runs(inked > 0, diagonal=True)
+    count = runs.count
+    if count <= 1:  # one stroke (most drawings): nothing to drop, and no label image to paint
         return values
+    labels = runs.paint(inked.shape[0])
     mass = np.bincount(labels.ravel(), weights=inked.ravel(), minlength=count + 1)[1:]
     keep = np.concatenate([[False], mass >= SPECK_FRACTION * mass.sum()])
     result = np.zeros_like(values, dtype=np.float32)
@@ -969,7 +994,8 @@ def ink_crop_box(rgba: np.ndarray, *, margin: int = INK_CROP_MARGIN) -> tuple[in
     the crop exactly the answer it gives the whole image; None when that is not guaranteed (send it all).
 
     The draw-a-digit page crops its 280x280 canvas this way before uploading (static/app.js mirrors this
-    function), so the server decodes and scans about half the pixels. ``rgba`` is (H, W, 4) uint8. The crop
+    function, and sends the crop as a grayscale PNG of the luma levels below), so the server decodes and scans
+    about half the pixels. ``rgba`` is (H, W, 4) uint8. The crop
     is offered only when every pixel is opaque and every pixel outside the ink's box is gray level 255 (white,
     by Pillow's own luma), so both images have a pure-white frame:
     - :func:`find_page` ends at its short cut for both (the margin is wider than its band);
