@@ -121,7 +121,8 @@ class RawConnection:
 
     def __init__(self, port: int, request: bytes) -> None:
         self.request = request
-        self.socket = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.address = ("127.0.0.1", port)
+        self.socket = socket.create_connection(self.address, timeout=30)
         self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def post(self) -> tuple[int, bytes]:
@@ -130,15 +131,20 @@ class RawConnection:
         while (end := data.find(b"\r\n\r\n")) < 0:
             data += self._recv()
         head, body = data[:end], data[end + 4:]
-        length = None
+        headers = {}
         for line in head.split(b"\r\n")[1:]:
             name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        if length is None:
-            raise ValueError(f"no Content-Length in {head[:200]!r}")
+            headers[name.strip().lower()] = value.strip().lower()
+        if b"content-length" not in headers:
+            # mnistlab's answers always carry one; anything else (chunked, say) is an error of its own
+            raise ValueError(f"no Content-Length (Transfer-Encoding {headers.get(b'transfer-encoding')!r})")
+        length = int(headers[b"content-length"])
         while len(body) < length:
             body += self._recv()
+        if headers.get(b"connection") == b"close":  # a refusal closes the connection: the next request
+            self.socket.close()                    # must not count as a second error
+            self.socket = socket.create_connection(self.address, timeout=30)
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return int(head[9:12]), body[:length]
 
     def _recv(self) -> bytes:

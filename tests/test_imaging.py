@@ -647,7 +647,9 @@ def test_the_ink_crop_is_refused_where_it_could_change_the_answer() -> None:
     big[300:400, 300:400, :3] = 0
     margin = round(0.02 * 900) + 5  # wider than find_page's band on this size
     assert ink_crop_box(big) == (300 - margin, 400 + margin, 300 - margin, 400 + margin)
-    assert ink_crop_box(np.full((1100, 300, 4), 255, dtype=np.uint8)) is None  # shrunk first: never cropped
+    tall = np.full((1100, 300, 4), 255, dtype=np.uint8)
+    tall[400:600, 100:200, :3] = 0  # well inside, plenty of ink: refused only for the size
+    assert ink_crop_box(tall) is None  # shrunk first: never cropped
     with pytest.raises(BadPixels, match="RGBA"):
         ink_crop_box(pad[..., :3])
     rgb = np.random.default_rng(0).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)

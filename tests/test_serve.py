@@ -632,7 +632,12 @@ def test_half_headers_and_silent_connections_are_closed_and_connections_are_capp
     again = socket.create_connection(("127.0.0.1", cli_server.port))
     again.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     again.settimeout(5)
-    assert again.recv(4096).startswith(b"HTTP/1.1 200 ")
+    first = b""
+    while not first.endswith(b'{"status":"ok"}'):  # the whole answer, so the next bytes are the 408's
+        chunk = again.recv(4096)
+        assert chunk, first
+        first += chunk
+    assert first.startswith(b"HTTP/1.1 200 ")
     again.sendall(b"GET /healthz HTTP/1.1\r\nHo")
     silent = [socket.create_connection(("127.0.0.1", cli_server.port)) for _ in range(limits.max_connections + 19)]
     try:
@@ -682,6 +687,57 @@ def test_pipelined_requests_are_all_answered_in_order(cli_server: CliServer) -> 
     statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)
     assert statuses == [b"200", b"200", b"404"], answer[:300]
     assert answer.index(b'"class_names"') < answer.index(b"HTTP/1.1 404")
+
+
+def _read_until_closed(connection: socket.socket, *, seconds: float = 10) -> bytes:
+    connection.settimeout(seconds)
+    answer = b""
+    try:
+        while chunk := connection.recv(65536):
+            answer += chunk
+    except ConnectionResetError:
+        pass  # the server closed with bytes of ours unread: what it wrote before may be lost, or not
+    return answer
+
+
+def test_huge_headers_upgrades_with_a_body_and_deep_pipelines_are_refused_in_one_line(
+        cli_server: CliServer) -> None:
+    """llhttp buffers a header of any size and takes a body after `Upgrade:` for the new protocol's bytes;
+    the bounded protocol answers 431, 400 and 503 instead, each with a one-line JSON detail, and closes."""
+    from mnistlab.serve import MAX_HEADER_BYTES, MAX_PIPELINED
+
+    with socket.create_connection(("127.0.0.1", cli_server.port)) as connection:
+        connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
+        sent = 0
+        try:
+            while sent <= 4 * MAX_HEADER_BYTES:
+                connection.sendall(b"a" * 8192)
+                sent += 8192
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed by the server mid-send: the refusal may have been lost with the reset
+        answer = _read_until_closed(connection)
+    assert answer == b"" or (answer.startswith(b"HTTP/1.1 431 ") and b"over 64 KiB" in answer), answer[:200]
+    assert "the request header is over 64 KiB" in cli_server.stderr()
+
+    body = b"x" * 100
+    with socket.create_connection(("127.0.0.1", cli_server.port)) as connection:
+        connection.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade, HTTP2-Settings"
+                           b"\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n"
+                           b"Content-Type: image/png\r\nContent-Length: 100\r\n\r\n" + body)
+        answer = _read_until_closed(connection)
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"HTTP/1.1 only" in answer, answer[:300]
+    with socket.create_connection(("127.0.0.1", cli_server.port)) as connection:
+        connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n"
+                           b"Upgrade: h2c\r\n\r\n")
+        answer = _read_until_closed(connection)
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b'{"status":"ok"}'), answer  # then closed
+
+    with socket.create_connection(("127.0.0.1", cli_server.port)) as connection:
+        connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * (MAX_PIPELINED + 10))
+        answer = _read_until_closed(connection)
+    assert b"HTTP/1.1 503 " in answer and b"pipelined requests wait" in answer, answer[:300]
+    assert answer.count(b"HTTP/1.1 200 ") <= MAX_PIPELINED + 1
+    assert cli_server.get("/healthz")[0] == 200
 
 
 def test_a_token_from_the_environment_guards_the_real_server(trained_cnn_run: Path, tmp_path: Path,

@@ -130,6 +130,22 @@ def canvas_gray(png: bytes) -> np.ndarray:
     return np.ascontiguousarray(rgba[..., 0])
 
 
+def sent_gray(png: bytes) -> np.ndarray:
+    """The gray levels of a PNG the page uploaded (8-bit gray, or the canvas's RGBA where it falls back)."""
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("L"))
+
+
+def page_crop(gray: np.ndarray) -> np.ndarray:
+    """What the page uploads of an opaque gray pad: ``imaging.ink_crop_box``'s crop (or all of it)."""
+    from mnistlab.imaging import ink_crop_box
+
+    rgba = np.dstack([gray, gray, gray, np.full_like(gray, 255)])
+    box = ink_crop_box(rgba)
+    return gray if box is None else gray[box[0]:box[1], box[2]:box[3]]
+
+
 class Pad:
     """The page open in Chromium, ready to draw one digit after another (clearing in between)."""
 
@@ -159,12 +175,11 @@ class Pad:
             " && document.body.dataset.state !== 'busy'", timeout=WAIT_MS)
         if not self.captured:
             raise DrawingFailed("the page sent no drawing")
-        png = self.captured[-1]
         shown = page.evaluate("document.getElementById('pad').toDataURL('image/png')")
         on_canvas = base64.b64decode(shown.split(",", 1)[1])
-        if not np.array_equal(canvas_gray(png), canvas_gray(on_canvas)):
+        if not np.array_equal(sent_gray(self.captured[-1]), page_crop(canvas_gray(on_canvas))):
             raise DrawingFailed("the last PNG the page sent is not the finished drawing")
-        return png
+        return on_canvas  # the whole pad; the page sent its ink crop, which prepares to the same 28x28
 
 
 @contextmanager

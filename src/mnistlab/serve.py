@@ -10,8 +10,9 @@ Endpoints (API docs at ``/docs``, a page in ``static/`` that renders ``/openapi.
 Memory and time are bounded on every request, in this order:
 
 1. Connections: at most ``max_connections`` open sockets (more get a 503 and are closed), and a connection
-   that has not sent a whole request header within ``header_seconds`` is closed (uvicorn has no header
-   timeout of its own; :class:`BoundedH11Protocol` adds it).
+   that has not sent a whole request header within ``header_seconds`` is closed, a header over
+   ``MAX_HEADER_BYTES`` gets 431, and at most ``MAX_PIPELINED`` pipelined requests wait on a connection
+   (uvicorn's httptools protocol has none of these bounds; :func:`bounded_protocol` adds them).
 2. Before a body is read, the upload reserves its size (Content-Length, or the cap when chunked) from a budget
    of ``buffered_bytes`` shared by all requests; an upload that does not fit waits (its bytes stay in the
    client's socket: uvicorn stops reading a connection after 64 KiB that nobody asked for) and is refused
@@ -53,6 +54,7 @@ from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
+from http import HTTPStatus
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
@@ -85,6 +87,8 @@ MULTIPART_OVERHEAD = 64 * 1024  # boundary lines and part headers on top of the 
 # Plain PNGs up to this size, decoding to at most this many bytes (a 512x512 8-bit RGBA canvas), are prepared on
 # the event loop: 2 ms for the page's 280x280 canvas, about 7 ms at the bound.
 INLINE_BYTES, INLINE_DECODED_BYTES = 256 * 1024, 512 * 512 * 4
+MAX_HEADER_BYTES = 64 * 1024  # a request line and headers; llhttp itself would take any size
+MAX_PIPELINED = 16             # requests queued behind the one being answered, on one connection
 JSON_MAX_BYTES = 1024 * 1024    # 28x28 numbers fit in a few KB; 1 MB leaves room for whitespace, stops JSON bombs
 TOKEN_ENV = "MNISTLAB_TOKEN"
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._~-]{16,256}")  # URL-fragment and header safe, long enough to guess
@@ -563,9 +567,10 @@ def _version() -> str:
 
 
 def _raw_json_response(status: int, detail: str) -> bytes:
-    """A complete HTTP/1.1 answer with ``{"detail": ...}``, written before any request was parsed."""
+    """A complete HTTP/1.1 answer with ``{"detail": ...}`` that closes the connection, written by the protocol
+    itself (no request reached the app)."""
     body = json.dumps({"detail": detail}).encode()
-    phrase = {408: "Request Timeout", 503: "Service Unavailable"}[status]
+    phrase = HTTPStatus(status).phrase
     head = (f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
             "connection: close\r\n\r\n")
     return head.encode() + body
@@ -616,7 +621,9 @@ def bounded_protocol(limits: ServeLimits) -> type[asyncio.Protocol]:
     uvicorn closes idle kept-alive connections (``timeout_keep_alive``) but never one that is sending a header
     slowly (or sends nothing at all), so a few thousand half-headers would hold sockets for ever. httptools
     (llhttp, in C) rather than h11 (pure Python): on the page's canvas uploads it cut the server's CPU per
-    request by about a tenth (RESULTS.md, issue 12).
+    request by about a tenth in an exploration run (RESULTS.md, issue 12). llhttp has no bound on a header's
+    size or on pipelined requests, and takes a body after ``Upgrade:`` for another protocol's bytes: those
+    are refused here in one line (431, 503, 400) instead.
     """
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -624,10 +631,11 @@ def bounded_protocol(limits: ServeLimits) -> type[asyncio.Protocol]:
         """HttpToolsProtocol that closes connections whose request header does not arrive in time."""
 
         header_timer: asyncio.TimerHandle | None = None
-        # Requests whose first byte, whole header, and answer have been seen on this connection. Counting
-        # (not one flag) keeps pipelined requests right: a header is awaited only when every request whose
-        # header arrived has been answered.
-        begun = headed = answered = 0
+        # Requests whose first byte, whole header, whole body and answer have been seen on this connection.
+        # Counting (not one flag) keeps pipelined requests right: a header is awaited only when every request
+        # whose header arrived has been received whole and answered.
+        begun = headed = completed = answered = 0
+        header_bytes = 0  # received while the current request's header is incomplete
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(cast(asyncio.Transport, CoalescingTransport(transport)))
@@ -641,6 +649,12 @@ def bounded_protocol(limits: ServeLimits) -> type[asyncio.Protocol]:
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
+            if self.begun > self.headed and not self.transport.is_closing():
+                # A header still incomplete after this read: llhttp would buffer any size (and httptools
+                # grows it by concatenation), so past the cap the request is refused.
+                self.header_bytes += len(data)
+                if self.header_bytes > MAX_HEADER_BYTES:
+                    self._refuse(431, f"the request header is over {MAX_HEADER_BYTES // 1024} KiB")
             self._watch_header()  # a malformed request was answered 400 and closed: stop the timer
 
         def on_message_begin(self) -> None:
@@ -649,8 +663,29 @@ def bounded_protocol(limits: ServeLimits) -> type[asyncio.Protocol]:
 
         def on_headers_complete(self) -> None:
             self.headed += 1
+            self.header_bytes = 0
             self._watch_header()
+            if self.transport.is_closing():
+                return  # refused already: the rest of this read is not served
+            if len(self.pipeline) >= MAX_PIPELINED:
+                self._refuse(503, f"over {MAX_PIPELINED} pipelined requests wait on this connection")
+                return
+            upgrade = self.parser.should_upgrade() and not self._should_upgrade()
+            if upgrade and any(name in (b"content-length", b"transfer-encoding") and value.strip() != b"0"
+                               for name, value in self.headers):
+                # llhttp takes everything after an Upgrade header (h2c, say) as the new protocol's bytes, so
+                # the body would be lost: refuse in one line instead of answering for an empty body.
+                self._refuse(400, "this server speaks HTTP/1.1 only: send the request without an Upgrade "
+                                  "header (for example HTTP/1.1 instead of HTTP/2 in the client)")
+                return
             super().on_headers_complete()
+            if upgrade and self.cycle is not None:
+                self.cycle.keep_alive = False  # the parser is paused at the upgrade: nothing more to read
+
+        def on_message_complete(self) -> None:
+            self.completed += 1
+            super().on_message_complete()
+            self._watch_header()
 
         def on_response_complete(self) -> None:
             # The answer leaves now, not after whatever else is ready on the loop (other requests' images).
@@ -666,7 +701,14 @@ def bounded_protocol(limits: ServeLimits) -> type[asyncio.Protocol]:
             super().connection_lost(exc)
 
         def _waiting(self) -> bool:
-            return self.headed == self.answered and not self.transport.is_closing()
+            # Not while a body is still arriving after an early answer (a 404 to a POST, say).
+            return self.headed == self.completed == self.answered and not self.transport.is_closing()
+
+        def _refuse(self, status: int, detail: str) -> None:
+            who = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+            LOG.info("refused a request from %s: %s", who, detail)
+            self.transport.write(_raw_json_response(status, detail))
+            self.transport.close()
 
         def _watch_header(self) -> None:
             waiting = self._waiting()

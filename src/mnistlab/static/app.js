@@ -168,14 +168,19 @@
     if (timer !== null) { clearTimeout(timer); timer = null; }
     if (strokes.length === 0 && !uploaded) { showEmpty(); return; }
     track(+1);
-    padUpload().then((blob) => (blob ? send(blob, "drawing.png") : null)).finally(() => track(-1));
+    const id = ++sent;  // numbered now, not when the upload is ready: a Clear meanwhile makes it stale
+    padUpload()
+      .then((blob) => (blob ? send(blob, "drawing.png", id) : null))
+      .catch((error) => { if (id >= shown) { shown = id; showError(`cannot read the pad (${error.message})`); } })
+      .finally(() => track(-1));
   }
 
   // What the page uploads for the pad: its ink with a white margin (or the whole pad), by the same rule as
   // imaging.ink_crop_box, as an 8-bit grayscale PNG of Pillow's own luma levels. The server's 28x28 is
-  // exactly the one it makes of the whole RGBA canvas (tests check both), from a fifth of the bytes to
+  // exactly the one it makes of the whole RGBA canvas (tests check both), from a ninth of the bytes to
   // inflate and no colour conversion. Without CompressionStream (older browsers) the crop goes as the
-  // canvas's own RGBA PNG; a pad that is not opaque goes whole, as the canvas's PNG.
+  // canvas's own RGBA PNG; a pad that is not opaque goes whole, as the canvas's PNG. (ink_crop_box also
+  // refuses images over its working size, 1024 px: the pad is 280.)
   async function padUpload() {
     const { width, height } = pad;
     const data = ctx.getImageData(0, 0, width, height).data;
@@ -259,8 +264,7 @@
     body.dataset.pending = String(pending);
   }
 
-  async function send(blob, name) {
-    const id = ++sent;
+  async function send(blob, name, id = ++sent) {
     const form = new FormData();
     form.append("image", blob, name);
     body.dataset.state = "busy";
