@@ -6,7 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mnistlab.augment import LEVELS, AugmentSpec, augment_batch, change_strokes, elastic_field, spec_for, warp
+from mnistlab.augment import (
+    LEVELS,
+    AugmentSpec,
+    augment_batch,
+    change_photometry,
+    change_strokes,
+    elastic_field,
+    spec_for,
+    warp,
+)
 from mnistlab.errors import MnistlabError
 
 
@@ -61,7 +70,7 @@ def test_augmentation_is_seeded_batched_and_keeps_shape_dtype_and_range() -> Non
     # one image, sixteen times: any difference between the outputs comes from the per-image transforms
     images = torch.rand(1, 1, 28, 28, generator=torch.Generator().manual_seed(0)).expand(16, 1, 28, 28).contiguous(
         memory_format=torch.channels_last)
-    for name in ("light", "strong"):
+    for name in ("light", "strong", "robust"):
         a = augment_batch(images, spec=spec_for(name), generator=torch.Generator().manual_seed(7))
         b = augment_batch(images, spec=spec_for(name), generator=torch.Generator().manual_seed(7))
         c = augment_batch(images, spec=spec_for(name), generator=torch.Generator().manual_seed(8))
@@ -120,10 +129,73 @@ def test_the_elastic_field_has_the_requested_size_and_smoothness() -> None:
 
 def test_levels_and_bad_specs() -> None:
     assert LEVELS["none"].is_identity and not LEVELS["light"].is_identity
-    with pytest.raises(MnistlabError, match="`augment` 'heavy' is not one of none, light, strong"):
+    with pytest.raises(MnistlabError, match="`augment` 'heavy' is not one of none, light, strong, robust"):
         spec_for("heavy")
-    with pytest.raises(MnistlabError, match="scale < 1"):
+    with pytest.raises(MnistlabError, match="scale, brightness and contrast < 1"):
         AugmentSpec(scale=1.5)
+    for bad in ({"brightness": 1.0}, {"contrast": 1.0}, {"photometric": 1.5}, {"noise": -0.1},
+                {"noise": float("nan")}):
+        with pytest.raises(MnistlabError, match="augmentation ranges"):
+            AugmentSpec(**bad)
+    # A photometric probability with no change, or changes that are never applied, is still the identity.
+    assert AugmentSpec(photometric=0.5).is_identity and AugmentSpec(brightness=0.3).is_identity
+    assert not AugmentSpec(photometric=0.5, noise=0.1).is_identity
+    assert LEVELS["robust"].has_geometry and LEVELS["robust"].has_photometric
+    assert not LEVELS["light"].has_photometric
+
+
+def bar_image(b: int) -> torch.Tensor:
+    """Black images with a white bar: pixels are exactly 0 (paper) or 1 (full ink)."""
+    images = torch.zeros(b, 1, 28, 28)
+    images[:, :, 8:20, 12:16] = 1.0
+    return images
+
+
+def test_photometry_greys_the_paper_and_fades_the_ink_within_its_ranges() -> None:
+    images = bar_image(2000)
+    out = change_photometry(images, probability=1.0, brightness=0.4, contrast=0.5, noise=0.0,
+                            generator=torch.Generator().manual_seed(0))
+    paper, ink = out[:, 0, 0, 0], out[:, 0, 10, 13]
+    # Every image has one flat background and one flat ink level (no noise asked for) ...
+    assert torch.equal(out[:, 0, :8].amin((1, 2)), paper) and torch.equal(out[:, 0, :8].amax((1, 2)), paper)
+    assert torch.equal(out[:, 0, 8:20, 12:16].amin((1, 2)), ink)
+    # ... the paper within [0, 0.4], uniformly drawn (mean 0.2), the ink's strength above it in [0.5, 1].
+    assert paper.min() >= 0 and paper.max() <= 0.4 and paper.mean() == pytest.approx(0.2, abs=0.01)
+    strength = (ink - paper) / (1 - paper)
+    assert strength.min() >= 0.5 - 1e-6 and strength.max() <= 1 + 1e-6
+    assert strength.mean() == pytest.approx(0.75, abs=0.01)
+    assert (ink > paper).all()                                   # the ink stays brighter than the paper
+
+
+def test_photometry_applies_to_its_share_of_images_and_adds_noise_of_its_size() -> None:
+    images = bar_image(4000)
+    out = change_photometry(images, probability=0.5, brightness=0.0, contrast=0.0, noise=0.2,
+                            generator=torch.Generator().manual_seed(1))
+    changed = (out != images).flatten(1).any(1)
+    assert changed.float().mean() == pytest.approx(0.5, abs=0.03)   # half the images, the rest untouched
+    # Each chosen image's deviation is drawn uniformly in [0, 0.2]: measured per image over its 784 pixels,
+    # the deviations spread evenly over that range (mean 0.1, none above it), with zero-mean noise.
+    noise = (out - images)[changed].flatten(1)
+    deviation = noise.std(1)
+    assert noise.mean().abs() < 2e-3
+    assert deviation.max() <= 0.2 * 1.2 and deviation.mean() == pytest.approx(0.1, abs=0.005)
+    assert (deviation < 0.05).float().mean() == pytest.approx(0.25, abs=0.04)
+    same = change_photometry(images, probability=0.5, brightness=0.0, contrast=0.0, noise=0.2,
+                             generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out, same)                                   # seeded
+
+
+def test_robust_keeps_light_geometry_and_adds_photometry_after_it() -> None:
+    """The grey paper covers the whole image, including the black corners a rotation brings in."""
+    images = torch.zeros(256, 1, 28, 28)
+    out = augment_batch(images, spec=spec_for("robust"), generator=torch.Generator().manual_seed(3))
+    corners = out[:, 0, 0, 0]
+    greyed = corners > 0
+    assert greyed.float().mean() == pytest.approx(0.5, abs=0.1) and corners.max() <= 0.4 + 0.4
+    assert out.min() >= 0 and out.max() <= 1                      # clamped back into the pixel range
+    photometric_only = AugmentSpec(photometric=1.0, brightness=0.3)
+    flat = augment_batch(images, spec=photometric_only, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(flat.amin((1, 2, 3)), flat.amax((1, 2, 3)))  # no warp: each image stays one flat grey
 
 
 def test_record_differences_name_each_change_and_fill_fields_the_record_lacks() -> None:

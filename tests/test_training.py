@@ -16,6 +16,7 @@ import torch
 
 from mnistlab import checkpoint, runs
 from mnistlab.analysis import evaluate_run
+from mnistlab.augment import LEVELS
 from mnistlab.callbacks import Callback as TrainObserver
 from mnistlab.config import TrainConfig
 from mnistlab.data import Split, load_dataset
@@ -381,17 +382,20 @@ def test_two_trainings_on_one_out_folder_cannot_both_claim_it(tmp_path: Path) ->
         assert results == ["lost", "won"]
 
 
-def test_augmentation_trains_reproducibly_and_leaves_the_rest_of_the_run_alone(tmp_path: Path,
-                                                                              tiny_data_dir: Path) -> None:
+@pytest.mark.parametrize("level", ["strong", "robust"])
+def test_augmentation_trains_reproducibly_and_leaves_the_rest_of_the_run_alone(tmp_path: Path, tiny_data_dir: Path,
+                                                                              level: str) -> None:
     """Same seed + augment: the same weights. Augmentation draws from its own generator, so the initial weights
     and the shuffle order are those of the plain run (only what the model sees differs)."""
     dataset = load_dataset(data_dir=tiny_data_dir)
     plain = fit(tiny_config(epochs=1), run_dir=tmp_path / "plain", dataset=dataset)
-    runs_ = [fit(dataclasses.replace(tiny_config(epochs=1), augment="strong"), run_dir=tmp_path / f"aug{i}",
+    runs_ = [fit(dataclasses.replace(tiny_config(epochs=1), augment=level), run_dir=tmp_path / f"aug{i}",
                  dataset=dataset) for i in range(2)]
     digests = [hashlib.sha256((r.run_dir / "model.safetensors").read_bytes()).hexdigest() for r in (plain, *runs_)]
     assert digests[1] == digests[2] and digests[0] != digests[1]
-    assert json.loads((runs_[0].run_dir / "config.json").read_text())["augment"] == "strong"
+    stored = json.loads((runs_[0].run_dir / "config.json").read_text())
+    assert stored["augment"] == level
+    assert stored["augmentation"] == {"revision": 1 if level == "robust" else 3, **dataclasses.asdict(LEVELS[level])}
 
 
 @pytest.mark.parametrize(("values", "rule", "expected"), [

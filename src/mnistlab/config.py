@@ -23,8 +23,9 @@ PrecisionName = Literal["auto", "fp32", "bf16"]
 # constant: the seed's; onecycle: warm-up then cosine, per step; cosine: cosine annealing over the whole run, per
 # step; step: times gamma every step_size epochs; plateau: Keras' ReduceLROnPlateau on the validation loss.
 ScheduleName = Literal["constant", "onecycle", "cosine", "step", "plateau"]
-# Batch augmentation (mnistlab.augment): none, light (slant/size/position), strong (+ elastic, stroke width).
-AugmentName = Literal["none", "light", "strong"]
+# Batch augmentation (mnistlab.augment): none, light (slant/size/position), strong (+ elastic, stroke width),
+# robust (light + grey background, faded ink, sensor noise).
+AugmentName = Literal["none", "light", "strong", "robust"]
 
 ClassicalName = Literal["sgd", "logreg", "knn", "svm", "forest"]
 ModelFamily = Literal["network", "classical"]

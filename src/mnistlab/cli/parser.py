@@ -7,7 +7,7 @@ import functools
 from typing import NoReturn
 
 from mnistlab import __version__
-from mnistlab.config import CLASSICAL_NAMES, DEVICE_NAMES, MODEL_NAMES, OPTIMIZER_NAMES
+from mnistlab.config import AUGMENT_NAMES, CLASSICAL_NAMES, DEVICE_NAMES, MODEL_NAMES, OPTIMIZER_NAMES
 from mnistlab.runs import WEIGHTS_CHOICES
 
 INVERT_CHOICES = ("auto", "yes", "no")  # = mnistlab.imaging.INVERT_CHOICES (kept here so --help stays light)
@@ -116,9 +116,10 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--weight-decay", type=float,
                        help="decoupled weight decay for --optimizer adam (AdamW, as torch.optim.AdamW); default 0")
     train.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing in [0, 1)")
-    train.add_argument("--augment", choices=("none", "light", "strong"),
-                       help="random warps of each batch: light (slant, size, position), strong (+ elastic, "
-                            "stroke width); default: the recipe's (best: light, the others none)")
+    train.add_argument("--augment", choices=AUGMENT_NAMES,
+                       help="random changes of each batch: light (slant, size, position), strong (+ elastic, "
+                            "stroke width), robust (light + grey background, faded ink, sensor noise); default: "
+                            "the recipe's (best: light, the others none)")
     train.add_argument("--out", help="run directory to create (default runs/MODEL-TIMESTAMP)")
     train.add_argument("--init-from", metavar="RUN", help="fine-tune: start from this run's weights (a folder or "
                                                           "run id; best where it kept them), same architecture")
@@ -166,7 +167,7 @@ def _sweep_parser(commands: argparse._SubParsersAction) -> None:
     sweep.add_argument("--precision", help="auto, fp32 or bf16 (default: the recipe's)")
     sweep.add_argument("--schedule", help="constant, onecycle, cosine, step or plateau (default: the recipe's)")
     sweep.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing in [0, 1)")
-    sweep.add_argument("--augment", choices=("none", "light", "strong"),
+    sweep.add_argument("--augment", choices=AUGMENT_NAMES,
                        help="batch augmentation (default: the recipe's; best: light, the others none)")
     sweep.add_argument("--out", help="the sweep's folder, to create (default runs/sweep-TIMESTAMP)")
     sweep.add_argument("--address", metavar="HOST:PORT",
