@@ -1,4 +1,4 @@
-"""What batch augmentation costs: the seed CNN's training step with --augment none, light and strong.
+"""What batch augmentation costs: the seed CNN's training step with --augment none, light, strong and robust.
 
 The three settings run the same steps alternately in one process (machine noise hits all alike), on the
 same batches; the figure is the median step time and its ratio to no augmentation. Goal (issue 13): light
@@ -52,7 +52,7 @@ def main() -> None:
             optimizer.step()
         return 1000 * (time.perf_counter() - started) / args.steps
 
-    levels = ("none", "light", "strong")
+    levels = ("none", "light", "strong", "robust")
     steps("light")  # warm-up
     times: dict[str, list[float]] = {level: [] for level in levels}
     for _ in range(args.repeats):
