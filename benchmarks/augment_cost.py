@@ -1,6 +1,6 @@
 """What batch augmentation costs: the seed CNN's training step with --augment none, light, strong and robust.
 
-The three settings run the same steps alternately in one process (machine noise hits all alike), on the
+The four settings run the same steps alternately in one process (machine noise hits all alike), on the
 same batches; the figure is the median step time and its ratio to no augmentation. Goal (issue 13): light
 costs <= 15% of the CNN's epoch time.
 

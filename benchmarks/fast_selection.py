@@ -14,6 +14,8 @@ import argparse
 import statistics
 from collections.abc import Callable
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from _common import isolate_registry, machine, print_table, score_candidates, write_json
@@ -71,10 +73,24 @@ def strided_middle(widths: tuple[int, int, int]) -> Callable[..., nn.Module]:
     return build
 
 
+class FixedConv(nn.Module):
+    """A convolution whose weights are a buffer, not a parameter: no gradient, and not a ``nn.Conv2d``, so
+    mnistlab's Keras-style initialisation (which ``build_model`` applies to every built-in model's Conv2d)
+    leaves it as it was set."""
+
+    def __init__(self, weight: torch.Tensor, *, stride: int, padding: int) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.stride, self.padding = stride, padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight.to(x.dtype), stride=self.stride, padding=self.padding)
+
+
 def whitened_stem(num_classes: int = 10) -> nn.Module:
-    """``fast`` whose stem starts as (and stays) a whitening of 4x4 patches, as in the CIFAR-10 speed runs:
-    the 8 leading eigenvectors of the patch second moments of 5,000 training images, each scaled by 1/sqrt of
-    its eigenvalue, and their negatives (the ReLU keeps both signs). Frozen: no weight gradient."""
+    """``fast`` whose stem is a fixed whitening of 4x4 patches, as in the CIFAR-10 speed runs: the 8 leading
+    eigenvectors of the patch second moments of 5,000 training images (of ``train[:50k]``), each scaled by
+    1/sqrt of its eigenvalue, and their negatives (the ReLU keeps both signs)."""
     import torch
     import torch.nn.functional as F
 
@@ -87,10 +103,7 @@ def whitened_stem(num_classes: int = 10) -> nn.Module:
     values, vectors = torch.linalg.eigh(patches.T @ patches / len(patches))
     values, vectors = values.flip(0)[:8], vectors.flip(1)[:, :8]
     filters = (vectors / (values + 5e-4).sqrt()).T.reshape(8, 1, 4, 4).float()
-    stem = model[0]
-    with torch.no_grad():
-        stem.weight.copy_(torch.cat([filters, -filters]))
-    stem.weight.requires_grad_(False)
+    model[0] = FixedConv(torch.cat([filters, -filters]), stride=2, padding=1)
     return model
 
 

@@ -185,17 +185,42 @@ def test_photometry_applies_to_its_share_of_images_and_adds_noise_of_its_size() 
     assert torch.equal(out, same)                                   # seeded
 
 
-def test_robust_keeps_light_geometry_and_adds_photometry_after_it() -> None:
-    """The grey paper covers the whole image, including the black corners a rotation brings in."""
-    images = torch.zeros(256, 1, 28, 28)
-    out = augment_batch(images, spec=spec_for("robust"), generator=torch.Generator().manual_seed(3))
-    corners = out[:, 0, 0, 0]
-    greyed = corners > 0
-    assert greyed.float().mean() == pytest.approx(0.5, abs=0.1) and corners.max() <= 0.4 + 0.4
-    assert out.min() >= 0 and out.max() <= 1                      # clamped back into the pixel range
+def test_robust_is_light_then_photometry_and_greys_the_black_a_warp_brings_in() -> None:
+    import dataclasses
+
+    images = bar_image(256)
+    light = augment_batch(images, spec=spec_for("light"), generator=torch.Generator().manual_seed(3))
+    # robust with its photometric step never taken draws and warps exactly as light does (same stream order).
+    never = dataclasses.replace(spec_for("robust"), photometric=1e-12)
+    assert torch.equal(augment_batch(images, spec=never, generator=torch.Generator().manual_seed(3)), light)
+    robust = augment_batch(images, spec=spec_for("robust"), generator=torch.Generator().manual_seed(3))
+    untouched = (robust == light).flatten(1).all(1)
+    # Half the images are chosen (binomial, 256 draws: 0.5 +- 0.09 at 3 sigma); the others are light's exactly.
+    assert 0.4 < untouched.float().mean() < 0.6
+    # A chosen image's corner, black after light's warp, is the grey paper (noise aside): greyed in most of
+    # them (a background drawn near 0 with negative noise clamps back to 0), never above 0.4 + noise.
+    corners = robust[~untouched, 0, 0, 0]
+    assert (light[~untouched, 0, 0, 0] == 0).all()
+    assert (corners > 0).float().mean() > 0.8 and corners.max() <= 0.4 + 0.5
+    assert robust.min() >= 0 and robust.max() <= 1                # clamped back into the pixel range
     photometric_only = AugmentSpec(photometric=1.0, brightness=0.3)
-    flat = augment_batch(images, spec=photometric_only, generator=torch.Generator().manual_seed(3))
+    flat = augment_batch(torch.zeros(64, 1, 28, 28), spec=photometric_only, generator=torch.Generator().manual_seed(3))
     assert torch.equal(flat.amin((1, 2, 3)), flat.amax((1, 2, 3)))  # no warp: each image stays one flat grey
+
+
+def test_a_record_from_before_the_photometric_fields_is_the_same_level() -> None:
+    """Runs trained before `robust` existed recorded light/strong without the four new fields: they resume."""
+    import dataclasses
+
+    from mnistlab.augment import augment_record, record_differences
+
+    for name in ("light", "strong"):
+        old = {k: v for k, v in augment_record(name).items()
+               if k not in ("photometric", "brightness", "contrast", "noise")}
+        assert record_differences(old, name) == []
+    changed = {**augment_record("robust"), "brightness": 0.2}
+    assert record_differences(changed, "robust") == ["brightness 0.2 -> 0.4"]
+    assert dataclasses.asdict(spec_for("robust"))["noise"] == 0.1
 
 
 def test_record_differences_name_each_change_and_fill_fields_the_record_lacks() -> None:

@@ -64,7 +64,7 @@ class AugmentSpec:
 
     @property
     def is_identity(self) -> bool:
-        """True when every range is zero (nothing to do)."""
+        """True when nothing would change: no geometry, and no photometric change that is ever applied."""
         return not (self.has_geometry or self.has_photometric)
 
 
@@ -113,7 +113,7 @@ def record_differences(recorded: object, name: str) -> list[str]:
 
 
 def spec_for(name: str) -> AugmentSpec:
-    """The :class:`AugmentSpec` of a level name (none, light, strong)."""
+    """The :class:`AugmentSpec` of a level name (one of :data:`mnistlab.config.AUGMENT_NAMES`)."""
     if name not in LEVELS:
         raise MnistlabError(f"`augment` {name!r} is not one of {', '.join(AUGMENT_NAMES)}")
     return LEVELS[name]
