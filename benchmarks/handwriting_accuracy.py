@@ -228,7 +228,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", type=Path, help="run directories to score")
     parser.add_argument("--train", action="append", default=[], metavar="MODEL[:AUGMENT]",
-                        help="train this first with its recipe (fast, cnn; augment none|light|strong|robust); repeatable")
+                        help="train this first with its recipe (fast, cnn; augment none|light|strong|robust); "
+                             "repeatable")
     parser.add_argument("--epochs", type=int, default=None, help="epochs for trained cnn runs (default: recipe's)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for training")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="train each --train run for these seeds")
