@@ -52,6 +52,7 @@ def candidates() -> dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]]:
         "best 32-64-128 light (chosen)": (best(32, 64, 128), recipe),
         "best 32-64-128 no augmentation": (best(32, 64, 128), {**recipe, "augment": "none"}),
         "best 32-64-128 strong": (best(32, 64, 128), {**recipe, "augment": "strong"}),
+        "best 32-64-128 robust": (best(32, 64, 128), {**recipe, "augment": "robust"}),
         "best 32-64-128 lr 1e-2": (best(32, 64, 128), {**recipe, "lr": 1e-2}),
         "two convs at 14x14, 32-64-128": (two_at_14((32, 64, 128)), recipe),
         "best 48-96-192 light": (best(48, 96, 192), recipe),
