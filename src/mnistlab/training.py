@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnistlab import checkpoint, distributed, fastpath, fused, runs
+from mnistlab import checkpoint, distributed, fastpath, runs
 from mnistlab.augment import AugmentSpec, augment_batch, augment_record, record_differences, spec_for
 from mnistlab.callbacks import Callback, CallbackList
 from mnistlab.config import SCHEDULE_NAMES, SCHEDULE_OPTIONS, TrainConfig
@@ -588,13 +588,7 @@ def _setup(config: TrainConfig, dataset: Dataset, device: torch.device, train_id
                  augment=spec_for(config.augment),
                  augment_rng=torch.Generator(device=device).manual_seed(config.seed + 1),
                  data_sha256=_data_sha256(digests), split_digests=digests, ddp=ddp,
-                 net=_step_network(model, device) if ddp is None else distributed.wrap(ddp, model))
-
-
-def _step_network(model: nn.Module, device: torch.device) -> nn.Module:
-    """What a training step calls: on the CPU, a network opening with conv -> pool -> ReLU (the seed's CNN)
-    computes that block through :mod:`mnistlab.fused` (the same function and gradients, 1.4x faster steps)."""
-    return fused.for_training(model) if device.type == "cpu" else model
+                 net=model if ddp is None else distributed.wrap(ddp, model))
 
 
 def _data_sha256(split_digests: dict[str, str]) -> str:

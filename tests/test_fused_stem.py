@@ -1,4 +1,6 @@
-"""mnistlab.fused against its oracle, the stock layers: conv2d -> max_pool2d(2) -> relu through autograd.
+"""benchmarks/fused_stem.py's fused block against its oracle, the stock conv2d -> max_pool2d(2) -> relu.
+
+The benchmark times it against the stock layers; these tests make sure both sides compute the same thing.
 
 Outputs and parameter gradients must agree to fp32 rounding in fp32, and within bf16 rounding under bf16
 autocast (measured against an fp64 reference, next to the stock layers' own bf16 error). Ties inside a pooling
@@ -13,12 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnistlab import fused, training
+from mnistlab import training
 from mnistlab.callbacks import CallbackList
 from mnistlab.config import TrainConfig
 from mnistlab.data import Dataset, load_dataset
 from mnistlab.models import build_cnn, build_model
+from tests.benchtools import load_benchmark
 from tests.conftest import write_dataset_dir
+
+fused = load_benchmark("fused_stem")
 
 
 def _stock(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -152,9 +157,9 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
 def _epoch(config: TrainConfig, dataset: Dataset, *, fuse: bool) -> tuple[training._Loop, dict[str, torch.Tensor]]:
     train_idx, val_idx = training._split(config, dataset)
     loop = training._setup(config, dataset, torch.device("cpu"), train_idx, val_idx, CallbackList([]))
-    assert isinstance(loop.net, fused.FusedStart)       # training really takes the fused block
-    if not fuse:
-        loop.net = loop.model
+    if fuse:
+        loop.net = fused.for_training(loop.model)
+        assert isinstance(loop.net, fused.FusedStart)   # the epoch really takes the fused block
     start = {name: value.clone() for name, value in loop.model.state_dict().items()}
     training._train_epoch(loop, CallbackList([]))
     return loop, start

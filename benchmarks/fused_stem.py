@@ -1,27 +1,30 @@
-"""A faster training step for convnets that open with convolution -> 2x2 max-pool -> ReLU (the seed's CNN).
+"""An experiment for #15 item 3, kept because it was measured: the seed CNN's first block fused, same function.
 
-The same function and the same gradients as the stock layers, computed with less memory traffic. With stock
-eager kernels, the seed CNN's first block spends most of its time outside the convolution: on a 2-core CPU,
+    python benchmarks/fused_stem.py [--epochs 5] [--threads N]
+
+times a training epoch of the seed CNN (its recipe: bf16, batch 200, Keras RMSprop) through mnistlab's own loop
+twice, interleaved, from the same seed: once through the stock layers (what `fit` runs) and once with the first
+convolution -> 2x2 max-pool -> ReLU computed by ``conv_pool_relu`` below. **It is not faster end to end**
+(benchmarks/RESULTS.md, stop 24), so `fit` does not use it; ``tests/test_fused_stem.py`` checks that it computes
+the stock function and gradients, so the measurement compares like with like.
+
+The idea. With stock eager kernels, the first block's time looks like it goes outside the convolution: to
 ``max_pool2d_with_indices`` over the (B, 32, 26, 26) activation, the zero-filled (B, 32, 26, 26) gradient its
-backward scatters into, and the convolution's weight gradient over all 26x26 positions, although only the
-pooled quarter of them ever receives a gradient.
-
-Here the 2x2 pool is written as four stride-2 convolutions, one per position in the pooling window
-(``QUADRANTS``), each producing a (B, C, 13, 13) map directly; the pool is the elementwise maximum of the four,
-and the full-resolution activation never exists. Backward routes the pooled gradient to the winning map with
-``threshold_backward`` on saved differences (the maxima's "which one won", kept as bf16/fp32 numbers, not as
-booleans or int64 indices: this CPU's kernels for boolean tensors are several times slower than arithmetic
-ones), then takes each map's weight gradient with a stride-2 ``convolution_backward``. Ties go to the earliest
-position in the window's scan order, as ``max_pool2d`` does, so even the subgradient is the stock one.
-
-The block's input must not need a gradient (it is the network's input), which is what makes the saving
-possible: the stock backward would otherwise also have to spread the gradient over all 26x26 positions.
-``tests/test_fused.py`` checks outputs and gradients against the stock layers (fp32 to rounding, bf16 within
-bf16 rounding) and that a training run takes the same trajectory.
+backward scatters into, and the weight gradient over all 26x26 positions, although only the pooled quarter of
+them receives a gradient. Here the 2x2 pool is written as four stride-2 convolutions, one per position in the
+pooling window (``QUADRANTS``), each producing a (B, C, 13, 13) map directly; the pool is the elementwise
+maximum of the four, and the full-resolution activation never exists. Backward routes the pooled gradient to
+the winning map with ``threshold_backward`` on saved differences (kept as numbers, not booleans or int64
+indices: this CPU's kernels for boolean tensors are several times slower than arithmetic ones), then takes each
+map's weight gradient with a stride-2 ``convolution_backward``. Ties go to the earliest position in the
+window's scan order, as ``max_pool2d`` does. The block's input must not need a gradient (the network's input).
 """
 
 from __future__ import annotations
 
+import argparse
+import statistics
+import time
 from typing import Any
 
 import torch
@@ -133,5 +136,49 @@ class FusedStart(nn.Module):
 
 
 def for_training(model: nn.Module) -> nn.Module:
-    """What a CPU training step should call for ``model``: :class:`FusedStart` when it applies, else ``model``."""
+    """The fused side's network: :class:`FusedStart` when ``model`` opens with the block, else ``model``."""
     return FusedStart(model) if isinstance(model, nn.Sequential) and opens_with_block(model) else model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--threads", type=int, help="CPU threads (default: the cnn recipe's, as fit runs it)")
+    args = parser.parse_args()
+
+    from _common import isolate_registry, machine, print_table, write_json
+    from mnistlab import training
+    from mnistlab.callbacks import CallbackList
+    from mnistlab.config import TrainConfig
+    from mnistlab.data import load_dataset
+
+    isolate_registry()
+    dataset = load_dataset("mnist")
+    config = TrainConfig.for_model("cnn", device="cpu", seed=0)
+    threads = args.threads or config.threads or training.DEFAULT_THREADS
+    torch.set_num_threads(threads)
+    train_idx, val_idx = training._split(config, dataset)
+    loops = {side: training._setup(config, dataset, torch.device("cpu"), train_idx, val_idx, CallbackList([]))
+             for side in ("stock", "fused")}
+    loops["fused"].net = for_training(loops["fused"].model)
+    assert isinstance(loops["fused"].net, FusedStart)
+    times: dict[str, list[float]] = {"stock": [], "fused": []}
+    figures: dict[str, list[tuple[float, float]]] = {"stock": [], "fused": []}
+    for _ in range(args.epochs):
+        for side, loop in loops.items():
+            started = time.perf_counter()
+            figures[side].append(training._train_epoch(loop, CallbackList([])))
+            times[side].append(time.perf_counter() - started)
+    median = {side: statistics.median(values[1:] or values) for side, values in times.items()}
+    results = {"machine": machine(), "epochs": args.epochs, "threads": threads, "precision": loops["fused"].precision,
+               "epoch_seconds": times, "loss_accuracy": figures, "speedup": median["stock"] / median["fused"]}
+    print(f"seed CNN, seconds per epoch (median of epochs 2-{args.epochs}), {threads} thread(s), machine: "
+          f"{results['machine']['cpu']} x{results['machine']['cores']}")
+    print_table(["stock layers", "fused first block", "speed-up", "train acc stock / fused"],
+                [[f"{median['stock']:.3f}", f"{median['fused']:.3f}", f"{results['speedup']:.2f}x",
+                  f"{figures['stock'][-1][1]:.4f} / {figures['fused'][-1][1]:.4f}"]])
+    print(f"\nwrote {write_json('fused_stem', results)}")
+
+
+if __name__ == "__main__":
+    main()
