@@ -124,7 +124,12 @@ def score_candidates(model: str, table: dict[str, tuple[Any, dict[str, Any]]], c
                      defaults: dict[str, Any] | None = None) -> dict[str, list[tuple[float, float]]]:
     """Train each candidate (its builder swapped in for ``model``'s, its recipe values over ``defaults``) on the
     validation split through mnistlab's own loop; (train seconds, validation accuracy) per seed. Candidates are
-    interleaved within each seed, so drift in the machine's load hits them alike."""
+    interleaved within each seed, so drift in the machine's load hits them alike.
+
+    Two recipe keys are the script's, not ``TrainConfig``'s: ``_train_images`` trains on only the first that
+    many of the 50,000 training images (fewer images per run), and ``_tta`` scores with test-time augmentation
+    (:data:`mnistlab.inference.TTA_SHIFTS`), adding what it costs over a plain scoring pass to the seconds, so
+    a cheaper network rescued by TTA is charged for it."""
     from mnistlab import models
     from mnistlab.config import TrainConfig
     from mnistlab.training import fit
@@ -138,11 +143,50 @@ def score_candidates(model: str, table: dict[str, tuple[Any, dict[str, Any]]], c
                 builder, overrides = table[name]
                 models.BUILDERS[model] = builder
                 settings = {**(defaults or {}), **overrides}
+                count, tta = settings.pop("_train_images", None), bool(settings.pop("_tta", False))
+                data = validation if count is None else fewer_training_images(validation, int(count))
                 with tempfile.TemporaryDirectory() as tmp:
                     run = fit(TrainConfig.for_model(model, seed=seed, device="cpu", **settings),
-                              run_dir=Path(tmp) / "r", dataset=validation)
-                scores[name].append((run.train_seconds, run.test.accuracy))
-                print(f"{name} seed {seed}: val {run.test.accuracy:.4f} in {run.train_seconds:.2f} s", flush=True)
+                              run_dir=Path(tmp) / "r", dataset=data)
+                    seconds, accuracy = run.train_seconds, run.test.accuracy
+                    if tta:
+                        extra, accuracy = tta_score(Path(tmp) / "r", data)
+                        seconds += extra
+                scores[name].append((seconds, accuracy))
+                print(f"{name} seed {seed}: val {accuracy:.4f} in {seconds:.2f} s", flush=True)
     finally:
         models.BUILDERS[model] = original
     return scores
+
+
+def fewer_training_images(dataset: Any, count: int) -> Any:
+    """``dataset`` with only its first ``count`` training images (MNIST's training order is already mixed)."""
+    import dataclasses
+
+    from mnistlab.data import Split
+
+    part = dataset.train.subset(slice(0, count))
+    return dataclasses.replace(dataset, splits={**dataset.splits, "train": Split(part.images, part.labels)})
+
+
+def tta_score(run_dir: Path, dataset: Any) -> tuple[float, float]:
+    """(seconds TTA scoring costs beyond a plain pass, accuracy with TTA) of a run on ``dataset``'s test split;
+    each pass timed as the median of 3."""
+    import torch
+
+    from mnistlab.inference import load_network, predict_logits
+
+    net = load_network(run_dir, device="cpu")
+    labels = torch.as_tensor(np.asarray(dataset.test.labels)).long()
+    timings: dict[bool, list[float]] = {False: [], True: []}
+    logits = None
+    for _ in range(3):
+        for tta in (False, True):
+            start = time.perf_counter()
+            out = predict_logits(net.model, dataset.test.images, device=net.device, precision=net.precision, tta=tta)
+            timings[tta].append(time.perf_counter() - start)
+            if tta:
+                logits = out
+    assert logits is not None
+    accuracy = float((logits.argmax(1) == labels).float().mean())
+    return statistics.median(timings[True]) - statistics.median(timings[False]), accuracy

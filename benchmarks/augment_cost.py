@@ -26,7 +26,7 @@ def main() -> None:
     args = parser.parse_args()
     from mnistlab.augment import augment_batch, spec_for
     from mnistlab.data import load_dataset
-    from mnistlab.device import cpu_has_native_bf16
+    from mnistlab.device import cpu_has_native_bf16, tune_cpu_allocator
     from mnistlab.inference import as_uint8_tensor
     from mnistlab.models import build_model, prepare_batch, to_device
     from mnistlab.training import build_optimizer
@@ -34,6 +34,7 @@ def main() -> None:
     images = as_uint8_tensor(load_dataset("mnist", splits=("train",)).train.images, torch.device("cpu"))
     labels = torch.as_tensor(load_dataset("mnist", splits=("train",)).train.labels.astype("int64"))
     bf16 = cpu_has_native_bf16()
+    tune_cpu_allocator()  # as fit does: without it every step's activations are freshly page-faulted in
     torch.manual_seed(0)
     model = to_device(build_model("cnn"), "cpu")
     optimizer = build_optimizer("rmsprop", model.parameters(), lr=1e-3)
@@ -53,7 +54,8 @@ def main() -> None:
         return 1000 * (time.perf_counter() - started) / args.steps
 
     levels = ("none", "light", "strong", "robust")
-    steps("light")  # warm-up
+    for level in levels:  # warm-up: each level's first call (kernels, allocations) stays out of the figures
+        steps(level)
     times: dict[str, list[float]] = {level: [] for level in levels}
     for _ in range(args.repeats):
         for level in levels:

@@ -83,12 +83,17 @@ def main() -> None:
     # Runs of some candidates add to (or replace) those candidates' entries in the results file.
     previous = RESULTS_DIR / "best_selection.json"
     results = json.loads(previous.read_text()) if previous.exists() else {"candidates": {}}
-    results.setdefault("machines", []).append(machine())
+    this_machine = machine()
+    results.setdefault("machines", []).append(this_machine)
     rows = []
     for name in chosen:
         seconds = [s for s, _ in scores[name]]
         accuracy = [a for _, a in scores[name]]
-        results["candidates"][name] = {"train_seconds": seconds, "val_accuracy": accuracy,
+        replaced = results["candidates"].get(name)
+        if replaced is not None and replaced.get("machine", {}).get("cpu") != this_machine["cpu"]:
+            # Another machine's figures (RESULTS.md cites them) are kept under their own key, not lost.
+            results["candidates"][f"{name} [{replaced.get('machine', {}).get('cpu', 'earlier machine')}]"] = replaced
+        results["candidates"][name] = {"train_seconds": seconds, "val_accuracy": accuracy, "machine": this_machine,
                                        **{"epochs": args.epochs, **table[name][1]}}
         rows.append([name, f"{statistics.fmean(accuracy):.4f}", f"{min(accuracy):.4f}",
                      f"{statistics.median(seconds):.0f}", str({"epochs": args.epochs, **table[name][1]}["epochs"])])

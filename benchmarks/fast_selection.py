@@ -107,10 +107,104 @@ def whitened_stem(num_classes: int = 10) -> nn.Module:
     return model
 
 
+class WeightAverage(nn.Module):
+    """A network whose evaluation uses an exponential moving average of its training weights (EMA, as in
+    the speed runs that average weights): every training forward first folds the weights the last step left
+    into the average, ``average += (1 - decay) * (weights - average)``. BatchNorm's running statistics are the
+    live network's. The average is a buffer, so the optimiser never sees it."""
+
+    def __init__(self, net: nn.Module, decay: float) -> None:
+        super().__init__()
+        self.net, self.decay = net, decay
+        self.names = [name for name, _ in net.named_parameters()]
+        for index, (_, param) in enumerate(net.named_parameters()):
+            self.register_buffer(f"average_{index}", param.detach().clone())
+        self.started = False
+
+    def averages(self) -> list[torch.Tensor]:
+        return [getattr(self, f"average_{index}") for index in range(len(self.names))]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        params = [param.detach() for param in self.net.parameters()]
+        if not self.training:
+            return torch.func.functional_call(self.net, dict(zip(self.names, self.averages(), strict=True)), (x,))
+        with torch.no_grad():
+            if self.started:
+                torch._foreach_lerp_(self.averages(), params, 1.0 - self.decay)
+            else:  # the first step: start from the initialised weights (set after construction)
+                torch._foreach_copy_(self.averages(), params)
+                self.started = True
+        return self.net(x)
+
+
+def weight_average(decay: float) -> Callable[..., nn.Module]:
+    from mnistlab.models import build_fast
+
+    return lambda num_classes=10: WeightAverage(build_fast(num_classes), decay)
+
+
+class SelectiveBackprop(nn.Module):
+    """Back-propagate only the least certain part of each batch (selective backprop, Jiang et al. 2019, with
+    the model's own top probability standing in for the loss, which a module cannot see): one forward pass
+    without gradients, in eval mode, over the whole batch, then a training pass over the ``fraction`` whose
+    top probability is lowest. The other rows' logits are the first pass's, detached: they count in the loss's
+    mean but send no gradient (Adam is indifferent to the gradient's overall scale)."""
+
+    def __init__(self, net: nn.Module, fraction: float) -> None:
+        super().__init__()
+        self.net, self.fraction = net, fraction
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return self.net(x)
+        with torch.no_grad():
+            self.net.eval()
+            probe = self.net(x)
+            self.net.train()
+            confidence = probe.float().softmax(1).amax(1)
+            pick = confidence.topk(max(1, int(len(x) * self.fraction)), largest=False).indices
+        return probe.index_put((pick,), self.net(x[pick]).to(probe.dtype))
+
+
+def selective(fraction: float) -> Callable[..., nn.Module]:
+    from mnistlab.models import build_fast
+
+    return lambda num_classes=10: SelectiveBackprop(build_fast(num_classes), fraction)
+
+
 def public(num_classes: int = 10) -> nn.Module:
     """The best-known public one-epoch recipe's network (pool after ReLU, as published)."""
     return nn.Sequential(nn.Conv2d(1, 24, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(24, 32, 3), nn.ReLU(),
                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(800, 256), nn.ReLU(), nn.Linear(256, num_classes))
+
+
+# Selective-backprop candidates: (name, fraction back-propagated, batch the probe sees, max lr, script keys).
+# The batch that gets gradients is fraction * batch; 256 is today's.
+SELECTIVE: list[tuple[str, float, int, float, dict]] = [
+    ("backprop uncertain half", 0.5, 256, 1.6e-2, {}),
+    ("backprop uncertain half lr 2.4e-2", 0.5, 256, 2.4e-2, {}),
+    ("backprop uncertain half 40k images", 0.5, 256, 1.6e-2, {"_train_images": 40_000}),
+    ("backprop uncertain half 35k images", 0.5, 256, 1.6e-2, {"_train_images": 35_000}),
+    ("backprop uncertain half b384", 0.5, 384, 1.6e-2, {}),
+    ("backprop uncertain half b512", 0.5, 512, 1.6e-2, {}),
+    ("backprop uncertain half b512 lr 2.4e-2", 0.5, 512, 2.4e-2, {}),
+    ("backprop uncertain third b384", 1 / 3, 384, 1.6e-2, {}),
+    ("backprop uncertain third b768", 1 / 3, 768, 1.6e-2, {}),
+    ("backprop uncertain quarter b1024", 0.25, 1024, 1.6e-2, {}),
+    ("backprop uncertain quarter b1024 lr 2.4e-2", 0.25, 1024, 2.4e-2, {}),
+    ("backprop uncertain half lr 3.2e-2", 0.5, 256, 3.2e-2, {}),
+    ("backprop uncertain half lr 2.4e-2 45k images", 0.5, 256, 2.4e-2, {"_train_images": 45_000}),
+    ("backprop uncertain half lr 2.4e-2 40k images", 0.5, 256, 2.4e-2, {"_train_images": 40_000}),
+    ("backprop uncertain half b384 lr 2.4e-2", 0.5, 384, 2.4e-2, {}),
+    ("backprop uncertain half lr 2.4e-2 35k images", 0.5, 256, 2.4e-2, {"_train_images": 35_000}),
+    ("backprop uncertain half lr 3.2e-2 35k images", 0.5, 256, 3.2e-2, {"_train_images": 35_000}),
+    ("backprop uncertain half lr 3.2e-2 30k images", 0.5, 256, 3.2e-2, {"_train_images": 30_000}),
+    ("backprop uncertain third b384 lr 2.4e-2 40k images", 1 / 3, 384, 2.4e-2, {"_train_images": 40_000}),
+    ("backprop uncertain half + TTA", 0.5, 256, 1.6e-2, {"_tta": True}),
+    ("backprop uncertain half b512 + TTA", 0.5, 512, 1.6e-2, {"_tta": True}),
+    ("backprop uncertain quarter b1024 + TTA", 0.25, 1024, 1.6e-2, {"_tta": True}),
+    ("backprop uncertain half 35k images + TTA", 0.5, 256, 1.6e-2, {"_train_images": 35_000, "_tta": True}),
+]
 
 
 def candidates() -> dict[str, tuple[Callable[..., nn.Module], dict]]:
@@ -137,6 +231,31 @@ def candidates() -> dict[str, tuple[Callable[..., nn.Module], dict]]:
         "stride-2 middle 16-32-64": (strided_middle((16, 32, 64)), {"batch_size": 256, "lr": 1.6e-2, **smooth}),
         "whitened frozen stem": (whitened_stem, {"batch_size": 256, "lr": 1.6e-2, **smooth}),
         "16-32-64 b512": (widths(16, 32, 64), {"batch_size": 512, "lr": 2.4e-2, **smooth}),
+        # Stop 25: fewer images (a shorter one-cycle, with and without larger steps), weight averaging,
+        # back-propagating only the uncertain images, a cheaper network rescued by test-time shifts.
+        "35k images": (widths(16, 32, 64), {"batch_size": 256, "lr": 1.6e-2, "_train_images": 35_000, **smooth}),
+        "35k images lr 2.4e-2": (widths(16, 32, 64), {"batch_size": 256, "lr": 2.4e-2, "_train_images": 35_000,
+                                                      **smooth}),
+        "40k images lr 2.4e-2": (widths(16, 32, 64), {"batch_size": 256, "lr": 2.4e-2, "_train_images": 40_000,
+                                                      **smooth}),
+        "25k images": (widths(16, 32, 64), {"batch_size": 256, "lr": 1.6e-2, "_train_images": 25_000, **smooth}),
+        "EMA 0.95": (weight_average(0.95), {"batch_size": 256, "lr": 1.6e-2, **smooth}),
+        "EMA 0.95 35k images": (weight_average(0.95), {"batch_size": 256, "lr": 1.6e-2, "_train_images": 35_000,
+                                                       **smooth}),
+        **{name: (selective(fraction), {"batch_size": batch, "lr": lr, **extra, **smooth})
+           for name, fraction, batch, lr, extra in SELECTIVE},
+        # The same two ideas as mnistlab's own options (TrainConfig.epoch_fraction, backprop_fraction).
+        "80% images uncertain half lr 2.4e-2": (widths(16, 32, 64), {
+            "batch_size": 256, "lr": 2.4e-2, "epoch_fraction": 0.8, "backprop_fraction": 0.5, **smooth}),
+        "70% images uncertain half lr 2.4e-2": (widths(16, 32, 64), {
+            "batch_size": 256, "lr": 2.4e-2, "epoch_fraction": 0.7, "backprop_fraction": 0.5, **smooth}),
+        "80% images lr 2.4e-2": (widths(16, 32, 64), {
+            "batch_size": 256, "lr": 2.4e-2, "epoch_fraction": 0.8, **smooth}),
+        "16-32-64 + TTA": (widths(16, 32, 64), {"batch_size": 256, "lr": 1.6e-2, "_tta": True, **smooth}),
+        "pool first 16-32-64 + TTA": (pool_first((16, 32, 64)), {"batch_size": 256, "lr": 1.6e-2, "_tta": True,
+                                                                  **smooth}),
+        "35k images + TTA": (widths(16, 32, 64), {"batch_size": 256, "lr": 1.6e-2, "_train_images": 35_000,
+                                                  "_tta": True, **smooth}),
     }
 
 

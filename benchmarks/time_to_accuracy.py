@@ -1,6 +1,6 @@
 """Time to 99%: mnistlab's ``fast`` recipe over several seeds, beside the best-known public one-epoch recipe.
 
-    python benchmarks/time_to_accuracy.py [--seeds 5] [--peer-seeds 3] [--precision auto]
+    python benchmarks/time_to_accuracy.py [--seeds 5] [--peer-seeds 3] [--precision auto] [--no-previous]
 
 Training seconds are measured in-process with the data already loaded (the training loop only). The whole
 ``mnistlab train fast`` command (interpreter start, imports, data verification, training, test pass, run
@@ -20,6 +20,9 @@ import torch
 from _common import isolate_registry, load_mnist_numpy, machine, print_table, run_timed, summary, write_json
 from peers import public_one_epoch_model, to_float, train_peer
 
+# `fast` as it was until stop 25: the recipe's values that changed since.
+PREVIOUS_FAST = {"lr": 1.6e-2, "epoch_fraction": 1.0, "backprop_fraction": 1.0}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -27,6 +30,8 @@ def main() -> None:
     parser.add_argument("--peer-seeds", type=int, default=3, help="0 skips the peers")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--commands", type=int, default=3, help="whole-command runs to time (0 skips)")
+    parser.add_argument("--no-previous", dest="previous", action="store_false",
+                        help="skip the recipe before stop 25 (trained seed by seed beside today's)")
     args = parser.parse_args()
     isolate_registry()
 
@@ -36,18 +41,33 @@ def main() -> None:
 
     dataset = load_dataset("mnist")
     results: dict = {"machine": machine(), "fast": {}, "peers": {}}
-    times, accs = [], []
+    # The recipe before stop 25 (a whole epoch, every image back-propagated, max lr 1.6e-2), interleaved
+    # seed by seed with today's so both see the same machine.
+    recipes = {"fast": {}}
+    if args.previous:
+        recipes["fast before stop 25"] = PREVIOUS_FAST
+    seconds: dict[str, list[float]] = {name: [] for name in recipes}
+    accuracies: dict[str, list[float]] = {name: [] for name in recipes}
     for seed in range(args.seeds):
-        with tempfile.TemporaryDirectory() as tmp:
-            run = fit(TrainConfig.for_model("fast", seed=seed, device="cpu", precision=args.precision),
-                      run_dir=Path(tmp) / "r", dataset=dataset)
-        times.append(run.train_seconds)
-        accs.append(run.test.accuracy)
-        print(f"fast seed {seed}: {run.test.accuracy:.4f} in {run.train_seconds:.2f} s", flush=True)
+        for name, overrides in recipes.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                run = fit(TrainConfig.for_model("fast", seed=seed, device="cpu", precision=args.precision,
+                                                **overrides), run_dir=Path(tmp) / "r", dataset=dataset)
+            seconds[name].append(run.train_seconds)
+            accuracies[name].append(run.test.accuracy)
+            print(f"{name} seed {seed}: {run.test.accuracy:.4f} in {run.train_seconds:.2f} s", flush=True)
+    times, accs = seconds["fast"], accuracies["fast"]
     results["fast"] = {"train_seconds": summary(times), "test_accuracy": summary(accs), "per_seed": accs,
                        "precision": run.metrics["precision"]}
     rows = [["mnistlab fast", f"{summary(accs)['mean']:.4f}", f"{min(accs):.4f}",
              f"{summary(times)['median']:.2f}", "1.00x"]]
+    if args.previous:
+        before, before_accs = seconds["fast before stop 25"], accuracies["fast before stop 25"]
+        results["fast_before_stop25"] = {"train_seconds": summary(before), "test_accuracy": summary(before_accs),
+                                         "per_seed": before_accs, "overrides": PREVIOUS_FAST}
+        ratio = summary(before)["median"] / summary(times)["median"]
+        rows.append(["mnistlab fast before stop 25", f"{summary(before_accs)['mean']:.4f}",
+                     f"{min(before_accs):.4f}", f"{summary(before)['median']:.2f}", f"{ratio:.2f}x slower"])
 
     if args.peer_seeds:
         x, y, xt, yt = load_mnist_numpy()

@@ -203,9 +203,17 @@ def test_robust_is_light_then_photometry_and_greys_the_black_a_warp_brings_in() 
     assert (light[~untouched, 0, 0, 0] == 0).all()
     assert (corners > 0).float().mean() > 0.8 and corners.max() <= 0.4 + 0.5
     assert robust.min() >= 0 and robust.max() <= 1                # clamped back into the pixel range
-    photometric_only = AugmentSpec(photometric=1.0, brightness=0.3)
-    flat = augment_batch(torch.zeros(64, 1, 28, 28), spec=photometric_only, generator=torch.Generator().manual_seed(3))
-    assert torch.equal(flat.amin((1, 2, 3)), flat.amax((1, 2, 3)))  # no warp: each image stays one flat grey
+    # A spec with no geometry applies photometry alone: the bar stays where it was (a warp would move its
+    # edges), and every pixel is b + (1 - b) g x with each image's own b and g, as change_photometry draws them.
+    photometric_only = AugmentSpec(photometric=1.0, brightness=0.3, contrast=0.5)
+    bars = bar_image(64)
+    changed = augment_batch(bars, spec=photometric_only, generator=torch.Generator().manual_seed(3))
+    expected = change_photometry(bars, probability=1.0, brightness=0.3, contrast=0.5, noise=0.0,
+                                 generator=torch.Generator().manual_seed(3)).clamp(0, 1)
+    torch.testing.assert_close(changed, expected)
+    paper, ink = changed[:, 0, 0, 0], changed[:, 0, 10, 13]           # (64,): b and b + (1 - b) g per image
+    assert (changed[:, 0] == paper[:, None, None]).sum((1, 2)).eq(28 * 28 - 12 * 4).all()  # the bar alone differs
+    assert (ink > paper).all() and paper.max() <= 0.3 and paper.std() > 0.05
 
 
 def test_a_record_from_before_the_photometric_fields_is_the_same_level() -> None:

@@ -259,6 +259,20 @@ def test_invalid_precision_and_schedule_flags(capsys) -> None:
         TrainConfig.for_model("fast", label_smoothing=1.0)
 
 
+def test_fraction_flags_reach_the_run_and_bad_ones_are_one_line(capsys, tmp_path: Path, tiny_data_dir: Path) -> None:
+    code, _, err = run_cli(capsys, "train", "fast", "--backprop-fraction", "1.5", "--out", str(tmp_path / "bad"))
+    assert_one_line_error(code, err, "--backprop-fraction must be a share in (0, 1], got 1.5")
+    assert not (tmp_path / "bad").exists()
+    code, _, err = run_cli(capsys, "train", "sgd", "--epoch-fraction", "0.5", "--out", str(tmp_path / "bad"))
+    assert_one_line_error(code, err, "--epoch-fraction does not apply to sgd")
+    code, _, err = run_cli(capsys, "train", "mlp", "--epochs", "1", "--epoch-fraction", "0.5", "--backprop-fraction",
+                         "0.25", "--device", "cpu", "--threads", "1", "--data-dir", str(tiny_data_dir),
+                         "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    config = json.loads((tmp_path / "run" / runs.CONFIG_FILE).read_text())
+    assert (config["epoch_fraction"], config["backprop_fraction"]) == (0.5, 0.25)
+
+
 def test_data_show_writes_the_format_its_extension_names(capsys, tmp_path: Path) -> None:
     from PIL import Image
 
@@ -273,6 +287,7 @@ def test_data_show_writes_the_format_its_extension_names(capsys, tmp_path: Path)
 
 def test_summary_shows_the_effective_recipe(capsys) -> None:
     code, out, _ = run_cli(capsys, "summary", "fast")
-    assert code == 0 and "recipe: 1 epochs, batch 256, adam lr 0.016, schedule onecycle" in out
+    assert code == 0 and "recipe: 1 epochs, batch 256, adam lr 0.024, schedule onecycle" in out
+    assert "augment none, epoch fraction 0.8, backprop fraction 0.5, precision auto" in out.replace("\n", " ")
     code, out, _ = run_cli(capsys, "summary", "softmax")
-    assert "rmsprop lr 0.001" in out and "precision fp32, threads 1" in out
+    assert "rmsprop lr 0.001" in out and "precision fp32, threads 1" in out and "fraction" not in out

@@ -92,7 +92,35 @@ def test_wrong_types_from_python_callers_are_one_clear_error(overrides: dict, me
 def test_fast_recipe_is_fixed_in_code() -> None:
     config = TrainConfig.for_model("fast")
     assert (config.epochs, config.batch_size, config.optimizer, config.schedule) == (1, 256, "adam", "onecycle")
-    assert config.lr == 1.6e-2 and config.label_smoothing == 0.1 and config.augment == "none"
+    assert config.lr == 2.4e-2 and config.label_smoothing == 0.1 and config.augment == "none"
+    # since stop 25: 80% of the epoch's images, the uncertain half of each batch back-propagated
+    assert (config.epoch_fraction, config.backprop_fraction) == (0.8, 0.5)
+    # a flag replaces them like any recipe value; the other models keep whole epochs and whole batches
+    assert TrainConfig.for_model("fast", epoch_fraction=1.0, backprop_fraction=1.0).backprop_fraction == 1.0
+    assert (TrainConfig.for_model("cnn").epoch_fraction, TrainConfig.for_model("best").backprop_fraction) == (1, 1)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"epoch_fraction": 0.0}, r"`epoch_fraction` must be a share in \(0, 1\], got 0.0"),
+    ({"epoch_fraction": 1.5}, r"`epoch_fraction` must be a share in \(0, 1\], got 1.5"),
+    ({"backprop_fraction": float("nan")}, r"`backprop_fraction` must be a share in \(0, 1\], got nan"),
+    ({"backprop_fraction": -0.5}, r"`backprop_fraction` must be a share"),
+    ({"backprop_fraction": "0.5"}, "`backprop_fraction` must be a number"),
+    ({"epoch_fraction": True}, "`epoch_fraction` must be a number"),
+])
+def test_bad_fractions_are_one_clear_error(overrides: dict, message: str) -> None:
+    with pytest.raises(MnistlabError, match=message):
+        TrainConfig.for_model("fast", **overrides)
+
+
+def test_fractions_are_for_networks_and_old_configs_read_as_whole() -> None:
+    with pytest.raises(MnistlabError, match="`backprop_fraction` does not apply to sgd"):
+        TrainConfig.for_model("sgd", backprop_fraction=0.5)
+    config = TrainConfig.for_model("fast")
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    # a run saved before stop 25 has neither key: it trained on whole epochs and whole batches
+    old = {key: value for key, value in config.to_dict().items() if key not in ("epoch_fraction", "backprop_fraction")}
+    assert (TrainConfig.from_dict(old).epoch_fraction, TrainConfig.from_dict(old).backprop_fraction) == (1.0, 1.0)
 
 
 def test_best_recipe_is_fixed_in_code_and_augments() -> None:

@@ -22,9 +22,9 @@ from mnistlab.config import TrainConfig
 from mnistlab.data import Split, load_dataset
 from mnistlab.errors import MnistlabError, TrainingInterrupted
 from mnistlab.inference import evaluate_model
-from mnistlab.models import build_model, load_trained_model, weights_bytes
+from mnistlab.models import build_model, load_trained_model, prepare_batch, weights_bytes
 from mnistlab.optim import Adam, KerasRMSprop, SGDMomentum
-from mnistlab.training import EarlyStop, early_stop_epoch, fit
+from mnistlab.training import EarlyStop, early_stop_epoch, fit, least_certain, probe_logits
 
 
 def tiny_config(model: str = "mlp", **overrides) -> TrainConfig:
@@ -869,3 +869,104 @@ def test_resume_refuses_a_run_whose_augmentation_has_changed_since_it_trained(tm
     assert any("does not record its `strong` augmentation" in m for m in resume_with(None, 3))
     assert json.loads(path.read_text())["augmentation"] is None  # still unknown after resuming
     assert any("does not record its `strong` augmentation" in m for m in resume_with(None, 4))
+
+
+# ------------------------------------------------------------------ fewer images, selective backprop (stop 25)
+def test_least_certain_picks_the_lowest_top_probabilities_in_row_order() -> None:
+    """Oracle: numpy's softmax and a stable argsort of each row's top probability."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(37, 10)).astype(np.float32) * 3
+    logits[5] = logits[9] = logits[20]  # three rows tie: the lower rows go first
+    top = np.exp(logits - logits.max(1, keepdims=True))
+    top = (top / top.sum(1, keepdims=True)).max(1)
+    for fraction in (0.5, 0.25, 1 / 3, 0.01, 1.0):
+        count = max(1, round(37 * fraction))
+        want = np.sort(np.argsort(top, kind="stable")[:count])
+        got = least_certain(torch.from_numpy(logits), fraction)
+        assert got.tolist() == want.tolist(), fraction
+    # the ties at rows 5, 9 and 20: asking for exactly as many rows as come before and among them
+    order = np.argsort(top, kind="stable")
+    cut = int(np.where(order == 9)[0][0])
+    assert 9 in least_certain(torch.from_numpy(logits), (cut + 1) / 37).tolist()
+    assert 20 not in least_certain(torch.from_numpy(logits), (cut + 1) / 37).tolist()
+
+
+def test_a_probe_leaves_the_model_as_it_was() -> None:
+    """BatchNorm's running statistics, its batch counter and the training flag are untouched, and the
+    logits are the eval-mode ones (running statistics, not the batch's)."""
+    torch.manual_seed(0)
+    model = build_model("fast")
+    model.train()
+    images = prepare_batch(torch.randint(0, 256, (16, 28, 28), dtype=torch.uint8))
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    logits = probe_logits(model, images, autocast=torch.autocast("cpu", enabled=False))
+    assert model.training and not logits.requires_grad
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(images))
+
+
+def test_selective_backprop_trains_on_the_uncertain_half_of_each_batch(tmp_path: Path, tiny_data_dir: Path) -> None:
+    """Oracle: the same two epochs written out here with torch.optim.SGD (mnistlab's sgd: momentum 0.9, the
+    first buffer the gradient itself): each epoch the first 75% of the seeded shuffle, each batch scored in
+    eval mode, numpy's choice of the 16 of 32 rows with the lowest top probability, one step on those rows.
+    The weights and BatchNorm's running statistics must agree to the bit (a probe that moved them, a
+    selection off by one row or a wrong count of steps would not)."""
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    config = tiny_config("fast", epochs=2, optimizer="sgd", lr=0.05, schedule="constant", precision="fp32",
+                         label_smoothing=0.1, epoch_fraction=0.75, backprop_fraction=0.5, threads=1)
+    seen: list[tuple[int, int]] = []
+
+    class Steps(TrainObserver):
+        def on_step(self, *, step: int, steps: int, running) -> None:  # type: ignore[no-untyped-def]
+            seen.append((step, steps))
+
+    result = fit(config, run_dir=tmp_path / "run", dataset=dataset, callbacks=[Steps()])
+    assert seen == [(step, 6) for step in range(1, 7)] * 2  # 192 of the 256 images in batches of 32
+
+    torch.manual_seed(0)
+    # channels-last as fit lays out a convnet, so both run the same kernels and agree to the bit
+    model = build_model("fast").to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    shuffle = torch.Generator().manual_seed(0)
+    images, labels = torch.from_numpy(np.array(dataset.train.images)), torch.from_numpy(
+        np.array(dataset.train.labels)).long()
+    for _ in range(2):
+        order = torch.randperm(256, generator=shuffle)[:192]
+        for step in range(6):
+            index = order[step * 32:(step + 1) * 32]
+            x, y = prepare_batch(images[index], channels_last=True), labels[index]
+            model.eval()
+            with torch.no_grad():
+                top = torch.softmax(model(x), dim=1).amax(dim=1).numpy()
+            pick = torch.from_numpy(np.sort(np.argsort(top, kind="stable")[:16]))
+            model.train()
+            loss = torch.nn.functional.cross_entropy(model(x[pick]), y[pick], label_smoothing=0.1)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    trained, _ = load_trained_model(result.run_dir)
+    for (name, want), got in zip(model.state_dict().items(), trained.state_dict().values(), strict=True):
+        assert torch.equal(got, want), name
+    config_json = json.loads((result.run_dir / runs.CONFIG_FILE).read_text())
+    assert (config_json["epoch_fraction"], config_json["backprop_fraction"]) == (0.75, 0.5)
+
+
+def test_a_selective_run_resumes_bit_exactly(tmp_path: Path, tiny_data_dir: Path) -> None:
+    """Two epochs, then one more by resume, against three straight: the selection has no random stream of
+    its own, so the continued run is the same bits."""
+    from mnistlab.training import resume
+
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    config = tiny_config("fast", precision="fp32", schedule="constant", epoch_fraction=0.5, backprop_fraction=0.25,
+                         threads=1)
+    straight = fit(config, run_dir=tmp_path / "straight", dataset=dataset)
+    fit(dataclasses.replace(config, epochs=2), run_dir=tmp_path / "split", dataset=dataset)
+    resumed = resume(tmp_path / "split", changes={"epochs": 3}, dataset=dataset)
+    assert resumed.history[-1].loss == straight.history[-1].loss
+    a, _ = load_trained_model(straight.run_dir)
+    b, _ = load_trained_model(resumed.run_dir)
+    for (name, want), got in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(got, want), name

@@ -395,7 +395,8 @@ def _temperature_scaling(scored: RunScores) -> dict[str, Any] | None:
 
 
 TRAINING_SETTINGS = ("epochs", "batch_size", "optimizer", "lr", "schedule", "label_smoothing", "augment",
-                     "weight_decay", "seed", "val_split", "precision", "device", "threads", "options", "dataset",
+                     "weight_decay", "epoch_fraction", "backprop_fraction", "seed", "val_split", "precision",
+                     "device", "threads", "options", "dataset",
                      "data_dir", "init_from")
 
 

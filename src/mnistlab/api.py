@@ -124,6 +124,8 @@ def train(
     label_smoothing: float | None = None,
     augment: str | None = None,
     weight_decay: float | None = None,
+    epoch_fraction: float | None = None,
+    backprop_fraction: float | None = None,
     options: dict[str, Any] | None = None,
     init_from: str | int | os.PathLike[str] | None = None,
     run_dir: str | os.PathLike[str] | None = None,
@@ -147,9 +149,12 @@ def train(
     ``early_stop=PATIENCE`` stops once ``monitor`` has not improved for that many epochs (Keras' EarlyStopping;
     needs ``val_split``) and keeps the best epoch's weights in ``best.safetensors``. ``options`` are a classical
     model's hyper-parameters, or a network schedule's (``{"patience": 3}`` for ``schedule="plateau"``);
-    ``weight_decay`` is Adam's decoupled weight decay (AdamW). ``init_from=RUN`` (a run directory or id)
-    fine-tunes: the network starts from that run's weights (best where it kept them) instead of its seeded
-    initialisation; the architecture must be the same, the data and recipe may differ. ``tensorboard=DIR``
+    ``weight_decay`` is Adam's decoupled weight decay (AdamW). ``epoch_fraction`` (0, 1] trains each epoch on
+    that share of the images; ``backprop_fraction`` (0, 1] trains each step on that share of its batch, the
+    images the model is least sure of (selective backprop; ``fast`` uses 0.8 and 0.5). ``init_from=RUN`` (a run
+    directory or id) fine-tunes: the network starts from that run's weights (best where it kept them) instead
+    of its seeded initialisation; the architecture must be the same, the data and recipe may differ.
+    ``tensorboard=DIR``
     logs the run to ``DIR/<run folder name>`` (:class:`mnistlab.tensorboard.TensorBoardLogger`; the optional
     ``mnistlab[tensorboard]`` extra). ``val_method="sklearn"``
     (classical models) cuts the validation split with scikit-learn's ``train_test_split``, as the tutorial's SGD
@@ -171,7 +176,8 @@ def train(
         name, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, seed=seed, val_split=val_split,
         dataset=loaded.name if loaded else str(dataset), data_dir=str(data_dir) if data_dir is not None else None,
         device=device, threads=threads, precision=precision, schedule=schedule, label_smoothing=label_smoothing,
-        augment=augment, weight_decay=weight_decay, **({"options": options} if options else {}),
+        augment=augment, weight_decay=weight_decay, epoch_fraction=epoch_fraction,
+        backprop_fraction=backprop_fraction, **({"options": options} if options else {}),
         init_from=None if init_from is None else str(resolve_run_dir(init_from, registry=registry).resolve()),
         **({"val_method": val_method} if val_method != "mnistlab" else {}),
     )

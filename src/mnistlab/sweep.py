@@ -62,6 +62,8 @@ GRID_KEYS: dict[str, tuple[str, type]] = {
     "label-smoothing": ("label_smoothing", float),
     "augment": ("augment", str),
     "weight-decay": ("weight_decay", float),
+    "epoch-fraction": ("epoch_fraction", float),
+    "backprop-fraction": ("backprop_fraction", float),
 }
 
 
@@ -226,7 +228,8 @@ def plan_sweep(model: str, *, seeds: Sequence[int], grid: Mapping[str, Sequence[
 
 
 _CONFIG_KEYS = ("epochs", "batch_size", "optimizer", "lr", "val_split", "device", "precision", "schedule",
-                "label_smoothing", "augment", "weight_decay", "options", "dataset", "data_dir", "val_method")
+                "label_smoothing", "augment", "weight_decay", "epoch_fraction", "backprop_fraction", "options",
+                "dataset", "data_dir", "val_method")
 
 
 def _config(model: str, keywords: Mapping[str, Any], *, seed: int, threads: int) -> TrainConfig:

@@ -548,9 +548,19 @@ class _Loop:
     net: nn.Module | None = None   # what the steps call: ``model`` under DistributedDataParallel, or ``model``
 
     @property
+    def images(self) -> int:
+        """Training images per epoch (:func:`images_per_epoch`)."""
+        return images_per_epoch(int(self.x_train.shape[0]), self.config.epoch_fraction)
+
+    @property
     def steps(self) -> int:
         """Optimizer steps per epoch (the last batch may be smaller)."""
-        return math.ceil(int(self.x_train.shape[0]) / self.config.batch_size)
+        return math.ceil(self.images / self.config.batch_size)
+
+
+def images_per_epoch(count: int, fraction: float) -> int:
+    """How many of ``count`` training images an epoch visits at ``epoch_fraction`` ``fraction`` (at least one)."""
+    return count if fraction >= 1.0 else max(1, round(count * fraction))
 
 
 def _setup(config: TrainConfig, dataset: Dataset, device: torch.device, train_idx: np.ndarray,
@@ -575,7 +585,7 @@ def _setup(config: TrainConfig, dataset: Dataset, device: torch.device, train_id
     channels_last = is_convolutional(model)
     model = to_device(model, device)
     optimizer = build_optimizer(config.optimizer, model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps = math.ceil(int(x_train.shape[0]) / config.batch_size)
+    steps = math.ceil(images_per_epoch(int(x_train.shape[0]), config.epoch_fraction) / config.batch_size)
     schedule = build_schedule(config.schedule, optimizer, lr=config.lr, total_steps=config.epochs * steps,
                               options=config.options)
     digests = {name: split_sha256(dataset.split(name)) for name in ("train", "test")}
@@ -673,10 +683,11 @@ def _train_epoch(loop: _Loop, hooks: Callback) -> tuple[float, float]:
     :mod:`mnistlab.fastpath` (same shuffle, same numbers within fp32 rounding, about half the time or less);
     everything else, autograd.
     """
-    dense = fastpath.dense_layers(loop.model, loop.optimizer) if loop.ddp is None and loop.augment.is_identity else None
+    plain = loop.ddp is None and loop.augment.is_identity and loop.config.backprop_fraction == 1.0
+    dense = fastpath.dense_layers(loop.model, loop.optimizer) if plain else None
     if dense is None:
         return _train_epoch_autograd(loop, hooks)
-    order = torch.randperm(int(loop.x_train.shape[0]), generator=loop.shuffle, device=loop.device)
+    order = torch.randperm(int(loop.x_train.shape[0]), generator=loop.shuffle, device=loop.device)[:loop.images]
     return fastpath.train_epoch(
         dense, optimizer=loop.optimizer, schedule=loop.schedule, images=loop.x_train, labels=loop.y_train,
         order=order, batch_size=loop.config.batch_size, label_smoothing=loop.config.label_smoothing,
@@ -684,12 +695,38 @@ def _train_epoch(loop: _Loop, hooks: Callback) -> tuple[float, float]:
         on_step=lambda step, steps, running: hooks.on_step(step=step, steps=steps, running=running))
 
 
+def probe_logits(model: nn.Module, inputs: torch.Tensor, *, autocast: Any) -> torch.Tensor:
+    """A batch's logits without gradients and in eval mode: BatchNorm uses its running statistics and does not
+    update them, so probing leaves the model's state as it was."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), autocast:
+            return model(inputs)
+    finally:
+        model.train(was_training)
+
+
+def least_certain(logits: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Row indices of the ``fraction`` of a batch (at least one row) whose top softmax probability is lowest,
+    in ascending row order so the batch keeps its shuffled order. The labels are not used: the measure is the
+    model's own doubt, which needs no loss. Ties go to the lower row (a stable sort makes that explicit)."""
+    count = max(1, round(int(logits.shape[0]) * fraction))
+    if count >= int(logits.shape[0]):
+        return torch.arange(int(logits.shape[0]), device=logits.device)
+    top = logits.float().softmax(dim=1).amax(dim=1)                                     # (B,)
+    order = torch.sort(top, stable=True).indices
+    return torch.sort(order[:count]).values
+
+
 def _train_epoch_autograd(loop: _Loop, hooks: Callback) -> tuple[float, float]:
     """:func:`_train_epoch` through autograd: every model, and the oracle the fast path is tested against."""
     config, model, optimizer, ddp = loop.config, loop.net or loop.model, loop.optimizer, loop.ddp
     autocast = torch.autocast(device_type=loop.device.type, dtype=torch.bfloat16, enabled=loop.precision == "bf16")
     model.train()
-    order = torch.randperm(int(loop.x_train.shape[0]), generator=loop.shuffle, device=loop.device)
+    # The whole permutation is drawn (the shuffle stream stays the same at any epoch_fraction); its first
+    # loop.images entries are this epoch's images.
+    order = torch.randperm(int(loop.x_train.shape[0]), generator=loop.shuffle, device=loop.device)[:loop.images]
     meter = RunningMeans(loop.device)
     steps = loop.steps
     # A rank prepares only its share; augmenting, it warps the whole global batch (the same draws as a single
@@ -704,16 +741,28 @@ def _train_epoch_autograd(loop: _Loop, hooks: Callback) -> tuple[float, float]:
         if whole:
             inputs = inputs[start:stop]                                                 # (B, 1, 28, 28)
         targets = loop.y_train[rows]                                                    # (B,)
+        probe = None
+        if config.backprop_fraction < 1.0:
+            # The bare module, not DDP's wrapper: a probe must not broadcast buffers or prepare a reduction.
+            probe = probe_logits(loop.model, inputs, autocast=autocast)
+            pick = least_certain(probe, config.backprop_fraction)
+            inputs, trained = inputs[pick], targets[pick]                               # (b, 1, 28, 28), (b,)
+        else:
+            trained = targets
         with autocast:
-            logits = model(inputs)                                                      # (B, 10)
-            loss = F.cross_entropy(logits, targets, label_smoothing=config.label_smoothing)
+            logits = model(inputs)                                                      # (b, 10)
+            loss = F.cross_entropy(logits, trained, label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         (loss if factor == 1.0 else loss * factor).backward()  # DDP's mean of these = the global mean gradient
         optimizer.step()
         if loop.schedule is not None:
             loop.schedule.step()
         if factor:
-            meter.add(loss, logits, targets)
+            if probe is None:
+                meter.add(loss, logits, trained)
+            else:  # the whole batch as the probe saw it, not only the uncertain rows it trained on
+                meter.add(F.cross_entropy(probe.float(), targets, label_smoothing=config.label_smoothing),
+                          probe, targets)
         hooks.on_step(step=step + 1, steps=steps, running=meter.read)
     if ddp is not None:
         return distributed.reduce_means(ddp, meter.loss_sum, meter.correct, meter.seen)

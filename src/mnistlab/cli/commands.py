@@ -126,6 +126,7 @@ def _train_and_print(args: argparse.Namespace, options: dict[str, Any], console:
         seed=args.seed or 0, val_split=args.val_split or 0.0, device=args.device or "auto", threads=args.threads,
         dataset=args.dataset or "mnist", data_dir=args.data_dir, precision=args.precision, schedule=args.schedule,
         label_smoothing=args.label_smoothing, augment=args.augment, weight_decay=args.weight_decay,
+        epoch_fraction=args.epoch_fraction, backprop_fraction=args.backprop_fraction,
         options=options or None, run_dir=args.out,
         registry=args.registry, progress=False, callbacks=[progress], early_stop=args.early_stop,
         monitor=args.monitor or "val_loss", init_from=args.init_from, tensorboard=args.tensorboard,
@@ -152,8 +153,8 @@ def _train_resume(args: argparse.Namespace) -> int:
     changes = {"model": args.model, "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": args.lr,
                "seed": args.seed, "val_split": args.val_split, "precision": args.precision,
                "schedule": args.schedule, "label_smoothing": args.label_smoothing, "dataset": args.dataset,
-               "augment": args.augment,
-               "weight_decay": args.weight_decay}
+               "augment": args.augment, "weight_decay": args.weight_decay,
+               "epoch_fraction": args.epoch_fraction, "backprop_fraction": args.backprop_fraction}
     console = render.console()
     run = api.resume(args.resume, epochs=args.epochs, threads=args.threads, device=args.device,
                      data_dir=args.data_dir, changes=changes, registry=args.registry, progress="auto",

@@ -116,6 +116,13 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--weight-decay", type=float,
                        help="decoupled weight decay for --optimizer adam (AdamW, as torch.optim.AdamW); default 0")
     train.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing in [0, 1)")
+    train.add_argument("--epoch-fraction", type=float, metavar="F",
+                       help="train each epoch on this share (0, 1] of the shuffled images (default: the recipe's: "
+                            "fast 0.8, the others 1)")
+    train.add_argument("--backprop-fraction", type=float, metavar="F",
+                       help="selective backprop: each step scores its batch without gradients and trains on this "
+                            "share (0, 1] of it, the images the model is least sure of (default: the recipe's: "
+                            "fast 0.5, the others 1)")
     train.add_argument("--augment", choices=AUGMENT_NAMES,
                        help="random changes of each batch: light (slant, size, position), strong (+ elastic, "
                             "stroke width), robust (light + grey background, faded ink, sensor noise); default: "
@@ -154,7 +161,8 @@ def _sweep_parser(commands: argparse._SubParsersAction) -> None:
     sweep.add_argument("--seeds", default="0", help="seeds to run each configuration with: 0-9, 0,3,7 (default 0)")
     sweep.add_argument("--grid", action="extend", nargs="+", metavar="KEY=V1,V2",
                        help="settings to sweep, by train's flag names: epochs, batch-size, optimizer, lr, val-split, "
-                            "precision, schedule, label-smoothing, augment, weight-decay (all combinations)")
+                            "precision, schedule, label-smoothing, augment, weight-decay, epoch-fraction, "
+                            "backprop-fraction (all combinations)")
     sweep.add_argument("--option", action="append", metavar="KEY=VALUE",
                        help="a classical model's hyper-parameter, or a schedule's, for every trial (repeatable)")
     sweep.add_argument("--epochs", type=int, help="for every trial (default: the recipe's)")

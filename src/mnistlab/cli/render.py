@@ -106,8 +106,12 @@ def recipe_line(info: ModelInfo) -> str:
     r = info.recipe
     lr = r.lr if r.lr is not None else DEFAULT_LR[r.optimizer]
     threads = "all cores" if r.threads is None else str(r.threads)
+    shares = "".join(f", {name} {value:g}" for name, value in (("epoch fraction", r.epoch_fraction),
+                                                                 ("backprop fraction", r.backprop_fraction))
+                     if value != 1.0)  # shown only where a recipe uses them
     return (f"recipe: {r.epochs} epochs, batch {r.batch_size}, {r.optimizer} lr {lr:g}, schedule {r.schedule}, "
-            f"label smoothing {r.label_smoothing:g}, augment {r.augment}, precision {r.precision}, threads {threads}")
+            f"label smoothing {r.label_smoothing:g}, augment {r.augment}{shares}, precision {r.precision}, "
+            f"threads {threads}")
 
 
 def model_summary(out: Console, summary: ModelSummary, info: ModelInfo) -> None:
