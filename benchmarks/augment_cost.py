@@ -61,12 +61,23 @@ def main() -> None:
         for level in levels:
             times[level].append(steps(level))
     stats = {level: summary(values) for level, values in times.items()}
+    # The transform alone, on one batch, without the training step around it (what the step figures include).
+    batch = prepare_batch(images[:args.batch_size], channels_last=True)
+    alone: dict[str, float] = {}
+    for level in levels:
+        spec = spec_for(level)
+        started = time.perf_counter()
+        for _ in range(200):
+            augment_batch(batch, spec=spec, generator=generator)
+        alone[level] = 1000 * (time.perf_counter() - started) / 200
     base = stats["none"]["median"]
-    rows = [[level, f"{s['median']:.2f}", f"{100 * (s['median'] / base - 1):+.1f}%"] for level, s in stats.items()]
-    print_table(["augment", "median ms/step", "cost vs none"], rows)
+    rows = [[level, f"{s['median']:.2f}", f"{100 * (s['median'] / base - 1):+.1f}%", f"{alone[level]:.3f}"]
+            for level, s in stats.items()]
+    print_table(["augment", "median ms/step", "cost vs none", "transform alone, ms/batch"], rows)
     write_json("augment_cost", {"machine": machine(), "bf16": bf16, "batch_size": args.batch_size, "steps": args.steps,
                                 "repeats": args.repeats, "ms_per_step": stats,
                                 "overhead": {level: stats[level]["median"] / base - 1 for level in levels},
+                                "transform_alone_ms": alone,
                                 "command": "python benchmarks/augment_cost.py"})
 
 

@@ -92,7 +92,7 @@ def main() -> None:
         replaced = results["candidates"].get(name)
         if replaced is not None and replaced.get("machine", {}).get("cpu") != this_machine["cpu"]:
             # Another machine's figures (RESULTS.md cites them) are kept under their own key, not lost.
-            results["candidates"][f"{name} [{replaced.get('machine', {}).get('cpu', 'earlier machine')}]"] = replaced
+            results["candidates"][f"{name} [{replaced.get('machine', {}).get('cpu', 'earlier run')}]"] = replaced
         results["candidates"][name] = {"train_seconds": seconds, "val_accuracy": accuracy, "machine": this_machine,
                                        **{"epochs": args.epochs, **table[name][1]}}
         rows.append([name, f"{statistics.fmean(accuracy):.4f}", f"{min(accuracy):.4f}",

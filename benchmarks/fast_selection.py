@@ -268,8 +268,9 @@ def main() -> None:
 
     table = candidates()
     chosen = args.candidates.split(",") if args.candidates else list(table)
+    started = machine()  # before the runs, so its load average is the machine's, not the script's own
     scores = score_candidates("fast", table, chosen, seeds=args.seeds)
-    rows, results = [], {"machine": machine(), "candidates": {}}
+    rows, results = [], {"machine": started, "candidates": {}}
     for name in chosen:
         seconds = [s for s, _ in scores[name]]
         accuracy = [a for _, a in scores[name]]

@@ -48,17 +48,19 @@ def main() -> None:
         recipes["fast before stop 25"] = PREVIOUS_FAST
     seconds: dict[str, list[float]] = {name: [] for name in recipes}
     accuracies: dict[str, list[float]] = {name: [] for name in recipes}
+    precisions: dict[str, str] = {}
     for seed in range(args.seeds):
         for name, overrides in recipes.items():
             with tempfile.TemporaryDirectory() as tmp:
                 run = fit(TrainConfig.for_model("fast", seed=seed, device="cpu", precision=args.precision,
                                                 **overrides), run_dir=Path(tmp) / "r", dataset=dataset)
             seconds[name].append(run.train_seconds)
+            precisions[name] = run.metrics["precision"]
             accuracies[name].append(run.test.accuracy)
             print(f"{name} seed {seed}: {run.test.accuracy:.4f} in {run.train_seconds:.2f} s", flush=True)
     times, accs = seconds["fast"], accuracies["fast"]
     results["fast"] = {"train_seconds": summary(times), "test_accuracy": summary(accs), "per_seed": accs,
-                       "precision": run.metrics["precision"]}
+                       "precision": precisions["fast"]}
     rows = [["mnistlab fast", f"{summary(accs)['mean']:.4f}", f"{min(accs):.4f}",
              f"{summary(times)['median']:.2f}", "1.00x"]]
     if args.previous:

@@ -9,6 +9,7 @@ import torch
 from mnistlab.augment import (
     LEVELS,
     AugmentSpec,
+    affine_grid,
     augment_batch,
     change_photometry,
     change_strokes,
@@ -251,3 +252,14 @@ def test_record_differences_name_each_change_and_fill_fields_the_record_lacks() 
     assert record_differences({}, "none") == ["revision 0 -> 1"]
     with pytest.raises(MnistlabError, match="recorded augmentation is not an object"):
         record_differences("strong", strong)
+
+
+@pytest.mark.parametrize("h, w", [(28, 28), (28, 20), (7, 11)])
+def test_the_broadcast_affine_grid_is_torchs(h: int, w: int) -> None:
+    """Oracle: F.affine_grid (align_corners=False), which the warp used before; the same grid to fp32 rounding,
+    so a run that resumes across the change continues with the same transform."""
+    import torch.nn.functional as F
+
+    theta = torch.randn(16, 2, 3, generator=torch.Generator().manual_seed(0))
+    want = F.affine_grid(theta, [16, 1, h, w], align_corners=False)
+    torch.testing.assert_close(affine_grid(theta, h, w), want, rtol=0, atol=2e-6)

@@ -235,6 +235,24 @@ def test_nproc_resumes_under_ddp_bit_exactly(world: dict[str, Path], single: dic
     _audit(world)
 
 
+def test_selective_backprop_chooses_over_the_global_batch(world: dict[str, Path], data_dir: Path,
+                                                          tmp_path: Path) -> None:
+    """Two ranks choose the uncertain half of each *global* batch, as one process does: the trajectory of the
+    same run in one process (the short last batch of one sample leaves rank 1 an empty share)."""
+    import mnistlab
+
+    flags = ("--backprop-fraction", "0.5", "--epoch-fraction", "0.9")
+    out = world["root"] / "selective"
+    done = _torchrun(world, *_train_args(world, out), *flags)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = mnistlab.train("mlp", epochs=1, batch_size=BATCH, precision="fp32", data_dir=data_dir,
+                         run_dir=tmp_path / "one", registry=False, progress=False, threads=1,
+                         backprop_fraction=0.5, epoch_fraction=0.9)
+    assert _max_diff(out, one.path) <= 1e-4
+    assert abs(_metrics(out)["test_accuracy"] - _metrics(one.path)["test_accuracy"]) <= 0.001
+    _audit(world)
+
+
 def test_sigterm_to_the_torchrun_group_leaves_a_consistent_run(world: dict[str, Path]) -> None:
     out = world["root"] / "stopped"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",

@@ -574,8 +574,8 @@ def test_training_never_imports_torch_dynamo(tiny_data_dir: Path, tmp_path: Path
 
 
 def test_fast_on_a_fraction_of_an_epoch_of_real_mnist(tmp_path: Path, mnist) -> None:
-    """A fifth of the training set in one one-cycle pass (batch 64, so that the schedule still has ~190 steps):
-    the recipe is already far past what a linear model reaches."""
+    """A fifth of the training set in one one-cycle pass (batch 64: 80% of the 12,000 images is 150 steps, each
+    back-propagating its 32 least certain images): the recipe is already far past what a linear model reaches."""
     subset = mnist.train.subset(slice(0, 12_000))
     small = dataclasses.replace(mnist, splits={"train": Split(subset.images, subset.labels), "test": mnist.test})
     result = fit(TrainConfig.for_model("fast", batch_size=64, device="cpu"), run_dir=tmp_path / "fast",
@@ -908,14 +908,29 @@ def test_a_probe_leaves_the_model_as_it_was() -> None:
         torch.testing.assert_close(logits, model(images))
 
 
-def test_selective_backprop_trains_on_the_uncertain_half_of_each_batch(tmp_path: Path, tiny_data_dir: Path) -> None:
+def test_a_onecycle_spans_the_steps_an_epoch_fraction_leaves(tmp_path: Path, tiny_data_dir: Path) -> None:
+    """Half of 256 images an epoch is 4 steps of 32, as a whole epoch over 128 images is: the one-cycle must
+    span the same 8 steps in both, warming up and annealing to the same learning rate at every epoch's end."""
+    dataset = load_dataset(data_dir=tiny_data_dir)
+    half = dataset.train.subset(slice(0, 128))
+    small = dataclasses.replace(dataset, splits={"train": Split(half.images, half.labels), "test": dataset.test})
+    config = tiny_config("fast", epochs=2, precision="fp32", threads=1, backprop_fraction=1.0)
+    fraction = fit(dataclasses.replace(config, epoch_fraction=0.5), run_dir=tmp_path / "a", dataset=dataset)
+    whole = fit(dataclasses.replace(config, epoch_fraction=1.0), run_dir=tmp_path / "b", dataset=small)
+    assert [row.lr for row in fraction.history] == [row.lr for row in whole.history]
+    assert fraction.history[-1].lr < 1e-3 * config.lr  # annealed: the schedule really ended
+
+
+@pytest.mark.parametrize("model", ["fast", "mlp"])
+def test_selective_backprop_trains_on_the_uncertain_half_of_each_batch(tmp_path: Path, tiny_data_dir: Path,
+                                                                       model: str) -> None:
     """Oracle: the same two epochs written out here with torch.optim.SGD (mnistlab's sgd: momentum 0.9, the
     first buffer the gradient itself): each epoch the first 75% of the seeded shuffle, each batch scored in
     eval mode, numpy's choice of the 16 of 32 rows with the lowest top probability, one step on those rows.
     The weights and BatchNorm's running statistics must agree to the bit (a probe that moved them, a
     selection off by one row or a wrong count of steps would not)."""
     dataset = load_dataset(data_dir=tiny_data_dir)
-    config = tiny_config("fast", epochs=2, optimizer="sgd", lr=0.05, schedule="constant", precision="fp32",
+    config = tiny_config(model, epochs=2, optimizer="sgd", lr=0.05, schedule="constant", precision="fp32",
                          label_smoothing=0.1, epoch_fraction=0.75, backprop_fraction=0.5, threads=1)
     seen: list[tuple[int, int]] = []
 
@@ -927,9 +942,12 @@ def test_selective_backprop_trains_on_the_uncertain_half_of_each_batch(tmp_path:
     assert seen == [(step, 6) for step in range(1, 7)] * 2  # 192 of the 256 images in batches of 32
 
     torch.manual_seed(0)
-    # channels-last as fit lays out a convnet, so both run the same kernels and agree to the bit
-    model = build_model("fast").to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    # channels-last as fit lays out a convnet, so both run the same kernels and agree to the bit. The MLP
+    # would take the dense fast path without selection: agreeing here shows it took the selective one.
+    convolutional = model == "fast"
+    layout = torch.channels_last if convolutional else torch.contiguous_format
+    net = build_model(model).to(memory_format=layout)  # type: ignore[call-overload]
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
     shuffle = torch.Generator().manual_seed(0)
     images, labels = torch.from_numpy(np.array(dataset.train.images)), torch.from_numpy(
         np.array(dataset.train.labels)).long()
@@ -937,18 +955,18 @@ def test_selective_backprop_trains_on_the_uncertain_half_of_each_batch(tmp_path:
         order = torch.randperm(256, generator=shuffle)[:192]
         for step in range(6):
             index = order[step * 32:(step + 1) * 32]
-            x, y = prepare_batch(images[index], channels_last=True), labels[index]
-            model.eval()
+            x, y = prepare_batch(images[index], channels_last=convolutional), labels[index]
+            net.eval()
             with torch.no_grad():
-                top = torch.softmax(model(x), dim=1).amax(dim=1).numpy()
+                top = torch.softmax(net(x), dim=1).amax(dim=1).numpy()
             pick = torch.from_numpy(np.sort(np.argsort(top, kind="stable")[:16]))
-            model.train()
-            loss = torch.nn.functional.cross_entropy(model(x[pick]), y[pick], label_smoothing=0.1)
+            net.train()
+            loss = torch.nn.functional.cross_entropy(net(x[pick]), y[pick], label_smoothing=0.1)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
     trained, _ = load_trained_model(result.run_dir)
-    for (name, want), got in zip(model.state_dict().items(), trained.state_dict().values(), strict=True):
+    for (name, want), got in zip(net.state_dict().items(), trained.state_dict().values(), strict=True):
         assert torch.equal(got, want), name
     config_json = json.loads((result.run_dir / runs.CONFIG_FILE).read_text())
     assert (config_json["epoch_fraction"], config_json["backprop_fraction"]) == (0.75, 0.5)

@@ -151,7 +151,8 @@ def train(
     model's hyper-parameters, or a network schedule's (``{"patience": 3}`` for ``schedule="plateau"``);
     ``weight_decay`` is Adam's decoupled weight decay (AdamW). ``epoch_fraction`` (0, 1] trains each epoch on
     that share of the images; ``backprop_fraction`` (0, 1] trains each step on that share of its batch, the
-    images the model is least sure of (selective backprop; ``fast`` uses 0.8 and 0.5). ``init_from=RUN`` (a run
+    images the model is least sure of (selective backprop; ``fast`` uses 0.8 and 0.5; the history's training
+    loss and accuracy are then the scoring pass's, over the whole batch before the step). ``init_from=RUN`` (a run
     directory or id) fine-tunes: the network starts from that run's weights (best where it kept them) instead
     of its seeded initialisation; the architecture must be the same, the data and recipe may differ.
     ``tensorboard=DIR``

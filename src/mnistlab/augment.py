@@ -120,6 +120,20 @@ def spec_for(name: str) -> AugmentSpec:
     return LEVELS[name]
 
 
+def affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``F.affine_grid(theta, [B, 1, h, w], align_corners=False)`` (B, h, w, 2), computed by broadcasting.
+
+    torch's version multiplies a (h*w, 3) grid by every (3, 2) matrix through a batched matmul, which on the CPU
+    took 1.6 ms for a batch of 200 (70% of light augmentation); two multiply-adds per coordinate take a tenth of
+    that. Pixel centres in normalised coordinates, as align_corners=False places them: (2i + 1) / n - 1.
+    """
+    xs = (torch.arange(w, device=theta.device, dtype=theta.dtype) * 2 + 1) / w - 1                  # (W,)
+    ys = (torch.arange(h, device=theta.device, dtype=theta.dtype) * 2 + 1) / h - 1                  # (H,)
+    t = theta.unsqueeze(-1).unsqueeze(-1)                                                            # (B, 2, 3, 1, 1)
+    grid = t[:, :, 0] * xs + t[:, :, 1] * ys.unsqueeze(-1) + t[:, :, 2]                              # (B, 2, H, W)
+    return grid.permute(0, 2, 3, 1)                                                                  # (B, H, W, 2)
+
+
 def warp(batch: torch.Tensor, *, rotation: torch.Tensor, scale: torch.Tensor, shear: torch.Tensor,
          translate: torch.Tensor, displacement: torch.Tensor | None = None) -> torch.Tensor:
     """Apply per-image affine transforms (and an optional elastic field) to ``batch`` (B, 1, H, W) float.
@@ -139,7 +153,7 @@ def warp(batch: torch.Tensor, *, rotation: torch.Tensor, scale: torch.Tensor, sh
     inverse = torch.linalg.inv(forward)
     shift = torch.stack([2.0 * translate[:, 0] / w, 2.0 * translate[:, 1] / h], -1)                 # (B, 2)
     theta = torch.cat([inverse, -(inverse @ shift.unsqueeze(-1))], dim=2)                            # (B, 2, 3)
-    grid = F.affine_grid(theta.to(batch.dtype), [b, 1, h, w], align_corners=False)                   # (B, H, W, 2)
+    grid = affine_grid(theta.to(batch.dtype), h, w)                                                  # (B, H, W, 2)
     if displacement is not None:
         grid = grid + displacement * torch.tensor([2.0 / w, 2.0 / h], device=batch.device, dtype=batch.dtype)
     return F.grid_sample(batch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -114,8 +114,9 @@ MODELS: dict[str, ModelInfo] = {
     # Chosen on a validation split of the training set (train[:50k] -> train[50k:], never the test set) for
     # the most accuracy per second on a 2-core CPU: BatchNorm, a strided stem, Adam with a one-cycle schedule,
     # label smoothing 0.1 (+0.15 pt on validation at no cost); since stop 25, 80% of one epoch's images, each
-    # step back-propagating the half of its batch the model is least sure of, at a higher max lr (1.3-1.5x
-    # less training time, the same validation accuracy: benchmarks/fast_selection.py).
+    # step back-propagating the half of its batch the model is least sure of, at a higher max lr (0.66-0.77x
+    # the training time at the same validation accuracy, benchmarks/fast_selection.py; 1.28x faster on the
+    # test set over 5 seeds).
     "fast": ModelInfo(
         "fast", "mnistlab's speed recipe: a small BatchNorm convnet, one-cycle Adam over 80% of one epoch, "
                 "back-propagating the uncertain half of each batch",

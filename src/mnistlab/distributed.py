@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -162,6 +163,35 @@ def shard(ctx: Context, total: int) -> tuple[int, int, float]:
     if stop == start:
         return 0, 1, 0.0
     return start, stop, (stop - start) * ctx.world_size / total
+
+
+def least_certain_share(ctx: Context, top: torch.Tensor, *, total: int, fraction: float,
+                        lowest: Callable[[torch.Tensor, float], torch.Tensor]) -> tuple[torch.Tensor, float]:
+    """Selective backprop over a global batch of ``total`` rows: this rank's rows of the global choice, and
+    the factor its mean loss is scaled by.
+
+    Each rank passes the top probabilities of its own share (:func:`shard`; empty for an empty share). They are
+    gathered in rank order, which is the global batch's order, and every rank applies ``lowest`` to the same
+    vector, so all ranks agree on the choice that one process would make from the same probabilities. A rank
+    whose share holds ``n`` of the ``N`` chosen rows scales its loss by ``world * n / N``, so DDP's average is
+    the mean gradient over the chosen rows; a rank with none trains its first row with factor 0 (it must still
+    join the gradient all-reduce).
+    """
+    import torch
+    import torch.distributed as dist
+
+    base, extra = divmod(total, ctx.world_size)
+    sizes = [base + (1 if rank < extra else 0) for rank in range(ctx.world_size)]
+    padded = torch.full((base + (1 if extra else 0),), math.inf, dtype=torch.float32, device=top.device)
+    padded[:int(top.shape[0])] = top
+    gathered = [torch.empty_like(padded) for _ in range(ctx.world_size)]
+    dist.all_gather(gathered, padded)
+    chosen = lowest(torch.cat([part[:size] for part, size in zip(gathered, sizes, strict=True)]), fraction)
+    start = sum(sizes[:ctx.rank])
+    mine = chosen[(chosen >= start) & (chosen < start + sizes[ctx.rank])] - start
+    if int(mine.shape[0]) == 0:
+        return torch.zeros(1, dtype=torch.long, device=top.device), 0.0
+    return mine, ctx.world_size * int(mine.shape[0]) / int(chosen.shape[0])
 
 
 def reduce_means(ctx: Context, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> tuple[float, float]:

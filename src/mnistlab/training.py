@@ -555,12 +555,17 @@ class _Loop:
     @property
     def steps(self) -> int:
         """Optimizer steps per epoch (the last batch may be smaller)."""
-        return math.ceil(self.images / self.config.batch_size)
+        return steps_per_epoch(int(self.x_train.shape[0]), self.config)
 
 
 def images_per_epoch(count: int, fraction: float) -> int:
     """How many of ``count`` training images an epoch visits at ``epoch_fraction`` ``fraction`` (at least one)."""
     return count if fraction >= 1.0 else max(1, round(count * fraction))
+
+
+def steps_per_epoch(count: int, config: TrainConfig) -> int:
+    """Optimizer steps in an epoch over ``count`` training images (the schedule spans epochs times this)."""
+    return math.ceil(images_per_epoch(count, config.epoch_fraction) / config.batch_size)
 
 
 def _setup(config: TrainConfig, dataset: Dataset, device: torch.device, train_idx: np.ndarray,
@@ -585,7 +590,7 @@ def _setup(config: TrainConfig, dataset: Dataset, device: torch.device, train_id
     channels_last = is_convolutional(model)
     model = to_device(model, device)
     optimizer = build_optimizer(config.optimizer, model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps = math.ceil(images_per_epoch(int(x_train.shape[0]), config.epoch_fraction) / config.batch_size)
+    steps = steps_per_epoch(int(x_train.shape[0]), config)
     schedule = build_schedule(config.schedule, optimizer, lr=config.lr, total_steps=config.epochs * steps,
                               options=config.options)
     digests = {name: split_sha256(dataset.split(name)) for name in ("train", "test")}
@@ -707,16 +712,25 @@ def probe_logits(model: nn.Module, inputs: torch.Tensor, *, autocast: Any) -> to
         model.train(was_training)
 
 
-def least_certain(logits: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Row indices of the ``fraction`` of a batch (at least one row) whose top softmax probability is lowest,
-    in ascending row order so the batch keeps its shuffled order. The labels are not used: the measure is the
-    model's own doubt, which needs no loss. Ties go to the lower row (a stable sort makes that explicit)."""
-    count = max(1, round(int(logits.shape[0]) * fraction))
-    if count >= int(logits.shape[0]):
-        return torch.arange(int(logits.shape[0]), device=logits.device)
-    top = logits.float().softmax(dim=1).amax(dim=1)                                     # (B,)
+def top_probability(logits: torch.Tensor) -> torch.Tensor:
+    """Each row's top softmax probability (B,) float32: how sure the model is of its answer."""
+    return logits.float().softmax(dim=1).amax(dim=1)
+
+
+def lowest_rows(top: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Indices of the ``fraction`` of rows (rounded, at least one) with the lowest ``top``, in ascending row
+    order so a batch keeps its shuffled order. Ties go to the lower row (a stable sort makes that explicit)."""
+    count = max(1, round(int(top.shape[0]) * fraction))
+    if count >= int(top.shape[0]):
+        return torch.arange(int(top.shape[0]), device=top.device)
     order = torch.sort(top, stable=True).indices
     return torch.sort(order[:count]).values
+
+
+def least_certain(logits: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Row indices of the ``fraction`` of a batch whose top softmax probability is lowest (:func:`lowest_rows`).
+    The labels are not used: the measure is the model's own doubt, which needs no loss."""
+    return lowest_rows(top_probability(logits), fraction)
 
 
 def _train_epoch_autograd(loop: _Loop, hooks: Callback) -> tuple[float, float]:
@@ -729,6 +743,9 @@ def _train_epoch_autograd(loop: _Loop, hooks: Callback) -> tuple[float, float]:
     order = torch.randperm(int(loop.x_train.shape[0]), generator=loop.shuffle, device=loop.device)[:loop.images]
     meter = RunningMeans(loop.device)
     steps = loop.steps
+    # Selective backprop reports the probe's figures, so the losses it trained on are checked apart: a
+    # non-finite one makes the epoch's loss NaN, which the caller treats as divergence.
+    finite = torch.ones((), dtype=torch.bool, device=loop.device)
     # A rank prepares only its share; augmenting, it warps the whole global batch (the same draws as a single
     # process, and the same generator state on every rank) and keeps its share.
     whole = ddp is not None and loop.augment != spec_for("none")
@@ -742,10 +759,16 @@ def _train_epoch_autograd(loop: _Loop, hooks: Callback) -> tuple[float, float]:
             inputs = inputs[start:stop]                                                 # (B, 1, 28, 28)
         targets = loop.y_train[rows]                                                    # (B,)
         probe = None
+        weight = factor  # what this rank's mean loss is scaled by
         if config.backprop_fraction < 1.0:
             # The bare module, not DDP's wrapper: a probe must not broadcast buffers or prepare a reduction.
             probe = probe_logits(loop.model, inputs, autocast=autocast)
-            pick = least_certain(probe, config.backprop_fraction)
+            if ddp is None:
+                pick = least_certain(probe, config.backprop_fraction)
+            else:  # the global batch's least certain rows, the same choice on every rank
+                pick, weight = distributed.least_certain_share(
+                    ddp, top_probability(probe) if factor else probe.new_empty(0), total=len(index),
+                    fraction=config.backprop_fraction, lowest=lowest_rows)
             inputs, trained = inputs[pick], targets[pick]                               # (b, 1, 28, 28), (b,)
         else:
             trained = targets
@@ -753,20 +776,25 @@ def _train_epoch_autograd(loop: _Loop, hooks: Callback) -> tuple[float, float]:
             logits = model(inputs)                                                      # (b, 10)
             loss = F.cross_entropy(logits, trained, label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
-        (loss if factor == 1.0 else loss * factor).backward()  # DDP's mean of these = the global mean gradient
+        (loss if weight == 1.0 else loss * weight).backward()  # DDP's mean of these = the global mean gradient
         optimizer.step()
         if loop.schedule is not None:
             loop.schedule.step()
         if factor:
             if probe is None:
                 meter.add(loss, logits, trained)
-            else:  # the whole batch as the probe saw it, not only the uncertain rows it trained on
+            else:  # the whole batch as the probe saw it, before the step, not only the rows it trained on
                 meter.add(F.cross_entropy(probe.float(), targets, label_smoothing=config.label_smoothing),
                           probe, targets)
+                finite &= torch.isfinite(loss.detach())
         hooks.on_step(step=step + 1, steps=steps, running=meter.read)
     if ddp is not None:
-        return distributed.reduce_means(ddp, meter.loss_sum, meter.correct, meter.seen)
-    return meter.read()
+        mean_loss, accuracy = distributed.reduce_means(ddp, meter.loss_sum, meter.correct, meter.seen)
+    else:
+        mean_loss, accuracy = meter.read()
+    if not bool(finite):
+        mean_loss = math.nan
+    return mean_loss, accuracy
 
 
 def _fit_network(config: TrainConfig, *, run_dir: Path, dataset: Dataset, hooks: Callback, device: torch.device,

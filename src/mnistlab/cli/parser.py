@@ -121,8 +121,9 @@ def _train_parser(commands: argparse._SubParsersAction) -> None:
                             "fast 0.8, the others 1)")
     train.add_argument("--backprop-fraction", type=float, metavar="F",
                        help="selective backprop: each step scores its batch without gradients and trains on this "
-                            "share (0, 1] of it, the images the model is least sure of (default: the recipe's: "
-                            "fast 0.5, the others 1)")
+                            "share (0, 1] of it, the images the model is least sure of; the reported training "
+                            "loss and accuracy are then the scoring pass's (default: the recipe's: fast 0.5, the "
+                            "others 1)")
     train.add_argument("--augment", choices=AUGMENT_NAMES,
                        help="random changes of each batch: light (slant, size, position), strong (+ elastic, "
                             "stroke width), robust (light + grey background, faded ink, sensor noise); default: "
