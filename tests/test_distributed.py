@@ -250,6 +250,18 @@ def test_selective_backprop_chooses_over_the_global_batch(world: dict[str, Path]
                          backprop_fraction=0.5, epoch_fraction=0.9)
     assert _max_diff(out, one.path) <= 1e-4
     assert abs(_metrics(out)["test_accuracy"] - _metrics(one.path)["test_accuracy"]) <= 0.001
+    # `fast` (BatchNorm: per-rank statistics, so close to one process, not equal), through a last batch that
+    # leaves rank 1 nothing: it trains one row with weight 0 and frozen statistics, and the run completes.
+    args = ["train", "fast", "--epochs", "1", "--batch-size", str(BATCH), "--precision", "fp32",
+            "--data-dir", str(world["data"]), "--registry", str(world["registry"]), *flags]
+    done = _torchrun(world, *args, "--out", str(world["root"] / "fast-selective"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    alone = mnistlab.train("fast", epochs=1, batch_size=BATCH, precision="fp32", data_dir=data_dir,
+                           run_dir=tmp_path / "fast-one", registry=False, progress=False, threads=1,
+                           backprop_fraction=0.5, epoch_fraction=0.9)
+    ddp, single = _metrics(world["root"] / "fast-selective"), _metrics(alone.path)
+    assert ddp["status"] == "completed" and ddp["test_accuracy"] > 0.8, (ddp["test_accuracy"], single["test_accuracy"])
+    assert abs(ddp["test_accuracy"] - single["test_accuracy"]) <= 0.02, (ddp["test_accuracy"], single["test_accuracy"])
     _audit(world)
 
 

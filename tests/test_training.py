@@ -988,3 +988,24 @@ def test_a_selective_run_resumes_bit_exactly(tmp_path: Path, tiny_data_dir: Path
     b, _ = load_trained_model(resumed.run_dir)
     for (name, want), got in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(got, want), name
+
+
+def test_frozen_norm_statistics_normalise_by_the_batch_and_keep_the_running_estimates() -> None:
+    """What a data-parallel rank left without chosen rows runs: the batch still normalises (the output is
+    train-mode BatchNorm's), but the running mean, variance and batch counter stay as they were."""
+    from mnistlab.training import _norm_statistics_frozen
+
+    torch.manual_seed(0)
+    model = build_model("fast")
+    model.train()
+    images = prepare_batch(torch.randint(0, 256, (8, 28, 28), dtype=torch.uint8))
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    with _norm_statistics_frozen(model, True):
+        frozen = model(images)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))  # restored
+    with _norm_statistics_frozen(model, False):
+        free = model(images)
+    torch.testing.assert_close(frozen, free)  # the same train-mode output either way
+    assert not torch.equal(model.state_dict()["1.running_mean"], before["1.running_mean"])  # and now they moved

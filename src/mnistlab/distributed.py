@@ -22,7 +22,14 @@ Semantics (what :mod:`mnistlab.training` does with the helpers here):
 - BatchNorm keeps per-rank statistics (torch's default under DDP; rank 0's running estimates are broadcast with
   the buffers each step, and saved). SyncBatchNorm would reproduce single-process batch statistics but costs two
   collectives per BatchNorm layer per step, which is where CPU data parallelism is already latency-bound, and
-  torch does not run it on the CPU at all. With ``fast``'s batch 256, a rank still normalises over >= 32 images.
+  torch does not run it on the CPU at all. Without selective backprop, a rank of a batch-256 run normalises over
+  >= 32 images.
+- Selective backprop (``backprop_fraction`` < 1): the ranks gather their shares' top probabilities and all pick
+  the global batch's least certain rows (:func:`least_certain_share`), each training its own chosen rows. For
+  networks without BatchNorm that is exactly one process's choice and gradient. With BatchNorm each rank probes
+  with its own running statistics and normalises over its own chosen rows, so the choice and the batch
+  statistics can differ slightly from one process's; a rank left with none of the chosen rows trains one row
+  with weight 0 and its BatchNorm momentum set to 0, so that row moves neither the weights nor the statistics.
 - gloo on the CPU, NCCL on CUDA (rank ``LOCAL_RANK`` takes GPU ``LOCAL_RANK``).
 
 Nothing here imports torch at module level: the API asks :func:`is_replica` before torch is loaded.

@@ -700,6 +700,23 @@ def _train_epoch(loop: _Loop, hooks: Callback) -> tuple[float, float]:
         on_step=lambda step, steps, running: hooks.on_step(step=step, steps=steps, running=running))
 
 
+@contextmanager
+def _norm_statistics_frozen(model: nn.Module, frozen: bool) -> Iterator[None]:
+    """While ``frozen``, BatchNorm layers in training mode normalise by the batch as usual but leave their
+    running statistics as they are (momentum 0; the batch counter is restored too)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if frozen else []
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved, strict=True):
+            m.momentum = momentum
+            if tracked is not None and m.num_batches_tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+
+
 def probe_logits(model: nn.Module, inputs: torch.Tensor, *, autocast: Any) -> torch.Tensor:
     """A batch's logits without gradients and in eval mode: BatchNorm uses its running statistics and does not
     update them, so probing leaves the model's state as it was."""
@@ -772,7 +789,9 @@ def _train_epoch_autograd(loop: _Loop, hooks: Callback) -> tuple[float, float]:
             inputs, trained = inputs[pick], targets[pick]                               # (b, 1, 28, 28), (b,)
         else:
             trained = targets
-        with autocast:
+        # A rank that selective backprop left without rows trains one with weight 0 (to join DDP's all-reduce):
+        # that row must not move BatchNorm's running statistics either (rank 0's are broadcast and saved).
+        with autocast, _norm_statistics_frozen(loop.model, probe is not None and weight == 0.0):
             logits = model(inputs)                                                      # (b, 10)
             loss = F.cross_entropy(logits, trained, label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
@@ -789,12 +808,12 @@ def _train_epoch_autograd(loop: _Loop, hooks: Callback) -> tuple[float, float]:
                 finite &= torch.isfinite(loss.detach())
         hooks.on_step(step=step + 1, steps=steps, running=meter.read)
     if ddp is not None:
-        mean_loss, accuracy = distributed.reduce_means(ddp, meter.loss_sum, meter.correct, meter.seen)
-    else:
-        mean_loss, accuracy = meter.read()
-    if not bool(finite):
-        mean_loss = math.nan
-    return mean_loss, accuracy
+        # Folded in before the all-reduce, so a non-finite loss on any one rank makes every rank's epoch loss
+        # NaN: all ranks then stop together (a rank raising alone would leave the others waiting).
+        loss_sum = torch.where(finite, meter.loss_sum, torch.full_like(meter.loss_sum, math.nan))
+        return distributed.reduce_means(ddp, loss_sum, meter.correct, meter.seen)
+    mean_loss, accuracy = meter.read()
+    return (mean_loss if bool(finite) else math.nan), accuracy
 
 
 def _fit_network(config: TrainConfig, *, run_dir: Path, dataset: Dataset, hooks: Callback, device: torch.device,
