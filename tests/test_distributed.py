@@ -265,6 +265,52 @@ def test_selective_backprop_chooses_over_the_global_batch(world: dict[str, Path]
     _audit(world)
 
 
+SHARE_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import torch
+    from mnistlab import distributed
+    from mnistlab.training import lowest_rows
+    distributed.setup(torch.device("cpu"))
+    ctx = distributed.current()
+    out = {}
+    for total in (7, 2, 3, 256):  # shares 3/2/2, then 1/1/0, 1/1/1 and 86/85/85
+        top = torch.sin(torch.arange(total, dtype=torch.float32) * 1.7) + 1  # the same on every rank
+        start, stop, factor = distributed.shard(ctx, total)
+        mine = top[start:stop] if factor else top.new_empty(0)
+        rows, weight = distributed.least_certain_share(ctx, mine, total=total, fraction=0.5, lowest=lowest_rows)
+        out[total] = {"rows": (rows + start).tolist() if weight else [], "weight": weight, "start": start}
+    json.dump(out, open(sys.argv[1] + f".{ctx.rank}", "w"))
+    distributed.shutdown()
+""")
+
+
+def test_least_certain_share_partitions_one_processs_choice_over_uneven_shares(tmp_path: Path) -> None:
+    """Three real gloo ranks, shares of unequal size and an empty one: the ranks' rows together are exactly
+    lowest_rows over the whole batch (the single-process choice), each rank's weight is world * n / N, and the
+    weights sum to the world size, so DDP's average is the chosen rows' mean gradient."""
+    import torch
+
+    from mnistlab.training import lowest_rows
+
+    script = tmp_path / "share.py"
+    script.write_text(SHARE_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "3",
+                           str(script), str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"out.{rank}").read_text()) for rank in range(3)]
+    for total in ("7", "2", "3", "256"):
+        top = torch.sin(torch.arange(int(total), dtype=torch.float32) * 1.7) + 1
+        want = lowest_rows(top, 0.5).tolist()
+        got = sorted(row for rank in ranks for row in rank[total]["rows"])
+        assert got == want, total
+        for rank in ranks:
+            assert rank[total]["weight"] == pytest.approx(3 * len(rank[total]["rows"]) / len(want))
+        assert sum(rank[total]["weight"] for rank in ranks) == pytest.approx(3.0)
+    assert ranks[2]["2"]["weight"] == 0.0  # the empty share: no rows, weight 0
+
+
 def test_sigterm_to_the_torchrun_group_leaves_a_consistent_run(world: dict[str, Path]) -> None:
     out = world["root"] / "stopped"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
