@@ -164,12 +164,18 @@ def shard(ctx: Context, total: int) -> tuple[int, int, float]:
     ranks take one more). A rank with an empty share (a short last batch with fewer samples than ranks) gets
     the batch's first sample with factor 0: it still joins DDP's gradient all-reduce, and contributes nothing.
     """
-    base, extra = divmod(total, ctx.world_size)
-    start = ctx.rank * base + min(ctx.rank, extra)
-    stop = start + base + (1 if ctx.rank < extra else 0)
+    sizes = share_sizes(ctx.world_size, total)
+    start = sum(sizes[:ctx.rank])
+    stop = start + sizes[ctx.rank]
     if stop == start:
         return 0, 1, 0.0
     return start, stop, (stop - start) * ctx.world_size / total
+
+
+def share_sizes(world_size: int, total: int) -> list[int]:
+    """Every rank's share of a global batch of ``total`` samples, in rank order (:func:`shard`'s split)."""
+    base, extra = divmod(total, world_size)
+    return [base + (1 if rank < extra else 0) for rank in range(world_size)]
 
 
 def least_certain_share(ctx: Context, top: torch.Tensor, *, total: int, fraction: float,
@@ -187,9 +193,8 @@ def least_certain_share(ctx: Context, top: torch.Tensor, *, total: int, fraction
     import torch
     import torch.distributed as dist
 
-    base, extra = divmod(total, ctx.world_size)
-    sizes = [base + (1 if rank < extra else 0) for rank in range(ctx.world_size)]
-    padded = torch.full((base + (1 if extra else 0),), math.inf, dtype=torch.float32, device=top.device)
+    sizes = share_sizes(ctx.world_size, total)
+    padded = torch.full((sizes[0],), math.inf, dtype=torch.float32, device=top.device)  # the largest share
     padded[:int(top.shape[0])] = top
     gathered = [torch.empty_like(padded) for _ in range(ctx.world_size)]
     dist.all_gather(gathered, padded)
