@@ -102,6 +102,37 @@ def test_bf16_matches_autocast_within_bf16_rounding(digits: Dataset) -> None:
     np.testing.assert_allclose(np.array(fast_rows), np.array(oracle_rows), rtol=2e-2)
 
 
+def test_denormals_are_flushed_inside_the_epoch_and_the_mode_is_restored() -> None:
+    tiny = torch.finfo(torch.float32).tiny
+    half = torch.tensor(tiny) / torch.tensor(2.0)  # a denormal where the CPU keeps them
+    try:
+        for before in (False, True):
+            torch.set_flush_denormal(before)
+            with fastpath._denormals_flushed():
+                assert (torch.tensor(tiny) / 2).item() == 0.0
+                assert (torch.tensor([half.item()]) * 1.0).item() == 0.0  # denormal inputs read as 0
+            assert fastpath._flushing_denormals() is before
+            assert ((torch.tensor(tiny) / 2).item() == 0.0) is before
+    finally:
+        torch.set_flush_denormal(False)
+    assert half.item() == tiny / 2 and half.item() > 0
+
+
+def test_denormal_optimizer_state_trains_as_the_unflushed_oracle(digits: Dataset) -> None:
+    """Flushing changes no update: RMSprop's running squares seeded with denormals on both paths, the fast
+    path (flushed) ends where the oracle (not flushed) does."""
+    config = TrainConfig.for_model("mlp", batch_size=64, device="cpu", seed=4, precision="fp32")
+    oracle, fast = _loop(config, digits), _loop(config, digits)
+    for loop in (oracle, fast):
+        first = loop.optimizer.square_avg[0]
+        first[:, :300] = torch.finfo(torch.float32).tiny / 3  # (100, 784): a third of the weights' squares
+        assert 0 < first[0, 0].item() < torch.finfo(torch.float32).tiny
+    training._train_epoch_autograd(oracle, CallbackList([]))
+    training._train_epoch(fast, CallbackList([]))
+    for want, got in zip(oracle.model.parameters(), fast.model.parameters(), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_progress_sees_every_step_and_running_means(digits: Dataset) -> None:
     config = TrainConfig.for_model("softmax", batch_size=64, device="cpu", seed=0)
     oracle, fast = _loop(config, digits), _loop(config, digits)
