@@ -118,8 +118,8 @@ def train_epoch(net: DenseNet, *, optimizer: Optimizer, schedule: Schedule | Non
     # re-read 47 MB (35 ms an epoch here, a fifth of the softmax layer's epoch) for 0.16 MB a step.
     targets = labels.index_select(0, order)                                          # (N,)
     smooth = float(label_smoothing)
-    q = torch.full((n, classes), smooth / classes, device=device)
-    q.scatter_(1, targets.unsqueeze(1), 1.0 - smooth + smooth / classes)             # (N, K) smoothed one-hot
+    q_t = torch.full((classes, n), smooth / classes, device=device)
+    q_t.scatter_(0, targets.unsqueeze(0), 1.0 - smooth + smooth / classes)           # (K, N) smoothed one-hot
     losses = torch.zeros(steps, device=device)        # each step's sum of q * log p (the loss, negated)
     predictions = torch.empty(n, dtype=torch.long, device=device)
     meter = EpochMeans(losses, predictions, targets)
@@ -151,35 +151,44 @@ def train_epoch(net: DenseNet, *, optimizer: Optimizer, schedule: Schedule | Non
                     cast.copy_(flat.flat)
                 for i in range(last):
                     torch.addmm(biases[i], b.activations[i], weights[i].t(), out=b.activations[i + 1]).relu_()
+                # The loss and its gradient are computed class-major, (K, B): log_softmax over 10 classes is
+                # 2-5 us along dim 0 of that layout against 31-43 us along dim 1 of (B, K) on one thread.
+                # argmax is the other way round, so it reads the (B, K) logits.
                 if bf16:
                     torch.addmm(biases[last], b.activations[last], weights[last].t(), out=b.low_logits)
-                    b.logits.copy_(b.low_logits)
+                    torch.argmax(b.low_logits, dim=1, out=predictions[start:stop])  # fp32 widening keeps order
+                    b.logits_t.copy_(b.low_logits.t())
                 elif last == 0:
-                    # The softmax layer: (W x^T)^T + b, addmm(b, x, W^T)'s operations (the products summed, then
-                    # the bias added) as a K x B product, which MKL runs in half the time of the B x K one when K
-                    # is 10 (34 against 70 us for a batch of 128 on one thread). Only
-                    # the order of the sums differs. Hidden layers' outputs keep addmm, whose order autograd's
-                    # matches exactly (the MLP's fp32 oracle test holds it to 1e-6).
-                    torch.mm(weights[last], b.activations[last].t(), out=b.logits_t)
-                    torch.add(b.logits_t.t(), biases[last], out=b.logits)
+                    # The softmax layer: (W x^T) + b, addmm(b, x, W^T)'s operations (the products summed, then
+                    # the bias added) as a K x B product, which MKL runs in half the time of the B x K one when
+                    # K is 10 (34 against 70 us for a batch of 128 on one thread). Only the order of the sums
+                    # differs. Hidden layers' outputs keep addmm, whose order autograd's matches exactly (the
+                    # MLP's fp32 oracle test holds it to 1e-6).
+                    torch.mm(weights[last], b.activations[last].t(), out=b.products_t)
+                    torch.add(b.products_t, biases[last].unsqueeze(1), out=b.logits_t)
+                    torch.argmax(b.logits.copy_(b.logits_t.t()), dim=1, out=predictions[start:stop])
                 else:
                     torch.addmm(biases[last], b.activations[last], weights[last].t(), out=b.logits)
-                logp = torch._log_softmax(b.logits, 1, False, out=b.logp)
-                q_step = q[start:stop]
-                torch.argmax(b.logits, dim=1, out=predictions[start:stop])
-                torch.dot(q_step.view(-1), logp.view(-1), out=losses[step])
+                    torch.argmax(b.logits, dim=1, out=predictions[start:stop])
+                    b.logits_t.copy_(b.logits.t())
+                logp_t = torch._log_softmax(b.logits_t, 0, False, out=b.logp_t)
+                q_step = q_t[:, start:stop]
+                torch.sum(torch.mul(q_step, logp_t, out=b.weighted_t), dim=(0, 1), out=losses[step])
                 # d(mean CE)/dz = (softmax - q) / B, in fp32 as autocast's cross-entropy computes it.
-                grad = logp.exp_().sub_(q_step).div_(rows)
+                grad_t = logp_t.exp_().sub_(q_step).div_(rows)                          # (K, B)
                 if bf16:
-                    grad = b.low_grad_out.copy_(grad)
-                for i in range(last, -1, -1):
+                    grad_t = b.low_grad_t.copy_(grad_t)
+                # The output layer from the class-major gradient, then the hidden layers batch-major.
+                torch.mm(grad_t, b.activations[last], out=weight_grads[last])
+                torch.sum(grad_t, dim=1, out=bias_grads[last])
+                grad = grad_t.t()
+                for i in range(last, 0, -1):
                     below = b.activations[i]
-                    torch.mm(grad.t(), below, out=weight_grads[i])
-                    torch.sum(grad, dim=0, out=bias_grads[i])
-                    if i:
-                        # ReLU's backward (what autograd runs): zero where the ReLU's output is 0.
-                        back = torch.mm(grad, weights[i], out=b.backs[i - 1])
-                        grad = torch.ops.aten.threshold_backward(back, below, 0)
+                    # ReLU's backward (what autograd runs): zero where the ReLU's output is 0.
+                    back = torch.mm(grad, weights[i], out=b.backs[i - 1])
+                    grad = torch.ops.aten.threshold_backward(back, below, 0)
+                    torch.mm(grad.t(), b.activations[i - 1], out=weight_grads[i - 1])
+                    torch.sum(grad, dim=0, out=bias_grads[i - 1])
                 if bf16:
                     flat.flat_grad.copy_(low_grad)  # every gradient to fp32 in one cast
                 flat.step()
@@ -233,10 +242,12 @@ class _StepBuffers:
                             for layer in layers]
         self.backs = [torch.empty((rows, layer.in_features), dtype=compute, device=device) for layer in layers[1:]]
         self.logits = torch.empty((rows, classes), device=device)
+        self.products_t = torch.empty((classes, rows), device=device)
         self.logits_t = torch.empty((classes, rows), device=device)
-        self.logp = torch.empty((rows, classes), device=device)
+        self.logp_t = torch.empty((classes, rows), device=device)
+        self.weighted_t = torch.empty((classes, rows), device=device)
         self.low_logits = torch.empty((rows, classes), dtype=compute, device=device)
-        self.low_grad_out = torch.empty((rows, classes), dtype=compute, device=device)
+        self.low_grad_t = torch.empty((classes, rows), dtype=compute, device=device)
 
 
 class FlatStep:
