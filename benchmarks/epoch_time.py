@@ -97,6 +97,30 @@ def main() -> None:
     print(f"\nwrote {write_json('epoch_time', results)}")
 
 
+def _products_seconds(model: torch.nn.Module, *, batch: int, steps: int, bf16: bool) -> float:
+    """An epoch's matrix products alone (median of 3): every Linear layer's forward (with its bias), weight
+    gradient and, above the first layer, input gradient, at full batches in the recipe's precision. Both
+    epochs above run these products; what is left of an epoch is everything else."""
+    import time
+
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    shapes = [(layer.weight.detach().to(dtype), layer.bias.detach().to(dtype)) for layer in layers]
+    inputs = [torch.rand(batch, layer.in_features).to(dtype) for layer in layers]
+    grads = [torch.rand(batch, layer.out_features).to(dtype) for layer in layers]
+    runs = []
+    for _ in range(3):
+        started = time.perf_counter()
+        for _ in range(steps):
+            for i, (weight, bias) in enumerate(shapes):
+                torch.addmm(bias, inputs[i], weight.t())
+                torch.mm(grads[i].t(), inputs[i])
+                if i:
+                    torch.mm(grads[i], weight)
+        runs.append(time.perf_counter() - started)
+    return statistics.median(runs)
+
+
 def compare_fastpath(models: str, epochs: int) -> None:
     """Seconds per epoch: the autograd epoch ("today") against mnistlab.fastpath ("new"), interleaved."""
     import time
@@ -124,19 +148,23 @@ def compare_fastpath(models: str, epochs: int) -> None:
                 figures[side].append(epoch[side](loops[side], CallbackList([])))
                 times[side].append(time.perf_counter() - started)
         med = {side: statistics.median(values[1:] or values) for side, values in times.items()}
+        floor = _products_seconds(loops["fastpath"].model, batch=config.batch_size, steps=loops["fastpath"].steps,
+                                  bf16=loops["fastpath"].precision == "bf16")
         drift = max(abs(a - b).max().item() for a, b in zip(loops["autograd"].model.parameters(),
                                                             loops["fastpath"].model.parameters(), strict=True))
         results["models"][name] = {"epoch_seconds": times, "loss_accuracy": figures, "threads": config.threads,
                                    "precision": loops["fastpath"].precision,
-                                   "speedup": med["autograd"] / med["fastpath"], "max_weight_difference": drift}
+                                   "speedup": med["autograd"] / med["fastpath"], "max_weight_difference": drift,
+                                   "products_alone_seconds": floor}
         rows.append([name, loops["fastpath"].precision, str(config.threads or training.DEFAULT_THREADS),
                      f"{med['autograd']:.3f}", f"{med['fastpath']:.3f}", f"{med['autograd'] / med['fastpath']:.2f}x",
+                     f"{floor:.3f}",
                      f"{figures['autograd'][-1][1]:.4f} / {figures['fastpath'][-1][1]:.4f}"])
         print(f"{name}: done", flush=True)
     print(f"\nseconds per epoch (median of epochs 2-{epochs}), machine: {results['machine']['cpu']} "
           f"x{results['machine']['cores']}, load {results['machine'].get('loadavg_at_start')}")
     print_table(["model", "precision", "threads", "autograd (today)", "fastpath (new)", "speed-up",
-                 "train acc autograd / fast"], rows)
+                 "products alone", "train acc autograd / fast"], rows)
     print(f"\nwrote {write_json('epoch_time_fastpath', results)}")
 
 
