@@ -30,7 +30,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from _common import machine, print_table, write_json
 from mnistlab.device import tune_cpu_allocator
 
 # (name, in channels, out channels, kernel, stride, padding, input side, input needs a gradient, batch): the
@@ -211,6 +210,8 @@ def _measure_layer(layer: tuple[str, int, int, int, int, int, int, bool, int], t
 
 
 def main() -> None:
+    from _common import machine, print_table, write_json  # here: the tests load this module without benchmarks/
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--repeats", type=int, default=30)
