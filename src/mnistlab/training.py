@@ -685,7 +685,8 @@ def _train_epoch(loop: _Loop, hooks: Callback) -> tuple[float, float]:
     """One pass over the shuffled training images; returns the epoch's running (loss, accuracy).
 
     Dense networks (softmax layer, MLP) without augmentation or data parallelism take the hand-written
-    :mod:`mnistlab.fastpath` (same shuffle, same numbers within fp32 rounding, about half the time or less);
+    :mod:`mnistlab.fastpath` (same shuffle, same numbers within fp32 rounding; an epoch 2.4x faster for the
+    softmax layer and 1.5x for the MLP, benchmarks/RESULTS.md);
     everything else, autograd.
     """
     plain = loop.ddp is None and loop.augment.is_identity and loop.config.backprop_fraction == 1.0
