@@ -55,6 +55,31 @@ class Hook(importlib.abc.MetaPathFinder):
         return None
 seen = set()
 sys.meta_path.insert(0, Hook())
+import os
+if os.environ.get("MNISTLAB_SAMPLE_EVERY"):  # a sampling profiler: every thread's stack, every few ms
+    import collections, traceback
+    samples = collections.Counter()
+    every = float(os.environ["MNISTLAB_SAMPLE_EVERY"])
+    def sampler():
+        me = threading.get_ident()
+        while True:
+            time.sleep(every)
+            names = {t.ident: t.name for t in threading.enumerate()}
+            for ident, frame in sys._current_frames().items():
+                if ident == me:
+                    continue
+                stack = traceback.extract_stack(frame)
+                # Inclusive: each distinct (file, function) on the stack counts once per sample.
+                for where in {(f.filename.rsplit("site-packages/", 1)[-1].rsplit("src/", 1)[-1], f.name)
+                              for f in stack}:
+                    samples[(names.get(ident, "?"),) + where] += 1
+                samples[(names.get(ident, "?"), "(all)", "")] += 1
+    threading.Thread(target=sampler, daemon=True, name="sampler").start()
+    def report():
+        rows = [[*key, count] for key, count in samples.most_common(400)]
+        print("@@" + json.dumps({"what": "samples", "every": every, "rows": rows}), file=sys.stderr, flush=True)
+    import atexit as _atexit
+    _atexit.register(report)
 import mnistlab.data as data
 import mnistlab.runs as runs
 write_metrics = runs.write_json_atomic
@@ -77,26 +102,61 @@ sys.exit(code)
 """
 
 
-def one_run(model: str, extra: list[str], tmp: Path, index: int, src: Path) -> dict:
+def one_run(model: str, extra: list[str], tmp: Path, index: int, src: Path, *, profile: bool = False) -> dict:
     out, registry = tmp / f"run{index}-{src.parent.name}", tmp / "registry.sqlite"
     env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    if profile:
+        env["MNISTLAB_SAMPLE_EVERY"] = str(SAMPLE_EVERY)
     # The interpreter's own start-up (before the probe's first line), measured separately.
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", "pass"], check=True, env=env)
     interpreter = time.perf_counter() - started
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", PROBE, f"{interpreter:.4f}", "train", model, "--out", str(out),
+    done = subprocess.run([sys.executable, *(["-X", "importtime"] if profile else []), "-c", PROBE,
+                           f"{interpreter:.4f}", "train", model, "--out", str(out),
                            "--registry", str(registry), *extra], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"the command failed ({done.returncode}): {done.stderr[-2000:]}")
-    stamps = {row["what"]: row["t"] for row in (json.loads(line[2:]) for line in done.stderr.splitlines()
-                                                  if line.startswith("@@"))}
+    rows = [json.loads(line[2:]) for line in done.stderr.splitlines() if line.startswith("@@")]
+    stamps = {row["what"]: row["t"] for row in rows if "t" in row}
     metrics = json.loads((out / "metrics.json").read_text())
+    if profile:
+        sampled = next(row for row in rows if row.get("what") == "samples")
+        return {"wall_seconds": round(wall, 3), "imports": _import_times(done.stderr), "samples": sampled}
     return {"wall_seconds": round(wall, 3), "interpreter_seconds": round(interpreter, 3), "stamps": stamps,
             "train_seconds": metrics["train_seconds"], "eval_seconds": metrics["eval_seconds"],
             "total_seconds_in_fit": metrics.get("total_seconds"), "curves_png": (out / "curves.png").is_file(),
             "test_accuracy": metrics["test_accuracy"]}
+
+
+SAMPLE_EVERY = 0.005  # seconds between the sampler's looks at every thread's stack
+
+
+def _import_times(stderr: str) -> dict[str, float]:
+    """``-X importtime``'s report summed by top-level package: seconds of cumulative import time."""
+    totals: dict[str, float] = {}
+    for line in stderr.splitlines():
+        if not line.startswith("import time:") or "cumulative" in line:
+            continue
+        _, cumulative, name = (part.strip() for part in line[len("import time:"):].split("|"))
+        if name.startswith(" ") or "." in name:  # nested: counted in its importer's cumulative time
+            continue
+        totals[name] = totals.get(name, 0.0) + int(cumulative) / 1e6
+    return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+
+def _print_profile(profiled: dict) -> None:
+    imports = profiled["imports"]
+    print("\nimports (-X importtime, cumulative seconds by top-level package, top 10):")
+    print_table(["package", "s"], [[name, f"{seconds:.3f}"] for name, seconds in list(imports.items())[:10]])
+    every = profiled["samples"]["every"]
+    rows = profiled["samples"]["rows"]
+    totals = {row[0]: row[3] for row in rows if row[1] == "(all)"}
+    print(f"\nsampled every {every * 1e3:.0f} ms: seconds each function was on a thread's stack (inclusive), top 25")
+    table = [[thread, f"{where}:{name}", f"{count * every:.2f}", f"{count / totals[thread]:.0%}"]
+             for thread, where, name, count in rows if where != "(all)"][:25]
+    print_table(["thread", "function", "s", "of the thread"], table)
 
 
 def main() -> None:
@@ -105,6 +165,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--compare-src", type=Path,
                         help="another checkout's src/ (e.g. main's) timed in the same run, runs interleaved")
+    parser.add_argument("--profile", action="store_true",
+                        help="one more run under -X importtime and a sampling profiler (not counted in the medians)")
     parser.add_argument("extra", nargs="*", help="more `mnistlab train` arguments (after --)")
     args = parser.parse_args()
     info = {**machine(), "load_average_start": os.getloadavg()}
@@ -115,6 +177,8 @@ def main() -> None:
             for src in sources:
                 by_source[src].append(one_run(args.model, args.extra, Path(tmp), index, src))
                 print(f"run {index + 1} ({src}): {by_source[src][-1]['wall_seconds']:.2f} s", flush=True)
+        profiled = one_run(args.model, args.extra, Path(tmp), args.runs, ROOT / "src", profile=True) \
+            if args.profile else None
     info["load_average_end"] = os.getloadavg()
     results = by_source[ROOT / "src"]
     if args.compare_src:
@@ -131,8 +195,11 @@ def main() -> None:
     print(f"\n{command}: median of {args.runs} runs, machine: {info['cpu']} x{info['cores']}, "
           f"load average {info['load_average_start'][0]:.1f} at the start")
     print_table(["moment (seconds since interpreter start) or duration", "median s"], table)
+    if profiled is not None:
+        _print_profile(profiled)
     path = write_json(f"command_time_{args.model}", {"machine": info, "command": command, "runs": results,
-                                                     "compared": {str(k): v for k, v in by_source.items()}})
+                                                     "compared": {str(k): v for k, v in by_source.items()},
+                                                     "profile": profiled})
     print(f"\nwrote {path}")
 
 

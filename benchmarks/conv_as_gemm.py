@@ -66,15 +66,16 @@ def _patches(x_nhwc: torch.Tensor, kernel: int, stride: int, padding: int) -> to
 
 def _gemm_conv(x_nhwc: torch.Tensor, w_rows: torch.Tensor, bias: torch.Tensor, grad_rows: torch.Tensor,
                kernel: int, stride: int, padding: int, needs_dx: bool
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Forward output rows (bias added), weight gradient and, if asked, the input gradient (NHWC, fp32)."""
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Forward output rows (bias added), weight and bias gradients and, if asked, the input gradient (NHWC,
+    fp32)."""
     batch, side, _, channels = x_nhwc.shape
     patches = _patches(x_nhwc, kernel, stride, padding)
     out = torch.addmm(bias, patches, w_rows.t())                        # (B o o, out)
     grad_w = torch.mm(grad_rows.t(), patches)                           # (out, k k C)
-    grad_rows.sum(0)                                                    # the bias gradient
+    grad_b = grad_rows.sum(0)
     if not needs_dx:
-        return out, grad_w, None
+        return out, grad_w, grad_b, None
     out_side = (side + 2 * padding - kernel) // stride + 1
     grad_patches = torch.mm(grad_rows, w_rows).view(batch, out_side, out_side, kernel, kernel, channels)
     padded = side + 2 * padding
@@ -83,7 +84,7 @@ def _gemm_conv(x_nhwc: torch.Tensor, w_rows: torch.Tensor, bias: torch.Tensor, g
     for i in range(kernel):
         for j in range(kernel):
             grad_x[:, i:i + span:stride, j:j + span:stride, :] += grad_patches[:, :, :, i, j, :]
-    return out, grad_w, grad_x[:, padding:padding + side, padding:padding + side, :]
+    return out, grad_w, grad_b, grad_x[:, padding:padding + side, padding:padding + side, :]
 
 
 class PatchConv(torch.autograd.Function):
@@ -175,14 +176,14 @@ def _measure_layer(layer: tuple[str, int, int, int, int, int, int, bool, int], t
     b = torch.randn(cout) * 0.1
     grad_y = torch.randn(batch, cout, out_side, out_side).contiguous(memory_format=torch.channels_last)
 
-    def stock() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def stock() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         xx = x.detach().requires_grad_(needs_dx)
         ww, bb = w.detach().requires_grad_(True), b.detach().requires_grad_(True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y = F.conv2d(xx, ww, bb, stride=stride, padding=padding)
         y.backward(grad_y.to(y.dtype))
-        assert ww.grad is not None
-        return y, ww.grad, xx.grad
+        assert ww.grad is not None and bb.grad is not None
+        return y, ww.grad, bb.grad, xx.grad
 
     # The products' operands in bf16, as autocast casts them; the NHWC views are what channels-last holds.
     x_nhwc = x.permute(0, 2, 3, 1).to(torch.bfloat16)
@@ -190,14 +191,15 @@ def _measure_layer(layer: tuple[str, int, int, int, int, int, int, bool, int], t
     b_low = b.to(torch.bfloat16)
     grad_rows = grad_y.permute(0, 2, 3, 1).reshape(-1, cout).to(torch.bfloat16)
 
-    def products() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def products() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         return _gemm_conv(x_nhwc, w_rows, b_low, grad_rows, kernel, stride, padding, needs_dx)
 
-    y, grad_w, grad_x = stock()
-    out, gemm_grad_w, gemm_grad_x = products()
+    y, grad_w, grad_b, grad_x = stock()
+    out, gemm_grad_w, gemm_grad_b, gemm_grad_x = products()
     # Same function: output, weight gradient and input gradient within bf16 rounding of the stock ones.
     pairs = [(out.float().view(batch, out_side, out_side, cout), y.detach().float().permute(0, 2, 3, 1)),
-             (gemm_grad_w.float().view(cout, kernel, kernel, cin).permute(0, 3, 1, 2), grad_w.float())]
+             (gemm_grad_w.float().view(cout, kernel, kernel, cin).permute(0, 3, 1, 2), grad_w.float()),
+             (gemm_grad_b.float(), grad_b.float())]
     if needs_dx:
         assert gemm_grad_x is not None and grad_x is not None
         pairs.append((gemm_grad_x.float().permute(0, 3, 1, 2), grad_x.float()))

@@ -30,11 +30,12 @@ def test_products_are_the_convolution_and_its_gradients(cin: int, cout: int, ker
     grad_y = torch.randn(y.shape, generator=g, dtype=torch.float64)
     y.backward(grad_y)
     out_side = y.shape[2]
-    out, grad_w, grad_x = bench._gemm_conv(
+    out, grad_w, grad_b, grad_x = bench._gemm_conv(
         x.permute(0, 2, 3, 1), w.permute(0, 2, 3, 1).reshape(cout, -1), b,
         grad_y.permute(0, 2, 3, 1).reshape(-1, cout), kernel, stride, padding, True)
     torch.testing.assert_close(out.view(3, out_side, out_side, cout).permute(0, 3, 1, 2), y.detach())
     torch.testing.assert_close(grad_w.view(cout, kernel, kernel, cin).permute(0, 3, 1, 2), ww.grad)
+    torch.testing.assert_close(grad_b, bb.grad)
     assert grad_x is not None
     # The fold accumulates in fp32 (as autocast hands the gradient back): compare at fp32 rounding.
     torch.testing.assert_close(grad_x.permute(0, 3, 1, 2).double(), xx.grad, rtol=1e-5, atol=1e-5)
@@ -64,12 +65,18 @@ def test_patch_conv_under_bf16_autocast_stays_within_bf16_rounding() -> None:
     g = torch.Generator().manual_seed(3)
     x = torch.rand(4, 8, 9, 9, generator=g).contiguous(memory_format=torch.channels_last)
     w, b = torch.randn(16, 8, 3, 3, generator=g) * 0.2, torch.randn(16, generator=g)
-    exact = F.conv2d(x.double(), w.double(), b.double())
-    ww = w.clone().requires_grad_(True)
+    weight = torch.linspace(-1, 1, 4 * 16 * 7 * 7).view(4, 16, 7, 7)
+    xx, ww, bb = (t.double().requires_grad_(True) for t in (x, w, b))
+    exact = F.conv2d(xx, ww, bb)
+    (exact * weight.double()).sum().backward()
+    got = [t.clone().requires_grad_(True) for t in (x, w, b)]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = bench.PatchConv.apply(x, ww, b)
+        y = bench.PatchConv.apply(*got)
     assert y.dtype == torch.bfloat16
-    y.float().sum().backward()
-    assert ww.grad is not None and ww.grad.dtype == torch.float32  # the fp32 master weight's gradient
-    scale = float(exact.abs().max())
-    assert float((y.detach().double() - exact).abs().max()) < 2e-2 * scale
+    (y.float() * weight).sum().backward()
+    for value, reference in zip([y, *(t.grad for t in got)], [exact, xx.grad, ww.grad, bb.grad], strict=True):
+        assert value is not None and reference is not None
+        if value is not y:
+            assert value.dtype == torch.float32  # the fp32 master tensors' gradients
+        scale = float(reference.detach().abs().max())
+        assert float((value.detach().double() - reference.detach()).abs().max()) < 2e-2 * scale

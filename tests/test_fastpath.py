@@ -7,6 +7,7 @@ training._train_epoch_autograd, the loop every other model uses, unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -102,35 +103,87 @@ def test_bf16_matches_autocast_within_bf16_rounding(digits: Dataset) -> None:
     np.testing.assert_allclose(np.array(fast_rows), np.array(oracle_rows), rtol=2e-2)
 
 
-def test_denormals_are_flushed_inside_the_epoch_and_the_mode_is_restored() -> None:
-    tiny = torch.finfo(torch.float32).tiny
-    half = torch.tensor(tiny) / torch.tensor(2.0)  # a denormal where the CPU keeps them
+class FlushLog(Callback):
+    """Records, at every step, whether the training thread flushes denormals; can fail a step on purpose."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.flushing: list[bool] = []
+        self.fail_at = fail_at
+
+    def on_step(self, *, step: int, steps: int, running) -> None:  # type: ignore[no-untyped-def]
+        self.flushing.append(fastpath._flushing_denormals())
+        if step == self.fail_at:
+            raise RuntimeError("a callback failing mid-epoch")
+
+
+@pytest.fixture
+def flush_mode() -> Iterator[None]:
+    """Skips where the CPU has no flush mode; leaves the mode as the test found it."""
+    was = fastpath._flushing_denormals()
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU has no flush-to-zero mode")
+    torch.set_flush_denormal(was)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the dense recipes' setting; with more the epoch does not flush
     try:
-        for before in (False, True):
-            torch.set_flush_denormal(before)
-            with fastpath._denormals_flushed():
-                assert (torch.tensor(tiny) / 2).item() == 0.0
-                assert (torch.tensor([half.item()]) * 1.0).item() == 0.0  # denormal inputs read as 0
-            assert fastpath._flushing_denormals() is before
-            assert ((torch.tensor(tiny) / 2).item() == 0.0) is before
+        yield
     finally:
-        torch.set_flush_denormal(False)
-    assert half.item() == tiny / 2 and half.item() > 0
+        torch.set_num_threads(threads)
+        torch.set_flush_denormal(was)
 
 
-def test_denormal_optimizer_state_trains_as_the_unflushed_oracle(digits: Dataset) -> None:
-    """Flushing changes no update: RMSprop's running squares seeded with denormals on both paths, the fast
-    path (flushed) ends where the oracle (not flushed) does."""
-    config = TrainConfig.for_model("mlp", batch_size=64, device="cpu", seed=4, precision="fp32")
+@pytest.mark.usefixtures("flush_mode")
+def test_the_epoch_flushes_denormals_and_restores_the_mode_even_when_it_fails(digits: Dataset) -> None:
+    config = TrainConfig.for_model("softmax", batch_size=64, device="cpu", seed=2)
+    for before in (False, True):
+        torch.set_flush_denormal(before)
+        log = FlushLog()
+        training._train_epoch(_loop(config, digits), CallbackList([log]))
+        assert log.flushing == [True] * 11  # every step of the real epoch ran flushed
+        assert fastpath._flushing_denormals() is before
+        failing = FlushLog(fail_at=3)
+        with pytest.raises(RuntimeError, match="mid-epoch"):
+            training._train_epoch(_loop(config, digits), CallbackList([failing]))
+        assert failing.flushing == [True] * 3 and fastpath._flushing_denormals() is before
+    torch.set_num_threads(2)  # OpenMP workers keep their own mode: then the epoch leaves it alone
+    log = FlushLog()
+    training._train_epoch(_loop(config, digits), CallbackList([log]))
+    assert log.flushing == [True] * 11  # the mode as it was (True, from the loop above)
+    torch.set_flush_denormal(False)
+    log = FlushLog()
+    training._train_epoch(_loop(config, digits), CallbackList([log]))
+    assert log.flushing == [False] * 11
+
+
+@pytest.mark.usefixtures("flush_mode")
+@pytest.mark.parametrize("optimizer", ["rmsprop", "adam"])
+def test_flushed_optimizer_state_changes_no_update(digits: Dataset, optimizer: str) -> None:
+    """Weights of never-lit pixels get exactly zero gradient, so their optimizer state only decays: seeded with
+    denormals, it stays denormal without flushing (the oracle) and is 0 in the fast path, which proves the
+    flush ran; every weight still ends where the oracle's does."""
+    torch.set_flush_denormal(False)
+    config = TrainConfig.for_model("mlp", batch_size=64, device="cpu", seed=4, precision="fp32",
+                                   optimizer=optimizer)
+    tiny = torch.finfo(torch.float32).tiny
     oracle, fast = _loop(config, digits), _loop(config, digits)
     for loop in (oracle, fast):
-        first = loop.optimizer.square_avg[0]
-        first[:, :300] = torch.finfo(torch.float32).tiny / 3  # (100, 784): a third of the weights' squares
-        assert 0 < first[0, 0].item() < torch.finfo(torch.float32).tiny
+        dark = loop.x_train.clone()
+        dark.view(dark.shape[0], -1)[:, :300] = 0  # the first 300 pixels never lit
+        loop.x_train = dark
+        for name in loop.optimizer.BUFFERS:
+            buffers = getattr(loop.optimizer, name)
+            buffers[0] = torch.zeros_like(loop.model[1].weight) if buffers[0] is None else buffers[0]
+            buffers[0][:, :300] = tiny / 3
     training._train_epoch_autograd(oracle, CallbackList([]))
     training._train_epoch(fast, CallbackList([]))
+    for name in oracle.optimizer.BUFFERS:
+        kept = getattr(oracle.optimizer, name)[0][:, :300]
+        flushed = getattr(fast.optimizer, name)[0][:, :300]
+        assert bool(((kept > 0) & (kept < tiny)).all()), name  # still denormal where not flushed
+        assert bool((flushed == 0).all()), name
     for want, got in zip(oracle.model.parameters(), fast.model.parameters(), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert fastpath._flushing_denormals() is False
 
 
 def test_progress_sees_every_step_and_running_means(digits: Dataset) -> None:

@@ -104,9 +104,10 @@ def train_epoch(net: DenseNet, *, optimizer: Optimizer, schedule: Schedule | Non
                 labels: torch.Tensor, order: torch.Tensor, batch_size: int, label_smoothing: float,
                 bf16: bool, on_step: Callable[[int, int, Callable[[], tuple[float, float]]], None]
                 ) -> tuple[float, float]:
-    """One epoch over ``images`` (N, 28, 28) uint8 and ``labels`` (N,) in the shuffled ``order``; returns the
-    epoch's (mean loss, accuracy) as the autograd loop reports them. ``on_step(step, steps, running)`` is
-    called after every optimizer step (1-based ``step``), as :meth:`Callback.on_step`."""
+    """One epoch over ``images`` (N, 28, 28) uint8 (the batch buffers are uint8) and ``labels`` (N,) in the
+    shuffled ``order``; returns the epoch's (mean loss, accuracy) as the autograd loop reports them.
+    ``on_step(step, steps, running)`` is called after every optimizer step (1-based ``step``), as
+    :meth:`Callback.on_step`."""
     layers = net.layers
     device = images.device
     n = int(order.shape[0])
@@ -123,20 +124,21 @@ def train_epoch(net: DenseNet, *, optimizer: Optimizer, schedule: Schedule | Non
     losses = torch.zeros(steps, device=device)        # each step's sum of q * log p (the loss, negated)
     predictions = torch.empty(n, dtype=torch.long, device=device)
     meter = EpochMeans(losses, predictions, targets)
-    flat = FlatStep(optimizer, [p for layer in layers for p in (layer.weight, layer.bias)])
-    # Every buffer a step writes is allocated here, once (a second set for a smaller last batch), so a step
-    # only dispatches kernels into them. Under bf16 the weights are cast into one bf16 copy per step and the
-    # products' gradients land in bf16 before one cast to the fp32 master gradient, as under autocast.
-    cast = torch.empty_like(flat.flat, dtype=compute) if bf16 else flat.flat
-    low_grad = torch.empty_like(flat.flat_grad, dtype=compute) if bf16 else flat.flat_grad
-    cast_views, grad_views = _views(cast, flat.params), _views(low_grad, flat.params)
-    weights, biases = cast_views[0::2], cast_views[1::2]
-    weight_grads, bias_grads = grad_views[0::2], grad_views[1::2]
+    # Every buffer a step's own kernels write is allocated here, once (a second set for a smaller last batch),
+    # so a step only dispatches kernels into them (the optimizer's step still allocates its temporaries).
+    # Under bf16 the weights are cast into one bf16 copy per step and the products' gradients land in bf16
+    # before one cast to the fp32 master gradient, as under autocast.
     last_rows = n - (steps - 1) * batch_size
     full = _StepBuffers(layers, batch_size, compute, device)
     tail = full if last_rows == batch_size else _StepBuffers(layers, last_rows, compute, device)
     last = len(layers) - 1
-    try:
+    flat = FlatStep(optimizer, [p for layer in layers for p in (layer.weight, layer.bias)])
+    try:  # from here on the parameters are views into flat's tensors: close() must run, whatever fails
+        cast = torch.empty_like(flat.flat, dtype=compute) if bf16 else flat.flat
+        low_grad = torch.empty_like(flat.flat_grad, dtype=compute) if bf16 else flat.flat_grad
+        cast_views, grad_views = _views(cast, flat.params), _views(low_grad, flat.params)
+        weights, biases = cast_views[0::2], cast_views[1::2]
+        weight_grads, bias_grads = grad_views[0::2], grad_views[1::2]
         with torch.no_grad(), _denormals_flushed():
             for step in range(steps):
                 start = step * batch_size
@@ -162,8 +164,8 @@ def train_epoch(net: DenseNet, *, optimizer: Optimizer, schedule: Schedule | Non
                     # The softmax layer: (W x^T) + b, addmm(b, x, W^T)'s operations (the products summed, then
                     # the bias added) as a K x B product, which MKL runs in half the time of the B x K one when
                     # K is 10 (34 against 70 us for a batch of 128 on one thread). Only the order of the sums
-                    # differs. Hidden layers' outputs keep addmm, whose order autograd's matches exactly (the
-                    # MLP's fp32 oracle test holds it to 1e-6).
+                    # differs. Hidden layers' outputs keep addmm, the call autograd makes: a K x B output layer
+                    # in the MLP drifted 1.2e-6 from the oracle and failed its fp32 test (atol 1e-6, rtol 1e-5).
                     torch.mm(weights[last], b.activations[last].t(), out=b.products_t)
                     torch.add(b.products_t, biases[last].unsqueeze(1), out=b.logits_t)
                     torch.argmax(b.logits.copy_(b.logits_t.t()), dim=1, out=predictions[start:stop])
@@ -186,7 +188,7 @@ def train_epoch(net: DenseNet, *, optimizer: Optimizer, schedule: Schedule | Non
                     below = b.activations[i]
                     # ReLU's backward (what autograd runs): zero where the ReLU's output is 0.
                     back = torch.mm(grad, weights[i], out=b.backs[i - 1])
-                    grad = torch.ops.aten.threshold_backward(back, below, 0)
+                    grad = torch.ops.aten.threshold_backward.grad_input(back, below, 0, grad_input=b.relu_grads[i - 1])
                     torch.mm(grad.t(), b.activations[i - 1], out=weight_grads[i - 1])
                     torch.sum(grad, dim=0, out=bias_grads[i - 1])
                 if bf16:
@@ -203,16 +205,26 @@ def train_epoch(net: DenseNet, *, optimizer: Optimizer, schedule: Schedule | Non
 
 @contextmanager
 def _denormals_flushed() -> Iterator[None]:
-    """The CPU's flush-to-zero mode for the calling thread while inside, then the mode as it was.
+    """The CPU's flush-to-zero mode for the calling thread while inside (when torch runs on one thread), then
+    the mode as it was.
 
     Why: RMSprop's running squares decay by rho every step, so those of rarely lit pixels' weights sink into
     denormal floats, on which the CPU takes a microcode assist for every operation. After three MLP epochs
     about 900 of them made the step's square root 1.4x slower (90 against 63 us) and the next epoch 12%
     slower than a flushed one (0.342 against 0.306 s, the 2-core AMD EPYC). Flushed, those values are 0 and
     the updates do not change: sqrt(v) of a denormal v is at most 1.1e-19, which eps = 1e-7 absorbs.
-    TensorFlow runs its kernels flushed (its CPU thread pools set the mode), so the tutorial's Keras code
-    trains this way too. The dense models train on one thread (their recipe), the calling one.
+    TensorFlow runs its kernels flushed (tensorflow/core/platform/denormal.h, set in its CPU thread pools'
+    threads), so the tutorial's Keras code trains this way too.
+
+    The mode belongs to a thread: torch's intra-op (OpenMP) workers keep theirs, so with more than one thread
+    only part of the work would be flushed, and the epoch then runs as it would without this. The dense
+    models' recipes train on one thread, the calling one. A Python thread started inside inherits the mode
+    for its life. torch sets flush-to-zero and denormals-are-zero together, and restoring sets both as the
+    test below found flush-to-zero.
     """
+    if torch.get_num_threads() != 1:
+        yield
+        return
     was = _flushing_denormals()
     if not torch.set_flush_denormal(True):  # the CPU has no such mode (returns False): nothing to restore
         yield
@@ -241,6 +253,7 @@ class _StepBuffers:
         self.activations = [torch.empty((rows, layer.in_features), dtype=compute, device=device)
                             for layer in layers]
         self.backs = [torch.empty((rows, layer.in_features), dtype=compute, device=device) for layer in layers[1:]]
+        self.relu_grads = [torch.empty_like(back) for back in self.backs]
         self.logits = torch.empty((rows, classes), device=device)
         self.products_t = torch.empty((classes, rows), device=device)
         self.logits_t = torch.empty((classes, rows), device=device)
@@ -269,8 +282,6 @@ class FlatStep:
         self.params = _views(self.flat, params)
         self.grads = _views(self.flat_grad, params)
         self.parameters = params
-        for param, view in zip(params, self.params, strict=True):
-            param.data = view
         self.flat.grad = self.flat_grad
         # A shallow copy of the optimizer whose one "parameter" is the flat tensor; its numbers (lr, step count,
         # betas, which schedules change) are taken from the real one before every step.
@@ -282,6 +293,10 @@ class FlatStep:
             flat_buffer = None if all(b is None for b in real) else torch.cat([b.reshape(-1) for b in real])
             self.buffers[name] = flat_buffer
             setattr(self.shadow, name, [flat_buffer])
+        # Last, once everything that can fail (allocations) has succeeded: the model now sees the flat views,
+        # and only close() gives each parameter its own storage back.
+        for param, view in zip(params, self.params, strict=True):
+            param.data = view
 
     def step(self) -> None:
         """One optimizer step on the flat tensors."""
