@@ -57,27 +57,36 @@ seen = set()
 sys.meta_path.insert(0, Hook())
 import os
 if os.environ.get("MNISTLAB_SAMPLE_EVERY"):  # a sampling profiler: every thread's stack, every few ms
-    import collections, traceback
-    samples = collections.Counter()
+    import collections
+    seconds_in = collections.Counter()    # (thread, file, function) -> seconds it was on that thread's stack
+    thread_seconds = collections.Counter()
     every = float(os.environ["MNISTLAB_SAMPLE_EVERY"])
+    stop_sampling = threading.Event()
     def sampler():
-        me = threading.get_ident()
-        while True:
-            time.sleep(every)
+        me, last = threading.get_ident(), time.perf_counter()
+        while not stop_sampling.wait(every):
+            # Each sample stands for the real time since the last one (the wait, plus any wait for the GIL).
+            now = time.perf_counter(); gap, last = now - last, now
             names = {t.ident: t.name for t in threading.enumerate()}
             for ident, frame in sys._current_frames().items():
                 if ident == me:
                     continue
-                stack = traceback.extract_stack(frame)
-                # Inclusive: each distinct (file, function) on the stack counts once per sample.
-                for where in {(f.filename.rsplit("site-packages/", 1)[-1].rsplit("src/", 1)[-1], f.name)
-                              for f in stack}:
-                    samples[(names.get(ident, "?"),) + where] += 1
-                samples[(names.get(ident, "?"), "(all)", "")] += 1
-    threading.Thread(target=sampler, daemon=True, name="sampler").start()
+                thread, where = names.get(ident, "?"), set()
+                while frame is not None:  # inclusive: each (file, function) once per sample
+                    code = frame.f_code
+                    where.add((code.co_filename.rsplit("site-packages/", 1)[-1].rsplit("src/", 1)[-1], code.co_name))
+                    frame = frame.f_back
+                for key in where:
+                    seconds_in[(thread,) + key] += gap
+                thread_seconds[thread] += gap
+    sampling = threading.Thread(target=sampler, daemon=True, name="sampler")
+    sampling.start()
     def report():
-        rows = [[*key, count] for key, count in samples.most_common(400)]
-        print("@@" + json.dumps({"what": "samples", "every": every, "rows": rows}), file=sys.stderr, flush=True)
+        stop_sampling.set(); sampling.join(1.0)
+        rows = [[*key, round(value, 4)] for key, value in seconds_in.most_common(400)]
+        print("@@" + json.dumps({"what": "samples", "every": every, "rows": rows,
+                                 "threads": {k: round(v, 4) for k, v in thread_seconds.items()}}),
+              file=sys.stderr, flush=True)
     import atexit as _atexit
     _atexit.register(report)
 import mnistlab.data as data
@@ -122,8 +131,11 @@ def one_run(model: str, extra: list[str], tmp: Path, index: int, src: Path, *, p
     stamps = {row["what"]: row["t"] for row in rows if "t" in row}
     metrics = json.loads((out / "metrics.json").read_text())
     if profile:
-        sampled = next(row for row in rows if row.get("what") == "samples")
-        return {"wall_seconds": round(wall, 3), "imports": _import_times(done.stderr), "samples": sampled}
+        sampled = [row for row in rows if row.get("what") == "samples"]
+        if not sampled:
+            raise SystemExit("the profiled run printed no samples")
+        return {"wall_seconds": round(wall, 3), "stamps": stamps, "train_seconds": metrics["train_seconds"],
+                "imports": _import_times(done.stderr), "samples": sampled[0]}
     return {"wall_seconds": round(wall, 3), "interpreter_seconds": round(interpreter, 3), "stamps": stamps,
             "train_seconds": metrics["train_seconds"], "eval_seconds": metrics["eval_seconds"],
             "total_seconds_in_fit": metrics.get("total_seconds"), "curves_png": (out / "curves.png").is_file(),
@@ -133,29 +145,46 @@ def one_run(model: str, extra: list[str], tmp: Path, index: int, src: Path, *, p
 SAMPLE_EVERY = 0.005  # seconds between the sampler's looks at every thread's stack
 
 
-def _import_times(stderr: str) -> dict[str, float]:
-    """``-X importtime``'s report summed by top-level package: seconds of cumulative import time."""
-    totals: dict[str, float] = {}
+# Modules whose own cumulative import time is reported wherever they were imported from.
+NAMED_MODULES = ("torch", "numpy", "matplotlib", "matplotlib.pyplot", "rich", "safetensors", "mnistlab.training")
+
+
+def _import_times(stderr: str) -> dict[str, dict[str, float]]:
+    """``-X importtime``'s report: seconds of cumulative import time by top-level import (made by code that is
+    not itself importing: the lazy imports inside functions), and for :data:`NAMED_MODULES` wherever they were
+    imported.
+
+    A nested import is indented two spaces per level under its importer (whose cumulative time includes it).
+    Imports made by two threads at once share the interpreter's one nesting counter, so a module a background
+    thread imports while the main thread is importing may be listed as nested there."""
+    top: dict[str, float] = {}
+    named: dict[str, float] = {}
     for line in stderr.splitlines():
         if not line.startswith("import time:") or "cumulative" in line:
             continue
-        _, cumulative, name = (part.strip() for part in line[len("import time:"):].split("|"))
-        if name.startswith(" ") or "." in name:  # nested: counted in its importer's cumulative time
-            continue
-        totals[name] = totals.get(name, 0.0) + int(cumulative) / 1e6
-    return dict(sorted(totals.items(), key=lambda item: -item[1]))
+        _, cumulative, raw = line[len("import time:"):].split("|")
+        name, seconds = raw.strip(), int(cumulative) / 1e6
+        if name in NAMED_MODULES:
+            named[name] = named.get(name, 0.0) + seconds
+        if raw[1:2] != " ":  # not indented past the one space after the bar: a top-level import
+            top[name] = top.get(name, 0.0) + seconds
+    return {"top_level": dict(sorted(top.items(), key=lambda item: -item[1])), "named": named}
 
 
 def _print_profile(profiled: dict) -> None:
-    imports = profiled["imports"]
-    print("\nimports (-X importtime, cumulative seconds by top-level package, top 10):")
-    print_table(["package", "s"], [[name, f"{seconds:.3f}"] for name, seconds in list(imports.items())[:10]])
-    every = profiled["samples"]["every"]
-    rows = profiled["samples"]["rows"]
-    totals = {row[0]: row[3] for row in rows if row[1] == "(all)"}
-    print(f"\nsampled every {every * 1e3:.0f} ms: seconds each function was on a thread's stack (inclusive), top 25")
-    table = [[thread, f"{where}:{name}", f"{count * every:.2f}", f"{count / totals[thread]:.0%}"]
-             for thread, where, name, count in rows if where != "(all)"][:25]
+    imports = profiled["imports"]["top_level"]
+    print(f"\nthe profiled run: wall {profiled['wall_seconds']:.2f} s (slower than the timed ones: -X importtime and "
+          f"the sampler), training {profiled['train_seconds']:.2f} s")
+    print("imports (-X importtime, cumulative seconds by top-level import, top 10):")
+    print_table(["module", "s"], [[name, f"{seconds:.3f}"] for name, seconds in list(imports.items())[:10]])
+    print("the named modules, wherever imported: " + ", ".join(
+        f"{name} {seconds:.3f} s" for name, seconds in profiled["imports"]["named"].items()))
+    samples = profiled["samples"]
+    totals = samples["threads"]
+    print(f"\nsampled every {samples['every'] * 1e3:.0f} ms: seconds each function was on a thread's stack "
+          "(inclusive), top 25")
+    table = [[thread, f"{where}:{name}", f"{seconds:.2f}", f"{seconds / totals[thread]:.0%}" if totals.get(thread)
+              else "-"] for thread, where, name, seconds in samples["rows"]][:25]
     print_table(["thread", "function", "s", "of the thread"], table)
 
 

@@ -282,7 +282,7 @@ def main() -> None:
     table = candidates()
     chosen = args.candidates.split(",") if args.candidates else list(table)
     started = machine()  # before the runs, so its load average is the machine's, not the script's own
-    scores = score_candidates("fast", table, chosen, seeds=args.seeds, defaults=BASE)
+    scores = score_candidates("fast", table, chosen, seeds=args.seeds, defaults=BASE)  # tested: BASE is passed
     rows, results = [], {"machine": started, "candidates": {}}
     for name in chosen:
         seconds = [s for s, _ in scores[name]]

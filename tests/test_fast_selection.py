@@ -43,3 +43,25 @@ def test_earlier_candidates_train_as_they_were_measured() -> None:
     # The wrapper that does its own selection must not be selected for twice.
     wrapped = [name for name, *_ in selection.SELECTIVE]
     assert wrapped and all(_config(name).backprop_fraction == 1.0 for name in wrapped)
+
+
+def test_main_trains_every_candidate_over_the_full_epoch_base(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """main() itself hands BASE to the scoring (scoring and writing replaced: nothing trains or is written)."""
+    seen = {}
+
+    def fake_score(model, table, chosen, *, seeds, defaults=None):  # type: ignore[no-untyped-def]
+        seen.update(model=model, chosen=chosen, defaults=defaults)
+        return {name: [(1.0, 0.99)] * seeds for name in chosen}
+
+    monkeypatch.setattr(selection, "score_candidates", fake_score)
+    monkeypatch.setattr(selection, "write_json", lambda name, payload: seen.update(written=payload) or name)
+    monkeypatch.setattr(selection, "isolate_registry", lambda: None)
+    monkeypatch.setattr(sys, "argv", ["fast_selection.py", "--seeds", "1", "--candidates",
+                                      f"16-32-64 (chosen),{selection.RECIPE}"])
+    selection.main()
+    assert seen["model"] == "fast" and seen["defaults"] == selection.BASE
+    recorded = seen["written"]["candidates"]
+    assert recorded["16-32-64 (chosen)"]["backprop_fraction"] == 1.0
+    recipe = recorded[selection.RECIPE]
+    assert (recipe["epoch_fraction"], recipe["backprop_fraction"]) == (0.8, 0.5)
+    assert "(today's recipe)" in capsys.readouterr().out

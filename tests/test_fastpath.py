@@ -157,10 +157,12 @@ def test_the_epoch_flushes_denormals_and_restores_the_mode_even_when_it_fails(di
 
 @pytest.mark.usefixtures("flush_mode")
 @pytest.mark.parametrize("optimizer", ["rmsprop", "adam"])
-def test_flushed_optimizer_state_changes_no_update(digits: Dataset, optimizer: str) -> None:
+def test_flushing_denormal_state_changes_no_update_even_when_a_gradient_meets_it(digits: Dataset,
+                                                                                  optimizer: str) -> None:
     """Weights of never-lit pixels get exactly zero gradient, so their optimizer state only decays: seeded with
     denormals, it stays denormal without flushing (the oracle) and is 0 in the fast path, which proves the
-    flush ran; every weight still ends where the oracle's does."""
+    flush ran. Pixels lit in one image only meet that denormal state with a real gradient once: their updates,
+    like every other weight's, still end where the oracle's do."""
     torch.set_flush_denormal(False)
     config = TrainConfig.for_model("mlp", batch_size=64, device="cpu", seed=4, precision="fp32",
                                    optimizer=optimizer)
@@ -168,12 +170,17 @@ def test_flushed_optimizer_state_changes_no_update(digits: Dataset, optimizer: s
     oracle, fast = _loop(config, digits), _loop(config, digits)
     for loop in (oracle, fast):
         dark = loop.x_train.clone()
-        dark.view(dark.shape[0], -1)[:, :300] = 0  # the first 300 pixels never lit
+        pixels = dark.view(dark.shape[0], -1)
+        pixels[:, :300] = 0  # the first 300 pixels never lit
+        lit_once = pixels[5, 300:350].clone()
+        pixels[:, 300:350] = 0
+        pixels[5, 300:350] = lit_once  # the next 50 lit in one image of the 700
+        assert bool((lit_once > 0).all())
         loop.x_train = dark
         for name in loop.optimizer.BUFFERS:
             buffers = getattr(loop.optimizer, name)
             buffers[0] = torch.zeros_like(loop.model[1].weight) if buffers[0] is None else buffers[0]
-            buffers[0][:, :300] = tiny / 3
+            buffers[0][:, :350] = tiny / 3
     training._train_epoch_autograd(oracle, CallbackList([]))
     training._train_epoch(fast, CallbackList([]))
     for name in oracle.optimizer.BUFFERS:

@@ -219,8 +219,8 @@ def _denormals_flushed() -> Iterator[None]:
     The mode belongs to a thread: torch's intra-op (OpenMP) workers keep theirs, so with more than one thread
     only part of the work would be flushed, and the epoch then runs as it would without this. The dense
     models' recipes train on one thread, the calling one. A Python thread started inside inherits the mode
-    for its life. torch sets flush-to-zero and denormals-are-zero together, and restoring sets both as the
-    test below found flush-to-zero.
+    for its life. torch sets flush-to-zero and denormals-are-zero together, so restoring sets both to what
+    :func:`_flushing_denormals` found for flush-to-zero.
     """
     if torch.get_num_threads() != 1:
         yield
