@@ -85,6 +85,9 @@ class Recipe:
     backprop_fraction: float = 1.0
 
 
+_RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(Recipe))
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What a user sees about a model before building it: a description, its recipe, the seed's figure."""
@@ -441,12 +444,9 @@ class TrainConfig:
         recipe = info.recipe
         given = {key: value for key, value in overrides.items() if value is not None}
         if info.family == "classical":
-            network_only = (("epochs", "`epochs`"), ("batch_size", "`batch_size`"), ("optimizer", "`optimizer`"),
-                            ("lr", "`lr`"), ("schedule", "`schedule`"), ("label_smoothing", "`label_smoothing`"),
-                            ("precision", "`precision`"), ("augment", "`augment`"),
-                            ("weight_decay", "`weight_decay`"), ("epoch_fraction", "`epoch_fraction`"),
-                            ("backprop_fraction", "`backprop_fraction`"))
-            flags = [flag for key, flag in network_only if key in given]
+            # Everything a network's recipe sets (but threads), and Adam's weight decay.
+            network_only = [name for name in _RECIPE_FIELDS if name != "threads"] + ["weight_decay"]
+            flags = [f"`{name}`" for name in network_only if name in given]
             if flags:
                 verb = "does" if len(flags) == 1 else "do"
                 raise MnistlabError(f"{', '.join(flags)} {verb} not apply to {model}, a classical model fitted in "
@@ -457,21 +457,10 @@ class TrainConfig:
         if lr is None:
             # A recipe's own lr belongs to its own optimizer; another optimizer gets its Keras default.
             lr = recipe.lr if recipe.lr is not None and optimizer == recipe.optimizer else DEFAULT_LR[optimizer]
-        return cls(
-            model=model,
-            epochs=given.pop("epochs", recipe.epochs),
-            batch_size=given.pop("batch_size", recipe.batch_size),
-            optimizer=optimizer,
-            lr=lr,
-            schedule=given.pop("schedule", recipe.schedule),
-            label_smoothing=given.pop("label_smoothing", recipe.label_smoothing),
-            threads=given.pop("threads", recipe.threads),
-            precision=given.pop("precision", recipe.precision),
-            augment=given.pop("augment", recipe.augment),
-            epoch_fraction=given.pop("epoch_fraction", recipe.epoch_fraction),
-            backprop_fraction=given.pop("backprop_fraction", recipe.backprop_fraction),
-            **given,
-        )
+        # Every other recipe field is the TrainConfig field of the same name: the recipe's value unless given.
+        from_recipe = {name: given.pop(name, getattr(recipe, name)) for name in _RECIPE_FIELDS
+                       if name not in ("optimizer", "lr")}
+        return cls(model=model, optimizer=optimizer, lr=lr, **from_recipe, **given)
 
     @property
     def family(self) -> ModelFamily:
