@@ -76,15 +76,22 @@ def _gemm_conv(x_nhwc: torch.Tensor, w_rows: torch.Tensor, bias: torch.Tensor, g
     grad_b = grad_rows.sum(0)
     if not needs_dx:
         return out, grad_w, grad_b, None
+    return out, grad_w, grad_b, _fold(torch.mm(grad_rows, w_rows), batch, side, channels, kernel, stride, padding)
+
+
+def _fold(grad_patch_rows: torch.Tensor, batch: int, side: int, channels: int, kernel: int, stride: int,
+          padding: int) -> torch.Tensor:
+    """col2im: the patches' gradient rows (B o o, k k C) summed back onto the image, (B, side, side, C) fp32
+    (as the gradient autocast hands back): one shifted, strided sum per kernel position."""
     out_side = (side + 2 * padding - kernel) // stride + 1
-    grad_patches = torch.mm(grad_rows, w_rows).view(batch, out_side, out_side, kernel, kernel, channels)
+    grad_patches = grad_patch_rows.view(batch, out_side, out_side, kernel, kernel, channels)
     padded = side + 2 * padding
-    grad_x = torch.zeros(batch, padded, padded, channels)  # fp32, as the gradient autocast hands back
+    grad_x = torch.zeros(batch, padded, padded, channels)
     span = stride * (out_side - 1) + 1
     for i in range(kernel):
         for j in range(kernel):
             grad_x[:, i:i + span:stride, j:j + span:stride, :] += grad_patches[:, :, :, i, j, :]
-    return out, grad_w, grad_b, grad_x[:, padding:padding + side, padding:padding + side, :]
+    return grad_x[:, padding:padding + side, padding:padding + side, :]
 
 
 class PatchConv(torch.autograd.Function):
@@ -99,23 +106,19 @@ class PatchConv(torch.autograd.Function):
         w_rows = weight.permute(0, 2, 3, 1).reshape(cout, kernel * kernel * cin)
         out = torch.addmm(bias, patches, w_rows.t())
         ctx.save_for_backward(patches, w_rows)
-        ctx.geometry = (x.shape[0], x.shape[2], cin, kernel, out_side, cout)
+        ctx.geometry = (x.shape[0], x.shape[2], cin, kernel, cout)
         return out.view(x.shape[0], out_side, out_side, cout).permute(0, 3, 1, 2)  # channels-last NCHW
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
         patches, w_rows = ctx.saved_tensors
-        batch, side, cin, kernel, out_side, cout = ctx.geometry
+        batch, side, cin, kernel, cout = ctx.geometry
         grad_rows = grad.permute(0, 2, 3, 1).reshape(-1, cout)
         grad_w = torch.mm(grad_rows.t(), patches).view(cout, kernel, kernel, cin).permute(0, 3, 1, 2)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_patches = torch.mm(grad_rows, w_rows).view(batch, out_side, out_side, kernel, kernel, cin)
-            folded = torch.zeros(batch, side, side, cin)
-            for i in range(kernel):
-                for j in range(kernel):
-                    folded[:, i:i + out_side, j:j + out_side, :] += grad_patches[:, :, :, i, j, :]
+            folded = _fold(torch.mm(grad_rows, w_rows), batch, side, cin, kernel, 1, 0)
             grad_x = folded.permute(0, 3, 1, 2).to(grad.dtype)
         return grad_x, grad_w, grad_rows.sum(0)
 

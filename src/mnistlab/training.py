@@ -693,12 +693,18 @@ def _train_epoch(loop: _Loop, hooks: Callback) -> tuple[float, float]:
     dense = fastpath.dense_layers(loop.model, loop.optimizer) if plain else None
     if dense is None:
         return _train_epoch_autograd(loop, hooks)
-    order = torch.randperm(int(loop.x_train.shape[0]), generator=loop.shuffle, device=loop.device)[:loop.images]
+    order = _epoch_order(loop)
     return fastpath.train_epoch(
         dense, optimizer=loop.optimizer, schedule=loop.schedule, images=loop.x_train, labels=loop.y_train,
         order=order, batch_size=loop.config.batch_size, label_smoothing=loop.config.label_smoothing,
         bf16=loop.precision == "bf16",
         on_step=lambda step, steps, running: hooks.on_step(step=step, steps=steps, running=running))
+
+
+def _epoch_order(loop: _Loop) -> torch.Tensor:
+    """This epoch's training images, as indices in training order: the first ``loop.images`` of a fresh
+    permutation. The whole permutation is drawn, so the shuffle stream stays the same at any epoch_fraction."""
+    return torch.randperm(int(loop.x_train.shape[0]), generator=loop.shuffle, device=loop.device)[:loop.images]
 
 
 @contextmanager
@@ -756,9 +762,7 @@ def _train_epoch_autograd(loop: _Loop, hooks: Callback) -> tuple[float, float]:
     config, model, optimizer, ddp = loop.config, loop.net or loop.model, loop.optimizer, loop.ddp
     autocast = torch.autocast(device_type=loop.device.type, dtype=torch.bfloat16, enabled=loop.precision == "bf16")
     model.train()
-    # The whole permutation is drawn (the shuffle stream stays the same at any epoch_fraction); its first
-    # loop.images entries are this epoch's images.
-    order = torch.randperm(int(loop.x_train.shape[0]), generator=loop.shuffle, device=loop.device)[:loop.images]
+    order = _epoch_order(loop)
     meter = RunningMeans(loop.device)
     steps = loop.steps
     # Selective backprop reports the probe's figures, so the losses it trained on are checked apart: a
